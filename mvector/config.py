@@ -1,0 +1,516 @@
+"""YAML configuration: bundled names or paths, documented defaults, dotted overrides, strict validation.
+
+A configuration is a plain nested ``dict`` with the sections ``dataset_conf``, ``preprocess_conf``,
+``feature_conf``, ``model_conf``, ``loss_conf``, ``optimizer_conf`` and ``train_conf`` plus the top-level
+names ``use_model`` and ``use_loss``. Every fixed key has a documented default (see :data:`SCHEMA` or
+``python -m mvector.config`` for the table); ``feature_conf``, ``model_conf`` and ``loss_conf`` hold the
+arguments of the chosen featurizer, backbone and loss and are checked against them.
+
+>>> conf = load_config("ecapa_tdnn", overrides={"dataset_conf.batch_size": "32"})
+>>> conf["dataset_conf"]["batch_size"], conf["use_model"]
+(32, 'EcapaTdnn')
+>>> load_config({"dataset_conf": {"batchsize": 8}})
+Traceback (most recent call last):
+...
+mvector.errors.ConfigError: unknown key 'batchsize' in dataset_conf; did you mean 'batch_size'? ...
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, Union
+
+import yaml
+
+from mvector.errors import ConfigError, check_keys, nearest
+
+__all__ = [
+    "SCHEMA",
+    "FREE_SECTIONS",
+    "Key",
+    "load_config",
+    "parse_overrides",
+    "apply_overrides",
+    "bundled_configs",
+    "save_config",
+    "describe_schema",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One documented configuration key: default value, accepted type and meaning.
+
+    >>> Key(64, int, "utterances per batch").default
+    64
+    """
+
+    default: Any
+    type: Union[type, tuple]
+    doc: str
+
+
+OptStr = (str, type(None))
+OptInt = (int, type(None))
+OptFloat = (float, type(None))
+
+#: The fixed sections and their keys. Free sections (:data:`FREE_SECTIONS`) are checked against the
+#: featurizer, backbone and loss they configure.
+SCHEMA: dict[str, Any] = {
+    "use_model": Key("EcapaTdnn", str, "backbone: EcapaTdnn, TDNN, Res2Net or ResNetSE"),
+    "use_loss": Key("AAM", str, "loss head: AAM (ArcFace), AM (CosFace), ARM or CE"),
+    "dataset_conf": {
+        "train_list": Key("dataset/train_list.txt", str, "training list (path<TAB>label) or Kaldi folder"),
+        "test_list": Key("dataset/test_list.txt", str, "evaluation list (path<TAB>label) or Kaldi folder"),
+        "trials_list": Key(None, OptStr, "trial file 'label enroll test'; None: pairs from test_list"),
+        "trials_root": Key(None, OptStr, "folder the trial paths are relative to; None: the trial file's"),
+        "num_eval_trials": Key(None, OptInt, "with no trial file: number of balanced pairs to draw; None: every pair"),
+        "num_speakers": Key(None, OptInt, "speakers in train_list; None: taken from the list"),
+        "sample_rate": Key(16000, int, "audio is resampled to this rate (Hz)"),
+        "max_duration": Key(3.0, float, "training crop length (s); shorter clips are used whole"),
+        "min_duration": Key(0.5, float, "training clips shorter than this (s) are left out and counted"),
+        "eval_max_duration": Key(20.0, float, "evaluation/inference utterances are cut to this length (s)"),
+        "batch_size": Key(64, int, "training utterances per batch (per process under torchrun)"),
+        "eval_batch_size": Key(32, int, "evaluation utterances per batch (batched by length)"),
+        "num_workers": Key(4, int, "data-loading worker processes"),
+        "prefetch_factor": Key(4, int, "batches each worker loads ahead"),
+        "use_dB_normalization": Key(True, bool, "bring every clip to target_dB RMS"),
+        "target_dB": Key(-20.0, float, "target level of dB normalisation (dBFS)"),
+        "vad": Key(False, bool, "trim leading/trailing silence with an energy VAD"),
+    },
+    "preprocess_conf": {
+        "feature_method": Key("Fbank", str, "Fbank, MelSpectrogram, Spectrogram or MFCC"),
+        "normalize": Key(True, bool, "per-utterance mean/variance normalisation over valid frames"),
+    },
+    "optimizer_conf": {
+        "optimizer": Key("Adam", str, "Adam, AdamW or SGD"),
+        "learning_rate": Key(0.001, float, "peak learning rate"),
+        "weight_decay": Key(1e-6, float, "weight decay"),
+        "momentum": Key(0.9, float, "SGD momentum (SGD only)"),
+        "nesterov": Key(False, bool, "Nesterov momentum (SGD only)"),
+        "scheduler": Key("WarmupCosine", str, "WarmupCosine (stepped per batch) or Constant"),
+        "warmup_epochs": Key(1.0, float, "linear warm-up length in epochs (fractions allowed)"),
+        "min_lr": Key(1e-5, float, "learning rate at the end of the cosine decay"),
+    },
+    "train_conf": {
+        "max_epoch": Key(30, int, "training epochs"),
+        "log_interval": Key(100, int, "log every this many batches"),
+        "eval_interval": Key(1, int, "evaluate every this many epochs (0: only at the end)"),
+        "seed": Key(1234, int, "random seed (Python, numpy, torch, data order)"),
+        "amp": Key(False, bool, "automatic mixed precision on CUDA"),
+        "amp_dtype": Key("bfloat16", str, "bfloat16 or float16 (float16 uses a gradient scaler)"),
+        "grad_clip": Key(5.0, OptFloat, "clip the gradient norm to this; None: no clipping"),
+        "keep_last_epochs": Key(3, int, "epoch_N checkpoints to keep"),
+        "log_backend": Key("visualdl", str, "visualdl, tensorboard or none"),
+        "log_dir": Key("log", str, "folder for training logs (scalars)"),
+    },
+}
+
+#: Sections whose keys belong to the chosen featurizer, backbone and loss.
+FREE_SECTIONS = ("feature_conf", "model_conf", "loss_conf")
+
+#: Keys of the loss section handled by the trainer rather than the loss head.
+MARGIN_SCHEDULER_KEYS = ("initial_margin", "final_margin", "start_epoch", "end_epoch")
+
+_SECTION_ORDER = (
+    "use_model",
+    "use_loss",
+    "dataset_conf",
+    "preprocess_conf",
+    "feature_conf",
+    "model_conf",
+    "loss_conf",
+    "optimizer_conf",
+    "train_conf",
+)
+
+
+def bundled_configs() -> list[str]:
+    """Names of the configurations shipped with the package.
+
+    >>> "ecapa_tdnn" in bundled_configs()
+    True
+    """
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yml") if p.stem != "augmentation")
+
+
+def defaults() -> dict[str, Any]:
+    """A fresh configuration holding every default.
+
+    >>> defaults()["train_conf"]["max_epoch"]
+    30
+    """
+    out: dict[str, Any] = {}
+    for name in _SECTION_ORDER:
+        spec = SCHEMA.get(name)
+        if isinstance(spec, Key):
+            out[name] = copy.deepcopy(spec.default)
+        elif isinstance(spec, dict):
+            out[name] = {k: copy.deepcopy(v.default) for k, v in spec.items()}
+        else:
+            out[name] = {}
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _resolve_source(source: Union[str, os.PathLike, Mapping, None]) -> tuple[dict[str, Any], str]:
+    if source is None:
+        return {}, "<defaults>"
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source)), "<dict>"
+    path = Path(source)
+    if path.is_file():
+        return _read_yaml(path), str(path)
+    name = str(source)
+    for candidate in (CONFIG_DIR / f"{name}.yml", CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return _read_yaml(candidate), str(candidate)
+    guess = nearest(path.stem, bundled_configs())
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    raise ConfigError(
+        f"config {name!r} is neither a file nor a bundled config{hint} Bundled: {', '.join(bundled_configs())}"
+    )
+
+
+def _upgrade_legacy(conf: dict[str, Any]) -> dict[str, Any]:
+    """Map key spellings of earlier mvector releases onto the current ones (documented in the README)."""
+    ds = conf.get("dataset_conf")
+    if isinstance(ds, dict):
+        if "chunk_duration" in ds and "max_duration" not in ds:
+            ds["max_duration"] = ds.pop("chunk_duration")
+        eval_conf = ds.pop("eval_conf", None)
+        if isinstance(eval_conf, dict):
+            for old, new in (("batch_size", "eval_batch_size"), ("max_duration", "eval_max_duration")):
+                if old in eval_conf:
+                    ds.setdefault(new, eval_conf.pop(old))
+            if eval_conf:
+                check_keys(eval_conf, (), "dataset_conf.eval_conf")
+    mc = conf.get("model_conf")
+    if isinstance(mc, dict) and "model" in mc:
+        conf.setdefault("use_model", mc.pop("model"))
+        args = mc.pop("model_args", None) or {}
+        mc.update(args)
+    lc = conf.get("loss_conf")
+    if isinstance(lc, dict) and "loss" in lc:
+        conf.setdefault("use_loss", lc.pop("loss"))
+        args = lc.pop("loss_args", None) or {}
+        lc.update(args)
+        use_sched = lc.pop("use_margin_scheduler", False)
+        sched_args = lc.pop("margin_scheduler_args", None) or {}
+        if use_sched:
+            lc["margin_scheduler"] = dict(sched_args)
+    pc = conf.get("preprocess_conf")
+    if isinstance(pc, dict) and "method_args" in pc:
+        conf.setdefault("feature_conf", {}).update(pc.pop("method_args") or {})
+    return conf
+
+
+def _coerce(value: Any, key: Key, where: str) -> Any:
+    types = key.type if isinstance(key.type, tuple) else (key.type,)
+    if value is None:
+        if type(None) in types:
+            return None
+        raise ConfigError(f"{where} must not be empty (expected {_type_names(types)})")
+    if bool in types:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if float in types and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if int in types and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if int in types and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if str in types and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} must be {_type_names(types)}, got {value!r} ({type(value).__name__})")
+
+
+def _type_names(types: Iterable[type]) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str) -> None:
+    check_keys(update, _SECTION_ORDER, f"the top level of {source}")
+    for name, value in update.items():
+        spec = SCHEMA.get(name)
+        if isinstance(spec, Key):
+            base[name] = _coerce(value, spec, name)
+            continue
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} in {source} must be a mapping, got {type(value).__name__}")
+        if isinstance(spec, dict):
+            check_keys(value, spec, name)
+            for key, item in value.items():
+                base[name][key] = _coerce(item, spec[key], f"{name}.{key}")
+        else:
+            base[name].update(copy.deepcopy(dict(value)))
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_value(text: str) -> Any:
+    """Turn a command-line string into a typed value (bool, int, float such as ``1e-5``, null, list).
+
+    >>> parse_value("1e-5"), parse_value("32"), parse_value("False"), parse_value("[0.9, 1.1]")
+    (1e-05, 32, False, [0.9, 1.1])
+    >>> parse_value("none") is None, parse_value("MelSpectrogram")
+    (True, 'MelSpectrogram')
+    """
+    stripped = text.strip()
+    lowered = stripped.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("none", "null", "~"):
+        return None
+    if re.fullmatch(r"[+-]?\d+", stripped):
+        return int(stripped)
+    if _FLOAT_RE.match(stripped):
+        return float(stripped)
+    if stripped.startswith(("[", "{")):
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot parse value {text!r}: {err}") from err
+    return stripped
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, str]:
+    """Collect ``--section.key=value`` / ``--section.key value`` arguments into a dotted-key mapping.
+
+    Returns the raw strings; :func:`apply_overrides` converts them with :func:`parse_value`.
+
+    >>> parse_overrides(["--dataset_conf.batch_size=32", "--train_conf.max_epoch", "2"])
+    {'dataset_conf.batch_size': '32', 'train_conf.max_epoch': '2'}
+    """
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override {arg!r} has no value")
+            key, value = body, args[i + 1]
+            i += 1
+        out[key] = value
+        i += 1
+    return out
+
+
+def apply_overrides(conf: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply dotted overrides (``{"dataset_conf.batch_size": "32"}``) in place, with type conversion.
+
+    String values are parsed with :func:`parse_value`; values of fixed keys are converted to the key's type.
+    Nested free keys work too: ``loss_conf.margin_scheduler.final_margin``.
+
+    >>> conf = defaults()
+    >>> _ = apply_overrides(conf, {"optimizer_conf.learning_rate": "1e-4", "use_model": "TDNN"})
+    >>> conf["optimizer_conf"]["learning_rate"], conf["use_model"]
+    (0.0001, 'TDNN')
+    """
+    for dotted, raw in overrides.items():
+        value = parse_value(raw) if isinstance(raw, str) else raw
+        parts = dotted.split(".")
+        section = parts[0]
+        check_keys({section: None}, _SECTION_ORDER, "the config (override --" + dotted + ")")
+        spec = SCHEMA.get(section)
+        if len(parts) == 1:
+            if not isinstance(spec, Key):
+                raise ConfigError(f"override --{dotted} names a whole section; use --{section}.KEY=VALUE")
+            conf[section] = _coerce(value, spec, section)
+            continue
+        if isinstance(spec, Key):
+            raise ConfigError(f"{section} is a single value, not a section (override --{dotted})")
+        if isinstance(spec, dict):
+            if len(parts) != 2:
+                raise ConfigError(f"override --{dotted}: {section} keys are not nested")
+            check_keys({parts[1]: None}, spec, section)
+            conf[section][parts[1]] = _coerce(value, spec[parts[1]], dotted)
+            continue
+        node = conf.setdefault(section, {})
+        for part in parts[1:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override --{dotted}: {part} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return conf
+
+
+def validate_free_sections(conf: Mapping[str, Any]) -> None:
+    """Check names and the keys of ``feature_conf``, ``model_conf`` and ``loss_conf`` against the code.
+
+    Builds the featurizer (cheap) and inspects the backbone and head constructors, so a misspelt key or name is
+    reported with the nearest valid one before any training starts.
+
+    >>> validate_free_sections(load_config("ecapa_tdnn", validate=False))
+    """
+    from mvector.features import build_featurizer
+    from mvector.losses import build_head
+    from mvector.models import BACKBONES, build_backbone
+
+    method = conf["preprocess_conf"]["feature_method"]
+    featurizer = build_featurizer(method, conf.get("feature_conf") or {}, conf["preprocess_conf"]["normalize"])
+    model_conf = dict(conf.get("model_conf") or {})
+    name = conf["use_model"]
+    if name not in BACKBONES:
+        # build_backbone raises the error that lists the valid names (and accepts other spellings).
+        build_backbone(name, featurizer.feature_dim, **model_conf)
+    else:
+        params = inspect.signature(BACKBONES[name].__init__).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            valid = [p for p in params if p not in ("self", "input_size")]
+            check_keys(model_conf, valid, f"model_conf ({name})")
+    loss_conf = dict(conf.get("loss_conf") or {})
+    sched = loss_conf.pop("margin_scheduler", None)
+    if sched is not None:
+        if not isinstance(sched, Mapping):
+            raise ConfigError("loss_conf.margin_scheduler must be a mapping")
+        check_keys(sched, MARGIN_SCHEDULER_KEYS, "loss_conf.margin_scheduler")
+    build_head(conf["use_loss"], 8, 2, **loss_conf)
+
+
+def load_config(
+    source: Union[str, os.PathLike, Mapping, None] = "ecapa_tdnn",
+    overrides: Union[Mapping[str, Any], Sequence[str], None] = None,
+    validate: bool = True,
+) -> dict[str, Any]:
+    """Load a configuration: defaults ← YAML file (path or bundled name) ← dotted overrides; then validate.
+
+    ``overrides`` is a mapping of dotted keys to values (strings are parsed) or a list of
+    ``--section.key=value`` arguments. Unknown keys raise :class:`~mvector.errors.ConfigError` naming the
+    nearest valid key; wrong types name the key. ``validate=False`` skips checking the featurizer, backbone and
+    loss arguments against the code (the fixed sections are always checked).
+
+    >>> conf = load_config({"preprocess_conf": {"feature_method": "MelSpectrogram"},
+    ...                     "feature_conf": {"sample_rate": 16000, "n_fft": 1024, "hop_length": 320,
+    ...                                      "win_length": 1024, "f_min": 50.0, "f_max": 14000.0, "n_mels": 64}})
+    >>> conf["feature_conf"]["n_mels"], conf["dataset_conf"]["sample_rate"]
+    (64, 16000)
+    """
+    data, origin = _resolve_source(source)
+    data = _upgrade_legacy(data)
+    conf = defaults()
+    _merge(conf, data, origin)
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            overrides = parse_overrides(list(overrides))
+        apply_overrides(conf, overrides)
+    _check_consistency(conf)
+    if validate:
+        validate_free_sections(conf)
+    return conf
+
+
+def _check_consistency(conf: dict[str, Any]) -> None:
+    ds = conf["dataset_conf"]
+    for key in ("batch_size", "eval_batch_size", "sample_rate", "prefetch_factor"):
+        if ds[key] <= 0:
+            raise ConfigError(f"dataset_conf.{key} must be positive, got {ds[key]}")
+    if ds["num_workers"] < 0:
+        raise ConfigError(f"dataset_conf.num_workers must be >= 0, got {ds['num_workers']}")
+    if ds["max_duration"] <= 0 or ds["min_duration"] < 0:
+        raise ConfigError("dataset_conf.max_duration must be > 0 and min_duration >= 0")
+    if ds["min_duration"] > ds["max_duration"]:
+        raise ConfigError(
+            f"dataset_conf.min_duration ({ds['min_duration']}) is larger than max_duration ({ds['max_duration']})"
+        )
+    if ds["num_speakers"] is not None and ds["num_speakers"] < 2:
+        raise ConfigError(f"dataset_conf.num_speakers must be at least 2, got {ds['num_speakers']}")
+    fc = conf.get("feature_conf") or {}
+    if "sample_rate" in fc and fc["sample_rate"] != ds["sample_rate"]:
+        raise ConfigError(
+            f"feature_conf.sample_rate ({fc['sample_rate']}) differs from dataset_conf.sample_rate "
+            f"({ds['sample_rate']}); audio is resampled to dataset_conf.sample_rate, so they must agree"
+        )
+    tc = conf["train_conf"]
+    if tc["max_epoch"] < 1:
+        raise ConfigError(f"train_conf.max_epoch must be >= 1, got {tc['max_epoch']}")
+    if tc["amp_dtype"] not in ("bfloat16", "float16"):
+        raise ConfigError(f"train_conf.amp_dtype must be bfloat16 or float16, got {tc['amp_dtype']!r}")
+    if tc["log_backend"] not in ("visualdl", "tensorboard", "none"):
+        raise ConfigError(f"train_conf.log_backend must be visualdl, tensorboard or none, got {tc['log_backend']!r}")
+    oc = conf["optimizer_conf"]
+    if oc["optimizer"].lower() not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"optimizer_conf.optimizer must be Adam, AdamW or SGD, got {oc['optimizer']!r}")
+    if oc["scheduler"].lower() not in ("warmupcosine", "warmupcosineschedulerlr", "constant"):
+        raise ConfigError(f"optimizer_conf.scheduler must be WarmupCosine or Constant, got {oc['scheduler']!r}")
+    if oc["learning_rate"] <= 0:
+        raise ConfigError(f"optimizer_conf.learning_rate must be positive, got {oc['learning_rate']}")
+
+
+def save_config(conf: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:
+    """Write a configuration as YAML atomically (temporary file + rename).
+
+    >>> import tempfile, os
+    >>> p = save_config(defaults(), os.path.join(tempfile.mkdtemp(), "config.yml"))
+    >>> load_config(p, validate=False)["use_loss"]
+    'AAM'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(dict(conf), fh, sort_keys=False, allow_unicode=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def describe_schema() -> str:
+    """A markdown table of every fixed key, its default and meaning (the README's reference).
+
+    >>> "| dataset_conf.batch_size | 64 |" in describe_schema()
+    True
+    """
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name in _SECTION_ORDER:
+        spec = SCHEMA.get(name)
+        if isinstance(spec, Key):
+            rows.append(f"| {name} | {spec.default} | {spec.doc} |")
+        elif isinstance(spec, dict):
+            for key, item in spec.items():
+                rows.append(f"| {name}.{key} | {item.default} | {item.doc} |")
+        else:
+            rows.append(f"| {name}.* | — | arguments of the chosen featurizer / backbone / loss |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(describe_schema())
