@@ -1,0 +1,1071 @@
+"""Data-list preparation for common corpora: a speaker folder tree, zhvoice, CN-Celeb and VoxCeleb.
+
+Every ``prepare_*`` function scans a corpus, checks the audio (header only by default), splits the speakers
+into a training and a speaker-disjoint test set, and writes three files into ``output_dir``:
+
+- ``train_list.txt`` and ``test_list.txt``: ``path<TAB>label`` lines, labels 0..K-1 numbered separately in
+  each list, speakers sorted by name;
+- ``trials.txt``: ``label enroll test`` lines (VoxCeleb format, 1 = same speaker), either the corpus's
+  official trials or trials generated from the test list (balanced target / non-target);
+- ``skipped.txt`` (only when something was skipped): ``path<TAB>reason`` for each unusable file.
+
+Paths are written relative to ``output_dir`` (the list file's folder) whenever that resolves to the same file,
+absolute otherwise, which is the rule every mvector list reader follows. Files are written atomically
+(temporary file, then rename), so an interrupted run never leaves a half-written list.
+
+>>> import tempfile, numpy as np, soundfile as sf
+>>> root = Path(tempfile.mkdtemp())
+>>> for spk in ["alice", "bob", "carol", "dave"]:
+...     for k in range(3):
+...         (root / "audio" / spk).mkdir(parents=True, exist_ok=True)
+...         sf.write(str(root / "audio" / spk / f"{k}.wav"), np.zeros(800, "float32"), 16000)
+>>> data = prepare_folder(root / "audio", root / "lists", test_speakers=2, seed=1)
+>>> data.num_train_speakers, data.num_test_speakers, data.num_trials, data.num_target_trials
+(2, 2, 12, 6)
+>>> (root / "lists" / "train_list.txt").read_text().splitlines()[0].split("\\t")[1]
+'0'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, Union
+
+import numpy as np
+import soundfile as sf
+
+from mvector.errors import AudioError, ConfigError, DataListError
+
+__all__ = [
+    "PreparedData",
+    "CORPORA",
+    "prepare_folder",
+    "prepare_zhvoice",
+    "prepare_cnceleb",
+    "prepare_voxceleb",
+    "prepare_corpus",
+    "write_list",
+    "write_trials",
+    "split_speakers",
+    "sample_trial_pairs",
+    "generate_trial_lines",
+    "convert_to_wav",
+    "check_audio_file",
+    "readable_extensions",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Default cap on generated trials (the default count is ``min(2 * all target pairs, DEFAULT_MAX_TRIALS)``).
+DEFAULT_MAX_TRIALS = 20000
+
+# Containers libsndfile can decode (MP3 only with libsndfile >= 1.1, checked at run time).
+_SNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".w64", ".rf64", ".caf"}
+# Common audio containers soundfile cannot decode: found files are reported as skipped, not silently ignored.
+_UNSUPPORTED_EXTENSIONS = {".m4a", ".aac", ".mp4", ".wma", ".amr", ".webm", ".3gp", ".ape", ".mka"}
+_CONVERT_HINT = "convert it to wav first, e.g. `ffmpeg -i in.m4a -ac 1 -ar 16000 out.wav`"
+
+
+def readable_extensions() -> frozenset[str]:
+    """File extensions (lower case, with the dot) that the installed soundfile/libsndfile can decode.
+
+    >>> ".wav" in readable_extensions() and ".flac" in readable_extensions()
+    True
+    """
+    exts = set(_SNDFILE_EXTENSIONS)
+    if "MP3" in sf.available_formats():
+        exts.add(".mp3")
+    return frozenset(exts)
+
+
+@dataclass
+class PreparedData:
+    """What a ``prepare_*`` call wrote: the three file paths, counts, and any warnings.
+
+    >>> d = PreparedData(Path("t.txt"), Path("v.txt"), Path("tr.txt"))
+    >>> d.num_trials, d.skipped_list is None
+    (0, True)
+    """
+
+    train_list: Path
+    test_list: Path
+    trials: Path
+    skipped_list: Path | None = None
+    num_train_speakers: int = 0
+    num_test_speakers: int = 0
+    num_train_utterances: int = 0
+    num_test_utterances: int = 0
+    num_trials: int = 0
+    num_target_trials: int = 0
+    num_skipped: int = 0
+    official_trials: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A short human-readable summary (what ``create_data.py`` prints).
+
+        >>> print(PreparedData(Path("a"), Path("b"), Path("c"), num_train_speakers=3).summary().splitlines()[0])
+        speakers:   train 3, test 0
+        """
+        kind = "official" if self.official_trials else "generated"
+        lines = [
+            f"speakers:   train {self.num_train_speakers}, test {self.num_test_speakers}",
+            f"utterances: train {self.num_train_utterances}, test {self.num_test_utterances}",
+            f"trials:     {self.num_trials} {kind} ({self.num_target_trials} target, "
+            f"{self.num_trials - self.num_target_trials} non-target)",
+            f"skipped:    {self.num_skipped}" + (f" (listed in {self.skipped_list})" if self.skipped_list else ""),
+            f"wrote:      {self.train_list}, {self.test_list}, {self.trials}",
+        ]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+    """Write lines to ``path`` through a temporary file in the same folder, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            for line in lines:
+                handle.write(line)
+                handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class _PathWriter:
+    """Turns audio paths into the text written in a list stored in ``base``: relative when that is safe.
+
+    A relative path is used only when both the physical resolution (what ``open`` does) and the lexical
+    one (``os.path.normpath``, what mvector's readers do) of ``base/relative`` reach the same file; symlinked
+    folders can make the two differ, and then the absolute path is written instead. Checked once per folder.
+    """
+
+    def __init__(self, base: PathLike, relative: bool = True):
+        self.base = os.path.abspath(os.fspath(base))
+        self.real_base = os.path.realpath(self.base)
+        self.relative = relative
+        self._folder_ok: dict[str, bool] = {}
+
+    def __call__(self, audio_path: PathLike) -> str:
+        absolute = os.path.abspath(os.fspath(audio_path))
+        if not self.relative:
+            return absolute
+        folder = os.path.dirname(absolute)
+        try:
+            if not os.path.isdir(folder) or not os.path.isdir(self.base):
+                return os.path.relpath(absolute, self.base)  # nothing on disk to check: lexical rule
+            rel = os.path.relpath(os.path.realpath(absolute), self.real_base)
+        except ValueError:  # another drive on Windows
+            return absolute
+        rel_folder = os.path.dirname(rel)
+        ok = self._folder_ok.get(folder)
+        if ok is None:
+            ok = self._same_place(folder, rel_folder)
+            self._folder_ok[folder] = ok
+        return rel if ok else absolute
+
+    def _same_place(self, folder: str, rel_folder: str) -> bool:
+        physical = os.path.join(self.base, rel_folder) if rel_folder else self.base
+        lexical = os.path.normpath(physical)
+        try:
+            return os.path.samefile(physical, folder) and os.path.samefile(lexical, folder)
+        except OSError:
+            return False
+
+
+def _check_path_text(text: str, where: str) -> None:
+    if any(ch in text for ch in "\t\n\r"):
+        raise DataListError(f"{where}: path contains a tab or newline and cannot be written to a list: {text!r}")
+
+
+def write_list(path: PathLike, items: Iterable[tuple[PathLike, int]], relative: bool = True) -> int:
+    """Write ``path<TAB>label`` lines atomically; returns the number of lines.
+
+    Audio paths are filesystem paths (absolute, or relative to the current folder); they are written relative
+    to the list file's folder when possible (``relative=True``), absolute otherwise.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_list(folder / "lists" / "train.txt", [(folder / "a" / "x.wav", 0), (folder / "b" / "y.wav", 1)])
+    2
+    >>> (folder / "lists" / "train.txt").read_text().splitlines()
+    ['../a/x.wav\\t0', '../b/y.wav\\t1']
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = _PathWriter(path.parent, relative=relative)
+    lines = []
+    for audio, label in items:
+        text = writer(audio)
+        _check_path_text(text, str(path))
+        lines.append(f"{text}\t{int(label)}")
+    _atomic_write_lines(path, lines)
+    return len(lines)
+
+
+def write_trials(path: PathLike, trials: Iterable[tuple[int, PathLike, PathLike]], relative: bool = True) -> int:
+    """Write ``label enroll test`` trial lines atomically (paths as in :func:`write_list`); returns the count.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_trials(folder / "trials.txt", [(1, folder / "a.wav", folder / "b.wav")])
+    1
+    >>> (folder / "trials.txt").read_text()
+    '1 a.wav b.wav\\n'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = _PathWriter(path.parent, relative=relative)
+    lines = []
+    for label, enroll, test in trials:
+        if int(label) not in (0, 1):
+            raise DataListError(f"{path}: trial label must be 0 or 1, got {label!r}")
+        a, b = writer(enroll), writer(test)
+        for text in (a, b):
+            _check_path_text(text, str(path))
+            if " " in text:
+                raise DataListError(f"{path}: trial paths are space-separated; this path contains a space: {text!r}")
+        lines.append(f"{int(label)} {a} {b}")
+    _atomic_write_lines(path, lines)
+    return len(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# speaker split and trial generation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def split_speakers(
+    speakers: Iterable[str], test_ratio: float = 0.1, test_speakers: int | None = None, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Split speaker names into (train, test), disjoint and deterministic for a given ``seed``; both sorted.
+
+    ``test_speakers`` (an exact count, 0..K) wins over ``test_ratio``. With a ratio the test set gets
+    ``round(ratio * K)`` speakers, but at least 2 (so non-target trials exist) and at least one speaker
+    stays for training; a ratio of 0 gives no test speakers.
+
+    >>> train, test = split_speakers(["a", "b", "c", "d", "e"], test_speakers=2, seed=3)
+    >>> len(train), len(test), sorted(train + test)
+    (3, 2, ['a', 'b', 'c', 'd', 'e'])
+    >>> split_speakers(["a", "b", "c"], test_ratio=0.1)[1].__len__()
+    2
+    """
+    names = sorted(set(speakers))
+    k = len(names)
+    if test_speakers is not None:
+        if isinstance(test_speakers, bool) or int(test_speakers) != test_speakers or not 0 <= test_speakers <= k:
+            raise ConfigError(
+                f"test_speakers must be an integer between 0 and {k} (the speaker count), got {test_speakers!r}"
+            )
+        n_test = int(test_speakers)
+    else:
+        if not 0.0 <= float(test_ratio) < 1.0:
+            raise ConfigError(f"test_ratio must be in [0, 1), got {test_ratio!r}")
+        if test_ratio == 0 or k < 2:
+            n_test = 0
+        else:
+            n_test = min(max(int(round(test_ratio * k)), 2), k - 1)
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.permutation(k)[:n_test].tolist())
+    train = [n for i, n in enumerate(names) if i not in chosen]
+    test = [n for i, n in enumerate(names) if i in chosen]
+    return train, test
+
+
+def _decode_triangular(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index p of the pair (a, b), a < b, in the order p = b(b-1)/2 + a  ->  (a, b)."""
+    b = np.floor((1.0 + np.sqrt(1.0 + 8.0 * local.astype(np.float64))) / 2.0).astype(np.int64)
+    b = np.where(b * (b - 1) // 2 > local, b - 1, b)  # guard against float rounding either way
+    b = np.where((b + 1) * b // 2 <= local, b + 1, b)
+    return local - b * (b - 1) // 2, b
+
+
+def sample_trial_pairs(
+    labels: Sequence[int], num_trials: int | None = None, seed: int = 0
+) -> list[tuple[int, int, int]]:
+    """Sample distinct utterance pairs as ``(target, i, j)`` with ``i < j`` indexes into ``labels``.
+
+    Balanced: ``num_trials // 2`` target (same label) pairs and the rest non-target, each drawn without
+    replacement; when either kind runs out the other is capped to match, so the result stays balanced.
+    The default count is ``min(2 * number of target pairs, 20000)``. Deterministic for a given ``seed``;
+    the pairs come back sorted by ``(i, j)``.
+
+    >>> pairs = sample_trial_pairs([0, 0, 1, 1], seed=0)
+    >>> [p for p in pairs if p[0] == 1], len(pairs)
+    ([(1, 0, 1), (1, 2, 3)], 4)
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    n = int(labels.size)
+    order = np.argsort(labels, kind="stable")
+    _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    per_speaker = counts * (counts - 1) // 2
+    total_target = int(per_speaker.sum())
+    total_pairs = n * (n - 1) // 2
+    total_non_target = total_pairs - total_target
+    if num_trials is None:
+        num_trials = min(2 * total_target, DEFAULT_MAX_TRIALS)
+    if isinstance(num_trials, bool) or int(num_trials) != num_trials or num_trials < 0:
+        raise ConfigError(f"num_trials must be a non-negative integer, got {num_trials!r}")
+    num_trials = int(num_trials)
+    half = num_trials // 2
+    n_target = min(half, total_target)
+    n_non = min(num_trials - half if n_target == half else n_target, total_non_target)
+    if n_non < n_target:
+        n_target = n_non
+    rng = np.random.default_rng(seed)
+    pairs: list[tuple[int, int, int]] = []
+    if n_target:
+        picks = rng.choice(total_target, size=n_target, replace=False)
+        ends = np.cumsum(per_speaker)
+        spk = np.searchsorted(ends, picks, side="right")
+        a, b = _decode_triangular(picks - (ends[spk] - per_speaker[spk]))
+        first, second = order[starts[spk] + a], order[starts[spk] + b]
+        pairs += [(1, int(i), int(j)) for i, j in zip(first, second)]
+    if n_non:
+        pairs += [(0, i, j) for i, j in _sample_non_target(labels, n_non, total_non_target, rng)]
+    pairs.sort(key=lambda t: (t[1], t[2]))
+    return pairs
+
+
+def _sample_non_target(
+    labels: np.ndarray, count: int, available: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    n = labels.size
+    if n * (n - 1) // 2 <= 1_000_000 or 2 * count > available:
+        first, second = np.triu_indices(n, 1)
+        keep = labels[first] != labels[second]
+        first, second = first[keep], second[keep]
+        picks = np.sort(rng.choice(first.size, size=count, replace=False))
+        return list(zip(first[picks].tolist(), second[picks].tolist()))
+    # Many utterances and a small request: rejection sampling of unordered pairs without replacement.
+    chosen: set[tuple[int, int]] = set()
+    result: list[tuple[int, int]] = []
+    while len(result) < count:
+        batch = max(1024, 2 * (count - len(result)))
+        i = rng.integers(0, n, size=batch)
+        j = rng.integers(0, n, size=batch)
+        keep = labels[i] != labels[j]
+        i, j = i[keep], j[keep]
+        for x, y in zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist()):
+            if (x, y) not in chosen:
+                chosen.add((x, y))
+                result.append((x, y))
+                if len(result) == count:
+                    break
+    return result
+
+
+def generate_trial_lines(
+    paths: Sequence[str], labels: Sequence[int], num_trials: int | None = None, seed: int = 0
+) -> list[str]:
+    """``label enroll test`` lines for a labelled test list (see :func:`sample_trial_pairs` for the sampling).
+
+    >>> sorted(generate_trial_lines(["a.wav", "b.wav", "c.wav", "d.wav"], [0, 0, 1, 1]))[-2:]
+    ['1 a.wav b.wav', '1 c.wav d.wav']
+    """
+    if len(paths) != len(labels):
+        raise DataListError(f"generate_trial_lines: {len(paths)} paths but {len(labels)} labels")
+    return [f"{t} {paths[i]} {paths[j]}" for t, i, j in sample_trial_pairs(labels, num_trials, seed)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# audio checks and conversion
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_audio_file(path: PathLike, full: bool = False) -> str | None:
+    """Why ``path`` is unusable, or None when it is fine. Header only by default; ``full`` decodes it all.
+
+    >>> import tempfile
+    >>> bad = Path(tempfile.mkdtemp()) / "bad.wav"
+    >>> _ = bad.write_bytes(b"RIFF....WAVE")
+    >>> check_audio_file(bad) is not None
+    True
+    """
+    path = os.fspath(path)
+    try:
+        if not full:
+            info = sf.info(path)
+            if info.frames <= 0:
+                return "empty audio (0 frames)"
+            if info.samplerate <= 0:
+                return "invalid sample rate in header"
+            return None
+        data, _ = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:  # libsndfile reports any damage as a generic error
+        return f"unreadable: {str(err).strip() or type(err).__name__}"
+    if data.size == 0:
+        return "empty audio (0 samples)"
+    if not np.isfinite(data).all():
+        return "non-finite samples (NaN or Inf)"
+    return None
+
+
+def convert_to_wav(src: PathLike, dst: PathLike, sample_rate: int = 16000) -> None:
+    """Decode ``src`` (any format soundfile reads, e.g. mp3), mix to mono, resample, write 16-bit PCM ``dst``.
+
+    Written atomically (temporary file, then rename); raises :class:`~mvector.errors.AudioError` naming the file.
+
+    >>> import tempfile, soundfile as sf, numpy as np
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> sf.write(str(folder / "a.flac"), np.zeros((800, 2), "float32"), 8000)
+    >>> convert_to_wav(folder / "a.flac", folder / "a.wav")
+    >>> sf.info(str(folder / "a.wav")).samplerate, sf.info(str(folder / "a.wav")).frames
+    (16000, 1600)
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    try:
+        data, rate = sf.read(src, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise AudioError(f"{src}: cannot decode ({str(err).strip() or type(err).__name__})") from err
+    if data.size == 0:
+        raise AudioError(f"{src}: empty audio")
+    mono = data.mean(axis=1)
+    if not np.isfinite(mono).all():
+        raise AudioError(f"{src}: non-finite samples")
+    if rate != sample_rate:
+        import soxr
+
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".convert.", suffix=".wav", dir=os.path.dirname(os.path.abspath(dst)))
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(mono, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, dst)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, Exception):
+            raise AudioError(f"{dst}: cannot write converted audio ({err})") from err
+        raise
+
+
+def _parallel_map(func: Callable, items: Sequence, num_workers: int | None) -> list:
+    """Map in threads (libsndfile and soxr release the GIL); serial for small inputs or one worker."""
+    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(items) < 2 * workers:
+        return [func(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(func, items))
+
+
+def _filter_readable(
+    records: list[tuple[str, str]], check_audio: bool, num_workers: int | None, skipped: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    problems = _parallel_map(lambda rec: check_audio_file(rec[0], full=check_audio), records, num_workers)
+    good = []
+    for rec, problem in zip(records, problems):
+        if problem is None:
+            good.append(rec)
+        else:
+            skipped.append((rec[0], problem))
+    return good
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scanning and the shared tail of every corpus
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataListError(f"{what} not found: {path}")
+    if not path.is_dir():
+        raise DataListError(f"{what} is not a folder: {path}")
+    return path
+
+
+def _scan_speaker_tree(
+    root: Path, skipped: list[tuple[str, str]], notes: list[str], exclude: Sequence[Path] = ()
+) -> list[tuple[str, str]]:
+    """``root/<speaker>/**/<audio>`` -> (absolute path, speaker) records, sorted."""
+    readable = readable_extensions()
+    excluded = {os.path.realpath(p) for p in exclude}
+    records: list[tuple[str, str]] = []
+    loose = 0
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            loose += os.path.splitext(entry.name)[1].lower() in readable
+            continue
+        if os.path.realpath(entry.path) in excluded:
+            continue
+        for folder, dirs, files in os.walk(entry.path, followlinks=True):
+            dirs[:] = sorted(
+                d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in excluded
+            )
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                ext = os.path.splitext(name)[1].lower()
+                full = os.path.abspath(os.path.join(folder, name))
+                if any(ch in full for ch in "\t\n\r"):
+                    skipped.append((repr(full), "path contains a tab or newline, which a list line cannot hold"))
+                elif ext in readable:
+                    records.append((full, entry.name))
+                elif ext in _UNSUPPORTED_EXTENSIONS or ext == ".mp3":
+                    skipped.append((full, f"{ext} is not readable by soundfile; {_CONVERT_HINT}"))
+    if loose:
+        notes.append(f"{loose} audio file(s) directly in {root} have no speaker folder and were ignored")
+    return records
+
+
+def _labels_for(records: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    names = sorted({spk for _, spk in records})
+    index = {name: i for i, name in enumerate(names)}
+    return [(path, index[spk]) for path, spk in sorted(records, key=lambda r: (r[1], r[0]))]
+
+
+def _single_file_note(records: list[tuple[str, str]], where: str) -> str | None:
+    counts: dict[str, int] = {}
+    for _, spk in records:
+        counts[spk] = counts.get(spk, 0) + 1
+    lonely = sorted(s for s, c in counts.items() if c == 1)
+    if not lonely:
+        return None
+    shown = ", ".join(lonely[:5]) + (f" and {len(lonely) - 5} more" if len(lonely) > 5 else "")
+    return f"{len(lonely)} {where} speaker(s) have a single file, so no target trial can use them: {shown}"
+
+
+def _finish(
+    output_dir: PathLike,
+    train: list[tuple[str, str]],
+    test: list[tuple[str, str]],
+    skipped: list[tuple[str, str]],
+    notes: list[str],
+    num_trials: int | None,
+    seed: int,
+    official_trials: list[tuple[int, str, str]] | None = None,
+) -> PreparedData:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not train and not test:
+        raise DataListError("no usable audio found" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
+    train_items, test_items = _labels_for(train), _labels_for(test)
+    result = PreparedData(out / "train_list.txt", out / "test_list.txt", out / "trials.txt")
+    result.num_train_utterances = write_list(result.train_list, train_items)
+    result.num_test_utterances = write_list(result.test_list, test_items)
+    result.num_train_speakers = len({spk for _, spk in train})
+    result.num_test_speakers = len({spk for _, spk in test})
+
+    if official_trials is not None:
+        trials = official_trials
+        if num_trials is not None and num_trials < len(trials):
+            rng = np.random.default_rng(seed)
+            trials = [trials[i] for i in np.sort(rng.choice(len(trials), size=int(num_trials), replace=False))]
+        result.official_trials = True
+    else:
+        note = _single_file_note(test, "test")
+        if note:
+            notes.append(note)
+        paths = [p for p, _ in test_items]
+        as_written = _PathWriter(out)
+        usable = [k for k, p in enumerate(paths) if " " not in as_written(p)]
+        if len(usable) < len(paths):
+            notes.append(
+                f"{len(paths) - len(usable)} test file(s) have a space in their path and are left out of trials"
+            )
+        labels = [test_items[k][1] for k in usable]
+        trials = [(t, paths[usable[i]], paths[usable[j]]) for t, i, j in sample_trial_pairs(labels, num_trials, seed)]
+        if result.num_test_speakers == 1:
+            notes.append("only one test speaker: no non-target trials can be formed, so no trials were written")
+    result.num_trials = write_trials(result.trials, trials)
+    result.num_target_trials = sum(1 for t, _, _ in trials if t == 1)
+    if result.num_test_speakers == 0:
+        notes.append("no test speakers: test_list.txt and trials.txt are empty")
+    if not train:
+        notes.append("no training speakers: train_list.txt is empty")
+
+    skipped_path = out / "skipped.txt"
+    result.num_skipped = len(skipped)
+    if skipped:
+        _atomic_write_lines(skipped_path, [f"{p}\t{reason}" for p, reason in sorted(skipped)])
+        result.skipped_list = skipped_path
+        notes.append(f"{len(skipped)} file(s) skipped, listed in {skipped_path}")
+    elif skipped_path.exists():
+        skipped_path.unlink()  # stale list from an earlier run
+    result.warnings = list(notes)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# corpora
+# ---------------------------------------------------------------------------------------------------------
+
+
+def prepare_folder(
+    root: PathLike,
+    output_dir: PathLike,
+    test_ratio: float = 0.1,
+    test_speakers: int | None = None,
+    num_trials: int | None = None,
+    seed: int = 0,
+    check_audio: bool = False,
+    num_workers: int | None = None,
+) -> PreparedData:
+    """Lists for any ``root/<speaker>/**/<audio file>`` tree; the speaker is the first-level folder name.
+
+    Audio is every file soundfile can decode (see :func:`readable_extensions`); m4a/aac and similar are
+    reported as skipped. The test speakers are chosen by :func:`split_speakers`; trials are generated
+    from the test list by :func:`sample_trial_pairs`. ``output_dir`` is never scanned, even inside ``root``.
+    Example: see the module docstring.
+
+    >>> prepare_folder("/no/such/folder", "/tmp/out")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.DataListError: audio root not found: /no/such/folder
+    """
+    root = _require_dir(Path(root), "audio root")
+    skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
+    found = _scan_speaker_tree(root, skipped, notes, exclude=[Path(output_dir)])
+    if not found:
+        raise DataListError(
+            f"no audio found under {root}: expected {root}/<speaker>/.../<file> with one of "
+            f"{', '.join(sorted(readable_extensions()))}"
+            + (f" ({len(skipped)} unreadable-format file(s))" if skipped else "")
+        )
+    records = _filter_readable(found, check_audio, num_workers, skipped)
+    note = _single_file_note(records, "corpus")
+    if note:
+        notes.append(note)
+    train_spk, test_spk = split_speakers({s for _, s in records}, test_ratio, test_speakers, seed)
+    test_set = set(test_spk)
+    train = [r for r in records if r[1] not in test_set]
+    test = [r for r in records if r[1] in test_set]
+    return _finish(output_dir, train, test, skipped, notes, num_trials, seed)
+
+
+def _read_infodata(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataListError(f"{path}:{number}: not a JSON object ({err.msg})") from err
+            if not isinstance(row, dict) or "index" not in row or "speaker" not in row:
+                raise DataListError(f"{path}:{number}: expected an object with 'index' (mp3 path) and 'speaker'")
+            rows.append((number, row))
+    return rows
+
+
+def prepare_zhvoice(
+    root: PathLike,
+    output_dir: PathLike,
+    test_ratio: float = 0.1,
+    test_speakers: int | None = None,
+    num_trials: int | None = None,
+    seed: int = 0,
+    check_audio: bool = False,
+    num_workers: int | None = None,
+    convert_wav: bool = False,
+    wav_dir: PathLike | None = None,
+    sample_rate: int = 16000,
+    infodata: PathLike | None = None,
+) -> PreparedData:
+    """Lists for zhvoice: ``root/text/infodata.json`` holds one JSON object per line with ``index`` (the mp3
+    path relative to ``root``) and ``speaker``.
+
+    ``convert_wav`` decodes every mp3 to a mono ``sample_rate`` wav, next to it (same name, ``.wav``) or under
+    ``wav_dir`` keeping the relative layout, in ``num_workers`` threads; the mp3 files are kept, an existing
+    readable wav is reused, and files that fail to convert are skipped and counted. Without conversion the
+    lists point at the mp3 files (soundfile decodes mp3 with libsndfile >= 1.1, but slowly).
+
+    >>> import tempfile
+    >>> prepare_zhvoice(tempfile.mkdtemp(), tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mvector.errors.DataListError: zhvoice infodata.json not found: .../text/infodata.json
+    """
+    root = _require_dir(Path(root), "zhvoice root")
+    info_path = Path(infodata) if infodata is not None else root / "text" / "infodata.json"
+    if not info_path.is_file():
+        raise DataListError(f"zhvoice infodata.json not found: {info_path}")
+    skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for number, row in _read_infodata(info_path):
+        full = os.path.abspath(os.path.join(root, str(row["index"])))
+        if full in seen:
+            continue
+        seen.add(full)
+        if not os.path.isfile(full):
+            skipped.append((full, f"listed in {info_path.name}:{number} but not found"))
+            continue
+        found.append((full, str(row["speaker"])))
+    if not found:
+        raise DataListError(f"no audio found for the {len(skipped)} entries of {info_path}")
+    if convert_wav:
+        records = _convert_records(found, root, wav_dir, sample_rate, num_workers, skipped)
+    else:
+        records = _filter_readable(found, check_audio, num_workers, skipped)
+    train_spk, test_spk = split_speakers({s for _, s in records}, test_ratio, test_speakers, seed)
+    test_set = set(test_spk)
+    train = [r for r in records if r[1] not in test_set]
+    test = [r for r in records if r[1] in test_set]
+    return _finish(output_dir, train, test, skipped, notes, num_trials, seed)
+
+
+def _convert_records(
+    found: list[tuple[str, str]],
+    root: Path,
+    wav_dir: PathLike | None,
+    sample_rate: int,
+    num_workers: int | None,
+    skipped: list[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    root_abs = os.path.abspath(root)
+
+    def target(src: str) -> str:
+        stem = os.path.splitext(src)[0] + ".wav"
+        if wav_dir is None:
+            return stem
+        return os.path.join(os.path.abspath(wav_dir), os.path.relpath(stem, root_abs))
+
+    def work(rec: tuple[str, str]) -> str | None:
+        src = rec[0]
+        dst = target(src)
+        if os.path.exists(dst):
+            try:
+                info = sf.info(dst)
+                if info.frames > 0 and info.samplerate == sample_rate and info.channels == 1:
+                    return None  # converted by an earlier run
+            except Exception:
+                pass
+        try:
+            convert_to_wav(src, dst, sample_rate)
+        except AudioError as err:
+            return str(err)
+        return None
+
+    problems = _parallel_map(work, found, num_workers)
+    records = []
+    for rec, problem in zip(found, problems):
+        if problem is None:
+            records.append((target(rec[0]), rec[1]))
+        else:
+            skipped.append((rec[0], problem))
+    return records
+
+
+def _as_roots(root: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(root, (str, os.PathLike)):
+        return [Path(root)]
+    roots = [Path(r) for r in root]
+    if not roots:
+        raise ConfigError("at least one corpus root is needed")
+    return roots
+
+
+def _existing_variant(path: str) -> str | None:
+    """The file itself, or the same name with .flac/.wav swapped (CN-Celeb ships flac; its lists say .wav)."""
+    if os.path.isfile(path):
+        return path
+    stem, _ = os.path.splitext(path)
+    for ext in (".flac", ".wav"):
+        if os.path.isfile(stem + ext):
+            return stem + ext
+    return None
+
+
+def _read_fields(path: Path, count: int) -> list[tuple[int, list[str]]]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != count:
+                raise DataListError(f"{path}:{number}: expected {count} fields, got {len(parts)}: {line.strip()!r}")
+            rows.append((number, parts))
+    return rows
+
+
+def _trial_label(text: str, where: str) -> int:
+    lowered = text.lower()
+    if lowered in ("1", "target"):
+        return 1
+    if lowered in ("0", "nontarget", "non-target"):
+        return 0
+    raise DataListError(f"{where}: trial label must be 0/1 (or target/nontarget), got {text!r}")
+
+
+def _official_eval(
+    pairs: list[tuple[int, str, str, str, str]],
+    check_audio: bool,
+    num_workers: int | None,
+    skipped: list[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[tuple[int, str, str]], int]:
+    """From resolved trials (label, enroll path, enroll speaker, test path, test speaker) -> test records, trials."""
+    speaker_of: dict[str, str] = {}
+    for _, ep, es, tp, ts in pairs:
+        speaker_of.setdefault(ep, es)
+        speaker_of.setdefault(tp, ts)
+    records = sorted(speaker_of.items())
+    good = {p for p, _ in _filter_readable(records, check_audio, num_workers, skipped)}
+    trials = [(label, ep, tp) for label, ep, _, tp, _ in pairs if ep in good and tp in good]
+    test = [r for r in records if r[0] in good]
+    return test, trials, len(pairs) - len(trials)
+
+
+def prepare_cnceleb(
+    root: PathLike | Sequence[PathLike],
+    output_dir: PathLike,
+    test_ratio: float = 0.1,
+    test_speakers: int | None = None,
+    num_trials: int | None = None,
+    seed: int = 0,
+    check_audio: bool = False,
+    num_workers: int | None = None,
+) -> PreparedData:
+    """Lists for CN-Celeb1 and/or CN-Celeb2 (``root`` may be several corpus folders).
+
+    Training audio is ``<root>/data/<speaker>/*.flac|wav`` for the development speakers: those in
+    ``dev/dev.lst`` (CN-Celeb1) or ``spk.lst`` (CN-Celeb2), else every speaker not used in evaluation.
+    The first root with ``eval/lists/enroll.lst`` (``<id>-enroll enroll/<id>-enroll.wav``) and
+    ``eval/lists/trials.lst`` (``<id>-enroll test/<file>.wav <0|1>``) gives the official test list and
+    trials (paths relative to ``eval/``; a listed ``.wav`` may be stored as ``.flac``); a given ``num_trials``
+    subsamples them. Without official lists the speakers are split and trials generated as for folders.
+
+    >>> import tempfile
+    >>> prepare_cnceleb(tempfile.mkdtemp(), tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mvector.errors.DataListError: CN-Celeb data folder not found: .../data
+    """
+    roots = _as_roots(root)
+    skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
+    eval_pairs: list[tuple[int, str, str, str, str]] | None = None
+    for r in roots:
+        lists = r / "eval" / "lists"
+        if eval_pairs is None and (lists / "trials.lst").is_file() and (lists / "enroll.lst").is_file():
+            eval_pairs = _read_cnceleb_trials(r / "eval", lists, skipped)
+    eval_speakers = {p[2] for p in eval_pairs} | {p[4] for p in eval_pairs} if eval_pairs else set()
+
+    train: list[tuple[str, str]] = []
+    for r in roots:
+        data = _require_dir(r / "data", "CN-Celeb data folder")
+        for list_file in (r / "dev" / "dev.lst", r / "spk.lst"):
+            if list_file.is_file():
+                wanted = {
+                    line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()
+                }
+                break
+        else:
+            wanted = None
+        found = _scan_speaker_tree(data, skipped, notes)
+        train += [rec for rec in found if (wanted is None or rec[1] in wanted) and rec[1] not in eval_speakers]
+    if not train and eval_pairs is None:
+        raise DataListError(f"no audio found under {', '.join(str(r / 'data') for r in roots)}")
+    train = _filter_readable(train, check_audio, num_workers, skipped)
+
+    if eval_pairs is None:
+        train_spk, test_spk = split_speakers({s for _, s in train}, test_ratio, test_speakers, seed)
+        test_set = set(test_spk)
+        test = [r for r in train if r[1] in test_set]
+        train = [r for r in train if r[1] not in test_set]
+        return _finish(output_dir, train, test, skipped, notes, num_trials, seed)
+    test, trials, dropped = _official_eval(eval_pairs, check_audio, num_workers, skipped)
+    if dropped:
+        notes.append(f"{dropped} official trial(s) dropped because a file is missing or unreadable")
+    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, official_trials=trials)
+
+
+def _read_cnceleb_trials(
+    eval_dir: Path, lists: Path, skipped: list[tuple[str, str]]
+) -> list[tuple[int, str, str, str, str]]:
+    enroll: dict[str, str] = {}
+    for number, (utt, rel) in _read_fields(lists / "enroll.lst", 2):
+        path = _existing_variant(os.path.abspath(os.path.join(eval_dir, rel)))
+        if path is None:
+            skipped.append(
+                (os.path.abspath(os.path.join(eval_dir, rel)), f"listed in enroll.lst:{number} but not found")
+            )
+        else:
+            enroll[utt] = path
+    pairs = []
+    missing_tests: set[str] = set()
+    for number, (enroll_id, rel, label_text) in _read_fields(lists / "trials.lst", 3):
+        label = _trial_label(label_text, f"{lists / 'trials.lst'}:{number}")
+        if enroll_id not in enroll:
+            continue
+        listed = os.path.abspath(os.path.join(eval_dir, rel))
+        test_path = _existing_variant(listed)
+        if test_path is None:
+            if listed not in missing_tests:
+                missing_tests.add(listed)
+                skipped.append((listed, f"listed in trials.lst:{number} but not found"))
+            continue
+        enroll_spk = enroll_id[: -len("-enroll")] if enroll_id.endswith("-enroll") else enroll_id
+        test_spk = os.path.basename(rel).split("-")[0]
+        pairs.append((label, enroll[enroll_id], enroll_spk, test_path, test_spk))
+    return pairs
+
+
+def _vox_audio_dir(root: Path) -> Path:
+    for candidate in (root / "wav", root / "aac", root / "dev" / "aac", root / "dev" / "wav"):
+        if candidate.is_dir():
+            return candidate
+    return root
+
+
+def prepare_voxceleb(
+    root: PathLike | Sequence[PathLike],
+    output_dir: PathLike,
+    test_ratio: float = 0.1,
+    test_speakers: int | None = None,
+    num_trials: int | None = None,
+    seed: int = 0,
+    check_audio: bool = False,
+    num_workers: int | None = None,
+    trials_file: PathLike | None = None,
+) -> PreparedData:
+    """Lists for VoxCeleb1/2 (``root`` may be several corpus folders, e.g. VoxCeleb1 and VoxCeleb2 dev).
+
+    Audio is ``<root>/wav/<id>/<youtube id>/<n>.wav`` (also ``aac/`` or ``dev/aac/``, or ``root`` itself).
+    VoxCeleb2 ships AAC ``.m4a``, which soundfile cannot read: those files are reported as skipped and must
+    be converted to wav first (e.g. with ffmpeg). ``trials_file`` is an official list such as
+    ``veri_test2.txt``, ``list_test_hard2.txt`` or ``list_test_all2.txt`` (``label path1 path2``, paths
+    relative to ``wav/``; found as given or inside a root): its files form the test list, every speaker in it
+    is kept out of training, and its trials are written (``num_trials`` subsamples them). Without it the
+    speakers are split and trials generated as for folders.
+
+    >>> import tempfile
+    >>> prepare_voxceleb("/no/such/vox", tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    mvector.errors.DataListError: VoxCeleb root not found: /no/such/vox
+    """
+    roots = [_require_dir(r, "VoxCeleb root") for r in _as_roots(root)]
+    audio_dirs = [_vox_audio_dir(r) for r in roots]
+    skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
+    found: list[tuple[str, str]] = []
+    for folder in audio_dirs:
+        found += _scan_speaker_tree(folder, skipped, notes, exclude=[Path(output_dir)])
+    if not found:
+        m4a = sum(1 for p, _ in skipped if p.lower().endswith(".m4a"))
+        hint = f"; {m4a} .m4a file(s) found: {_CONVERT_HINT}" if m4a else ""
+        raise DataListError(f"no readable audio found under {', '.join(map(str, audio_dirs))}{hint}")
+
+    if trials_file is None:
+        records = _filter_readable(found, check_audio, num_workers, skipped)
+        train_spk, test_spk = split_speakers({s for _, s in records}, test_ratio, test_speakers, seed)
+        test_set = set(test_spk)
+        train = [r for r in records if r[1] not in test_set]
+        test = [r for r in records if r[1] in test_set]
+        return _finish(output_dir, train, test, skipped, notes, num_trials, seed)
+
+    trial_path = _find_trials_file(trials_file, roots)
+    pairs = []
+    missing: set[str] = set()
+    for number, (label_text, first, second) in _read_fields(trial_path, 3):
+        label = _trial_label(label_text, f"{trial_path}:{number}")
+        resolved = []
+        for rel in (first, second):
+            hit = next((os.path.join(d, rel) for d in audio_dirs if os.path.isfile(os.path.join(d, rel))), None)
+            if hit is None and rel not in missing:
+                missing.add(rel)
+                skipped.append((rel, f"listed in {trial_path.name}:{number} but not found under the audio folders"))
+            resolved.append(hit)
+        if resolved[0] and resolved[1]:
+            pairs.append(
+                (
+                    label,
+                    os.path.abspath(resolved[0]),
+                    _first_part(first),
+                    os.path.abspath(resolved[1]),
+                    _first_part(second),
+                )
+            )
+    if not pairs:
+        raise DataListError(f"{trial_path}: none of its trials point at files under {', '.join(map(str, audio_dirs))}")
+    test, trials, dropped = _official_eval(pairs, check_audio, num_workers, skipped)
+    if dropped:
+        notes.append(f"{dropped} official trial(s) dropped because a file is missing or unreadable")
+    trial_speakers = {p[2] for p in pairs} | {p[4] for p in pairs}
+    train = _filter_readable([r for r in found if r[1] not in trial_speakers], check_audio, num_workers, skipped)
+    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, official_trials=trials)
+
+
+def _first_part(rel: str) -> str:
+    return rel.replace("\\", "/").split("/")[0]
+
+
+def _find_trials_file(trials_file: PathLike, roots: Sequence[Path]) -> Path:
+    given = Path(trials_file)
+    if given.is_file():
+        return given
+    if not given.is_absolute():
+        for r in roots:
+            for candidate in (r / given, r / "meta" / given):
+                if candidate.is_file():
+                    return candidate
+    raise DataListError(
+        f"trials file not found: {trials_file} (looked as given and inside {', '.join(map(str, roots))})"
+    )
+
+
+#: Corpus name -> preparation function (what ``create_data.py <corpus>`` calls).
+CORPORA: dict[str, Callable[..., PreparedData]] = {
+    "folder": prepare_folder,
+    "zhvoice": prepare_zhvoice,
+    "cnceleb": prepare_cnceleb,
+    "voxceleb": prepare_voxceleb,
+}
+
+
+def prepare_corpus(corpus: str, root: PathLike | Sequence[PathLike], output_dir: PathLike, **options) -> PreparedData:
+    """Dispatch to the ``prepare_*`` function of ``corpus``; options not accepted by it are a ConfigError.
+
+    >>> prepare_corpus("voxceleb1", "x", "y")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mvector.errors.ConfigError: unknown corpus 'voxceleb1'; did you mean 'voxceleb'? Valid: cnceleb, ...
+    """
+    import inspect
+
+    from mvector.errors import check_keys, unknown_name_error
+
+    if corpus not in CORPORA:
+        raise unknown_name_error("corpus", corpus, CORPORA)
+    func = CORPORA[corpus]
+    accepted = [p for p in inspect.signature(func).parameters if p not in ("root", "output_dir")]
+    check_keys(options, accepted, f"options of {func.__name__}")
+    if corpus in ("folder", "zhvoice"):
+        roots = _as_roots(root)
+        if len(roots) != 1:
+            raise ConfigError(f"corpus {corpus!r} takes one root folder, got {len(roots)}")
+        root = roots[0]
+    return func(root, output_dir, **options)
