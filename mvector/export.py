@@ -1,0 +1,417 @@
+"""Waveform → embedding in one module, and its export to TorchScript and ONNX.
+
+:class:`EmbeddingModel` puts the featurizer in front of the backbone, so an exported model takes raw audio
+(float32 ``[batch, samples]`` at the model's sample rate, plus each row's length in samples) and returns
+embeddings ``[batch, embd_dim]``; no feature code is needed where the model is used.
+
+- :func:`export_torchscript` traces the model (on the CPU) and checks the trace against the eager model on
+  other batch sizes and lengths than the example; :func:`load_torchscript` loads it back.
+- :func:`export_onnx` writes an ONNX graph with dynamic batch and length axes (TorchScript-based exporter,
+  ``dynamo=False``), stores ``sample_rate`` and ``embd_dim`` in its metadata, and by default checks it with
+  ONNX Runtime against PyTorch; :class:`OnnxEmbedder` runs it with numpy in and out.
+
+ONNX needs the optional packages ``onnx`` and ``onnxruntime``: ``pip install "mvector[export]"``.
+
+>>> import torch
+>>> model = EmbeddingModel(_DemoFeaturizer(), _DemoBackbone()).eval()
+>>> emb = model(torch.randn(2, 4000), torch.tensor([4000, 2500]))
+>>> tuple(emb.shape), model.embd_dim, model.sample_rate
+((2, 8), 8, 16000)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from mvector.errors import CheckpointError, MVectorError
+
+__all__ = [
+    "EmbeddingModel",
+    "export_torchscript",
+    "load_torchscript",
+    "export_onnx",
+    "OnnxEmbedder",
+    "ExportDependencyError",
+    "EXPORT_INSTALL_HINT",
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: How to install the optional ONNX dependencies.
+EXPORT_INSTALL_HINT = 'pip install "mvector[export]"'
+
+_INPUT_NAMES = ["waveforms", "lengths"]
+_OUTPUT_NAMES = ["embeddings"]
+
+
+class ExportDependencyError(MVectorError, ImportError):
+    """An optional export dependency (``onnx``, ``onnxruntime``) is missing."""
+
+
+class EmbeddingModel(nn.Module):
+    """Featurizer + backbone: ``forward(waveforms [B, T] float32, lengths [B] int64) -> [B, embd_dim]``.
+
+    ``lengths`` are valid samples per row (the rest is padding); ``None`` means every row is full length.
+    The featurizer maps ``(waveforms, lengths)`` to ``(features [B, frames, F], frame_lengths)`` and the
+    backbone maps ``(features, frame_lengths)`` to embeddings.
+
+    >>> model = EmbeddingModel(_DemoFeaturizer(), _DemoBackbone()).eval()
+    >>> model(torch.zeros(1, 1600)).shape
+    torch.Size([1, 8])
+    """
+
+    def __init__(self, featurizer: nn.Module, backbone: nn.Module):
+        super().__init__()
+        self.featurizer = featurizer
+        self.backbone = backbone
+
+    @property
+    def embd_dim(self) -> int:
+        """Size of the embeddings (the backbone's ``embd_dim``)."""
+        return int(self.backbone.embd_dim)
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate the featurizer expects (its ``sample_rate``; 16000 when it has none)."""
+        return int(getattr(self.featurizer, "sample_rate", 16000))
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must have shape [batch, samples], got {tuple(waveforms.shape)}")
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device)
+        features, frame_lengths = self.featurizer(waveforms, lengths)
+        return self.backbone(features, frame_lengths)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _example_inputs(sample_rate: int, seconds: float, lengths_frac: Sequence[float]) -> tuple[torch.Tensor, ...]:
+    """A padded batch of noise-like waveforms, one row per fraction of ``seconds``."""
+    total = max(int(round(seconds * sample_rate)), 1)
+    lengths = torch.tensor([max(int(total * f), 1) for f in lengths_frac], dtype=torch.long)
+    gen = torch.Generator().manual_seed(1234)
+    waves = 0.1 * torch.randn(len(lengths_frac), int(lengths.max()), generator=gen)
+    mask = torch.arange(waves.shape[1])[None, :] < lengths[:, None]
+    return waves * mask, lengths
+
+
+def _check_cases(model: EmbeddingModel, seconds: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Inputs unlike the example: another batch size, other lengths, a padded batch, and a single clip."""
+    return [
+        _example_inputs(model.sample_rate, seconds * 1.7, (1.0, 0.55, 0.8)),
+        _example_inputs(model.sample_rate, seconds * 0.6, (1.0,)),
+    ]
+
+
+def _cpu_eval_copy(model: nn.Module) -> EmbeddingModel:
+    if not isinstance(model, EmbeddingModel):
+        raise TypeError(f"expected an EmbeddingModel (featurizer + backbone), got {type(model).__name__}")
+    return copy.deepcopy(model).cpu().eval()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> tuple[bool, float]:
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    return a.shape == b.shape and diff <= tol * max(1.0, float(b.abs().max()) if b.numel() else 0.0), diff
+
+
+def _atomic_target(path: PathLike) -> tuple[Path, Path]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return path, Path(tmp)
+
+
+def _require(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as err:
+        raise ExportDependencyError(
+            f"ONNX export and inference need the '{module}' package: {EXPORT_INSTALL_HINT}"
+        ) from err
+
+
+def _metadata(model: EmbeddingModel) -> dict[str, str]:
+    from mvector import __version__
+
+    return {"sample_rate": str(model.sample_rate), "embd_dim": str(model.embd_dim), "mvector_version": __version__}
+
+
+# ---------------------------------------------------------------------------------------------- TorchScript
+
+
+def export_torchscript(model: EmbeddingModel, path: PathLike, example_seconds: float = 2.0) -> Path:
+    """Trace ``model`` (a CPU copy in eval mode) to a TorchScript file at ``path`` and return the path.
+
+    The trace is taken on a padded batch of two clips (``example_seconds`` long and 3/4 of that) and then
+    compared with the eager model on a batch of three other lengths and on a single clip; a mismatch (a
+    length or batch size baked into the trace) raises :class:`~mvector.errors.MVectorError` with the tracer's
+    warnings, which point at the line responsible. The file also holds ``mvector.json`` (sample rate,
+    embedding size, version) as an extra file. The traced model runs on the CPU.
+
+    >>> import tempfile, os
+    >>> model = EmbeddingModel(_DemoFeaturizer(), _DemoBackbone())
+    >>> path = export_torchscript(model, os.path.join(tempfile.mkdtemp(), "model.pt"), example_seconds=0.5)
+    >>> ts = load_torchscript(path)
+    >>> w, n = torch.randn(3, 5000), torch.tensor([5000, 4000, 3000])
+    >>> bool(torch.allclose(ts(w, n), model.eval()(w, n), atol=1e-5))
+    True
+    """
+    if not example_seconds > 0:
+        raise ValueError(f"example_seconds must be > 0, got {example_seconds!r}")
+    model = _cpu_eval_copy(model)
+    example = _example_inputs(model.sample_rate, example_seconds, (1.0, 0.75))
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)
+    tracer_notes = [str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    with torch.no_grad():
+        for waves, lengths in _check_cases(model, example_seconds):
+            ok, diff = _close(traced(waves, lengths), model(waves, lengths), 1e-4)
+            if not ok:
+                notes = "; ".join(dict.fromkeys(tracer_notes)) or "none"
+                raise MVectorError(
+                    f"the traced model does not generalise to batch {waves.shape[0]} × {waves.shape[1]} samples "
+                    f"(max abs diff {diff:.3g}); something in the featurizer or backbone depends on the example's "
+                    f"shape. Tracer warnings: {notes}"
+                )
+    path, tmp = _atomic_target(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.save.* is deprecated", category=DeprecationWarning)
+            torch.jit.save(traced, str(tmp), _extra_files={"mvector.json": json.dumps(_metadata(model))})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_torchscript(path: PathLike, map_location: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """Load a model written by :func:`export_torchscript` (eval mode).
+
+    TorchScript archives hold TorchScript code and tensors, not pickled Python objects. A missing or
+    unreadable file raises :class:`~mvector.errors.CheckpointError`.
+
+    >>> load_torchscript("no/such/model.pt")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.CheckpointError: no/such/model.pt: TorchScript model not found
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: TorchScript model not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=map_location)
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a TorchScript model written by export_torchscript ({err})") from err
+    return module.eval()
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(
+    model: EmbeddingModel,
+    path: PathLike,
+    opset: int = 17,
+    example_seconds: float = 2.0,
+    verify: bool = True,
+) -> Path:
+    """Export ``model`` to ONNX at ``path`` with dynamic batch and length axes; returns the path.
+
+    Inputs ``waveforms`` (float32 ``[batch, samples]``) and ``lengths`` (int64 ``[batch]``), output
+    ``embeddings`` (float32 ``[batch, embd_dim]``). Uses the TorchScript-based exporter (``dynamo=False``;
+    opset 17 is the first with an STFT operator). With ``verify`` the graph is run with ONNX Runtime on other
+    batch sizes and lengths (including a padded batch) and must match PyTorch within 1e-4; otherwise an
+    :class:`~mvector.errors.MVectorError` says by how much. Needs ``onnx`` and ``onnxruntime``.
+
+    >>> import tempfile, os
+    >>> model = EmbeddingModel(_DemoFeaturizer(), _DemoBackbone())
+    >>> path = export_onnx(model, os.path.join(tempfile.mkdtemp(), "model.onnx"), example_seconds=0.5)
+    >>> embedder = OnnxEmbedder(path)
+    >>> w = np.random.default_rng(0).standard_normal((2, 3000)).astype("float32")
+    >>> out = embedder(w, np.array([3000, 2000]))
+    >>> ref = model.eval()(torch.from_numpy(w), torch.tensor([3000, 2000])).detach().numpy()
+    >>> out.shape, embedder.sample_rate, bool(np.abs(out - ref).max() < 1e-4)
+    ((2, 8), 16000, True)
+    """
+    onnx = _require("onnx")
+    if verify:
+        _require("onnxruntime")
+    if not example_seconds > 0:
+        raise ValueError(f"example_seconds must be > 0, got {example_seconds!r}")
+    model = _cpu_eval_copy(model)
+    example = _example_inputs(model.sample_rate, example_seconds, (1.0, 0.75))
+    path, tmp = _atomic_target(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            warnings.filterwarnings("ignore", message=".*return_complex=False.*")
+            _onnx_export(
+                model,
+                example,
+                str(tmp),
+                input_names=_INPUT_NAMES,
+                output_names=_OUTPUT_NAMES,
+                dynamic_axes={
+                    "waveforms": {0: "batch", 1: "samples"},
+                    "lengths": {0: "batch"},
+                    "embeddings": {0: "batch"},
+                },
+                opset_version=int(opset),
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp))
+        for key, value in _metadata(model).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        if verify:
+            embedder = OnnxEmbedder(tmp)
+            with torch.no_grad():
+                for waves, lengths in [example, *_check_cases(model, example_seconds)]:
+                    ref = model(waves, lengths)
+                    got = torch.from_numpy(embedder(waves.numpy(), lengths.numpy()))
+                    ok, diff = _close(got, ref, 1e-4)
+                    if not ok:
+                        raise MVectorError(
+                            f"ONNX Runtime output differs from PyTorch for batch {waves.shape[0]} × "
+                            f"{waves.shape[1]} samples (max abs diff {diff:.3g}); the export is not usable"
+                        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _onnx_export(*args: Any, **kwargs: Any) -> None:
+    """``torch.onnx.export`` with its (very long) failure messages cut to the reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*feature will be removed", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+            torch.onnx.export(*args, **kwargs)
+    except Exception as err:  # the exporter raises many types (SymbolicValueError, RuntimeError, ...)
+        reason = str(err).split(" [Caused by", 1)[0].strip().splitlines()
+        raise MVectorError(
+            f"ONNX export failed: {reason[0] if reason else type(err).__name__} "
+            "(an operator in the featurizer or backbone has no ONNX form for dynamic shapes)"
+        ) from err
+
+
+class OnnxEmbedder:
+    """Run an ONNX model from :func:`export_onnx` with ONNX Runtime: numpy in, numpy out.
+
+    ``embedder(waveforms, lengths)`` takes float32 ``[batch, samples]`` (or one 1-D clip) and int64 lengths
+    (``None``: full rows) and returns float32 ``[batch, embd_dim]``. ``sample_rate`` and ``embd_dim`` come
+    from the model's metadata. ``providers`` defaults to the CPU provider.
+
+    >>> OnnxEmbedder("no/such/model.onnx")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.CheckpointError: no/such/model.onnx: ONNX model not found
+    """
+
+    def __init__(self, path: PathLike, providers: Sequence[str] | None = None, num_threads: int | None = None):
+        ort = _require("onnxruntime")
+        if not Path(path).is_file():
+            raise CheckpointError(f"{path}: ONNX model not found")
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = int(num_threads)
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"{path}: cannot load the ONNX model ({err})") from err
+        names = [i.name for i in self.session.get_inputs()]
+        if names != _INPUT_NAMES:
+            raise CheckpointError(f"{path}: expected inputs {_INPUT_NAMES} (an mvector export), got {names}")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.path = Path(path)
+        self.sample_rate = int(meta.get("sample_rate", 16000))
+        self.embd_dim = int(meta["embd_dim"]) if "embd_dim" in meta else None
+
+    def __call__(self, waveforms: Any, lengths: Any = None) -> np.ndarray:
+        waves = np.asarray(waveforms.detach().cpu() if isinstance(waveforms, torch.Tensor) else waveforms)
+        if waves.ndim == 1:
+            waves = waves[None, :]
+        if waves.ndim != 2:
+            raise ValueError(f"waveforms must have shape [batch, samples] or [samples], got {waves.shape}")
+        waves = np.ascontiguousarray(waves, dtype=np.float32)
+        if lengths is None:
+            lens = np.full(waves.shape[0], waves.shape[1], dtype=np.int64)
+        else:
+            lens = np.asarray(lengths.detach().cpu() if isinstance(lengths, torch.Tensor) else lengths)
+            lens = np.ascontiguousarray(lens, dtype=np.int64).reshape(-1)
+            if lens.shape[0] != waves.shape[0]:
+                raise ValueError(f"got {lens.shape[0]} lengths for {waves.shape[0]} waveforms")
+            if lens.size and (lens.min() < 1 or lens.max() > waves.shape[1]):
+                raise ValueError(f"lengths must lie in 1..{waves.shape[1]} (the padded length), got {lens.tolist()}")
+        (out,) = self.session.run(_OUTPUT_NAMES, {"waveforms": waves, "lengths": lens})
+        return out.astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"OnnxEmbedder({str(self.path)!r}, sample_rate={self.sample_rate}, embd_dim={self.embd_dim})"
+
+
+# ---------------------------------------------------------------------------------------------- doc examples
+
+
+class _DemoFeaturizer(nn.Module):
+    """Tiny length-aware featurizer for the examples: 25 ms frames every 10 ms, 8 log-energy sub-bands.
+
+    Framing is a strided convolution (exportable with dynamic lengths, unlike ``Tensor.unfold``).
+    """
+
+    sample_rate = 16000
+    feature_dim = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        bands = torch.zeros(8, 1, 400)
+        for k in range(8):
+            bands[k, 0, k * 50 : (k + 1) * 50] = 1.0 / 50
+        self.register_buffer("bands", bands, persistent=False)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        energy = torch.nn.functional.conv1d(waveforms[:, None, :].pow(2), self.bands, stride=160)
+        feats = torch.log(energy + 1e-6).transpose(1, 2)  # [B, frames, 8]
+        frame_lengths = torch.div(lengths - 400, 160, rounding_mode="floor") + 1
+        mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
+        return feats * mask[..., None], frame_lengths
+
+
+class _DemoBackbone(nn.Module):
+    """Tiny backbone for the examples: a linear layer per frame and a length-masked mean."""
+
+    embd_dim = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.proj = nn.Linear(8, 8)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(8, 8, generator=gen) * 0.3)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = (torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]).float()
+        hidden = torch.tanh(self.proj(features)) * mask[..., None]
+        return hidden.sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
