@@ -345,6 +345,9 @@ def apply_overrides(conf: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
         value = parse_value(raw) if isinstance(raw, str) else raw
         parts = dotted.split(".")
         section = parts[0]
+        key_spec = _fixed_key(parts)
+        if isinstance(raw, str) and key_spec is not None and key_spec.type is str:
+            value = raw.strip()  # a plain string key keeps words such as "none" as they are
         check_keys({section: None}, _SECTION_ORDER, "the config (override --" + dotted + ")")
         spec = SCHEMA.get(section)
         if len(parts) == 1:
@@ -370,6 +373,15 @@ def apply_overrides(conf: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
             node = child
         node[parts[-1]] = value
     return conf
+
+
+def _fixed_key(parts: Sequence[str]) -> Key | None:
+    spec = SCHEMA.get(parts[0])
+    if isinstance(spec, Key) and len(parts) == 1:
+        return spec
+    if isinstance(spec, dict) and len(parts) == 2:
+        return spec.get(parts[1])
+    return None
 
 
 def validate_free_sections(conf: Mapping[str, Any]) -> None:
@@ -453,11 +465,12 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     if ds["num_speakers"] is not None and ds["num_speakers"] < 2:
         raise ConfigError(f"dataset_conf.num_speakers must be at least 2, got {ds['num_speakers']}")
     fc = conf.get("feature_conf") or {}
-    if "sample_rate" in fc and fc["sample_rate"] != ds["sample_rate"]:
-        raise ConfigError(
-            f"feature_conf.sample_rate ({fc['sample_rate']}) differs from dataset_conf.sample_rate "
-            f"({ds['sample_rate']}); audio is resampled to dataset_conf.sample_rate, so they must agree"
-        )
+    for key in ("sample_rate", "sample_frequency"):
+        if key in fc and fc[key] != ds["sample_rate"]:
+            raise ConfigError(
+                f"feature_conf.{key} ({fc[key]}) differs from dataset_conf.sample_rate "
+                f"({ds['sample_rate']}); audio is resampled to dataset_conf.sample_rate, so they must agree"
+            )
     tc = conf["train_conf"]
     if tc["max_epoch"] < 1:
         raise ConfigError(f"train_conf.max_epoch must be >= 1, got {tc['max_epoch']}")
