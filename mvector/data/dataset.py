@@ -1,0 +1,334 @@
+"""Training and evaluation datasets, the padding collate and length-bucketed batches.
+
+Training clips are cropped to ``max_duration``; clips shorter than that are returned whole (no repetition, no
+padding in the dataset). :func:`collate_batch` zero-pads every batch to its longest clip and returns the true
+``lengths``, which the featurizer, normalisation and pooling use to ignore the padding — so a short clip is seen
+exactly as it is, wherever it lands. A file that fails to load mid-epoch does not stop training: the dataset
+returns an :class:`Unreadable` marker, and the collate drops it into ``Batch.skipped``.
+
+>>> import numpy as np
+>>> batch = collate_batch([(np.ones(3, np.float32), 1), Unreadable("/x/bad.wav", "cannot decode"),
+...                        (np.ones(5, np.float32), 0)])
+>>> batch.waveforms.shape, batch.lengths.tolist(), batch.labels.tolist(), batch.skipped
+(torch.Size([2, 5]), [3, 5], [1, 0], [('/x/bad.wav', 'cannot decode')])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+
+from mvector.audio import audio_duration, crop, load_audio
+from mvector.data.lists import Utterance
+from mvector.errors import AudioError, ConfigError, MVectorError
+
+__all__ = [
+    "Unreadable",
+    "TrainDataset",
+    "EvalDataset",
+    "Batch",
+    "collate_batch",
+    "length_bucketed_batches",
+    "header_durations",
+]
+
+#: Errors from decoding a file that turn into an :class:`Unreadable` marker instead of stopping training.
+_LOAD_ERRORS = (MVectorError, OSError, ValueError, RuntimeError, EOFError)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Returned by a dataset in place of an item whose file could not be loaded.
+
+    >>> Unreadable("/data/a.wav", "cannot decode audio")
+    Unreadable(path='/data/a.wav', reason='cannot decode audio')
+    """
+
+    path: str
+    reason: str
+
+
+def _duration_or_none(path: str) -> float | None:
+    try:
+        return audio_duration(path)
+    except (AudioError, OSError, ValueError, RuntimeError):
+        return None
+
+
+def header_durations(paths: Sequence[str], threads: int | None = None) -> list[float | None]:
+    """Durations (s) read from the file headers, None for a file whose header cannot be read.
+
+    Large lists are read with a small thread pool (the header reads wait on the disk, not the CPU).
+
+    >>> header_durations(["/no/such/file.wav"])
+    [None]
+    """
+    paths = list(paths)
+    if threads is None:
+        threads = min(8, (os.cpu_count() or 1) * 2)
+    if len(paths) < 256 or threads <= 1:
+        return [_duration_or_none(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(_duration_or_none, paths, chunksize=64))
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Training clips: load → (VAD) → dB-normalise → random crop → augment, as ``(waveform, label)``.
+
+    At construction, clips shorter than ``min_duration`` (by their header) are left out and counted in
+    ``num_filtered_short``; files whose header cannot be read are left out and counted in ``num_unreadable``
+    (``min_duration <= 0`` skips the header reads, and then nothing is filtered). ``__getitem__`` returns
+    ``(float32 waveform, label)`` or, when the file fails to load, an :class:`Unreadable` marker.
+
+    Crops: a clip longer than ``max_duration`` is cut at a random offset to ``max_duration``; a shorter one is
+    returned whole, and :func:`collate_batch` pads it and records its length. With speed perturbation the clip
+    is first cropped ``augmenter.max_speed`` times longer, augmented, then cropped to ``max_duration``, so fast
+    speeds still fill the crop.
+
+    Randomness: each item draws from its own ``np.random.Generator`` seeded from ``(seed, epoch, index)``, so an
+    epoch gives the same clips whatever the number of DataLoader workers. Call :meth:`set_epoch` before each
+    epoch (DataLoader workers are re-created per epoch unless ``persistent_workers``, which would keep the old
+    epoch).
+
+    >>> import tempfile, pathlib
+    >>> from mvector.audio import save_wav
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> save_wav(d / "a.wav", np.sin(np.arange(32000) * 0.1).astype(np.float32), 16000)
+    >>> ds = TrainDataset([Utterance(str(d / "a.wav"), 3)], max_duration=1.5, seed=1)
+    >>> wave, label = ds[0]
+    >>> wave.shape, label, np.array_equal(wave, ds[0][0])
+    ((24000,), 3, True)
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        sample_rate: int = 16000,
+        max_duration: float = 3.0,
+        min_duration: float = 0.5,
+        augmenter: Callable[[np.ndarray, int, np.random.Generator], np.ndarray] | None = None,
+        normalize: bool = True,
+        target_db: float = -20.0,
+        vad: bool = False,
+        seed: int = 0,
+    ):
+        if max_duration is None or not max_duration > 0:
+            raise ConfigError(f"max_duration must be > 0 seconds, got {max_duration!r}")
+        min_duration = float(min_duration or 0.0)
+        if min_duration > max_duration:
+            raise ConfigError(f"min_duration ({min_duration}) is larger than max_duration ({max_duration})")
+        self.sample_rate = int(sample_rate)
+        self.max_duration = float(max_duration)
+        self.min_duration = min_duration
+        self.augmenter = augmenter
+        self.normalize = bool(normalize)
+        self.target_db = float(target_db)
+        self.vad = bool(vad)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.num_filtered_short = 0
+        self.num_unreadable = 0
+        self.unreadable: list[str] = []
+        utterances = list(utterances)
+        if min_duration > 0:
+            kept = []
+            durations = header_durations([u.path for u in utterances])
+            for utt, duration in zip(utterances, durations):
+                if duration is None:
+                    self.num_unreadable += 1
+                    self.unreadable.append(utt.path)
+                elif duration < min_duration:
+                    self.num_filtered_short += 1
+                else:
+                    kept.append(utt)
+            utterances = kept
+        self.utterances: list[Utterance] = utterances
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random crops and augmentations ``__getitem__`` produces."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def item_rng(self, index: int) -> np.random.Generator:
+        """The generator item ``index`` uses in the current epoch."""
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch & 0xFFFFFFFF, int(index)])
+
+    def __getitem__(self, index: int) -> Union[tuple[np.ndarray, int], Unreadable]:
+        utt = self.utterances[index]
+        rng = self.item_rng(index)
+        crop_samples = int(round(self.max_duration * self.sample_rate))
+        stretch = float(getattr(self.augmenter, "max_speed", 1.0)) if self.augmenter is not None else 1.0
+        first_crop = int(math.ceil(crop_samples * max(1.0, stretch)))
+        try:
+            wave = load_audio(
+                utt.path,
+                self.sample_rate,
+                normalize=self.normalize,
+                target_db=self.target_db,
+                vad=self.vad,
+                max_duration=first_crop / self.sample_rate,
+                crop_mode="random",
+                rng=rng,
+            )
+        except _LOAD_ERRORS as err:
+            return Unreadable(utt.path, _reason(err))
+        if self.augmenter is not None:
+            wave = self.augmenter(wave, self.sample_rate, rng)
+            wave = crop(wave, crop_samples, mode="random", rng=rng)
+        return np.ascontiguousarray(wave, dtype=np.float32), int(utt.label)
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """Whole utterances for evaluation / embedding: no augmentation, cut to the first ``max_duration`` seconds.
+
+    ``items`` are paths or :class:`~mvector.data.lists.Utterance` objects. ``__getitem__`` returns
+    ``(float32 waveform, index)`` — the index lets batches formed by length be put back in order — or an
+    :class:`Unreadable` marker. ``max_duration=None`` keeps whole files.
+
+    >>> import tempfile, pathlib
+    >>> from mvector.audio import save_wav
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> save_wav(d / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    >>> ds = EvalDataset([str(d / "a.wav"), str(d / "missing.wav")], max_duration=0.25)
+    >>> ds[0][0].shape, ds[0][1], isinstance(ds[1], Unreadable), ds.durations()
+    ((4000,), 0, True, [0.25, 0.0])
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Union[str, os.PathLike, Utterance]],
+        sample_rate: int = 16000,
+        max_duration: float | None = 20.0,
+        normalize: bool = True,
+        target_db: float = -20.0,
+        vad: bool = False,
+    ):
+        if max_duration is not None and not max_duration > 0:
+            raise ConfigError(f"max_duration must be > 0 seconds or None, got {max_duration!r}")
+        self.paths: list[str] = [item.path if isinstance(item, Utterance) else os.fspath(item) for item in items]
+        self.sample_rate = int(sample_rate)
+        self.max_duration = None if max_duration is None else float(max_duration)
+        self.normalize = bool(normalize)
+        self.target_db = float(target_db)
+        self.vad = bool(vad)
+        self._durations: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def durations(self) -> list[float]:
+        """Header durations in seconds, capped at ``max_duration``; 0.0 for an unreadable header (cached)."""
+        if self._durations is None:
+            cap = self.max_duration if self.max_duration is not None else math.inf
+            self._durations = [min(d, cap) if d is not None else 0.0 for d in header_durations(self.paths)]
+        return list(self._durations)
+
+    def __getitem__(self, index: int) -> Union[tuple[np.ndarray, int], Unreadable]:
+        path = self.paths[index]
+        try:
+            wave = load_audio(
+                path,
+                self.sample_rate,
+                normalize=self.normalize,
+                target_db=self.target_db,
+                vad=self.vad,
+                max_duration=self.max_duration,
+                crop_mode="leading",
+            )
+        except _LOAD_ERRORS as err:
+            return Unreadable(path, _reason(err))
+        return wave, int(index)
+
+
+@dataclass
+class Batch:
+    """A padded batch: ``waveforms [B, T]`` float32, ``lengths [B]`` and ``labels [B]`` int64, and the
+    ``(path, reason)`` of items dropped because their file could not be loaded.
+
+    With every item unreadable, ``B`` is 0 (``waveforms`` is ``[0, 0]``).
+
+    >>> b = collate_batch([(np.ones(2, np.float32), 4)])
+    >>> b.waveforms.tolist(), b.lengths.tolist(), b.labels.tolist(), len(b)
+    ([[1.0, 1.0]], [2], [4], 1)
+    """
+
+    waveforms: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.waveforms.shape[0])
+
+    def pin_memory(self) -> Batch:
+        """Pinned-memory copy (called by ``DataLoader(pin_memory=True)``)."""
+        return Batch(self.waveforms.pin_memory(), self.lengths.pin_memory(), self.labels.pin_memory(), self.skipped)
+
+    def to(self, device: Any, non_blocking: bool = False) -> Batch:
+        """The batch with its tensors on ``device``."""
+        return Batch(
+            self.waveforms.to(device, non_blocking=non_blocking),
+            self.lengths.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.skipped,
+        )
+
+
+def collate_batch(items: Sequence[Union[tuple[Any, int], Unreadable]]) -> Batch:
+    """Zero-pad ``(waveform, label)`` items to the longest one; :class:`Unreadable` markers go to ``skipped``.
+
+    >>> b = collate_batch([(np.ones(3, np.float32), 0), (np.ones(1, np.float32), 2)])
+    >>> b.waveforms.tolist(), b.lengths.tolist()
+    ([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], [3, 1])
+    """
+    skipped: list[tuple[str, str]] = []
+    waves: list[np.ndarray] = []
+    labels: list[int] = []
+    for item in items:
+        if isinstance(item, Unreadable):
+            skipped.append((item.path, item.reason))
+            continue
+        wave, label = item
+        wave = wave.numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+        if wave.ndim != 1:
+            raise ValueError(f"collate_batch expects 1-D waveforms, got shape {tuple(wave.shape)}")
+        waves.append(wave)
+        labels.append(int(label))
+    longest = max((w.shape[0] for w in waves), default=0)
+    out = np.zeros((len(waves), longest), dtype=np.float32)
+    for row, wave in enumerate(waves):
+        out[row, : wave.shape[0]] = wave
+    return Batch(
+        torch.from_numpy(out),
+        torch.tensor([w.shape[0] for w in waves], dtype=torch.int64),
+        torch.tensor(labels, dtype=torch.int64),
+        skipped,
+    )
+
+
+def length_bucketed_batches(durations: Sequence[float], batch_size: int) -> list[list[int]]:
+    """Indices sorted by duration (longest first, ties in input order) and cut into batches of ``batch_size``.
+
+    Neighbours in a batch have similar lengths, so evaluation wastes little time on padding. Usable as a
+    DataLoader ``batch_sampler``.
+
+    >>> length_bucketed_batches([1.0, 5.0, 2.0, 4.0, 3.0], 2)
+    [[1, 3], [4, 2], [0]]
+    """
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    order = sorted(range(len(durations)), key=lambda i: -float(durations[i]))
+    return [order[i : i + int(batch_size)] for i in range(0, len(order), int(batch_size))]
