@@ -45,6 +45,7 @@ Labels are checked against ``num_speakers``: see :meth:`MarginHead.forward`.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -341,6 +342,12 @@ class CEHead(MarginHead):
     supports_sub_centers = False
 
     def __init__(self, embd_dim: int, num_speakers: int, **kwargs: Any):
+        ignored = sorted(k for k in ("margin", "scale") if k in kwargs)
+        if ignored:
+            warnings.warn(
+                f"loss_conf {' and '.join(ignored)} have no effect with the CE loss (a plain softmax classifier)",
+                stacklevel=2,
+            )
         super().__init__(embd_dim, num_speakers, **kwargs)
         self.bias = nn.Parameter(torch.zeros(num_speakers))
 

@@ -1,0 +1,78 @@
+"""Shared command-line plumbing for the root scripts: boolean flags, config overrides, logging.
+
+>>> parser = base_parser("demo")
+>>> args, overrides = parse_args(parser, ["--use_gpu", "False", "--dataset_conf.batch_size=8"])
+>>> args.use_gpu, overrides
+(False, {'dataset_conf.batch_size': '8'})
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from mvector.config import parse_overrides
+from mvector.errors import MVectorError
+
+__all__ = ["str2bool", "base_parser", "parse_args", "run_cli"]
+
+
+def str2bool(text: str) -> bool:
+    """Parse true/false/yes/no/1/0 for boolean flags.
+
+    >>> str2bool("False"), str2bool("1")
+    (False, True)
+    """
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with ``--configs`` and ``--use_gpu``; any ``--section.key=value`` is a config override."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Any config key can be overridden: --dataset_conf.batch_size=32 --train_conf.max_epoch=2",
+    )
+    parser.add_argument(
+        "--configs",
+        default="ecapa_tdnn",
+        help="bundled config (ecapa_tdnn, tdnn, res2net, resnet_se) or YAML path",
+    )
+    parser.add_argument("--use_gpu", type=str2bool, default=None, help="train/evaluate on CUDA (default: if available)")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
+    """Parse known flags; everything of the form ``--a.b=value`` becomes a dotted override."""
+    args, rest = parser.parse_known_args(argv)
+    dotted = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
+    unknown = [a for a in rest if a.startswith("--") and a not in dotted]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        overrides = parse_overrides(rest)
+    except MVectorError as err:
+        parser.error(str(err))
+    if getattr(args, "use_gpu", None) is None and hasattr(args, "use_gpu"):
+        import torch
+
+        args.use_gpu = torch.cuda.is_available()
+    return args, overrides
+
+
+def run_cli(main, argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; an mvector error prints one clear line and exits 2 instead of a traceback."""
+    try:
+        main(argv)
+    except MVectorError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

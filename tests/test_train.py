@@ -1,0 +1,214 @@
+"""End-to-end training and evaluation on CPU: CLI scripts, resume exactness, torchrun DDP, bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvector.data.synthetic import generate_corpus
+from mvector.errors import DataListError
+from mvector.trainer import MVectorTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "dataset_conf.batch_size": "8",
+    "dataset_conf.num_workers": "0",
+    "dataset_conf.max_duration": "1.0",
+    "dataset_conf.min_duration": "0.3",
+    "dataset_conf.eval_batch_size": "8",
+    "feature_conf.num_mel_bins": "40",
+    "model_conf.channels": "32",
+    "model_conf.embd_dim": "32",
+    "train_conf.max_epoch": "2",
+    "train_conf.log_interval": "2",
+    "train_conf.log_backend": "none",
+    "loss_conf.margin_scheduler.end_epoch": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    train = generate_corpus(root / "train", 6, 6, seed=0, min_duration=1.0, max_duration=1.6)
+    test = generate_corpus(root / "test", 4, 4, seed=1, min_duration=1.0, max_duration=1.6)
+    return {"train": train, "test": test, "root": root}
+
+
+def _overrides(corpus, **extra):
+    out = dict(
+        SMALL, **{"dataset_conf.train_list": str(corpus["train"]), "dataset_conf.test_list": str(corpus["test"])}
+    )
+    out.update({k: str(v) for k, v in extra.items()})
+    return out
+
+
+def _cli(args, cwd, env_extra=None, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.update(env_extra or {})
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return proc
+
+
+def test_train_and_eval_scripts_end_to_end(corpus, tmp_path):
+    flags = [f"--{k}={v}" for k, v in _overrides(corpus).items()]
+    save = tmp_path / "models"
+    proc = _cli(
+        [
+            str(ROOT / "train.py"),
+            "--configs",
+            "ecapa_tdnn",
+            "--use_gpu",
+            "False",
+            "--save_model_path",
+            str(save),
+            *flags,
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    model_dir = save / "EcapaTdnn_Fbank"
+    for name in ("best_model", "last_model", "epoch_1", "epoch_2"):
+        assert (model_dir / name / "model.pt").is_file(), name
+    assert "samples/s" in proc.stdout and "ETA" in proc.stdout
+    proc = _cli(
+        [
+            str(ROOT / "eval.py"),
+            "--configs",
+            "ecapa_tdnn",
+            "--use_gpu",
+            "False",
+            "--resume_model",
+            str(model_dir / "best_model"),
+            "--save_image_path",
+            str(tmp_path / "img"),
+            *flags,
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((model_dir / "best_model" / "result.json").read_text())
+    for key in ("eer", "min_dcf", "min_dcf_0.05", "threshold", "tpr", "fpr", "num_trials"):
+        assert key in result
+    assert 0.0 <= result["eer"] <= 1.0 and result["num_trials"] == 16 * 15 // 2
+    assert (tmp_path / "img" / "EcapaTdnn_Fbank_det.png").stat().st_size > 1000
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    full = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=_overrides(corpus))
+    full.train(save_model_path=tmp_path / "full")
+    resumed = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=_overrides(corpus))
+    resumed.train(save_model_path=tmp_path / "resumed", resume_model=tmp_path / "full" / "EcapaTdnn_Fbank" / "epoch_1")
+    a = torch.load(tmp_path / "full" / "EcapaTdnn_Fbank" / "last_model" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "EcapaTdnn_Fbank" / "last_model" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel())
+    assert worst <= 1e-6
+    state = json.loads((tmp_path / "resumed" / "EcapaTdnn_Fbank" / "last_model" / "state.json").read_text())
+    assert state["epoch"] == 2
+
+
+def test_resume_refuses_other_model_config(corpus, tmp_path):
+    MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=_overrides(corpus, **{"train_conf.max_epoch": 1})).train(
+        save_model_path=tmp_path
+    )
+    other = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=_overrides(corpus, **{"model_conf.channels": 48}))
+    with pytest.raises(Exception, match="channels"):
+        other.train(save_model_path=tmp_path / "x", resume_model=tmp_path / "EcapaTdnn_Fbank" / "last_model")
+
+
+def test_torchrun_two_processes_gloo(corpus, tmp_path):
+    flags = [f"--{k}={v}" for k, v in _overrides(corpus, **{"train_conf.max_epoch": 1}).items()]
+    proc = _cli(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            str(ROOT / "train.py"),
+            "--configs",
+            "ecapa_tdnn",
+            "--use_gpu",
+            "False",
+            "--save_model_path",
+            str(tmp_path),
+            *flags,
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world size 2" in proc.stdout
+    # 36 utterances / 2 ranks = 18 each → 2 batches of 8 per rank
+    assert "step 2/2" in proc.stdout
+    assert (tmp_path / "EcapaTdnn_Fbank" / "last_model" / "model.pt").is_file()
+
+
+def test_unreadable_file_mid_epoch_is_skipped_and_reported(corpus, tmp_path):
+    lines = Path(corpus["train"]).read_text().splitlines()
+    base = Path(corpus["train"]).parent
+    bad = tmp_path / "bad.wav"
+    good = (base / lines[0].split("\t")[0]).read_bytes()
+    bad.write_bytes(good[:44] + b"\x00" * 10)  # a valid header promising more data than there is
+    (tmp_path / "list.txt").write_text(
+        "\n".join(f"{base / line.split(chr(9))[0]}\t{line.split(chr(9))[1]}" for line in lines) + f"\n{bad}\t0\n"
+    )
+    trainer = MVectorTrainer(
+        "ecapa_tdnn",
+        use_gpu=False,
+        overrides=_overrides(corpus, **{"dataset_conf.train_list": tmp_path / "list.txt", "train_conf.max_epoch": 1}),
+    )
+    result = trainer.train(save_model_path=tmp_path / "m")
+    assert "eer" in result
+
+
+def test_label_out_of_range_names_the_line(corpus, tmp_path):
+    lines = Path(corpus["train"]).read_text().splitlines()
+    base = Path(corpus["train"]).parent
+    rows = [f"{base / line.split(chr(9))[0]}\t{line.split(chr(9))[1]}" for line in lines]
+    rows[3] = rows[3].rsplit("\t", 1)[0] + "\t99"
+    (tmp_path / "list.txt").write_text("\n".join(rows) + "\n")
+    trainer = MVectorTrainer(
+        "ecapa_tdnn",
+        use_gpu=False,
+        overrides=_overrides(
+            corpus, **{"dataset_conf.train_list": tmp_path / "list.txt", "dataset_conf.num_speakers": 6}
+        ),
+    )
+    with pytest.raises(DataListError, match="line 4"):
+        trainer.train(save_model_path=tmp_path / "m")
+
+
+def test_trained_model_beats_untrained_on_trial_list(corpus, tmp_path):
+    # Trial-file evaluation path (label enroll test, relative paths).
+    test_list = Path(corpus["test"])
+    rows = [line.split("\t") for line in test_list.read_text().splitlines()]
+    trials = []
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            trials.append(f"{int(rows[i][1] == rows[j][1])} {rows[i][0]} {rows[j][0]}")
+    (test_list.parent / "trials.txt").write_text("\n".join(trials) + "\n")
+    trainer = MVectorTrainer(
+        "ecapa_tdnn",
+        use_gpu=False,
+        overrides=_overrides(
+            corpus, **{"dataset_conf.trials_list": test_list.parent / "trials.txt", "train_conf.max_epoch": 1}
+        ),
+    )
+    result = trainer.train(save_model_path=tmp_path)
+    assert result["num_trials"] == len(trials)
+    assert np.isfinite(result["eer"])
