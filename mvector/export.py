@@ -43,6 +43,8 @@ __all__ = [
     "OnnxEmbedder",
     "ExportDependencyError",
     "EXPORT_INSTALL_HINT",
+    "EXPORT_FORMATS",
+    "export_checkpoint",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -370,6 +372,111 @@ class OnnxEmbedder:
 
     def __repr__(self) -> str:
         return f"OnnxEmbedder({str(self.path)!r}, sample_rate={self.sample_rate}, embd_dim={self.embd_dim})"
+
+
+# ---------------------------------------------------------------------------------------------- model folders
+
+#: Formats :func:`export_checkpoint` writes, and the file each one becomes in the output folder.
+EXPORT_FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path, tmp = _atomic_target(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stored_threshold(folder: Path) -> float | None:
+    path = folder / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("threshold")
+    except (ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: damaged JSON ({err})") from err
+    return None if value is None else float(value)
+
+
+def export_checkpoint(
+    model_path: PathLike,
+    output_dir: PathLike,
+    formats: Sequence[str] = ("torchscript", "onnx"),
+    opset: int = 17,
+    example_seconds: float = 2.0,
+) -> Path:
+    """Export a trainer checkpoint folder to a self-contained inference folder; returns ``output_dir``.
+
+    ``output_dir`` receives ``model.ts`` (TorchScript) and/or ``model.onnx`` (see :func:`export_torchscript`
+    and :func:`export_onnx`, which check the exported model against PyTorch), ``config.yml`` (a byte copy of
+    the checkpoint's config) and ``meta.json``: ``fingerprint`` (the sha256 of the checkpoint's ``model.pt``,
+    so a speaker database made with the checkpoint also works with the export), ``threshold`` (from the
+    checkpoint's ``result.json``; null when it was never evaluated), ``embd_dim``, ``sample_rate``,
+    ``library_version``, ``formats``, ``model`` and ``source``. ``meta.json`` is removed first and written last,
+    so an interrupted export is never taken for a complete one; a model file of a format not asked for this time
+    is removed. :class:`~mvector.predictor.MVectorPredictor` loads the folder (``backend="torchscript"`` or
+    ``"onnx"``).
+
+    >>> import tempfile, os
+    >>> from mvector.demo import tiny_checkpoint
+    >>> out = export_checkpoint(tiny_checkpoint(tempfile.mkdtemp()), os.path.join(tempfile.mkdtemp(), "export"),
+    ...                         formats=["torchscript"], example_seconds=0.5)
+    >>> sorted(p.name for p in out.iterdir())
+    ['config.yml', 'meta.json', 'model.ts']
+    >>> meta = json.loads((out / "meta.json").read_text())
+    >>> meta["embd_dim"], meta["sample_rate"], meta["threshold"], meta["formats"]
+    (32, 16000, 0.5, ['torchscript'])
+    """
+    from mvector import __version__
+    from mvector.errors import unknown_name_error
+    from mvector.predictor import model_from_checkpoint, resolve_model_dir
+
+    if isinstance(formats, str):
+        formats = [formats]
+    wanted = list(dict.fromkeys(str(f).lower() for f in formats))
+    if not wanted:
+        raise unknown_name_error("export format", "", EXPORT_FORMATS)
+    for fmt in wanted:
+        if fmt not in EXPORT_FORMATS:
+            raise unknown_name_error("export format", fmt, EXPORT_FORMATS)
+    if "onnx" in wanted:
+        _require("onnx")
+        _require("onnxruntime")
+    source = resolve_model_dir(model_path)
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise MVectorError(f"output folder {out} is a file")
+    if out.is_dir() and ((out / "state.json").exists() or out.resolve() == source.resolve()):
+        raise MVectorError(f"{out} is a training checkpoint folder; export into a folder of its own")
+    model, config, fingerprint = model_from_checkpoint(source)
+    threshold = _stored_threshold(source)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+    for fmt, filename in EXPORT_FORMATS.items():
+        if fmt not in wanted:
+            (out / filename).unlink(missing_ok=True)
+    if "torchscript" in wanted:
+        export_torchscript(model, out / EXPORT_FORMATS["torchscript"], example_seconds=example_seconds)
+    if "onnx" in wanted:
+        export_onnx(model, out / EXPORT_FORMATS["onnx"], opset=opset, example_seconds=example_seconds)
+    _atomic_bytes(out / "config.yml", (source / "config.yml").read_bytes())
+    meta = {
+        "fingerprint": fingerprint,
+        "threshold": threshold,
+        "embd_dim": model.embd_dim,
+        "sample_rate": model.sample_rate,
+        "library_version": __version__,
+        "formats": [f for f in EXPORT_FORMATS if f in wanted],
+        "model": f"{config['use_model']}_{config['preprocess_conf']['feature_method']}",
+        "source": str(source.absolute()),
+    }
+    _atomic_bytes(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- doc examples

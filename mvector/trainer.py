@@ -17,6 +17,7 @@ import random
 import time
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
@@ -107,6 +108,22 @@ def _config_differences(a: Mapping[str, Any], b: Mapping[str, Any], sections: Se
         elif va != vb:
             diffs.append(f"{name}: {va!r} vs {vb!r}")
     return diffs
+
+
+@dataclass
+class _TrainParts:
+    """What one training epoch works with (built once in :meth:`MVectorTrainer.train`)."""
+
+    train_module: torch.nn.Module
+    featurizer: torch.nn.Module
+    spec_aug: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    margin_scheduler: MarginScheduler | None
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+    writer: Any
 
 
 class MVectorTrainer:
@@ -282,6 +299,18 @@ class MVectorTrainer:
             )
 
         writer = self._make_writer() if ctx.is_main else None
+        parts = _TrainParts(
+            train_module,
+            featurizer,
+            spec_aug,
+            optimizer,
+            scheduler,
+            margin_scheduler,
+            scaler,
+            use_amp,
+            amp_dtype,
+            writer,
+        )
         result: dict[str, Any] = {}
         total_skipped = 0
         self._log(
@@ -298,22 +327,7 @@ class MVectorTrainer:
                 generator.manual_seed(seed * 1000 + epoch)
             model.train()
             featurizer.train()
-            skipped_epoch, global_step = self._train_epoch(
-                epoch,
-                max_epoch,
-                loader,
-                train_module,
-                featurizer,
-                spec_aug,
-                optimizer,
-                scheduler,
-                margin_scheduler,
-                scaler,
-                use_amp,
-                amp_dtype,
-                writer,
-                global_step,
-            )
+            skipped_epoch, global_step = self._train_epoch(epoch, max_epoch, loader, parts, global_step)
             head.check_labels()  # surfaces a deferred out-of-range label error from CUDA steps
             skipped_all = int(ctx.all_reduce_sum(torch.tensor(len(skipped_epoch))).item())
             total_skipped += skipped_all
@@ -399,23 +413,15 @@ class MVectorTrainer:
         )
         return loader, sampler, generator
 
-    def _train_epoch(
-        self,
-        epoch,
-        max_epoch,
-        loader,
-        train_module,
-        featurizer,
-        spec_aug,
-        optimizer,
-        scheduler,
-        margin_scheduler,
-        scaler,
-        use_amp,
-        amp_dtype,
-        writer,
-        global_step,
-    ):
+    def _train_epoch(self, epoch: int, max_epoch: int, loader, parts: _TrainParts, global_step: int):
+        train_module, featurizer, spec_aug = parts.train_module, parts.featurizer, parts.spec_aug
+        optimizer, scheduler, margin_scheduler, scaler = (
+            parts.optimizer,
+            parts.scheduler,
+            parts.margin_scheduler,
+            parts.scaler,
+        )
+        use_amp, amp_dtype, writer = parts.use_amp, parts.amp_dtype, parts.writer
         ctx = self.ctx
         tc = self.configs["train_conf"]
         device = ctx.device
