@@ -13,9 +13,6 @@ Numbers taken while other jobs load the CPU are provisional.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from functools import partial
@@ -23,8 +20,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+from common import add_repo_to_path, emit, machine_info
 
-from mvector.features import FEATURIZERS, build_featurizer
+add_repo_to_path()
+
+from mvector.features import FEATURIZERS, build_featurizer  # noqa: E402
 
 SAMPLE_RATE = 16000
 
@@ -135,19 +135,14 @@ def main() -> None:
         "baseline": baseline,
         "ratio_vs_librosa": ratio,
         "results": results,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "machine": machine_info(
+            ["platform", "processor_or_machine", "cpu_count", "torch_threads", "torch", "numpy", "cuda"],
+            names={"processor_or_machine": "processor"},
+        ),
         "quick": args.quick,
         "note": "provisional when other jobs share the CPU",
     }
-    print(json.dumps(report, indent=2))
+    emit(report, indent=2)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,15 @@ Numbers taken while other processes load the CPU are provisional; the JSON carri
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
+from common import add_repo_to_path, emit, machine_info, stats
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+add_repo_to_path()
 
 from mvector.models import build_backbone  # noqa: E402
 
@@ -131,13 +127,7 @@ class PlainEcapa(nn.Module):
 
 
 def summary(times: list[float], items: int) -> dict:
-    rates = [items / t for t in times]
-    return {
-        "median": round(statistics.median(rates), 2),
-        "min": round(min(rates), 2),
-        "max": round(max(rates), 2),
-        "repeats": len(rates),
-    }
+    return stats([items / t for t in times], digits=2)
 
 
 class InferenceTimer:
@@ -238,13 +228,7 @@ def main() -> None:
         "benchmark": "bench_models",
         "setup": f"batch {batch} x {frames} frames x {feats} features, float32, CPU",
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
+            **machine_info(["platform", "processor", "cpu_count", "torch_threads", "python", "torch", "numpy"]),
             "loadavg_before": [round(v, 2) for v in load_before],
         },
         "backbones": {},
@@ -312,7 +296,7 @@ def main() -> None:
     # Other processes on the cores make multi-threaded timings noisy (threads wait for each other).
     result["provisional"] = bool(max(load_before[0], load_after[0]) > 0.5)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    print(json.dumps(result, indent=1))
+    emit(result, indent=1)
 
 
 if __name__ == "__main__":

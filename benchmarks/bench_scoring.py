@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
+from common import emit, machine_info  # noqa: E402
 
 
 def make_embeddings(n: int, dim: int = 192, per_speaker: int = 10, seed: int = 0):
@@ -148,11 +148,7 @@ def main() -> None:
     report: dict = {
         "benchmark": "bench_scoring",
         "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
+            **machine_info(["platform", "python", "cpu_count", "torch", "numpy"]),
             "torch_threads": args.threads or torch.get_num_threads(),
             "loadavg_at_start": list(os.getloadavg()),
         },
@@ -192,7 +188,7 @@ def main() -> None:
         "speedup_median": loop_full / ours["median_s"],
     }
     report["loadavg_at_end"] = list(os.getloadavg())
-    print(json.dumps(report, indent=1))
+    emit(report, indent=1)
 
 
 if __name__ == "__main__":

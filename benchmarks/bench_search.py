@@ -16,19 +16,16 @@ Prints one JSON object. Goal: under 50 ms for one query against 1M speakers (192
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import add_repo_to_path, emit, machine_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+add_repo_to_path()
 
 from mvector.speaker_db import SpeakerDatabase  # noqa: E402
 
@@ -152,12 +149,6 @@ def main() -> None:
         for b in baseline
     }
     largest = ours[-1]
-    try:
-        import threadpoolctl  # noqa: F401
-
-        blas = [{k: p.get(k) for k in ("internal_api", "num_threads")} for p in threadpoolctl.threadpool_info()]
-    except ImportError:
-        blas = None
     report = {
         "benchmark": "speaker_db.search",
         "figure": {
@@ -173,28 +164,11 @@ def main() -> None:
         "repeats": args.repeats,
         "quick": args.quick,
         "total_s": round(time.perf_counter() - started, 1),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "torch": _torch_version(),
-            "blas": blas,
-        },
+        "machine": machine_info(
+            ["platform", "processor", "cpu_count", "cpus_usable", "load_average", "python", "numpy", "torch", "blas"]
+        ),
     }
-    print(json.dumps(report))
-
-
-def _torch_version() -> str | None:
-    try:
-        import torch
-
-        return torch.__version__
-    except ImportError:
-        return None
+    emit(report, indent=None)
 
 
 if __name__ == "__main__":
