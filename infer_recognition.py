@@ -87,11 +87,7 @@ def main(argv=None):
     if args.top_k < 1:
         parser.error("--top_k must be at least 1")
     interactive = not (args.register or args.recognize or args.remove or args.list or args.import_folder)
-    from mvector.predictor import MVectorPredictor, iter_audio_files
-    from mvector.speaker_db import validate_name
-
     # Everything that can be checked without the model is checked first, so mistakes fail fast.
-    files = []
     if interactive:
         if not sys.stdin.isatty():
             raise MVectorError(
@@ -101,7 +97,11 @@ def main(argv=None):
         from mvector.record import require_pyaudio
 
         require_pyaudio()
-    elif args.register:
+    from mvector.predictor import MVectorPredictor, iter_audio_files
+    from mvector.speaker_db import validate_name
+
+    files = []
+    if args.register:
         validate_name(args.register[0])
         files = [str(f) for f in iter_audio_files(args.register[1:], must_exist=True)]
     elif args.recognize:

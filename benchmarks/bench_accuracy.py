@@ -51,7 +51,7 @@ DEFAULT_OVERRIDES = {
     "model_conf.channels": 256,
     "dataset_conf.max_duration": 2.0,
     "dataset_conf.batch_size": 32,
-    "dataset_conf.num_workers": 2,
+    "dataset_conf.num_workers": None,
     "optimizer_conf.learning_rate": 0.002,
     "optimizer_conf.warmup_epochs": 1.0,
     "train_conf.log_interval": 1000,

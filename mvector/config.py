@@ -79,7 +79,9 @@ SCHEMA: dict[str, Any] = {
         "eval_max_duration": Key(20.0, float, "evaluation/inference utterances are cut to this length (s)"),
         "batch_size": Key(64, int, "training utterances per batch (per process under torchrun)"),
         "eval_batch_size": Key(32, int, "evaluation utterances per batch (batched by length)"),
-        "num_workers": Key(4, int, "data-loading worker processes"),
+        "num_workers": Key(
+            None, OptInt, "data-loading worker processes; None: 0 on CPU (faster there), min(4, CPUs) on CUDA"
+        ),
         "prefetch_factor": Key(4, int, "batches each worker loads ahead"),
         "use_dB_normalization": Key(True, bool, "bring every clip to target_dB RMS"),
         "target_dB": Key(-20.0, float, "target level of dB normalisation (dBFS)"),
@@ -454,7 +456,7 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     for key in ("batch_size", "eval_batch_size", "sample_rate", "prefetch_factor"):
         if ds[key] <= 0:
             raise ConfigError(f"dataset_conf.{key} must be positive, got {ds[key]}")
-    if ds["num_workers"] < 0:
+    if ds["num_workers"] is not None and ds["num_workers"] < 0:
         raise ConfigError(f"dataset_conf.num_workers must be >= 0, got {ds['num_workers']}")
     if ds["max_duration"] <= 0 or ds["min_duration"] < 0:
         raise ConfigError("dataset_conf.max_duration must be > 0 and min_duration >= 0")

@@ -34,7 +34,6 @@ def demo_config(train_list: str, test_list: str, max_epoch: int = 12) -> dict[st
             "dataset_conf.train_list": train_list,
             "dataset_conf.test_list": test_list,
             "dataset_conf.batch_size": 32,
-            "dataset_conf.num_workers": 2,
             "dataset_conf.max_duration": 2.0,
             "dataset_conf.eval_batch_size": 16,
             "model_conf.channels": 128,

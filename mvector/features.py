@@ -19,7 +19,7 @@ Keys of ``feature_conf``:
 * Spectrogram / MelSpectrogram / MFCC share the original README's keys ``sample_rate`` (16000), ``n_fft`` (512),
   ``win_length`` (400), ``hop_length`` (160), ``f_min`` (20.0), ``f_max`` (None = Nyquist), ``n_mels`` (80) and
   ``n_mfcc`` (40). A key the chosen method does not use (``n_mels`` for Spectrogram, ``n_mfcc`` for
-  MelSpectrogram, ...) is accepted and ignored, so switching ``feature_method`` never needs a config edit.
+  MelSpectrogram) is accepted with a warning that it has no effect, so switching ``feature_method`` needs no edit.
 * Fbank takes Kaldi's names: ``sample_rate`` (16000; ``sample_frequency`` is accepted as an alias),
   ``num_mel_bins`` (80; ``n_mels`` is accepted as an alias), ``frame_length`` (25 ms), ``frame_shift`` (10 ms),
   ``dither`` (1.0, int16 units, added only while ``self.training``), ``preemphasis_coefficient`` (0.97),
@@ -685,9 +685,18 @@ def build_featurizer(
                     raise ConfigError(f"{where}: {alias}={value!r} conflicts with {key}={conf[key]!r}; give only {key}")
                 conf[key] = value
         check_keys(conf, FBANK_KEYS + tuple(FBANK_ALIASES), where)
+        if conf.get("energy_floor"):
+            warnings.warn(f"{where}: energy_floor has no effect (no energy coefficient is output)", stacklevel=2)
     else:
         check_keys(conf, STFT_KEYS, where)
+        unused = [k for k in _UNUSED_KEYS.get(name, ()) if k in conf]
+        if unused:
+            warnings.warn(f"{where}: {', '.join(unused)} has no effect with {name}", stacklevel=2)
     return FEATURIZERS[name](**conf, normalize=bool(normalize))
+
+
+#: Keys of the shared STFT set that a method accepts (so configs switch methods freely) but does not use.
+_UNUSED_KEYS = {"Spectrogram": ("n_mels", "n_mfcc"), "MelSpectrogram": ("n_mfcc",)}
 
 
 # ------------------------------------------------------------------------------------------ SpecAugment

@@ -370,3 +370,12 @@ def test_specaugment_identity_in_eval_and_with_prob_zero() -> None:
         SpecAugment(prob=1.5)
     with pytest.raises(ConfigError):
         SpecAugment(time_mask_width=-1)
+
+
+def test_keys_a_method_does_not_use_warn_instead_of_being_silently_ignored():
+    with pytest.warns(UserWarning, match="n_mfcc has no effect with MelSpectrogram"):
+        build_featurizer("MelSpectrogram", {"n_mfcc": 13})
+    with pytest.warns(UserWarning, match="n_mels, n_mfcc has no effect with Spectrogram"):
+        build_featurizer("Spectrogram", {"n_mels": 40, "n_mfcc": 13})
+    with pytest.warns(UserWarning, match="energy_floor"):
+        build_featurizer("Fbank", {"energy_floor": 1.0})

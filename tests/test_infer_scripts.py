@@ -1,14 +1,16 @@
-"""The non-interactive command-line scripts: infer_contrast.py, infer_recognition.py, export_model.py.
-
-Run as real subprocesses with no standard input, as CI and shell scripts use them; ``--json`` output parsed.
-"""
+"""The inference scripts as a user runs them (subprocesses): infer_contrast.py, infer_recognition.py and
+export_model.py with --json output, concurrent enrolment, one-line errors with exit status 2, and the interactive
+loop (refused without a terminal; driven in-process with a fake terminal and microphone)."""
 
 from __future__ import annotations
 
+import builtins
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -17,174 +19,212 @@ import pytest
 from mvector.audio import save_wav
 from mvector.data.synthetic import make_voices, synthesize_utterance
 from mvector.demo import tiny_checkpoint
+from mvector.predictor import MVectorPredictor
 
-REPO = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
 
 
-def run(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, *args],
+def start(script: str, *args: str, cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), *map(str, args)],
         cwd=cwd,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=180)
+    return proc.returncode, out, err
+
+
+def run_all(*commands: tuple, cwd: Path) -> list[tuple[int, str, str]]:
+    """Run several scripts at once (they are independent) and return (status, stdout, stderr) for each."""
+    procs = [start(*c, cwd=cwd) for c in commands]
+    return [finish(p) for p in procs]
+
+
 def json_lines(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("scripts")
-    model = tiny_checkpoint(root / "model", threshold=0.9)
     voices = make_voices(2, seed=3)
     files = {}
-    for v in range(2):
-        for k in range(2):
-            wave = synthesize_utterance(voices[v], 1.0, SR, rng=np.random.default_rng(10 * v + k))
-            path = root / f"v{v}_{k}.wav"
-            save_wav(path, wave, SR)
-            files[(v, k)] = path
-    return {"root": root, "model": model, "files": files}
+    for name, voice in (("a", 0), ("b", 1)):
+        wave = synthesize_utterance(voices[voice], 0.8, SR, rng=np.random.default_rng(voice))
+        files[name] = root / f"{name}.wav"
+        save_wav(files[name], wave, SR)
+    return {"root": root, "model": tiny_checkpoint(root / "models"), **files}
 
 
-def test_contrast_json_same_file_is_the_same_speaker(setup):
-    f = setup["files"]
-    proc = run(
-        str(REPO / "infer_contrast.py"),
-        "--audio_path1", str(f[(0, 0)]),
-        "--audio_path2", str(f[(0, 0)]),
-        "--model_path", str(setup["model"]),
-        "--json",
-        cwd=setup["root"],
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    (result,) = json_lines(proc.stdout)
-    assert result["same"] is True and result["score"] == pytest.approx(1.0, abs=1e-5)
+def test_contrast_json_and_text(setup):
+    root, model, a, b = setup["root"], setup["model"], setup["a"], setup["b"]
+    (rc1, out1, err1), (rc2, out2, err2) = run_all(
+        ("infer_contrast.py", "--audio_path1", a, "--audio_path2", b, "--model_path", model, "--json"),
+        ("infer_contrast.py", "--audio_path1", a, "--audio_path2", a, "--model_path", model, "--threshold", "0.25"),
+        cwd=root,
+    )
+    assert rc1 == 0, err1
+    (result,) = json_lines(out1)
+    assert set(result) == {"score", "same"}
+    score, same = MVectorPredictor(model, use_gpu=False).contrast(a, b)
+    assert result["score"] == pytest.approx(score, abs=1e-5) and result["same"] is same
+    assert rc2 == 0, err2
+    assert "score 1.00000 -> the same speaker (threshold 0.25000)" in out2
 
 
-def test_contrast_threshold_flag_decides_the_verdict(setup):
-    f = setup["files"]
-    args = [str(REPO / "infer_contrast.py"), "--audio_path1", str(f[(0, 0)]), "--audio_path2", str(f[(1, 0)])]
-    args += ["--model_path", str(setup["model"]), "--json"]
-    low = json_lines(run(*args, "--threshold", "-1", cwd=setup["root"]).stdout)[0]
-    high = json_lines(run(*args, "--threshold", "1.01", cwd=setup["root"]).stdout)[0]
-    assert low["same"] is True and high["same"] is False
-    assert low["score"] == pytest.approx(high["score"])
-
-
-def test_contrast_errors_are_one_line_and_nonzero(setup, tmp_path):
-    proc = run(
-        str(REPO / "infer_contrast.py"),
-        "--audio_path1", str(tmp_path / "missing.wav"),
-        "--audio_path2", str(setup["files"][(0, 0)]),
-        "--model_path", str(setup["model"]),
+def test_register_concurrently_then_recognize_list_remove(setup, tmp_path):
+    model, a, b = setup["model"], setup["a"], setup["b"]
+    common = ("--model_path", model, "--audio_db_path", tmp_path / "audio_db", "--json")
+    results = run_all(
+        ("infer_recognition.py", *common, "--register", "alice", a),
+        ("infer_recognition.py", *common, "--register", "bob", b, b),
         cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert "missing.wav" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run(
-        str(REPO / "infer_contrast.py"),
-        "--audio_path1", str(setup["files"][(0, 0)]),
-        "--audio_path2", str(setup["files"][(0, 1)]),
-        "--model_path", str(tmp_path / "no_model"),
+    )
+    assert [r[0] for r in results] == [0, 0], [r[2] for r in results]
+    assert json_lines(results[0][1]) == [{"registered": "alice", "files": 1}]
+    assert json_lines(results[1][1]) == [{"registered": "bob", "files": 2}]
+    (rc_rec, out_rec, err_rec), (rc_list, out_list, _) = run_all(
+        ("infer_recognition.py", *common, "--threshold", "0.9", "--recognize", a, b),
+        ("infer_recognition.py", *common, "--list"),
         cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert "no_model" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_recognition_register_recognize_list_remove(setup, tmp_path):
-    f = setup["files"]
-    base = [str(REPO / "infer_recognition.py"), "--model_path", str(setup["model"]), "--audio_db_path", str(tmp_path)]
-    proc = run(*base, "--recognize", str(f[(0, 0)]), "--json", cwd=tmp_path)
-    assert proc.returncode != 0 and "no speakers" in proc.stderr.lower() and "Traceback" not in proc.stderr
-    assert run(*base, "--register", "alice", str(f[(0, 0)]), cwd=tmp_path).returncode == 0
-    assert run(*base, "--register", "bob", str(f[(1, 0)]), cwd=tmp_path).returncode == 0
-    proc = run(*base, "--recognize", str(f[(0, 0)]), str(f[(1, 0)]), "--json", "--threshold", "0.99", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    lines = json_lines(proc.stdout)
-    assert [line["name"] for line in lines] == ["alice", "bob"]
-    assert {"file", "name", "score"} <= set(lines[0])
-    assert lines[0]["file"].endswith("v0_0.wav") and lines[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    listed = json_lines(run(*base, "--list", "--json", cwd=tmp_path).stdout)[0]
-    assert sorted(listed["speakers"]) == ["alice", "bob"]
-    assert run(*base, "--remove", "alice", cwd=tmp_path).returncode == 0
-    proc = run(*base, "--remove", "alice", cwd=tmp_path)
-    assert proc.returncode != 0 and "alice" in proc.stderr and "Traceback" not in proc.stderr
-    listed = json_lines(run(*base, "--list", "--json", cwd=tmp_path).stdout)[0]
-    assert listed["speakers"] == ["bob"]
-
-
-def test_bad_speaker_name_is_refused(setup, tmp_path):
-    base = [str(REPO / "infer_recognition.py"), "--model_path", str(setup["model"]), "--audio_db_path", str(tmp_path)]
-    proc = run(*base, "--register", "../evil", str(setup["files"][(0, 0)]), cwd=tmp_path)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert not (tmp_path.parent / "evil").exists()
-
-
-def test_two_processes_registering_at_once_lose_nothing(setup, tmp_path):
-    base = [str(REPO / "infer_recognition.py"), "--model_path", str(setup["model"]), "--audio_db_path", str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, *base, "--register", name, str(setup["files"][(i, 0)])],
+    )
+    assert rc_rec == 0, err_rec
+    lines = json_lines(out_rec)
+    assert [set(x) for x in lines] == [{"file", "name", "score"}] * 2
+    assert [(x["file"], x["name"]) for x in lines] == [(str(a), "alice"), (str(b), "bob")]
+    assert all(x["score"] == pytest.approx(1.0, abs=1e-4) for x in lines)
+    assert rc_list == 0 and sorted(json_lines(out_list)[0]["speakers"]) == ["alice", "bob"]
+    # Plain text without --json; a relative database path is taken from the working folder.
+    rc, out, err = finish(
+        start(
+            "infer_recognition.py",
+            "--model_path",
+            model,
+            "--audio_db_path",
+            "audio_db",
+            "--remove",
+            "alice",
             cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
         )
-        for i, name in enumerate(["carol", "dave"])
+    )
+    assert rc == 0 and out.strip() == "removed alice", err
+    with MVectorPredictor(model, audio_db_path=tmp_path / "audio_db", use_gpu=False) as p:
+        assert p.speakers() == ["bob"] and p.db.num_utterances("bob") == 2
+
+
+def test_errors_are_one_line_with_status_2(setup, tmp_path):
+    model, a = setup["model"], setup["a"]
+    db = ("--model_path", model, "--audio_db_path", tmp_path / "empty_db")
+    cases = {
+        "missing file": (("infer_contrast.py", "--audio_path1", a, "--audio_path2", tmp_path / "nope.wav",
+                          "--model_path", model), "nope.wav: file not found"),
+        "missing model": (("infer_contrast.py", "--audio_path1", a, "--audio_path2", a, "--model_path",
+                           tmp_path / "no_model"), "no_model does not exist"),
+        "unknown speaker": (("infer_recognition.py", *db, "--remove", "carol"), "unknown speaker 'carol'"),
+        "empty database": (("infer_recognition.py", *db, "--recognize", a), "no speakers enrolled"),
+        "bad name": (("infer_recognition.py", *db, "--register", "../evil", a), "bad speaker name '../evil'"),
+        "missing recording": (("infer_recognition.py", *db, "--recognize", tmp_path / "gone.wav"), "gone.wav"),
+        "no terminal": (("infer_recognition.py", *db), "needs a terminal"),
+        "export without a model": (("export_model.py", "--model_path", tmp_path / "none", "--output_dir",
+                                    tmp_path / "out"), "does not exist"),
+    }  # fmt: skip
+    results = run_all(*(command for command, _ in cases.values()), cwd=tmp_path)
+    for (what, (_, expected)), (rc, out, err) in zip(cases.items(), results):
+        assert rc == 2, (what, rc, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (what, err)
+        assert "Traceback" not in err and out == "", what
+    assert not (tmp_path / "evil").exists()
+
+
+def test_export_script_and_predicting_from_the_export(setup, tmp_path):
+    model, a, b = setup["model"], setup["a"], setup["b"]
+    out_dir = tmp_path / "exported"
+    rc, out, err = finish(
+        start("export_model.py", "--model_path", model, "--output_dir", out_dir, "--json", cwd=tmp_path)
+    )
+    assert rc == 0, err
+    meta = json_lines(out)[0]
+    assert meta["formats"] == ["torchscript", "onnx"] and meta["threshold"] == 0.5 and meta["embd_dim"] == 32
+    assert meta["fingerprint"] == MVectorPredictor(model, use_gpu=False).fingerprint
+    assert sorted(p.name for p in out_dir.iterdir()) == ["config.yml", "meta.json", "model.onnx", "model.ts"]
+    expected, _ = MVectorPredictor(model, use_gpu=False).contrast(a, b)
+    results = run_all(
+        *(
+            (
+                "infer_contrast.py",
+                "--audio_path1",
+                a,
+                "--audio_path2",
+                b,
+                "--model_path",
+                out_dir,
+                "--backend",
+                x,
+                "--json",
+            )
+            for x in ("torchscript", "onnx")
+        ),
+        cwd=tmp_path,
+    )
+    for rc, out, err in results:
+        assert rc == 0, err
+        assert json_lines(out)[0]["score"] == pytest.approx(expected, abs=1e-4)
+
+
+def load_script(name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_interactive_loop_with_a_fake_terminal_and_microphone(setup, tmp_path, monkeypatch, capsys):
+    script = load_script("infer_recognition.py")
+    voices = make_voices(2, seed=3)
+    takes = iter(
+        [
+            synthesize_utterance(voices[0], 0.5, SR, rng=np.random.default_rng(10)),  # register alice
+            synthesize_utterance(voices[0], 0.5, SR, rng=np.random.default_rng(10)),  # recognise: the same take
+        ]
+    )
+
+    def fake_record(seconds, sample_rate=16000, device_index=None):
+        assert seconds == 0.5 and sample_rate == SR
+        return next(takes)
+
+    answers = iter(["0", "alice", "", "1", "", "3", "2", "nobody", "2", "alice", "3", "9", "q"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(answers))
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setitem(sys.modules, "pyaudio", types.SimpleNamespace())
+    monkeypatch.setattr("mvector.record.record_seconds", fake_record)
+    db = tmp_path / "db"
+    status = script.run_cli(
+        script.main,
+        ["--model_path", str(setup["model"]), "--audio_db_path", str(db), "--record_seconds", "0.5"],
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert out == [
+        "registered alice",
+        "alice (score 1.0000)",
+        "alice",
+        "error: unknown speaker 'nobody' in " + str(db / "speakers.sqlite") + " (1 enrolled); "
+        "known speakers include: alice",
+        "removed alice",
+        "(no speakers enrolled)",
+        "unknown choice '9'",
     ]
-    for p in procs:
-        _, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err
-    listed = json_lines(run(*base, "--list", "--json", cwd=tmp_path).stdout)[0]
-    assert sorted(listed["speakers"]) == ["carol", "dave"]
-
-
-def test_interactive_loop_without_a_terminal_exits_clearly(setup, tmp_path):
-    proc = run(
-        str(REPO / "infer_recognition.py"),
-        "--model_path", str(setup["model"]),
-        "--audio_db_path", str(tmp_path),
-        cwd=tmp_path,
-        timeout=120,
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert "--register" in (proc.stderr + proc.stdout)
-
-
-def test_export_script_then_contrast_with_the_export(setup, tmp_path):
-    proc = run(
-        str(REPO / "export_model.py"),
-        "--model_path", str(setup["model"]),
-        "--output_dir", str(tmp_path / "exported"),
-        "--formats", "torchscript",
-        "--json",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    meta = json_lines(proc.stdout)[0]
-    assert meta["threshold"] == pytest.approx(0.9)
-    f = setup["files"]
-    scores = []
-    for model in (setup["model"], tmp_path / "exported"):
-        proc = run(
-            str(REPO / "infer_contrast.py"),
-            "--audio_path1", str(f[(0, 0)]),
-            "--audio_path2", str(f[(0, 1)]),
-            "--model_path", str(model),
-            "--json",
-            cwd=tmp_path,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        scores.append(json_lines(proc.stdout)[0]["score"])
-    assert scores[0] == pytest.approx(scores[1], abs=1e-4)
+    # Without PyAudio the loop is refused up front with the install instructions.
+    monkeypatch.setitem(sys.modules, "pyaudio", None)
+    assert script.run_cli(script.main, ["--model_path", str(setup["model"])]) == 2
+    assert "portaudio19-dev" in capsys.readouterr().err
