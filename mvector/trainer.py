@@ -98,6 +98,12 @@ def resolve_num_workers(configured: int | None, device: torch.device) -> int:
     return min(4, os.cpu_count() or 1)
 
 
+def _trial_arrays(trials: Sequence[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(label, i, j)`` trials → labels ``[M]`` and index pairs ``[M, 2]`` (int64)."""
+    arr = np.asarray(trials, dtype=np.int64).reshape(-1, 3)
+    return arr[:, 0].copy(), arr[:, 1:].copy()
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -643,8 +649,7 @@ class MVectorTrainer:
             index = {p: i for i, p in enumerate(paths)}
             keep = [(lab, index[a], index[b]) for lab, a, b in trials if ok[index[a]] and ok[index[b]]]
             dropped = len(trials) - len(keep)
-            labels = np.array([t[0] for t in keep], dtype=np.int64)
-            pairs = np.array([(t[1], t[2]) for t in keep], dtype=np.int64).reshape(-1, 2)
+            labels, pairs = _trial_arrays(keep)
             scores = cosine_score_trials(emb, pairs)
             scores = self._maybe_asnorm(scores, emb, pairs, cohort_list, asnorm_top_k, model, device, progress)
             metrics = evaluate_scores(scores, labels)
@@ -656,9 +661,7 @@ class MVectorTrainer:
             emb, labels_all = emb[ok], labels_all[ok]
             dropped = int((~ok).sum())
             if ds["num_eval_trials"] or cohort_list:
-                trial_list = generate_trials(labels_all.tolist(), ds["num_eval_trials"], seed=0)
-                labels = np.array([t[0] for t in trial_list], dtype=np.int64)
-                pairs = np.array([(t[1], t[2]) for t in trial_list], dtype=np.int64).reshape(-1, 2)
+                labels, pairs = _trial_arrays(generate_trials(labels_all.tolist(), ds["num_eval_trials"], seed=0))
                 scores = cosine_score_trials(emb, pairs)
                 scores = self._maybe_asnorm(scores, emb, pairs, cohort_list, asnorm_top_k, model, device, progress)
                 metrics = evaluate_scores(scores, labels)
@@ -667,8 +670,7 @@ class MVectorTrainer:
                 scores = labels = None
                 if save_image_path:
                     sample = generate_trials(labels_all.tolist(), min(200_000, len(labels_all) ** 2), seed=0)
-                    labels = np.array([t[0] for t in sample], dtype=np.int64)
-                    pairs = np.array([(t[1], t[2]) for t in sample], dtype=np.int64).reshape(-1, 2)
+                    labels, pairs = _trial_arrays(sample)
                     scores = cosine_score_trials(emb, pairs)
         if bad:
             metrics["unreadable_files"] = [p for p, _ in bad]
