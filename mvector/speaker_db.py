@@ -40,6 +40,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
@@ -271,6 +272,21 @@ class _MeanCache:
         self.count = last
 
 
+def _retry_while_locked(action, seconds: float = 60.0):
+    """Run ``action``, retrying with a short back-off while SQLite reports the database locked or busy."""
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as err:
+            text = str(err).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class SpeakerDatabase:
     """Enrolled speakers of one model, stored in ``<db_dir>/speakers.sqlite``.
 
@@ -311,9 +327,11 @@ class SpeakerDatabase:
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 60000")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            # Switching a new file to WAL needs an exclusive lock, and SQLite may answer "locked" there without
+            # waiting on the busy timeout when another process opens the same new database at that moment.
+            _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._init_schema()
+            _retry_while_locked(self._init_schema)
         except sqlite3.DatabaseError as err:
             self.close()
             raise SpeakerDBError(f"{self.path}: cannot open the speaker database ({err})") from None
