@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,28 @@ def test_trained_model_beats_untrained_on_trial_list(corpus, tmp_path):
     result = trainer.train(save_model_path=tmp_path)
     assert result["num_trials"] == len(trials)
     assert np.isfinite(result["eer"])
+
+
+def test_pretrained_model_lists_skipped_weights_and_augmentation_runs(corpus, tmp_path, capsys):
+    first = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=_overrides(corpus, **{"train_conf.max_epoch": 1}))
+    first.train(save_model_path=tmp_path / "a")
+    capsys.readouterr()
+    # Another speaker count: the backbone loads, the classifier head does not fit and must be listed as skipped.
+    aug = tmp_path / "aug.yml"
+    aug.write_text(
+        "speed: {prob: 0.5}\nvolume: {prob: 0.5}\nnoise: {prob: 0.5, noise_dir: "
+        + str(tmp_path / "no_noise_here")
+        + "}\nspec_aug: {prob: 1.0}\n"
+    )
+    second = MVectorTrainer(
+        "ecapa_tdnn",
+        use_gpu=False,
+        overrides=_overrides(corpus, **{"train_conf.max_epoch": 1, "dataset_conf.num_speakers": 8}),
+        augment_conf_path=aug,
+    )
+    with pytest.warns(UserWarning, match="no_noise_here"):
+        second.train(save_model_path=tmp_path / "b", pretrained_model=tmp_path / "a" / "EcapaTdnn_Fbank" / "last_model")
+    out = capsys.readouterr().out
+    assert "pretrained" in out and "loaded" in out
+    assert re.search(r"loaded [1-9][0-9]* backbone tensors", out)
+    assert "skipped head.weight: shape (6, 32) != (8, 32)" in out
