@@ -80,14 +80,6 @@ class DistContext:
             dist.all_reduce(value)
         return value
 
-    def broadcast_object(self, obj: object) -> object:
-        """Send a small picklable object from rank 0 to every rank (in-process only, never from a file)."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def close(self) -> None:
         """Tear the process group down."""
         if self.distributed and dist.is_initialized():

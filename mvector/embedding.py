@@ -19,7 +19,7 @@ featurizer and backbones are length-masked; batching by length only saves paddin
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -73,13 +73,3 @@ def embed_waveforms(
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.stack(out).astype(np.float32, copy=False)
-
-
-def iter_chunks(items: Sequence, size: int) -> Iterable[Sequence]:
-    """Consecutive slices of ``items`` of at most ``size`` elements.
-
-    >>> [list(c) for c in iter_chunks([1, 2, 3], 2)]
-    [[1, 2], [3]]
-    """
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
