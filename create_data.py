@@ -16,7 +16,7 @@ import argparse
 import sys
 import warnings
 
-from mvector.cli import run_cli
+from mvector.cli.common import run_cli
 from mvector.data.prepare import CORPORA, DEFAULT_MAX_TRIALS, prepare_corpus
 
 

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from mvector.cli import run_cli
+from mvector.cli.common import run_cli
 
 
 def main(argv=None):

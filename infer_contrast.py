@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from mvector.cli import run_cli, str2bool
+from mvector.cli.common import run_cli, str2bool
 
 
 def main(argv=None):

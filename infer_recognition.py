@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from mvector.cli import run_cli, str2bool
+from mvector.cli.common import run_cli, str2bool
 from mvector.errors import MVectorError
 
 MENU = "0: register from the microphone  1: recognise from the microphone  2: remove  3: list  q: quit"

@@ -7,7 +7,7 @@ Examples:
 
 import sys
 
-from mvector.cli import base_parser, parse_args, run_cli
+from mvector.cli.common import base_parser, parse_args, run_cli
 
 
 def main(argv=None):

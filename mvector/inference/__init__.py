@@ -1,0 +1,1 @@
+"""Inference layer: backends behind one embedder interface, the embedding loop, the predictor, the speaker database."""

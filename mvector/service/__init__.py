@@ -1,0 +1,1 @@
+"""The HTTP verification service (``mvector serve``) over the inference layer."""
