@@ -1,0 +1,376 @@
+"""Waveform augmentation for training: speed, reverb, noise, volume, shift (+ SpecAugment settings).
+
+The configuration (``mvector/configs/augmentation.yml`` documents every key) is loaded with
+:func:`load_augmentation_config`; :func:`build_augmenter` turns it into a :class:`WaveAugmenter`, called by the
+training dataset on each crop with the clip's own random generator, so results do not depend on the number of
+data-loading workers. SpecAugment runs on the features; :func:`spec_augment_kwargs` gives its arguments.
+
+>>> import numpy as np
+>>> aug = build_augmenter({"volume": {"prob": 1.0, "min_gain_db": 6.0, "max_gain_db": 6.0}})
+>>> x = np.full(160, 0.1, dtype=np.float32)
+>>> y = aug(x, 16000, np.random.default_rng(0))
+>>> round(float(20 * np.log10(y[0] / x[0])), 3)
+6.0
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import numpy as np
+import yaml
+
+from mvector.errors import AudioError, ConfigError, check_keys
+
+__all__ = [
+    "AUGMENTATION_DEFAULTS",
+    "AUDIO_EXTENSIONS",
+    "DEFAULT_CONFIG_PATH",
+    "load_augmentation_config",
+    "WaveAugmenter",
+    "build_augmenter",
+    "spec_augment_kwargs",
+]
+
+#: The bundled configuration file.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "augmentation.yml"
+
+#: File name endings searched for in noise and impulse-response folders.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+#: Every section and key with its default; a key left out of a section takes this value.
+AUGMENTATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "speed": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1]},
+    "volume": {"prob": 0.3, "min_gain_db": -6.0, "max_gain_db": 6.0},
+    "noise": {"prob": 0.3, "noise_dir": "dataset/noise", "min_snr_db": 5.0, "max_snr_db": 20.0},
+    "reverb": {"prob": 0.2, "rir_dir": "dataset/rir"},
+    "shift": {"prob": 0.0, "max_shift_ms": 100.0},
+    "spec_aug": {"prob": 0.5, "freq_masks": 1, "freq_mask_width": 8, "time_masks": 1, "time_mask_width": 10},
+}
+
+_INT_KEYS = {"freq_masks", "freq_mask_width", "time_masks", "time_mask_width"}
+_STR_KEYS = {"noise_dir", "rir_dir"}
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ConfigError(f"{where} must be finite, got {value!r}")
+    return float(value)
+
+
+def _check_section(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    where = f"augmentation config [{name}]"
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys, got {given!r}")
+    check_keys(given, AUGMENTATION_DEFAULTS[name], where)
+    section = copy.deepcopy(AUGMENTATION_DEFAULTS[name])
+    section.update(given)
+    for key, value in section.items():
+        at = f"{name}.{key} in the augmentation config"
+        if key in _STR_KEYS:
+            if not isinstance(value, (str, os.PathLike)) or not str(value):
+                raise ConfigError(f"{at} must be a folder path, got {value!r}")
+            section[key] = str(value)
+        elif key in _INT_KEYS:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{at} must be an integer >= 0, got {value!r}")
+        elif key == "speeds":
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError(f"{at} must be a non-empty list of speed factors, got {value!r}")
+            speeds = [_number(v, at) for v in value]
+            if any(not 0.5 <= s <= 2.0 for s in speeds):
+                raise ConfigError(f"{at} must lie in [0.5, 2.0], got {value!r}")
+            section[key] = speeds
+        else:
+            section[key] = _number(value, at)
+    if not 0.0 <= section["prob"] <= 1.0:
+        raise ConfigError(f"{name}.prob in the augmentation config must be in [0, 1], got {section['prob']}")
+    for low, high in (("min_gain_db", "max_gain_db"), ("min_snr_db", "max_snr_db")):
+        if low in section and section[low] > section[high]:
+            raise ConfigError(
+                f"{name}.{low} ({section[low]}) is larger than {name}.{high} ({section[high]}) "
+                "in the augmentation config"
+            )
+    if name == "shift" and section["max_shift_ms"] < 0:
+        raise ConfigError(f"shift.max_shift_ms in the augmentation config must be >= 0, got {section['max_shift_ms']}")
+    return section
+
+
+def load_augmentation_config(source: Union[str, os.PathLike, Mapping[str, Any], None] = None) -> dict[str, Any]:
+    """Load and validate an augmentation config: a YAML path, a dict, or None for the bundled default file.
+
+    Returns every section with every key filled in. A section left out (or set to null) is turned off
+    (``prob`` 0); a key left out takes its default; an unknown key is a :class:`ConfigError` naming the
+    nearest valid one.
+
+    >>> conf = load_augmentation_config({"noise": {"prob": 0.5, "noise_dir": "my_noise"}})
+    >>> conf["noise"]["max_snr_db"], conf["speed"]["prob"]
+    (20.0, 0.0)
+    >>> load_augmentation_config(None)["reverb"]["rir_dir"]
+    'dataset/rir'
+    >>> load_augmentation_config({"volume": {"max_gain": 3}})
+    Traceback (most recent call last):
+    ...
+    mvector.errors.ConfigError: unknown key 'max_gain' in augmentation config [volume]; did you mean 'max_gain_db'? ...
+    """
+    where = "the augmentation config"
+    if source is None:
+        source = DEFAULT_CONFIG_PATH
+    if isinstance(source, Mapping):
+        raw: Any = dict(source)
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{path}: augmentation config file not found")
+        where = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if raw is None:
+            raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of augmentation sections, got {type(raw).__name__}")
+    check_keys(raw, AUGMENTATION_DEFAULTS, where)
+    conf: dict[str, Any] = {}
+    for name in AUGMENTATION_DEFAULTS:
+        given = raw.get(name)
+        if given is None:
+            given = {"prob": 0.0}
+        conf[name] = _check_section(name, given)
+    return conf
+
+
+def _find_audio_files(folder: str) -> list[str]:
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+
+
+def _fft_convolve(signal: np.ndarray, kernel: np.ndarray, length: int, offset: int) -> np.ndarray:
+    """``np.convolve(signal, kernel)[offset : offset + length]`` computed with real FFTs."""
+    full = signal.shape[0] + kernel.shape[0] - 1
+    size = 1 << max(0, (full - 1).bit_length())
+    spec = np.fft.rfft(signal, size) * np.fft.rfft(kernel, size)
+    out = np.fft.irfft(spec, size)[offset : offset + length]
+    return out.astype(np.float32, copy=False)
+
+
+class _FileCache:
+    """Per-process bounded cache of decoded noise / impulse-response files (least recently used goes first)."""
+
+    def __init__(self, max_files: int, max_samples: int):
+        self.max_files = max_files
+        self.max_samples = max_samples
+        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._samples = 0
+        self.failed: set[str] = set()
+
+    def get(self, path: str, sample_rate: int) -> np.ndarray | None:
+        key = (path, sample_rate)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        if path in self.failed:
+            return None
+        from mvector.audio import load_audio
+
+        try:
+            samples = load_audio(path, sample_rate)
+        except AudioError as err:
+            self.failed.add(path)
+            warnings.warn(f"augmentation: skipping unreadable file {path}: {err}", stacklevel=3)
+            return None
+        self._items[key] = samples
+        self._samples += samples.shape[0]
+        while self._items and (len(self._items) > self.max_files or self._samples > self.max_samples):
+            _, dropped = self._items.popitem(last=False)
+            self._samples -= dropped.shape[0]
+        return samples
+
+
+class WaveAugmenter:
+    """Applies the enabled waveform augmentations to a 1-D float32 clip.
+
+    Order: speed → reverb → noise → volume → shift, each with its own probability; every random draw comes
+    from the ``rng`` given to :meth:`__call__`. A configured noise or impulse-response folder that is missing
+    or holds no audio issues one warning naming it, and that augmentation is turned off. Noise and response
+    files are decoded at the clip's sample rate on first use and kept in a bounded per-process cache
+    (``max_cached_files`` files, ``max_cached_seconds`` of audio at 16 kHz). An unreadable one is skipped with a
+    warning (that clip just gets no noise / reverb).
+
+    ``max_speed`` is the largest speed factor: a clip shrinks by up to that factor, so the dataset crops that
+    much extra before augmenting.
+
+    >>> import numpy as np
+    >>> aug = WaveAugmenter({"shift": {"prob": 1.0, "max_shift_ms": 1.0}})
+    >>> aug.enabled, aug(np.ones(100, dtype=np.float32), 16000, np.random.default_rng(0)).shape
+    (['shift'], (100,))
+    """
+
+    def __init__(
+        self,
+        conf: Union[Mapping[str, Any], str, os.PathLike, None] = None,
+        max_cached_files: int = 64,
+        max_cached_seconds: float = 600.0,
+    ):
+        self.conf = load_augmentation_config(conf)
+        c = self.conf
+        self.noise_files: list[str] = []
+        self.rir_files: list[str] = []
+        if c["noise"]["prob"] > 0:
+            self.noise_files = self._folder_files(c["noise"]["noise_dir"], "noise")
+        if c["reverb"]["prob"] > 0:
+            self.rir_files = self._folder_files(c["reverb"]["rir_dir"], "reverb")
+        self.speeds = list(c["speed"]["speeds"])
+        self.enabled: list[str] = []
+        for name in ("speed", "reverb", "noise", "volume", "shift"):
+            if c[name]["prob"] <= 0:
+                continue
+            if name == "noise" and not self.noise_files or name == "reverb" and not self.rir_files:
+                continue
+            if name == "speed" and all(s == 1.0 for s in self.speeds):
+                continue
+            if name == "volume" and c[name]["min_gain_db"] == c[name]["max_gain_db"] == 0.0:
+                continue
+            if name == "shift" and c[name]["max_shift_ms"] == 0.0:
+                continue
+            self.enabled.append(name)
+        self.max_speed = max(self.speeds) if "speed" in self.enabled else 1.0
+        self._cache = _FileCache(max_cached_files, int(max_cached_seconds * 16000))
+
+    @staticmethod
+    def _folder_files(folder: str, name: str) -> list[str]:
+        files = _find_audio_files(folder)
+        if not files:
+            state = "holds no audio files" if Path(folder).expanduser().is_dir() else "does not exist"
+            warnings.warn(
+                f"augmentation: {name} folder {folder!r} {state} ({', '.join(AUDIO_EXTENSIONS)}); "
+                f"{name} augmentation is off",
+                stacklevel=3,
+            )
+        return files
+
+    def __repr__(self) -> str:
+        files = f"noise_files={len(self.noise_files)}, rir_files={len(self.rir_files)}"
+        return f"WaveAugmenter(enabled={self.enabled}, {files})"
+
+    def __call__(self, samples: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        """Augment one clip; returns a new float32 array (the input is not modified)."""
+        out = np.asarray(samples, dtype=np.float32)
+        for name in self.enabled:
+            if rng.random() >= self.conf[name]["prob"]:
+                continue
+            out = getattr(self, f"_{name}")(out, int(sample_rate), rng)
+        return out if out is not samples else out.copy()
+
+    # ---------------------------------------------------------------- single augmentations
+    def _speed(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        factor = float(self.speeds[int(rng.integers(len(self.speeds)))])
+        if factor == 1.0 or x.shape[0] < 2:
+            return x
+        from mvector.audio import resample
+
+        # Read the clip as if it had been recorded at factor × the rate: played back at the true rate it is
+        # factor × faster, with len / factor samples.
+        return resample(x, int(round(sample_rate * factor)), sample_rate)
+
+    def _volume(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        c = self.conf["volume"]
+        gain_db = rng.uniform(c["min_gain_db"], c["max_gain_db"])
+        return x * np.float32(10.0 ** (gain_db / 20.0))
+
+    def _noise(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        c = self.conf["noise"]
+        path = self.noise_files[int(rng.integers(len(self.noise_files)))]
+        snr_db = rng.uniform(c["min_snr_db"], c["max_snr_db"])
+        offset_draw = rng.random()
+        noise = self._cache.get(path, sample_rate)
+        if noise is None:
+            return x
+        n = x.shape[0]
+        if noise.shape[0] < n:
+            noise = np.tile(noise, -(-n // noise.shape[0]))[:n]
+        else:
+            start = int(offset_draw * (noise.shape[0] - n + 1))
+            noise = noise[start : start + n]
+        signal_power = float(np.mean(np.square(x, dtype=np.float64)))
+        noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
+        if signal_power <= 0.0 or noise_power <= 0.0:
+            return x
+        scale = math.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+        return (x + noise * np.float32(scale)).astype(np.float32, copy=False)
+
+    def _reverb(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        path = self.rir_files[int(rng.integers(len(self.rir_files)))]
+        rir = self._cache.get(path, sample_rate)
+        if rir is None or x.shape[0] == 0:
+            return x
+        peak = int(np.argmax(np.abs(rir)))
+        direct = float(rir[peak])
+        if direct == 0.0:
+            return x
+        # Start the output at the direct path (no added delay) and give the direct path unit gain.
+        return _fft_convolve(x, rir / np.float32(direct), x.shape[0], peak)
+
+    def _shift(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        max_shift = int(round(self.conf["shift"]["max_shift_ms"] * sample_rate / 1000.0))
+        shift = int(rng.integers(-max_shift, max_shift + 1))
+        n = x.shape[0]
+        if shift == 0 or n == 0:
+            return x
+        out = np.zeros_like(x)
+        if abs(shift) < n:
+            if shift > 0:
+                out[shift:] = x[: n - shift]
+            else:
+                out[: n + shift] = x[-shift:]
+        return out
+
+
+def build_augmenter(conf: Union[Mapping[str, Any], str, os.PathLike, None]) -> WaveAugmenter | None:
+    """A :class:`WaveAugmenter` for ``conf`` (dict or YAML path), or None when no waveform augmentation is on.
+
+    ``None`` means no augmentation (it does not load the bundled defaults; pass
+    :data:`DEFAULT_CONFIG_PATH` for those).
+
+    >>> build_augmenter(None) is None, build_augmenter({"spec_aug": {"prob": 1.0}}) is None
+    (True, True)
+    >>> build_augmenter({"speed": {"prob": 1.0}}).enabled
+    ['speed']
+    """
+    if conf is None:
+        return None
+    augmenter = WaveAugmenter(conf)
+    return augmenter if augmenter.enabled else None
+
+
+def spec_augment_kwargs(conf: Union[Mapping[str, Any], str, os.PathLike, None]) -> dict[str, Any] | None:
+    """Keyword arguments for ``mvector.features.SpecAugment``, or None when SpecAugment is off.
+
+    >>> spec_augment_kwargs({"spec_aug": {"prob": 0.6, "freq_masks": 2}})
+    {'prob': 0.6, 'freq_masks': 2, 'freq_mask_width': 8, 'time_masks': 1, 'time_mask_width': 10}
+    >>> spec_augment_kwargs({"speed": {"prob": 1.0}}) is None
+    True
+    """
+    if conf is None:
+        return None
+    section = load_augmentation_config(conf)["spec_aug"]
+    if section["prob"] <= 0 or (section["freq_masks"] == 0 and section["time_masks"] == 0):
+        return None
+    return {
+        "prob": float(section["prob"]),
+        "freq_masks": int(section["freq_masks"]),
+        "freq_mask_width": int(section["freq_mask_width"]),
+        "time_masks": int(section["time_masks"]),
+        "time_mask_width": int(section["time_mask_width"]),
+    }

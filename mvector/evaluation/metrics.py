@@ -1,0 +1,550 @@
+"""Exact verification metrics: EER, minDCF, TPR/FPR at a threshold, DET points, all-pairs evaluation.
+
+Conventions used everywhere in this module:
+
+* ``labels``: 1 = target trial (same speaker), 0 = non-target trial. ``scores``: higher = more similar.
+* A threshold ``t`` accepts a trial when ``score >= t``. The operating points of a score set are the
+  thresholds equal to each distinct score (the lowest one accepts everything) plus ``+inf`` (rejects
+  everything). Tied scores are one operating point; nothing is decided by the order of tied trials.
+* ``FNR(t)`` = targets with ``score < t`` / targets, ``FPR(t)`` = non-targets with ``score >= t`` /
+  non-targets, ``TPR = 1 - FNR``.
+* **EER**: going up through the operating points, FNR − FPR rises from −1 (accept all) to +1 (reject all).
+  The EER is where the straight segment between the last point with FNR < FPR and the first point with
+  FNR ≥ FPR crosses FNR = FPR (linear interpolation on the DET/ROC polyline). The returned threshold is
+  the one of those two operating points with the smaller ``|FNR − FPR|`` (on a tie the lower one); it is
+  always one of the scores, so :func:`rates_at_threshold` reproduces its TPR/FPR exactly.
+* **minDCF** (NIST): ``C_det = c_miss·FNR·p + c_fa·FPR·(1−p)``, divided by ``min(c_miss·p, c_fa·(1−p))``,
+  minimised over every operating point, accept-all and reject-all included. The threshold returned is the
+  lowest one reaching the minimum (``inf`` when rejecting everything is best).
+
+>>> compute_eer([0.9, 0.8, 0.3, 0.2], [1, 1, 0, 0])
+(0.0, 0.8)
+>>> eer, thr = compute_eer([0.9, 0.4, 0.6, 0.2], [1, 1, 0, 0])
+>>> round(eer, 3), thr
+(0.5, 0.6)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "compute_eer",
+    "compute_min_dcf",
+    "rates_at_threshold",
+    "det_points",
+    "evaluate_scores",
+    "all_pairs_metrics",
+]
+
+_COMPACT_AT = 1 << 22  # collected scores merged into (value, count) pairs beyond this many
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: cannot be read as an array ({err})") from None
+    if arr.dtype == object:
+        raise ValueError(f"{name}: expected numbers, got objects (ragged list?)")
+    return arr
+
+
+def _check_labels(labels: Any, n: int | None = None) -> np.ndarray:
+    y = _to_numpy(labels, "labels")
+    if y.ndim != 1:
+        y = y.reshape(-1) if y.size == max(y.shape, default=0) else y
+    if y.ndim != 1:
+        raise ValueError(f"labels: expected a 1-D array, got shape {tuple(y.shape)}")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"scores and labels differ in length: {n} scores, {y.shape[0]} labels")
+    if y.size == 0:
+        raise ValueError("no trials: scores and labels are empty")
+    if y.dtype == bool:
+        return y
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"labels: expected 0/1 numbers, got dtype {y.dtype}")
+    bad = ~((y == 0) | (y == 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"labels must be 0 (non-target) or 1 (target); labels[{i}] = {y[i].item()!r}")
+    return y == 1
+
+
+def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = _to_numpy(scores, "scores")
+    if s.ndim != 1:
+        if s.size == max(s.shape, default=0):  # (n, 1) or (1, n)
+            s = s.reshape(-1)
+        else:
+            raise ValueError(f"scores: expected a 1-D array, got shape {tuple(s.shape)}")
+    if not (np.issubdtype(s.dtype, np.number) or s.dtype == bool):
+        raise ValueError(f"scores: expected numbers, got dtype {s.dtype}")
+    y = _check_labels(labels, s.shape[0])
+    s = s.astype(np.float64, copy=False)
+    finite = np.isfinite(s)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"scores must be finite; scores[{i}] = {s[i].item()!r} ({int((~finite).sum())} non-finite)")
+    n_t = int(y.sum())
+    if n_t == 0 or n_t == y.size:
+        kind = "non-target (label 0)" if n_t == y.size else "target (label 1)"
+        raise ValueError(f"need both target and non-target trials; there is no {kind} trial among {y.size}")
+    return s, y
+
+
+def _check_dcf_params(p_target: float, c_miss: float, c_fa: float) -> None:
+    if not 0.0 < float(p_target) < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target!r}")
+    if not (float(c_miss) > 0 and float(c_fa) > 0):
+        raise ValueError(f"c_miss and c_fa must be > 0, got c_miss={c_miss!r}, c_fa={c_fa!r}")
+
+
+# ---------------------------------------------------------------------------------------------- the curve
+class _Curve:
+    """Operating points in ascending threshold order: ``miss[k]`` targets below ``thr[k]``, ``fa[k]``
+    non-targets at or above it. The last point is reject-all (``thr = inf``)."""
+
+    __slots__ = ("thr", "miss", "fa", "n_t", "n_n")
+
+    def __init__(self, thr: np.ndarray, miss: np.ndarray, fa: np.ndarray, n_t: int, n_n: int) -> None:
+        self.thr, self.miss, self.fa, self.n_t, self.n_n = thr, miss, fa, int(n_t), int(n_n)
+
+    @property
+    def fnr(self) -> np.ndarray:
+        return self.miss / self.n_t
+
+    @property
+    def fpr(self) -> np.ndarray:
+        return self.fa / self.n_n
+
+
+def _curve(s: np.ndarray, y: np.ndarray) -> _Curve:
+    values, inverse = np.unique(s, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    tgt = np.bincount(inverse, weights=y, minlength=values.size).astype(np.int64)
+    allc = np.bincount(inverse, minlength=values.size).astype(np.int64)
+    non = allc - tgt
+    n_t, n_n = int(tgt.sum()), int(non.sum())
+    miss = np.concatenate(([0], np.cumsum(tgt)))  # targets strictly below each threshold
+    fa = n_n - np.concatenate(([0], np.cumsum(non)))  # non-targets at or above it
+    thr = np.concatenate((values, [np.inf]))
+    return _Curve(thr, miss, fa, n_t, n_n)
+
+
+def _eer_from_curve(c: _Curve) -> tuple[float, float, int]:
+    # Sign of FNR - FPR in exact integer arithmetic: miss/n_t - fa/n_n  ~  miss*n_n - fa*n_t.
+    diff = c.miss.astype(np.int64) * c.n_n - c.fa.astype(np.int64) * c.n_t
+    k = int(np.argmax(diff >= 0))  # reject-all always has diff > 0
+    if k == 0:
+        raise AssertionError("internal error: the first operating point must have FNR < FPR")
+    fnr0, fnr1 = c.miss[k - 1] / c.n_t, c.miss[k] / c.n_t
+    d0 = fnr0 - c.fa[k - 1] / c.n_n
+    d1 = fnr1 - c.fa[k] / c.n_n
+    alpha = -d0 / (d1 - d0)
+    eer = float(fnr0 + alpha * (fnr1 - fnr0))
+    best = k if abs(int(diff[k])) < abs(int(diff[k - 1])) else k - 1
+    return min(max(eer, 0.0), 1.0), float(c.thr[best]), best
+
+
+def _dcf_from_curve(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float, int]:
+    norm = min(c_miss * p_target, c_fa * (1.0 - p_target))
+    cost = (c_miss * p_target * c.fnr + c_fa * (1.0 - p_target) * c.fpr) / norm
+    k = int(np.argmin(cost))
+    return float(cost[k]), float(c.thr[k]), k
+
+
+# ------------------------------------------------------------------------------------------------- public
+def compute_eer(scores: Any, labels: Any) -> tuple[float, float]:
+    """Exact equal error rate and its threshold: ``(eer in [0, 1], threshold)``; accept when ``score >= threshold``.
+
+    Ties are grouped; the EER is interpolated where FNR and FPR cross (see the module docstring for the
+    exact definition and which threshold is returned). Accepts lists, numpy arrays and torch tensors.
+
+    >>> compute_eer([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1])
+    (0.0, 0.3)
+    >>> compute_eer([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1])  # fully tied: nothing separates the classes
+    (0.5, 0.5)
+    """
+    s, y = _check_scores_labels(scores, labels)
+    eer, thr, _ = _eer_from_curve(_curve(s, y))
+    return eer, thr
+
+
+def compute_min_dcf(
+    scores: Any, labels: Any, p_target: float = 0.01, c_miss: float = 1, c_fa: float = 1
+) -> tuple[float, float]:
+    """Normalised minimum detection cost and the threshold reaching it: ``(min_dcf, threshold)``.
+
+    ``C_det = c_miss·FNR·p_target + c_fa·FPR·(1−p_target)``, divided by ``min(c_miss·p_target,
+    c_fa·(1−p_target))`` and minimised over every operating point, accept-all and reject-all included, so
+    the result is in ``[0, 1]``. The threshold is ``inf`` when rejecting everything is best.
+
+    >>> compute_min_dcf([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1])
+    (0.0, 0.3)
+    >>> dcf, thr = compute_min_dcf([0.9, 0.4, 0.6, 0.2], [1, 1, 0, 0], p_target=0.5)
+    >>> dcf, thr  # accept score >= 0.4: one false alarm of two (ties with >= 0.9: the lower threshold wins)
+    (0.5, 0.4)
+    """
+    _check_dcf_params(p_target, c_miss, c_fa)
+    s, y = _check_scores_labels(scores, labels)
+    dcf, thr, _ = _dcf_from_curve(_curve(s, y), float(p_target), float(c_miss), float(c_fa))
+    return dcf, thr
+
+
+def rates_at_threshold(scores: Any, labels: Any, threshold: float) -> tuple[float, float]:
+    """``(tpr, fpr)`` when trials with ``score >= threshold`` are accepted.
+
+    >>> rates_at_threshold([0.9, 0.4, 0.6, 0.2], [1, 1, 0, 0], 0.5)
+    (0.5, 0.5)
+    """
+    s, y = _check_scores_labels(scores, labels)
+    if threshold is None or math.isnan(float(threshold)):
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
+    accept = s >= float(threshold)
+    return float(accept[y].mean()), float(accept[~y].mean())
+
+
+def det_points(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every operating point: ``(fpr, fnr, thresholds)``, thresholds ascending, the last one ``inf``.
+
+    The first point accepts everything (``fpr = 1, fnr = 0``), the last rejects everything.
+
+    >>> fpr, fnr, thr = det_points([0.9, 0.4, 0.6, 0.2], [1, 1, 0, 0])
+    >>> fpr.tolist(), fnr.tolist(), thr.tolist()
+    ([1.0, 0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5, 1.0], [0.2, 0.4, 0.6, 0.9, inf])
+    """
+    s, y = _check_scores_labels(scores, labels)
+    c = _curve(s, y)
+    return c.fpr, c.fnr, c.thr
+
+
+def _metrics_dict(c: _Curve, p_targets: Sequence[float], c_miss: float, c_fa: float) -> dict[str, Any]:
+    eer, thr, k = _eer_from_curve(c)
+    out: dict[str, Any] = {
+        "eer": eer,
+        "threshold": thr,
+        "tpr": float((c.n_t - c.miss[k]) / c.n_t),
+        "fpr": float(c.fa[k] / c.n_n),
+    }
+    for i, p in enumerate(p_targets):
+        dcf, dthr, _ = _dcf_from_curve(c, float(p), c_miss, c_fa)
+        if i == 0:
+            out["min_dcf"] = dcf
+            out["min_dcf_threshold"] = dthr
+        out[f"min_dcf_{p:g}"] = dcf
+        out[f"min_dcf_threshold_{p:g}"] = dthr
+    out["num_trials"] = c.n_t + c.n_n
+    out["num_targets"] = c.n_t
+    out["num_nontargets"] = c.n_n
+    return out
+
+
+def _check_p_targets(p_targets: Sequence[float], c_miss: float, c_fa: float) -> tuple[float, ...]:
+    if isinstance(p_targets, (int, float)):
+        p_targets = (p_targets,)
+    p_targets = tuple(float(p) for p in p_targets)
+    if not p_targets:
+        raise ValueError("p_targets: give at least one target prior, e.g. (0.01, 0.05)")
+    for p in p_targets:
+        _check_dcf_params(p, c_miss, c_fa)
+    return p_targets
+
+
+def evaluate_scores(
+    scores: Any, labels: Any, p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1, c_fa: float = 1
+) -> dict[str, Any]:
+    """All verification metrics of a scored trial list in one dict.
+
+    Keys: ``eer``, ``threshold`` (the EER threshold), ``tpr`` and ``fpr`` at that threshold, ``min_dcf``
+    and ``min_dcf_threshold`` (for ``p_targets[0]``), ``min_dcf_<p>`` and ``min_dcf_threshold_<p>`` for every
+    ``p`` in ``p_targets`` (e.g. ``min_dcf_0.05``), ``num_trials``, ``num_targets``, ``num_nontargets``.
+
+    >>> m = evaluate_scores([0.9, 0.4, 0.6, 0.2], [1, 1, 0, 0])
+    >>> m["eer"], m["threshold"], m["tpr"], m["fpr"], m["num_trials"]
+    (0.5, 0.6, 0.5, 0.5, 4)
+    >>> m["min_dcf"], m["min_dcf_threshold"]  # p = 0.01: accepting only >= 0.9 misses half the targets
+    (0.5, 0.9)
+    """
+    p_targets = _check_p_targets(p_targets, c_miss, c_fa)
+    s, y = _check_scores_labels(scores, labels)
+    return _metrics_dict(_curve(s, y), p_targets, float(c_miss), float(c_fa))
+
+
+# ------------------------------------------------------------------------------------------------ all pairs
+def all_pairs_metrics(
+    embeddings: Any,
+    labels: Any,
+    p_targets: Sequence[float] = (0.01, 0.05),
+    c_miss: float = 1,
+    c_fa: float = 1,
+    normalize: bool = True,
+    num_bins: int = 2**18,
+    block_elements: int = 1 << 23,
+    max_block_rows: int = 256,
+    dtype: torch.dtype | str | None = None,
+) -> dict[str, Any]:
+    """Exact metrics over every pair of distinct utterances ``i < j`` (same keys as :func:`evaluate_scores`).
+
+    ``embeddings``: ``(N, D)`` array or tensor; ``labels``: ``N`` speaker ids (any hashable values). A pair
+    is a target trial when both utterances have the same speaker id. Scores are cosine similarities
+    (``normalize=False``: plain dot products) computed by a float32 matrix product (``dtype=torch.float64``
+    for double precision); the metrics are exact for those scores, identical to sorting all
+    ``N·(N−1)/2`` scores, but memory stays bounded: one block of at most ``max_block_rows × N`` scores
+    (about 12 bytes each, 60 MiB at N = 20 000), ``num_bins`` counters per thread, and the exact scores kept:
+
+    1. utterances are grouped by speaker, so row ``i`` of the upper triangle holds its target pairs first and
+       its non-target pairs in one contiguous run after them;
+    2. rows are scored block by block; target scores are kept exactly, non-target scores are only counted in
+       ``num_bins`` equal-width bins (a monotone function of the score, so bins never reorder scores);
+    3. from the bin counts, the bins where the EER crossing or a minDCF optimum can lie are found with
+       exact bounds, the blocks are recomputed, and the non-target scores in those bins alone are collected;
+    4. the exact operating points inside those bins decide the metrics; every other point is provably not
+       the optimum (minDCF) and on the right side of the crossing (EER).
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> spk = np.repeat(np.arange(20), 5)
+    >>> emb = rng.standard_normal((20, 16))[spk] + 0.8 * rng.standard_normal((100, 16))
+    >>> m = all_pairs_metrics(emb, spk)
+    >>> m["num_trials"], m["num_targets"]
+    (4950, 200)
+    >>> bool(0.0 <= m["eer"] < 0.2)
+    True
+    """
+    import torch
+
+    p_targets = _check_p_targets(p_targets, c_miss, c_fa)
+    c_miss, c_fa = float(c_miss), float(c_fa)
+    num_bins = int(num_bins)
+    if num_bins < 2:
+        raise ValueError(f"num_bins must be >= 2, got {num_bins}")
+
+    # ---- inputs
+    if isinstance(embeddings, torch.Tensor):
+        emb = embeddings.detach().cpu()
+    else:
+        arr = _to_numpy(embeddings, "embeddings")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"embeddings: expected numbers, got dtype {arr.dtype}")
+        emb = torch.from_numpy(np.ascontiguousarray(arr))
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings: expected shape (N, D), got {tuple(emb.shape)}")
+    n = emb.shape[0]
+    if dtype is None:
+        dtype = torch.float32
+    elif isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype)
+        if dtype is None:
+            raise ValueError("dtype must be 'float32' or 'float64'")
+    emb = emb.to(dtype)
+    lab = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"labels: expected one speaker id per embedding (1-D), got shape {tuple(lab.shape)}")
+    if lab.shape[0] != n:
+        raise ValueError(f"embeddings and labels differ in length: {n} embeddings, {lab.shape[0]} labels")
+    if n < 2:
+        raise ValueError(f"need at least 2 embeddings, got {n}")
+    if emb.shape[1] == 0:
+        raise ValueError("embeddings have dimension 0")
+    if not bool(torch.isfinite(emb).all()):
+        row = int(torch.nonzero(~torch.isfinite(emb).all(dim=1))[0, 0])
+        raise ValueError(f"embeddings must be finite; row {row} holds NaN or inf")
+    if normalize:
+        norms = emb.norm(dim=1)
+        if bool((norms == 0).any()):
+            row = int(torch.nonzero(norms == 0)[0, 0])
+            raise ValueError(f"embedding {row} is all zeros; its cosine similarity is undefined")
+        emb = emb / norms[:, None]
+
+    # ---- group by speaker: utterances of one speaker become one contiguous run
+    _, spk = np.unique(lab, return_inverse=True)
+    spk = spk.reshape(-1)
+    order = np.argsort(spk, kind="stable")
+    sizes = np.bincount(spk)
+    ends = np.cumsum(sizes)[spk[order]]  # for sorted row i: first row of the next speaker
+    n_t = int((sizes * (sizes - 1) // 2).sum())
+    n_n = n * (n - 1) // 2 - n_t
+    if n_t == 0:
+        raise ValueError("no target pairs: every speaker has a single utterance")
+    if n_n == 0:
+        raise ValueError("no non-target pairs: all utterances have the same speaker label")
+    e = emb[torch.from_numpy(order)].contiguous()
+
+    # ---- binning: bin(x) = trunc(x + offset) with x = score * 2**k (exact scaling), monotone in the score
+    half = num_bins // 2
+    # |score| <= 1 for unit vectors (|x||y| otherwise); rounding can overshoot a little, the margin bins absorb it
+    bound = 1.0 if normalize else float((e.norm(dim=1).max() ** 2).item()) * (1 + 1e-3)
+    k = math.floor(math.log2(half / bound))
+    scale = 2.0**k
+    margin = 16 + half // 256
+    offset = float(half + margin)
+    n_slots = 2 * half + 2 * margin + 1
+    trash = n_slots  # invalid entries (lower triangle, diagonal, target pairs) are counted here and dropped
+    es = e * scale  # scaling by a power of two: every product and partial sum is scaled exactly
+    ends_t = torch.from_numpy(ends.astype(np.int64))
+
+    def to_bins(x: torch.Tensor) -> torch.Tensor:
+        return torch.add(x, offset).to(torch.int32)
+
+    sentinel = float(trash) - offset  # a score value whose bin is the trash slot
+
+    # row blocks: rows [r0, r1) against columns [r0, N); few rows per block keeps the masked corner small
+    blocks = []
+    r0 = 0
+    while r0 < n - 1:
+        rows = max(1, min(n - 1 - r0, max_block_rows, int(block_elements) // (n - r0)))
+        blocks.append((r0, r0 + rows))
+        r0 += rows
+    # target pairs in sorted order: row i pairs with columns i+1 .. ends[i]-1
+    t_len = ends - np.arange(n) - 1
+    t_row = np.repeat(np.arange(n), t_len)
+    t_col = t_row + 1 + (np.arange(t_row.size) - np.repeat(np.cumsum(t_len) - t_len, t_len))
+
+    def block_scores(r0: int, r1: int) -> torch.Tensor:
+        x = es[r0:r1] @ e[r0:].T  # (rows, n - r0): scores * 2**k
+        lead = int(ends[r1 - 1]) - r0  # columns < ends[i] are invalid for row i (ends grow with i)
+        invalid = torch.arange(lead)[None, :] < ends_t[r0:r1, None] - r0
+        return x, lead, invalid
+
+    # Blocks are shared among `workers` Python threads, each running single-threaded torch ops (they release
+    # the GIL). Unlike multi-threaded ops this never stalls at thread barriers on a busy machine, and a
+    # single-threaded matrix product gives the same bits for a block in both passes.
+    workers = max(1, torch.get_num_threads())
+
+    def run_blocks(work):
+        shares = [blocks[w::workers] for w in range(workers)]
+        if workers == 1:
+            return [work(shares[0])]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(work, shares))
+
+    def first_pass(share):
+        hist = torch.zeros(n_slots + 1, dtype=torch.int64)
+        found = {}
+        for r0, r1 in share:
+            x, lead, invalid = block_scores(r0, r1)
+            a, b = np.searchsorted(t_row, [r0, r1])
+            if b > a:
+                found[r0] = x[torch.from_numpy(t_row[a:b] - r0), torch.from_numpy(t_col[a:b] - r0)]
+            x[:, :lead].masked_fill_(invalid, sentinel)
+            hist += torch.bincount(x.add_(offset).to(torch.int32).view(-1), minlength=n_slots + 1)
+            del x
+        return hist, found
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = run_blocks(first_pass)
+    finally:
+        torch.set_num_threads(old_threads)
+    hist = functools.reduce(torch.add, [h for h, _ in results])
+    found = {r0: t for _, part in results for r0, t in part.items()}
+    targets = [found[r0] for r0 in sorted(found)]
+    t_vals = torch.cat(targets)
+    if t_vals.numel() != n_t:
+        raise AssertionError("internal error: target pair count mismatch")
+    non_hist = hist[:n_slots].numpy().astype(np.int64)
+    if int(non_hist.sum()) != n_n:
+        raise AssertionError("internal error: non-target pair count mismatch")
+    t_bins = to_bins(t_vals).numpy().astype(np.int64)
+    tgt_hist = np.bincount(t_bins, minlength=n_slots).astype(np.int64)
+
+    # ---- exact bounds per bin
+    occupied = (non_hist + tgt_hist) > 0
+    c_ge = np.concatenate((np.cumsum(non_hist[::-1])[::-1], [0]))  # non-targets in bins >= b
+    m_lt = np.concatenate(([0], np.cumsum(tgt_hist)))  # targets in bins < b
+    occ = np.flatnonzero(occupied)
+    refine = np.zeros(n_slots, dtype=bool)
+    # EER: the bracket lies in the last occupied bin whose lower boundary has FNR < FPR, or at the lowest
+    # score of the next occupied bin.
+    diff = m_lt[occ] * n_n - c_ge[occ] * n_t
+    last_neg = int(np.flatnonzero(diff < 0)[-1])
+    refine[occ[last_neg : last_neg + 2]] = True
+    # minDCF: a bin can hold the optimum only if its lower bound is <= the best value reached at a bin boundary.
+    for p in p_targets:
+        a = c_miss * p / n_t
+        b = c_fa * (1 - p) / n_n
+        upper = min(float((a * m_lt[occ] + b * c_ge[occ]).min()), a * n_t)
+        lower = a * m_lt[occ] + b * c_ge[occ + 1]
+        refine[occ[lower <= upper + 1e-9 * max(upper, 1e-300) + 1e-15]] = True
+    refine &= non_hist > 0
+
+    # ---- second pass: exact non-target scores in the refined bins, as (value, count)
+    def compact(parts: list[torch.Tensor], counts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        # merge scores into (distinct value, count): memory stays bounded when scores tie
+        v_all = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+        c_all = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64)
+        v_new, inv = torch.unique(v_all, return_inverse=True)
+        return v_new, torch.zeros(v_new.numel(), dtype=torch.int64).index_add_(0, inv, c_all)
+
+    def second_pass(share):
+        parts, counts, pending = [], [], 0
+        for r0, r1 in share:
+            x, lead, invalid = block_scores(r0, r1)
+            x[:, :lead].masked_fill_(invalid, sentinel)
+            xs = x[(x >= x_lo).logical_and_(x < x_hi)]
+            del x
+            xs = xs[table[to_bins(xs).long()]]
+            if xs.numel():
+                parts.append(xs)
+                counts.append(torch.ones(xs.numel(), dtype=torch.int64))
+                pending += xs.numel()
+                if pending > _COMPACT_AT:
+                    v, c = compact(parts, counts)
+                    parts, counts, pending = [v], [c], 0
+        return compact(parts, counts)
+
+    if refine.any():
+        ref_bins = np.flatnonzero(refine)
+        # loose bounds on the raw score; the exact bin test runs on the few values selected
+        x_lo, x_hi = float(ref_bins[0]) - offset - 1.0, float(ref_bins[-1]) - offset + 2.0
+        table = torch.from_numpy(np.concatenate((refine, [False])))
+        torch.set_num_threads(1)
+        try:
+            results = run_blocks(second_pass)
+        finally:
+            torch.set_num_threads(old_threads)
+        v_u, c_u = compact([v for v, _ in results], [c for _, c in results])
+    else:
+        v_u, c_u = torch.zeros(0, dtype=dtype), torch.zeros(0, dtype=torch.int64)
+    got = np.bincount(to_bins(v_u).numpy().astype(np.int64), weights=c_u.numpy(), minlength=n_slots)
+    if not np.array_equal(got[refine].astype(np.int64), non_hist[refine]):
+        raise RuntimeError(
+            "all_pairs_metrics: the matrix product gave different results on recomputation "
+            "(non-deterministic BLAS); set MKL_CBWR=COMPATIBLE or use dtype=torch.float64"
+        )
+
+    # ---- exact operating points: every target score and every collected non-target score
+    vals = torch.cat((t_vals, v_u))
+    t_w = torch.cat((torch.ones(t_vals.numel(), dtype=torch.int64), torch.zeros(v_u.numel(), dtype=torch.int64)))
+    n_w = torch.cat((torch.zeros(t_vals.numel(), dtype=torch.int64), c_u))
+    pts, inv = torch.unique(vals, return_inverse=True)
+    tc = torch.zeros(pts.numel(), dtype=torch.int64).index_add_(0, inv, t_w).numpy()
+    nc = torch.zeros(pts.numel(), dtype=torch.int64).index_add_(0, inv, n_w).numpy()
+    pbins = to_bins(pts).numpy().astype(np.int64)
+    miss = np.concatenate(([0], np.cumsum(tc)[:-1]))
+    rc = np.concatenate((np.cumsum(nc[::-1])[::-1], [0]))  # collected non-targets at or above point j
+    first_above = np.searchsorted(pbins, pbins, side="right")
+    in_bin_ge = rc[:-1] - rc[first_above]
+    fa = c_ge[pbins + 1] + np.where(refine[pbins], in_bin_ge, non_hist[pbins])
+    thr = pts.to(torch.float64).numpy() / scale
+    curve = _Curve(
+        np.concatenate((thr, [np.inf])),
+        np.concatenate((miss, [n_t])).astype(np.int64),
+        np.concatenate((fa, [0])).astype(np.int64),
+        n_t,
+        n_n,
+    )
+    return _metrics_dict(curve, p_targets, c_miss, c_fa)

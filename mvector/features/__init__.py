@@ -1,0 +1,11 @@
+"""Feature layer: featurizers (Spectrogram, MelSpectrogram, MFCC, Kaldi Fbank), CMVN and SpecAugment.
+
+The names of ``mvector.features.featurizers`` are importable from here.
+
+>>> from mvector.features import build_featurizer
+>>> build_featurizer("Fbank", {"num_mel_bins": 40}).feature_dim
+40
+"""
+
+from mvector.features.featurizers import *  # noqa: F401,F403
+from mvector.features.featurizers import __all__  # noqa: F401

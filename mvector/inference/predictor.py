@@ -1,0 +1,524 @@
+"""MVectorPredictor: embed recordings, compare two of them, enroll speakers and recognise them.
+
+The predictor reads everything it needs from the model folder: the weights, the configuration they were trained
+with (feature method, model, sizes) and the decision threshold found by evaluation (``result.json``). It loads a
+trainer checkpoint folder (``models/EcapaTdnn_Fbank/best_model``) or a folder written by ``export_model.py``
+(TorchScript ``model.ts`` and/or ONNX ``model.onnx`` with ``config.yml`` and ``meta.json``).
+
+>>> import numpy as np, tempfile
+>>> from mvector.demo import tiny_checkpoint
+>>> model_dir = tiny_checkpoint(tempfile.mkdtemp())
+>>> p = MVectorPredictor(model_path=model_dir, audio_db_path=tempfile.mkdtemp(), use_gpu=False)
+>>> wave = np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1
+>>> score, same = p.contrast((wave, 16000), (wave, 16000))
+>>> round(score, 4), same
+(1.0, True)
+>>> p.register("alice", (wave, 16000))
+>>> p.recognize((wave, 16000))[0], p.speakers()
+('alice', ['alice'])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+from mvector.audio import load_audio
+from mvector.checkpoint import load_checkpoint, model_fingerprint
+from mvector.config import load_config
+from mvector.embedding import embed_waveforms, length_batches, pad_waveforms
+from mvector.errors import AudioError, CheckpointError, ConfigError, SpeakerDBError
+from mvector.speaker_db import SpeakerDatabase, validate_name
+
+__all__ = [
+    "MVectorPredictor",
+    "AudioInput",
+    "DEFAULT_THRESHOLD",
+    "BACKENDS",
+    "model_from_checkpoint",
+    "resolve_model_dir",
+    "iter_audio_files",
+]
+
+#: Threshold used when the model folder holds no evaluation result (a warning says so).
+DEFAULT_THRESHOLD = 0.5
+
+#: Accepted values of ``backend``.
+BACKENDS = ("auto", "torch", "torchscript", "onnx")
+
+#: A path, raw bytes, a binary file object, or ``(samples, sample_rate)``.
+AudioInput = Union[str, os.PathLike, bytes, Any, tuple]
+
+PathLike = Union[str, os.PathLike]
+
+_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+_MODEL_FILES = ("model.pt", "model.ts", "model.onnx")
+# Audio preprocessing keys that change an embedding: a config given to the predictor must agree on them.
+_AUDIO_KEYS = ("sample_rate", "use_dB_normalization", "target_dB", "vad")
+
+
+def resolve_model_dir(model_path: PathLike) -> Path:
+    """The model folder for ``model_path``: the folder itself, or its ``best_model`` when given the parent.
+
+    ``models/EcapaTdnn_Fbank`` (which the trainer fills with ``best_model``, ``last_model``, ``epoch_N``)
+    resolves to ``models/EcapaTdnn_Fbank/best_model``; a path to ``model.pt`` resolves to its folder. A missing
+    folder raises :class:`~mvector.errors.CheckpointError`.
+
+    >>> resolve_model_dir("no/such/folder")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.CheckpointError: model folder no/such/folder does not exist; train one (train.py), ...
+    """
+    path = Path(model_path).expanduser()
+    if path.is_file() and path.name in _MODEL_FILES:
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError(
+            f"model folder {path} does not exist; train one (train.py), export one (export_model.py) "
+            "or pass --model_path"
+        )
+    if not any((path / f).is_file() for f in _MODEL_FILES) and (path / "best_model" / "model.pt").is_file():
+        path = path / "best_model"
+    return path
+
+
+def _full_config(data: Mapping[str, Any], where: Path) -> dict[str, Any]:
+    """A stored config completed with the defaults (keys added since it was written), or a CheckpointError."""
+    try:
+        return load_config(dict(data), validate=False)
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: the stored configuration is not valid: {err}") from err
+
+
+def model_from_checkpoint(model_path: PathLike, device: str | torch.device = "cpu"):
+    """Rebuild the waveform-to-embedding model (featurizer + backbone) of a trainer checkpoint folder.
+
+    Returns ``(model, config, fingerprint)``: the :class:`~mvector.export.EmbeddingModel` in eval mode on
+    ``device``, the configuration stored with the weights (completed with defaults) and the sha256 of
+    ``model.pt`` that speaker databases are tied to.
+
+    >>> import tempfile
+    >>> from mvector.demo import tiny_checkpoint
+    >>> model, conf, fp = model_from_checkpoint(tiny_checkpoint(tempfile.mkdtemp()))
+    >>> model.embd_dim, conf["use_model"], len(fp)
+    (32, 'TDNN', 64)
+    """
+    from mvector.trainer import MVectorTrainer
+
+    folder = resolve_model_dir(model_path)
+    if not (folder / "model.pt").is_file():
+        raise CheckpointError(
+            f"{folder} holds no model.pt: not a trainer checkpoint (an exported folder is loaded with "
+            "backend='torchscript' or 'onnx')"
+        )
+    ckpt = load_checkpoint(folder, map_location="cpu")
+    config = _full_config(ckpt.config, folder / "config.yml")
+    builder = MVectorTrainer.__new__(MVectorTrainer)  # only build_embedding_model is used: no process group
+    builder.configs = config
+    try:
+        model = builder.build_embedding_model(config)
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'config.yml'}: cannot build the stored model: {err}") from err
+    try:
+        model.backbone.load_state_dict(ckpt.model_state)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{folder}: the weights do not fit the stored configuration ({reason})") from err
+    return model.to(device).eval(), config, model_fingerprint(folder)
+
+
+def _config_conflicts(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    from mvector.trainer import MODEL_SECTIONS, _config_differences
+
+    diffs = _config_differences(stored, given, MODEL_SECTIONS)
+    ds_stored, ds_given = stored.get("dataset_conf") or {}, given.get("dataset_conf") or {}
+    for key in _AUDIO_KEYS:
+        if ds_stored.get(key) != ds_given.get(key):
+            diffs.append(f"dataset_conf.{key}: {ds_stored.get(key)!r} vs {ds_given.get(key)!r}")
+    return diffs
+
+
+class MVectorPredictor:
+    """Speaker embeddings, verification and identification from a trained (or exported) model folder.
+
+    Args:
+        model_path: a checkpoint folder written by the trainer (or its parent, which means ``best_model``), or a
+            folder written by ``export_model.py``.
+        configs: optional config (bundled name, YAML path or dict). The model's stored config is always used;
+            a given one that conflicts with it (another feature method, model, size or audio preprocessing) is a
+            :class:`~mvector.errors.ConfigError`.
+        audio_db_path: folder of the speaker database (created on first use).
+        use_gpu: run on CUDA (an error when no CUDA device is available).
+        threshold: decision threshold; default: the one stored by evaluation (``result.json``, or the export's
+            ``meta.json``), else :data:`DEFAULT_THRESHOLD` with a warning.
+        backend: ``"auto"`` (PyTorch weights, else TorchScript, else ONNX), ``"torch"``, ``"torchscript"`` or
+            ``"onnx"``.
+        keep_audio: keep enrolled audio as WAV files in the database folder.
+
+    >>> import tempfile
+    >>> from mvector.demo import tiny_checkpoint
+    >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), audio_db_path=tempfile.mkdtemp(), use_gpu=False)
+    >>> p.backend, p.embd_dim, p.sample_rate, p.threshold
+    ('torch', 32, 16000, 0.5)
+    """
+
+    def __init__(
+        self,
+        model_path: PathLike = "models/EcapaTdnn_Fbank/best_model",
+        configs: Union[str, os.PathLike, Mapping[str, Any], None] = None,
+        audio_db_path: PathLike = "audio_db/",
+        use_gpu: bool = True,
+        threshold: float | None = None,
+        backend: str = "auto",
+        keep_audio: bool = False,
+    ):
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.model_path = resolve_model_dir(model_path)
+        if use_gpu and not torch.cuda.is_available():
+            raise ConfigError("use_gpu is set but no CUDA device is available; pass use_gpu=False (--use_gpu False)")
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.backend = self._pick_backend(backend)
+        self._model: Any = None
+        self._embd_dim = 0
+        self.sample_rate = 16000
+        self.fingerprint = ""
+        self.configs: dict[str, Any] = {}
+        if self.backend == "torch":
+            self._load_checkpoint()
+        else:
+            self._load_export()
+        if configs is not None:
+            given = load_config(configs, validate=False)
+            conflicts = _config_conflicts(self.configs, given)
+            if conflicts:
+                raise ConfigError(
+                    f"the config given conflicts with the one stored with {self.model_path}: "
+                    + "; ".join(conflicts)
+                    + " (leave configs out: the stored one is used)"
+                )
+        ds = self.configs["dataset_conf"]
+        if int(ds["sample_rate"]) != self.sample_rate:
+            raise CheckpointError(
+                f"{self.model_path}: the model expects {self.sample_rate} Hz but its config says "
+                f"dataset_conf.sample_rate {ds['sample_rate']}"
+            )
+        self.max_duration = float(ds["eval_max_duration"])
+        if threshold is not None and not np.isfinite(float(threshold)):
+            raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+        self.threshold = float(threshold) if threshold is not None else self._read_threshold()
+        self.audio_db_path = Path(audio_db_path)
+        self.keep_audio = bool(keep_audio)
+        self._db: SpeakerDatabase | None = None
+
+    # ------------------------------------------------------------------ loading
+    def _pick_backend(self, backend: str) -> str:
+        folder = self.model_path
+        present = {name: (folder / f).is_file() for name, f in zip(BACKENDS[1:], _MODEL_FILES)}
+        if backend == "auto":
+            for name in BACKENDS[1:]:
+                if present[name]:
+                    return name
+            raise CheckpointError(f"{folder} holds no model.pt, model.ts or model.onnx: not a model folder")
+        if not present[backend]:
+            file = _MODEL_FILES[BACKENDS.index(backend) - 1]
+            hint = "a trainer checkpoint" if backend == "torch" else "an export (export_model.py --formats ...)"
+            raise CheckpointError(f"{folder} has no {file} for backend {backend!r}; it needs {hint}")
+        return backend
+
+    def _load_checkpoint(self) -> None:
+        model, self.configs, self.fingerprint = model_from_checkpoint(self.model_path, self.device)
+        self._model = model
+        self._embd_dim = int(model.embd_dim)
+        self.sample_rate = int(model.sample_rate)
+
+    def _load_export(self) -> None:
+        folder = self.model_path
+        meta = self._read_export_meta()
+        config_path = folder / "config.yml"
+        if not config_path.is_file():
+            raise CheckpointError(f"{config_path}: missing; an exported folder keeps the model's config.yml")
+        try:
+            stored = load_config(config_path, validate=False)
+        except ConfigError as err:
+            raise CheckpointError(f"{config_path}: the stored configuration is not valid: {err}") from err
+        self.configs = stored
+        self.fingerprint = str(meta["fingerprint"])
+        self._embd_dim = int(meta["embd_dim"])
+        self.sample_rate = int(meta["sample_rate"])
+        if self.backend == "torchscript":
+            from mvector.export import load_torchscript
+
+            self._model = load_torchscript(folder / "model.ts", map_location=self.device)
+        else:
+            from mvector.export import OnnxEmbedder
+
+            providers = ["CPUExecutionProvider"]
+            if self.device.type == "cuda":
+                import onnxruntime
+
+                if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                    raise ConfigError(
+                        "use_gpu with the ONNX backend needs onnxruntime-gpu (CUDAExecutionProvider); "
+                        "install it or pass use_gpu=False"
+                    )
+                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            self._model = OnnxEmbedder(folder / "model.onnx", providers=providers)
+            if self._model.embd_dim is not None and self._model.embd_dim != self._embd_dim:
+                raise CheckpointError(
+                    f"{folder}: model.onnx makes {self._model.embd_dim}-dim embeddings but meta.json says "
+                    f"{self._embd_dim}"
+                )
+
+    def _read_export_meta(self) -> dict[str, Any]:
+        path = self.model_path / "meta.json"
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: missing or damaged export metadata ({err}); export the model again with export_model.py"
+            ) from err
+        missing = [k for k in ("fingerprint", "embd_dim", "sample_rate") if not isinstance(meta, dict) or k not in meta]
+        if missing:
+            raise CheckpointError(f"{path}: export metadata lacks {', '.join(missing)}; export the model again")
+        return meta
+
+    def _read_threshold(self) -> float:
+        for path in (self.model_path / "result.json", self.model_path / "meta.json"):
+            if path.is_file():
+                try:
+                    value = json.loads(path.read_text(encoding="utf-8")).get("threshold")
+                except (ValueError, AttributeError) as err:
+                    raise CheckpointError(f"{path}: damaged JSON ({err})") from err
+                if value is not None:
+                    return float(value)
+        warnings.warn(
+            f"{self.model_path} holds no evaluation result (result.json); using threshold {DEFAULT_THRESHOLD}. "
+            "Run eval.py on it, or pass a threshold.",
+            stacklevel=3,
+        )
+        return DEFAULT_THRESHOLD
+
+    @property
+    def embd_dim(self) -> int:
+        """Size of the embeddings this model produces (read from the model itself or the export's metadata)."""
+        return self._embd_dim
+
+    # ------------------------------------------------------------------ embeddings
+    def load(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        """Decode ``audio`` the way evaluation does: mono, resampled, dB-normalised, capped in length.
+
+        ``audio`` is a path, encoded bytes, a binary file object, ``(samples, sample_rate)`` or an array with
+        ``sample_rate`` given. Returns float32 samples at the model's rate.
+        """
+        source_sr = sample_rate
+        if isinstance(audio, tuple):
+            if len(audio) != 2:
+                raise AudioError(f"audio tuples must be (samples, sample_rate), got a tuple of {len(audio)}")
+            audio, source_sr = audio
+        ds = self.configs["dataset_conf"]
+        return load_audio(
+            audio,
+            self.sample_rate,
+            source_sample_rate=source_sr,
+            normalize=ds["use_dB_normalization"],
+            target_db=ds["target_dB"],
+            vad=ds["vad"],
+            max_duration=self.max_duration,
+            crop_mode="leading",
+        )
+
+    def _embed_waves(self, waves: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        if not waves:
+            return np.zeros((0, self.embd_dim), dtype=np.float32)
+        if self.backend == "onnx":
+            out = np.zeros((len(waves), self.embd_dim), dtype=np.float32)
+            for idx in length_batches([len(w) for w in waves], batch_size):
+                batch, lengths = pad_waveforms([waves[i] for i in idx])
+                out[idx] = self._model(batch.numpy(), lengths.numpy())
+            return out
+        return embed_waveforms(self._model, waves, batch_size=batch_size, device=self.device)
+
+    def embed(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        """The embedding (float32 ``[embd_dim]``) of one recording: path, bytes, file object or (array, rate).
+
+        >>> import tempfile, numpy as np
+        >>> from mvector.demo import tiny_checkpoint
+        >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), use_gpu=False)
+        >>> p.embed(np.zeros(8000, "float32") + 0.01, sample_rate=16000).shape
+        (32,)
+        """
+        return self._embed_waves([self.load(audio, sample_rate)])[0]
+
+    def embed_batch(
+        self, audios: Sequence[AudioInput], sample_rate: int | None = None, batch_size: int = 32
+    ) -> np.ndarray:
+        """Embeddings ``[N, embd_dim]`` of several recordings, batched by length (same values as one at a time).
+
+        >>> import tempfile, numpy as np
+        >>> from mvector.demo import tiny_checkpoint
+        >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), use_gpu=False)
+        >>> waves = [(np.random.default_rng(i).standard_normal(n).astype("float32"), 16000)
+        ...          for i, n in enumerate((8000, 12000))]
+        >>> batch = p.embed_batch(waves)
+        >>> batch.shape, bool(np.abs(batch[1] - p.embed(waves[1])).max() < 1e-4)
+        ((2, 32), True)
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return self._embed_waves([self.load(a, sample_rate) for a in audios], batch_size)
+
+    # ------------------------------------------------------------------ verification
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> float:
+        """Cosine similarity of two embeddings.
+
+        >>> MVectorPredictor.similarity(np.array([1.0, 0.0]), np.array([1.0, 1.0]))
+        0.7071...
+        """
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        return float(np.dot(a, b) / max(na * nb, 1e-12))
+
+    def contrast(self, audio1: AudioInput, audio2: AudioInput, threshold: float | None = None) -> tuple[float, bool]:
+        """Score two recordings: ``(cosine score, same speaker?)`` at the model's threshold (or ``threshold``).
+
+        >>> import tempfile, numpy as np
+        >>> from mvector.demo import tiny_checkpoint
+        >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), use_gpu=False)
+        >>> w = (np.random.default_rng(0).standard_normal(8000).astype("float32"), 16000)
+        >>> p.contrast(w, w, threshold=1.5)[1]
+        False
+        """
+        emb = self._embed_waves([self.load(audio1), self.load(audio2)])
+        score = self.similarity(emb[0], emb[1])
+        limit = self.threshold if threshold is None else float(threshold)
+        return score, bool(score >= limit)
+
+    # ------------------------------------------------------------------ identification
+    @property
+    def db(self) -> SpeakerDatabase:
+        """The speaker database in ``audio_db_path`` (opened on first use; refused if made by another model)."""
+        if self._db is None:
+            self._db = SpeakerDatabase(self.audio_db_path, self.fingerprint, self.embd_dim, keep_audio=self.keep_audio)
+        return self._db
+
+    def close(self) -> None:
+        """Close the speaker database (it is opened again on next use)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> MVectorPredictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register(
+        self, name: str, audio: Union[AudioInput, Sequence[AudioInput]], sample_rate: int | None = None
+    ) -> None:
+        """Enroll one recording, or a list of recordings, under ``name`` (added to its earlier recordings).
+
+        The name is checked first (no ``/``, ``\\``, ``..``, control characters; see
+        :func:`mvector.speaker_db.validate_name`), then every recording is decoded, then all are written in one
+        transaction: a bad file enrolls nothing.
+        """
+        name = validate_name(name)
+        items = list(audio) if isinstance(audio, list) else [audio]
+        if not items:
+            raise AudioError(f"speaker {name!r}: no recordings given")
+        waves = [self.load(a, sample_rate) for a in items]
+        emb = self._embed_waves(waves)
+        self.db.add(name, emb, audio=waves if self.keep_audio else None, sample_rate=self.sample_rate)
+
+    def recognize(
+        self,
+        audio: AudioInput,
+        threshold: float | None = None,
+        top_k: int = 1,
+        sample_rate: int | None = None,
+    ) -> Any:
+        """Who is speaking: ``(name, score)``, or ``(None, best score)`` when the best score is below the threshold.
+
+        With ``top_k > 1`` returns the ``top_k`` best ``[(name, score), ...]`` candidates instead (no threshold).
+        An empty database raises :class:`~mvector.errors.SpeakerDBError`.
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+        emb = self.embed(audio, sample_rate)
+        hits = self.db.search(emb, top_k=top_k)[0]
+        if top_k > 1:
+            return [(n, float(s)) for n, s in hits]
+        name, score = hits[0]
+        limit = self.threshold if threshold is None else float(threshold)
+        return (name, float(score)) if score >= limit else (None, float(score))
+
+    def remove(self, name: str) -> None:
+        """Remove an enrolled speaker (an unknown name raises :class:`~mvector.errors.SpeakerDBError`)."""
+        self.db.remove(name)
+
+    def speakers(self) -> list[str]:
+        """Names of the enrolled speakers, in enrolment order."""
+        return self.db.names()
+
+    def import_folder(self, folder: PathLike | None = None, skip_existing: bool = True) -> dict[str, int]:
+        """Enroll every ``<folder>/<name>/*.wav|flac|mp3|ogg`` (default: the database folder itself).
+
+        This imports an ``audio_db/<name>/*.wav`` tree from older tools. Speakers already enrolled are skipped
+        unless ``skip_existing`` is False (so running it twice, or on a folder holding this database's own kept
+        audio, does not enroll anything twice); hidden folders are ignored. Unreadable files are skipped with a
+        warning. Returns the number of recordings enrolled per speaker.
+        """
+        root = Path(folder) if folder is not None else self.audio_db_path
+        if not root.is_dir():
+            raise SpeakerDBError(f"{root} is not a folder of <name>/<recordings>")
+        counts: dict[str, int] = {}
+        enrolled = set(self.speakers())
+        for speaker_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            name = validate_name(speaker_dir.name)
+            if skip_existing and name in enrolled:
+                continue
+            waves = []
+            for f in sorted(f for f in speaker_dir.iterdir() if f.suffix.lower() in _AUDIO_SUFFIXES):
+                try:
+                    waves.append(self.load(f))
+                except AudioError as err:
+                    warnings.warn(f"skipped {f}: {err}", stacklevel=2)
+            if waves:
+                audio = waves if self.keep_audio else None
+                self.db.add(name, self._embed_waves(waves), audio=audio, sample_rate=self.sample_rate)
+                counts[name] = len(waves)
+        return counts
+
+
+def iter_audio_files(paths: Iterable[PathLike], must_exist: bool = False) -> list[Path]:
+    """Expand folders into their audio files (sorted, recursively); files are kept as given.
+
+    With ``must_exist`` a missing path raises :class:`~mvector.errors.AudioError` naming it.
+
+    >>> iter_audio_files([])
+    []
+    >>> iter_audio_files(["missing.wav"], must_exist=True)
+    Traceback (most recent call last):
+    ...
+    mvector.errors.AudioError: missing.wav: file not found
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file())
+            if must_exist and not found:
+                raise AudioError(f"{p}: folder holds no audio files ({', '.join(_AUDIO_SUFFIXES)})")
+            out.extend(found)
+        elif must_exist and not p.exists():
+            raise AudioError(f"{p}: file not found")
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,832 @@
+"""The enrolled-speaker store used for identification: an SQLite database in a folder (default ``audio_db/``).
+
+The file ``<db_dir>/speakers.sqlite`` holds, in one transactional database:
+
+* every speaker (unique name) with its mean embedding: the L2-normalised mean of its L2-normalised utterance
+  embeddings;
+* every enrolled utterance embedding (float32 blobs), so a speaker can gain utterances later;
+* the fingerprint and embedding size of the model that made the embeddings; opening the folder with another model
+  is refused, because scores between two models' embeddings mean nothing.
+
+Several processes may enrol and search at once: writes run in ``BEGIN IMMEDIATE`` transactions in WAL mode with a
+busy timeout, and every write bumps a version counter. Each process keeps the normalised mean matrix in memory and
+brings it up to date before a search by fetching only the rows changed since its version, so a speaker enrolled by
+another process is found on the next search. A process killed during a write leaves the database as it was before
+that write (SQLite's atomic commit).
+
+With ``keep_audio=True`` the enrolled audio is also kept as 16 kHz WAV files under ``<db_dir>/<name>/``, each written
+to a temporary file and renamed into place.
+
+>>> import tempfile, numpy as np
+>>> rng = np.random.default_rng(0)
+>>> alice, bob = rng.standard_normal((2, 8)).astype("float32")
+>>> with tempfile.TemporaryDirectory() as folder:
+...     db = SpeakerDatabase(folder, model_fingerprint="demo-model", embd_dim=8)
+...     db.add("alice", alice)
+...     db.add_many({"bob": np.stack([bob, bob + 0.1])})
+...     print(db.names(), len(db))
+...     (name, score), = db.search(alice + 0.05)[0]
+...     print(name, round(score, 2))
+...     db.close()
+['alice', 'bob'] 2
+alice 1.0
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+
+from mvector.errors import SpeakerDBError
+
+__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SpeakerDatabase", "validate_name"]
+
+DB_FILENAME = "speakers.sqlite"
+SAMPLE_RATE = 16000
+MAX_NAME_LENGTH = 100
+SCHEMA_VERSION = 1
+_TRASH_DIR = ".trash"
+# Names that would clash with the database's own files and folders in db_dir.
+_RESERVED_NAMES = {
+    DB_FILENAME,
+    DB_FILENAME + "-wal",
+    DB_FILENAME + "-shm",
+    DB_FILENAME + "-journal",
+    _TRASH_DIR,
+}
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+_LOAD_CHUNK = 65536
+_SCORE_BLOCK = 1 << 24  # at most this many scores ([queries, speakers]) are held at once in a batch search
+
+PathLike = Union[str, os.PathLike]
+
+# Test hook: called inside every write transaction just before COMMIT (lets a test kill a process mid-write).
+_before_commit: Callable[[], None] | None = None
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
+CREATE TABLE IF NOT EXISTS speakers (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    mean BLOB NOT NULL,
+    n_utts INTEGER NOT NULL CHECK (n_utts >= 1),
+    updated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS speakers_updated ON speakers (updated);
+CREATE TABLE IF NOT EXISTS utterances (
+    id INTEGER PRIMARY KEY,
+    speaker_id INTEGER NOT NULL REFERENCES speakers (id),
+    embedding BLOB NOT NULL,
+    audio TEXT
+);
+CREATE INDEX IF NOT EXISTS utterances_speaker ON utterances (speaker_id);
+CREATE TABLE IF NOT EXISTS removed (version INTEGER NOT NULL, speaker_id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_version ON removed (version);
+"""
+
+
+def validate_name(name: str) -> str:
+    """Check a speaker name and return it stripped of surrounding white space.
+
+    A name is also a folder name (when audio is kept), so it must be non-empty, at most 100 characters, and free of
+    ``/``, ``\\``, NUL and other control characters; ``.`` and ``..`` are refused. Anything else raises
+    :class:`~mvector.errors.SpeakerDBError` naming the problem.
+
+    >>> validate_name("  Alice Smith ")
+    'Alice Smith'
+    >>> validate_name("../x")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.SpeakerDBError: bad speaker name '../x': it must not contain '/' or '\\\\'
+    """
+    if not isinstance(name, str):
+        raise SpeakerDBError(f"bad speaker name {name!r}: it must be a string, not {type(name).__name__}")
+    stripped = name.strip()
+    if not stripped:
+        raise SpeakerDBError(f"bad speaker name {name!r}: it is empty")
+    if len(stripped) > MAX_NAME_LENGTH:
+        raise SpeakerDBError(
+            f"bad speaker name {stripped[:20]!r}...: it has {len(stripped)} characters, at most {MAX_NAME_LENGTH}"
+        )
+    if "/" in stripped or "\\" in stripped:
+        raise SpeakerDBError(f"bad speaker name {name!r}: it must not contain '/' or '\\\\'")
+    if "\x00" in stripped:
+        raise SpeakerDBError(f"bad speaker name {name!r}: it must not contain a NUL character")
+    bad = _CONTROL_CHARS.search(stripped)
+    if bad:
+        raise SpeakerDBError(
+            f"bad speaker name {name!r}: it must not contain control characters (found {bad.group()!r})"
+        )
+    if stripped in (".", ".."):
+        raise SpeakerDBError(f"bad speaker name {name!r}: '.' and '..' are not allowed")
+    if stripped.lower() in _RESERVED_NAMES:
+        raise SpeakerDBError(f"bad speaker name {name!r}: it is reserved for the database's own files")
+    return stripped
+
+
+def _as_embeddings(value: Any, embd_dim: int, what: str) -> np.ndarray:
+    """``[D]`` or ``[n, D]`` finite, non-zero vectors as a float32 ``[n, D]`` array."""
+    try:
+        arr = np.asarray(_to_numpy(value), dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise SpeakerDBError(f"{what}: embeddings must be a numeric array ({err})") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != embd_dim:
+        raise SpeakerDBError(
+            f"{what}: embeddings must have shape [{embd_dim}] or [n, {embd_dim}] for this database, "
+            f"got {list(np.shape(value))}"
+        )
+    if arr.shape[0] == 0:
+        raise SpeakerDBError(f"{what}: no embeddings given")
+    if not np.isfinite(arr).all():
+        raise SpeakerDBError(f"{what}: embeddings contain NaN or infinite values")
+    if not (np.abs(arr).max(axis=1) > 0).all():
+        raise SpeakerDBError(f"{what}: an embedding is all zeros (it has no direction to compare)")
+    return np.ascontiguousarray(arr)
+
+
+def _to_numpy(value: Any) -> Any:
+    """A torch tensor (on any device) as a numpy array; anything else unchanged (torch is never imported here)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def _normalise(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
+def _mean_of(utterances: np.ndarray) -> np.ndarray:
+    """The speaker's mean: L2-normalised mean of the L2-normalised utterance embeddings (float32)."""
+    mean = _normalise(utterances).sum(axis=0)
+    norm = np.linalg.norm(mean)
+    if norm < 1e-12:  # utterances pointing in opposite directions cancel out; keep any unit vector
+        mean, norm = _normalise(utterances)[0], 1.0
+    return (mean / norm).astype(np.float32)
+
+
+def _as_audio(wave: Any, sample_rate: int, what: str) -> np.ndarray:
+    """A finite mono float32 waveform at 16 kHz, for keeping on disk."""
+    arr = np.asarray(wave)
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
+    arr = arr.astype(np.float32, copy=False)
+    if arr.ndim == 2:  # [T, channels]
+        arr = arr.mean(axis=1)
+    if arr.ndim != 1 or arr.size == 0:
+        raise SpeakerDBError(f"{what}: audio must be a non-empty 1-D waveform, got shape {list(np.shape(wave))}")
+    if not np.isfinite(arr).all():
+        raise SpeakerDBError(f"{what}: audio contains NaN or infinite samples")
+    if sample_rate != SAMPLE_RATE:
+        import soxr
+
+        arr = soxr.resample(arr, sample_rate, SAMPLE_RATE).astype(np.float32)
+    return arr
+
+
+def _write_wav(path: Path, wave: np.ndarray) -> None:
+    """Write a 16-bit 16 kHz WAV atomically: to a temporary file in the same folder, then rename."""
+    import soundfile
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            soundfile.write(fh, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class _MeanCache:
+    """In-memory copy of the speakers' normalised means: one float32 matrix for a single vectorised scan."""
+
+    def __init__(self, embd_dim: int, capacity: int = 0) -> None:
+        self.matrix = np.empty((capacity, embd_dim), dtype=np.float32)
+        self.ids = np.empty(capacity, dtype=np.int64)
+        self.names: list[str] = []
+        self.row_of: dict[int, int] = {}  # speaker id -> row
+        self.id_of: dict[str, int] = {}  # name -> speaker id
+        self.count = 0
+
+    def _grow(self, needed: int) -> None:
+        if needed <= len(self.ids):
+            return
+        capacity = max(needed, int(len(self.ids) * 1.5) + 16)
+        matrix = np.empty((capacity, self.matrix.shape[1]), dtype=np.float32)
+        matrix[: self.count] = self.matrix[: self.count]
+        ids = np.empty(capacity, dtype=np.int64)
+        ids[: self.count] = self.ids[: self.count]
+        self.matrix, self.ids = matrix, ids
+
+    def upsert(self, ids: Sequence[int], names: Sequence[str], means: np.ndarray) -> None:
+        self._grow(self.count + len(ids))
+        for sid, name, mean in zip(ids, names, means):
+            row = self.row_of.get(sid)
+            if row is None:
+                row = self.count
+                self.count += 1
+                self.row_of[sid] = row
+                self.ids[row] = sid
+                self.names.append(name)
+                self.id_of[name] = sid
+            self.matrix[row] = mean
+
+    def append_block(self, ids: np.ndarray, names: list[str], means: np.ndarray) -> None:
+        """Append speakers known to be new (bulk load path)."""
+        start = self.count
+        self._grow(start + len(ids))
+        self.matrix[start : start + len(ids)] = means
+        self.ids[start : start + len(ids)] = ids
+        self.names.extend(names)
+        self.row_of.update(zip(ids.tolist(), range(start, start + len(ids))))
+        self.id_of.update(zip(names, ids.tolist()))
+        self.count += len(ids)
+
+    def remove(self, sid: int) -> None:
+        row = self.row_of.pop(sid, None)
+        if row is None:
+            return
+        last = self.count - 1
+        del self.id_of[self.names[row]]
+        if row != last:  # move the last row into the hole
+            self.matrix[row] = self.matrix[last]
+            self.ids[row] = self.ids[last]
+            self.names[row] = self.names[last]
+            self.row_of[int(self.ids[row])] = row
+        self.names.pop()
+        self.count = last
+
+
+def _retry_while_locked(action, seconds: float = 60.0):
+    """Run ``action``, retrying with a short back-off while SQLite reports the database locked or busy."""
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as err:
+            text = str(err).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+class SpeakerDatabase:
+    """Enrolled speakers of one model, stored in ``<db_dir>/speakers.sqlite``.
+
+    Args:
+        db_dir: the database folder (created when missing).
+        model_fingerprint: identifies the model that makes the embeddings; a database made by another model is
+            refused with :class:`~mvector.errors.SpeakerDBError`.
+        embd_dim: the embedding size; must match the database's.
+        keep_audio: also keep enrolled audio as 16 kHz WAV files under ``<db_dir>/<name>/``.
+
+    >>> import tempfile, numpy as np
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     with SpeakerDatabase(folder, "model-a", embd_dim=3) as db:
+    ...         db.add("x", np.array([1.0, 0.0, 0.0]))
+    ...         db.add("y", np.array([0.0, 1.0, 0.0]))
+    ...         print([(n, round(s, 3)) for n, s in db.search(np.array([1.0, 0.2, 0.0]), top_k=2)[0]])
+    [('x', 0.981), ('y', 0.196)]
+    """
+
+    def __init__(self, db_dir: PathLike, model_fingerprint: str, embd_dim: int, keep_audio: bool = False) -> None:
+        if not isinstance(model_fingerprint, str) or not model_fingerprint:
+            raise SpeakerDBError(f"model_fingerprint must be a non-empty string, got {model_fingerprint!r}")
+        if isinstance(embd_dim, bool) or not isinstance(embd_dim, (int, np.integer)) or embd_dim < 1:
+            raise SpeakerDBError(f"embd_dim must be a positive integer, got {embd_dim!r}")
+        self.db_dir = Path(db_dir)
+        self.path = self.db_dir / DB_FILENAME
+        self.model_fingerprint = model_fingerprint
+        self.embd_dim = int(embd_dim)
+        self.keep_audio = bool(keep_audio)
+        self._lock = threading.RLock()
+        self._cache: _MeanCache | None = None
+        self._version = -1
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.db_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SpeakerDBError(f"cannot create the database folder {self.db_dir}: {err}") from None
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout = 60000")
+            # Switching a new file to WAL needs an exclusive lock, and SQLite may answer "locked" there without
+            # waiting on the busy timeout when another process opens the same new database at that moment.
+            _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            _retry_while_locked(self._init_schema)
+        except sqlite3.DatabaseError as err:
+            self.close()
+            raise SpeakerDBError(f"{self.path}: cannot open the speaker database ({err})") from None
+        except SpeakerDBError:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+    def _init_schema(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            defaults = {
+                "schema": SCHEMA_VERSION,
+                "model_fingerprint": self.model_fingerprint,
+                "embd_dim": self.embd_dim,
+                "version": 0,
+                "next_id": 1,
+            }
+            conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", list(defaults.items()))
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if int(meta["schema"]) > SCHEMA_VERSION:
+            raise SpeakerDBError(
+                f"{self.path}: the database uses schema {meta['schema']}, newer than this mvector "
+                f"understands ({SCHEMA_VERSION}); upgrade mvector"
+            )
+        stored_fp, stored_dim = str(meta["model_fingerprint"]), int(meta["embd_dim"])
+        if stored_fp != self.model_fingerprint or stored_dim != self.embd_dim:
+            raise SpeakerDBError(
+                f"{self.path}: the database was made by another model (fingerprint {stored_fp[:12]}, "
+                f"embedding size {stored_dim}); this model has fingerprint {self.model_fingerprint[:12]}, "
+                f"embedding size {self.embd_dim}. Use the matching model, or a new database folder "
+                f"for this model"
+            )
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SpeakerDBError(f"{self.path}: the speaker database is closed")
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection (the in-memory index is dropped too). Safe to call twice.
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     db = SpeakerDatabase(folder, "m", 4)
+        ...     db.close(); db.close()
+        """
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._cache = None
+            self._version = -1
+
+    def __enter__(self) -> SpeakerDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"SpeakerDatabase({str(self.db_dir)!r}, model_fingerprint={self.model_fingerprint[:12]!r}, " + (
+            f"embd_dim={self.embd_dim}, keep_audio={self.keep_audio})"
+        )
+
+    def _refresh(self) -> None:
+        """Bring the in-memory mean matrix up to date with the database (inside the caller's transaction or not).
+
+        Only rows written since the cached version are fetched; the first call loads everything in chunks.
+        """
+        conn = self._db
+        own_tx = not conn.in_transaction
+        if own_tx:
+            conn.execute("BEGIN")  # one read snapshot for the version and the changes
+        try:
+            version = int(conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+            if version == self._version and self._cache is not None:
+                return
+            if self._cache is None:
+                self._cache = self._load_all()
+            else:
+                gone = conn.execute("SELECT speaker_id FROM removed WHERE version > ?", (self._version,)).fetchall()
+                for (sid,) in gone:
+                    self._cache.remove(int(sid))
+                rows = conn.execute(
+                    "SELECT id, name, mean FROM speakers WHERE updated > ? ORDER BY id", (self._version,)
+                ).fetchall()
+                if rows:
+                    means = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+                    self._cache.upsert([int(r[0]) for r in rows], [r[1] for r in rows], means)
+            self._version = version
+        finally:
+            if own_tx:
+                conn.execute("COMMIT")
+
+    def _load_all(self) -> _MeanCache:
+        conn = self._db
+        total = int(conn.execute("SELECT COUNT(*) FROM speakers").fetchone()[0])
+        cache = _MeanCache(self.embd_dim, capacity=total)
+        cursor = conn.execute("SELECT id, name, mean FROM speakers ORDER BY id")
+        row_bytes = 4 * self.embd_dim
+        while True:
+            chunk = cursor.fetchmany(_LOAD_CHUNK)
+            if not chunk:
+                break
+            ids, names, blobs = zip(*chunk)
+            joined = b"".join(blobs)
+            if len(joined) != row_bytes * len(chunk):
+                raise SpeakerDBError(f"{self.path}: damaged database (a mean embedding has the wrong size)")
+            means = np.frombuffer(joined, dtype=np.float32).reshape(len(chunk), self.embd_dim)
+            cache.append_block(np.asarray(ids, dtype=np.int64), list(names), means)
+        return cache
+
+    def _begin_write(self) -> int:
+        """Start a write transaction, refresh the cache, and return the version this write will commit."""
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._refresh()
+            return self._version + 1
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _commit(self, version: int) -> None:
+        conn = self._db
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version,))
+        if _before_commit is not None:
+            _before_commit()
+        conn.execute("COMMIT")
+
+    def _unknown(self, name: str) -> SpeakerDBError:
+        known = [r[0] for r in self._db.execute("SELECT name FROM speakers ORDER BY id LIMIT 1000")]
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        shown = close or known[:5]
+        total = len(self)
+        hint = f"; known speakers include: {', '.join(shown)}" if shown else "; the database is empty"
+        return SpeakerDBError(f"unknown speaker {name!r} in {self.path} ({total} enrolled){hint}")
+
+    # ------------------------------------------------------------------ writes
+    def add(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        audio: list[np.ndarray] | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        """Enrol ``name`` with one ``[D]`` or several ``[n, D]`` utterance embeddings.
+
+        Adding to an existing speaker appends the utterances and recomputes its mean. With ``keep_audio=True``,
+        ``audio`` may hold one waveform per embedding (at ``sample_rate``); they are stored as 16 kHz WAVs.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add("a", np.array([1.0, 0.0]))
+        ...     db.add("a", np.array([0.0, 1.0]))
+        ...     print(np.round(db.mean_embedding("a"), 3))
+        [0.707 0.707]
+        """
+        with self._lock:
+            name = validate_name(name)
+            arr = _as_embeddings(embeddings, self.embd_dim, f"speaker {name!r}")
+            waves = None
+            if audio is not None:
+                if not isinstance(audio, (list, tuple)) or len(audio) != len(arr):
+                    count = len(audio) if isinstance(audio, (list, tuple)) else "not a list"
+                    raise SpeakerDBError(
+                        f"speaker {name!r}: give one waveform per embedding ({len(arr)} embeddings, audio: {count})"
+                    )
+                if self.keep_audio:
+                    waves = [_as_audio(w, sample_rate, f"speaker {name!r} audio {i}") for i, w in enumerate(audio)]
+            self._write([name], arr, np.array([len(arr)], dtype=np.int64), None if waves is None else [waves])
+
+    def add_many(self, items: Mapping[str, np.ndarray]) -> None:
+        """Enrol many speakers in one transaction: ``{name: [D] or [n, D] embeddings}``.
+
+        All names and embeddings are checked before anything is written; existing speakers gain utterances.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 4) as db:
+        ...     db.add_many({f"spk{i}": np.eye(4)[i] for i in range(4)})
+        ...     print(len(db), db.search(np.eye(4)[2])[0][0][0])
+        4 spk2
+        """
+        with self._lock:
+            if not isinstance(items, Mapping):
+                raise SpeakerDBError(f"add_many expects a mapping name -> embeddings, got {type(items).__name__}")
+            grouped: dict[str, list[np.ndarray]] = {}
+            dim = self.embd_dim
+            for raw_name, value in items.items():
+                name = validate_name(raw_name)
+                try:
+                    arr = np.asarray(_to_numpy(value), np.float32)
+                except (TypeError, ValueError) as err:
+                    raise SpeakerDBError(f"speaker {name!r}: embeddings must be a numeric array ({err})") from None
+                if arr.shape != (dim,) and (arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0):
+                    _as_embeddings(arr, dim, f"speaker {name!r}")  # raises the detailed shape error
+                grouped.setdefault(name, []).append(arr.reshape(-1, dim))  # "bob" and "bob " are one speaker
+            if not grouped:
+                return
+            names = list(grouped)
+            parts = [p[0] if len(p) == 1 else np.concatenate(p) for p in grouped.values()]
+            counts = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+            embs = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            bad = ~np.isfinite(embs).all(axis=1) | ~(np.abs(embs).max(axis=1) > 0)
+            if bad.any():
+                owner = names[int(np.searchsorted(np.cumsum(counts), int(np.argmax(bad)), side="right"))]
+                _as_embeddings(
+                    np.concatenate(grouped[owner]), dim, f"speaker {owner!r}"
+                )  # raises the detailed value error
+            self._write(names, np.ascontiguousarray(embs), counts, None)
+
+    def _write(
+        self, names: list[str], embs: np.ndarray, counts: np.ndarray, waves: list[list[np.ndarray]] | None
+    ) -> None:
+        """One write transaction: ``counts[i]`` rows of ``embs`` (in order) belong to ``names[i]``."""
+        conn = self._db
+        version = self._begin_write()
+        cache = self._cache
+        assert cache is not None
+        written_files: list[Path] = []
+        dim = self.embd_dim
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        try:
+            # Brand-new speakers: their mean is the normalised mean of the given utterances (vectorised).
+            is_new = np.fromiter((n not in cache.id_of for n in names), dtype=bool, count=len(names))
+            new_idx = np.flatnonzero(is_new)
+            next_id = int(conn.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0])
+            ids = np.zeros(len(names), dtype=np.int64)
+            ids[new_idx] = np.arange(next_id, next_id + len(new_idx))
+            unit = embs / np.linalg.norm(embs, axis=1, keepdims=True)
+            if len(embs) == len(names):  # one utterance each (the bulk case): the mean is the utterance
+                means = unit.astype(np.float64)
+            else:  # sum each speaker's consecutive rows
+                running = np.cumsum(unit, axis=0, dtype=np.float64)
+                ends = running[starts + counts - 1]
+                means = ends - np.concatenate([np.zeros((1, dim)), running[starts[1:] - 1]])
+            for i in np.flatnonzero(~is_new):  # existing speakers: the mean over old and new utterances
+                ids[i] = cache.id_of[names[i]]
+                old = conn.execute("SELECT embedding FROM utterances WHERE speaker_id = ?", (int(ids[i]),)).fetchall()
+                old_arr = np.frombuffer(b"".join(r[0] for r in old), dtype=np.float32).reshape(-1, dim)
+                means[i] += _normalise(old_arr).sum(axis=0)
+                counts[i] += len(old_arr)
+            norms = np.linalg.norm(means, axis=1, keepdims=True)
+            cancelled = norms[:, 0] < 1e-12  # opposite utterances cancel out: fall back to the first one
+            if cancelled.any():
+                means[cancelled] = unit[starts[cancelled]]
+                norms[cancelled] = 1.0
+            means = (means / norms).astype(np.float32)
+            conn.executemany(
+                "INSERT INTO speakers (id, name, mean, n_utts, updated) VALUES (?, ?, ?, ?, ?)",
+                ((int(ids[i]), names[i], means[i].tobytes(), int(counts[i]), version) for i in new_idx),
+            )
+            if len(new_idx):
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (next_id + len(new_idx),))
+            conn.executemany(
+                "UPDATE speakers SET mean = ?, n_utts = ?, updated = ? WHERE id = ?",
+                ((means[i].tobytes(), int(counts[i]), version, int(ids[i])) for i in np.flatnonzero(~is_new)),
+            )
+            owners = np.repeat(ids, np.diff(np.append(starts, len(embs))))
+            if waves is None:
+                conn.executemany(
+                    "INSERT INTO utterances (speaker_id, embedding) VALUES (?, ?)",
+                    zip(owners.tolist(), (row.tobytes() for row in embs)),
+                )
+            else:  # audio is kept: one row at a time, each with its WAV file written before the commit
+                for i, name in enumerate(names):
+                    folder = self.db_dir / name
+                    folder.mkdir(exist_ok=True)
+                    for row, wave in zip(embs[starts[i] : starts[i] + len(waves[i])], waves[i]):
+                        cur = conn.execute(
+                            "INSERT INTO utterances (speaker_id, embedding) VALUES (?, ?)", (int(ids[i]), row.tobytes())
+                        )
+                        utt_id = int(cur.lastrowid)
+                        relative = f"{name}/{utt_id}-{uuid.uuid4().hex[:8]}.wav"
+                        _write_wav(self.db_dir / relative, wave)
+                        written_files.append(self.db_dir / relative)
+                        conn.execute("UPDATE utterances SET audio = ? WHERE id = ?", (relative, utt_id))
+            self._commit(version)
+        except BaseException as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for path in written_files:  # audio of a write that did not happen
+                path.unlink(missing_ok=True)
+            if isinstance(err, sqlite3.DatabaseError):
+                raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
+            raise
+        if len(new_idx) == len(names):
+            cache.append_block(ids, names, means)
+        else:
+            cache.upsert(ids.tolist(), names, means)
+        self._version = version
+
+    def remove(self, name: str) -> None:
+        """Remove a speaker, its utterances and any kept audio.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add("a", np.array([1.0, 0.0]))
+        ...     db.remove("a")
+        ...     print(len(db), "a" in db)
+        0 False
+        """
+        with self._lock:
+            try:
+                name = validate_name(name)
+            except SpeakerDBError:
+                raise self._unknown(str(name)) from None
+            conn = self._db
+            version = self._begin_write()
+            cache = self._cache
+            assert cache is not None
+            trash: Path | None = None
+            try:
+                sid = cache.id_of.get(name)
+                if sid is None:
+                    raise self._unknown(name)
+                kept = conn.execute(
+                    "SELECT COUNT(*) FROM utterances WHERE speaker_id = ? AND audio IS NOT NULL", (sid,)
+                ).fetchone()[0]
+                conn.execute("DELETE FROM utterances WHERE speaker_id = ?", (sid,))
+                conn.execute("DELETE FROM speakers WHERE id = ?", (sid,))
+                conn.execute("INSERT INTO removed (version, speaker_id) VALUES (?, ?)", (version, sid))
+                folder = self.db_dir / name
+                if (
+                    kept and folder.is_dir()
+                ):  # only a folder of kept audio; moved aside while the write lock is held, deleted after the commit
+                    trash = self.db_dir / _TRASH_DIR / uuid.uuid4().hex
+                    trash.parent.mkdir(exist_ok=True)
+                    os.replace(folder, trash)
+                self._commit(version)
+            except BaseException as err:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if trash is not None and trash.exists() and not (self.db_dir / name).exists():
+                    os.replace(trash, self.db_dir / name)
+                if isinstance(err, sqlite3.DatabaseError):
+                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
+                raise
+            cache.remove(sid)
+            self._version = version
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
+
+    # ------------------------------------------------------------------ reads
+    def names(self) -> list[str]:
+        """Enrolled speaker names, in enrolment order.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add_many({"b": np.ones(2), "a": np.ones(2)})
+        ...     db.names()
+        ['b', 'a']
+        """
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT name FROM speakers ORDER BY id")]
+
+    def __len__(self) -> int:
+        """Number of enrolled speakers (``len(db)``)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM speakers").fetchone()[0])
+
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is enrolled (``"alice" in db``); an invalid name is simply not enrolled."""
+        if not isinstance(name, str):
+            return False
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (name.strip(),)).fetchone()
+            return row is not None
+
+    def num_utterances(self, name: str) -> int:
+        """How many utterances ``name`` was enrolled with.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add("a", np.ones((3, 2)))
+        ...     db.num_utterances("a")
+        3
+        """
+        with self._lock:
+            row = self._db.execute("SELECT n_utts FROM speakers WHERE name = ?", (str(name).strip(),)).fetchone()
+            if row is None:
+                raise self._unknown(str(name))
+            return int(row[0])
+
+    def utterance_embeddings(self, name: str) -> np.ndarray:
+        """The ``[n, D]`` float32 utterance embeddings ``name`` was enrolled with, in enrolment order.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add("a", np.array([[3.0, 4.0], [1.0, 0.0]]))
+        ...     db.utterance_embeddings("a").tolist()
+        [[3.0, 4.0], [1.0, 0.0]]
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT u.embedding FROM utterances u JOIN speakers s ON s.id = u.speaker_id "
+                "WHERE s.name = ? ORDER BY u.id",
+                (str(name).strip(),),
+            ).fetchall()
+            if not rows:
+                raise self._unknown(str(name))
+            return np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), self.embd_dim)
+
+    def audio_files(self, name: str) -> list[Path]:
+        """Paths of the kept WAV files of ``name`` (empty when audio was not kept).
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2, keep_audio=True) as db:
+        ...     db.add("a", np.ones(2), audio=[np.zeros(1600, "float32")])
+        ...     [p.suffix for p in db.audio_files("a")]
+        ['.wav']
+        """
+        with self._lock:
+            if name not in self:
+                raise self._unknown(str(name))
+            rows = self._db.execute(
+                "SELECT u.audio FROM utterances u JOIN speakers s ON s.id = u.speaker_id "
+                "WHERE s.name = ? AND u.audio IS NOT NULL ORDER BY u.id",
+                (str(name).strip(),),
+            ).fetchall()
+            return [self.db_dir / r[0] for r in rows]
+
+    def mean_embedding(self, name: str) -> np.ndarray:
+        """The speaker's unit-length mean embedding (float32 ``[D]``).
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add("a", np.array([[3.0, 4.0], [3.0, 4.0]]))
+        ...     db.mean_embedding("a").tolist()
+        [0.6000000238418579, 0.800000011920929]
+        """
+        with self._lock:
+            row = self._db.execute("SELECT mean FROM speakers WHERE name = ?", (str(name).strip(),)).fetchone()
+            if row is None:
+                raise self._unknown(str(name))
+            return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def search(self, embeddings: np.ndarray, top_k: int = 1) -> list[list[tuple[str, float]]]:
+        """The ``top_k`` closest speakers (cosine similarity to their means) for each query, best first.
+
+        ``embeddings`` is one ``[D]`` query or a batch ``[B, D]``; the result always has one list per query.
+        Speakers enrolled by other processes since the last call are picked up first.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add_many({"east": np.array([1.0, 0.0]), "north": np.array([0.0, 1.0])})
+        ...     hits = db.search(np.array([[1.0, 0.1], [0.0, -1.0]]), top_k=2)
+        ...     [[name for name, _ in row] for row in hits]
+        [['east', 'north'], ['east', 'north']]
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise SpeakerDBError(f"top_k must be a positive integer, got {top_k!r}")
+        queries = _as_embeddings(embeddings, self.embd_dim, "search query")
+        queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+        with self._lock:
+            self._refresh()
+            cache = self._cache
+            assert cache is not None
+            if cache.count == 0:
+                raise SpeakerDBError(
+                    f"no speakers enrolled in {self.path}; register speakers before recognising (add / add_many)"
+                )
+            k = min(int(top_k), cache.count)
+            means = cache.matrix[: cache.count]
+            block = max(1, _SCORE_BLOCK // cache.count)
+            results: list[list[tuple[str, float]]] = []
+            for start in range(0, len(queries), block):
+                q = queries[start : start + block]
+                scores = (means @ q[0])[None] if len(q) == 1 else q @ means.T  # one BLAS call per block
+                if k < cache.count:
+                    top = np.argpartition(scores, cache.count - k, axis=1)[:, cache.count - k :]
+                else:
+                    top = np.broadcast_to(np.arange(k), (len(q), k))
+                top_scores = np.take_along_axis(scores, top, axis=1)
+                order = np.argsort(-top_scores, axis=1, kind="stable")
+                for idx, vals in zip(
+                    np.take_along_axis(top, order, axis=1).tolist(),
+                    np.take_along_axis(top_scores, order, axis=1).tolist(),
+                ):
+                    results.append([(cache.names[r], float(v)) for r, v in zip(idx, vals)])
+            return results
