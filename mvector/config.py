@@ -89,7 +89,7 @@ SCHEMA: dict[str, Any] = {
     },
     "preprocess_conf": {
         "feature_method": Key("Fbank", str, "Fbank, MelSpectrogram, Spectrogram or MFCC"),
-        "normalize": Key(True, bool, "per-utterance mean/variance normalisation over valid frames"),
+        "normalize": Key(True, (bool, str), "per-utterance CMVN over valid frames: true (mean+variance), mean, false"),
     },
     "optimizer_conf": {
         "optimizer": Key("Adam", str, "Adam, AdamW or SGD"),

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union
 
 import numpy as np
 import torch
@@ -66,6 +66,8 @@ __all__ = [
     "SpecAugment",
     "build_featurizer",
     "masked_cmvn",
+    "normalize_mode",
+    "NORMALIZE_MODES",
 ]
 
 #: Floor of the power before the natural log (Spectrogram, MelSpectrogram) and of the dB conversion (MFCC).
@@ -147,16 +149,19 @@ def _reflect_index(pos: Tensor, lengths: Tensor, symmetric: bool) -> Tensor:
     return torch.where(m < lengths, m, period - m).clamp_min(0)
 
 
-def masked_cmvn(features: Tensor, frame_lengths: Tensor, eps: float = CMVN_EPS) -> Tensor:
+def masked_cmvn(features: Tensor, frame_lengths: Tensor, eps: float = CMVN_EPS, variance: bool = True) -> Tensor:
     """Per-utterance mean/variance normalisation over the valid frames; padded frames become exactly 0.
 
     ``features`` is ``[B, frames, F]``; ``frame_lengths`` is ``[B]``. The variance is the population variance
-    of the valid frames, and ``eps`` is added to it, so constant features give 0 rather than NaN.
+    of the valid frames, and ``eps`` is added to it, so constant features give 0 rather than NaN. With
+    ``variance=False`` only the mean is subtracted (3D-Speaker's and WeSpeaker's CAM++ front end).
 
     >>> import torch
     >>> x = torch.tensor([[[1.0], [3.0], [100.0]]])
     >>> masked_cmvn(x, torch.tensor([2]))[0, :, 0].tolist()
     [-0.9999949932098389, 0.9999949932098389, 0.0]
+    >>> masked_cmvn(x, torch.tensor([2]), variance=False)[0, :, 0].tolist()
+    [-1.0, 1.0, 0.0]
     """
     mask = (torch.arange(features.shape[1], device=features.device)[None, :] < frame_lengths[:, None]).unsqueeze(-1)
     count = frame_lengths.clamp_min(1).to(features.dtype)[:, None, None]
@@ -164,6 +169,8 @@ def masked_cmvn(features: Tensor, frame_lengths: Tensor, eps: float = CMVN_EPS) 
     valid = torch.where(mask, features, zeros)
     mean = valid.sum(1, keepdim=True) / count
     centred = torch.where(mask, features - mean, zeros)
+    if not variance:
+        return centred
     var = centred.pow(2).sum(1, keepdim=True) / count
     return centred * torch.rsqrt(var + eps)
 
@@ -282,12 +289,15 @@ class Featurizer(nn.Module):
 
     method: str = ""
 
-    def __init__(self, sample_rate: int, feature_dim: int, min_samples: int, normalize: bool = True) -> None:
+    def __init__(
+        self, sample_rate: int, feature_dim: int, min_samples: int, normalize: Union[bool, str] = True
+    ) -> None:
         super().__init__()
         self.sample_rate = int(sample_rate)
         self._feature_dim = int(feature_dim)
         self.min_samples = int(min_samples)
-        self.normalize = bool(normalize)
+        self.normalize = normalize_mode(normalize) != "none"
+        self.normalize_variance = normalize_mode(normalize) == "mean_var"
         self.config: dict[str, Any] = {}
 
     @property
@@ -315,7 +325,7 @@ class Featurizer(nn.Module):
             feats = self.compute(waveforms, lengths)
         frame_lengths = self.frame_lengths(lengths)
         if self.normalize:
-            return masked_cmvn(feats, frame_lengths), frame_lengths
+            return masked_cmvn(feats, frame_lengths, variance=self.normalize_variance), frame_lengths
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
         return torch.where(mask.unsqueeze(-1), feats, torch.zeros_like(feats)), frame_lengths
 
@@ -372,7 +382,7 @@ class SpectrogramFeaturizer(Featurizer):
         f_max: float | None = None,
         n_mels: int = 80,
         n_mfcc: int = 40,
-        normalize: bool = True,
+        normalize: Union[bool, str] = True,
         feature_dim: int | None = None,
     ) -> None:
         where = f"feature_conf ({self.method})"
@@ -441,7 +451,7 @@ class MelSpectrogramFeaturizer(SpectrogramFeaturizer):
         f_max: float | None = None,
         n_mels: int = 80,
         n_mfcc: int = 40,
-        normalize: bool = True,
+        normalize: Union[bool, str] = True,
         feature_dim: int | None = None,
     ) -> None:
         where = f"feature_conf ({self.method})"
@@ -495,7 +505,7 @@ class MFCCFeaturizer(MelSpectrogramFeaturizer):
         f_max: float | None = None,
         n_mels: int = 80,
         n_mfcc: int = 40,
-        normalize: bool = True,
+        normalize: Union[bool, str] = True,
     ) -> None:
         n_mfcc = _int({"n_mfcc": n_mfcc}, "n_mfcc", "feature_conf")
         super().__init__(
@@ -550,7 +560,7 @@ class FbankFeaturizer(Featurizer):
         low_freq: float = 20.0,
         high_freq: float = 0.0,
         energy_floor: float = 0.0,
-        normalize: bool = True,
+        normalize: Union[bool, str] = True,
     ) -> None:
         where = "feature_conf"
         c = dict(locals())
@@ -653,7 +663,7 @@ FEATURIZERS: dict[str, type[Featurizer]] = {
 
 
 def build_featurizer(
-    feature_method: str, feature_conf: Mapping[str, Any] | None = None, normalize: bool = True
+    feature_method: str, feature_conf: Mapping[str, Any] | None = None, normalize: Union[bool, str] = True
 ) -> Featurizer:
     """Build the featurizer registered as ``feature_method`` (case-insensitive) from ``feature_conf``.
 
@@ -692,7 +702,25 @@ def build_featurizer(
         unused = [k for k in _UNUSED_KEYS.get(name, ()) if k in conf]
         if unused:
             warnings.warn(f"{where}: {', '.join(unused)} has no effect with {name}", stacklevel=2)
-    return FEATURIZERS[name](**conf, normalize=bool(normalize))
+    return FEATURIZERS[name](**conf, normalize=normalize_mode(normalize))
+
+
+#: Values of ``preprocess_conf.normalize``: per-utterance mean and variance, mean only, or nothing.
+NORMALIZE_MODES = ("mean_var", "mean", "none")
+
+
+def normalize_mode(value: Union[bool, str]) -> str:
+    """``preprocess_conf.normalize`` as one of :data:`NORMALIZE_MODES` (True means ``mean_var``).
+
+    >>> normalize_mode(True), normalize_mode(False), normalize_mode("mean")
+    ('mean_var', 'none', 'mean')
+    """
+    if isinstance(value, bool):
+        return "mean_var" if value else "none"
+    if value in NORMALIZE_MODES:
+        return str(value)
+    valid = ", ".join(NORMALIZE_MODES)
+    raise ConfigError(f"preprocess_conf.normalize must be true, false or one of {valid}, got {value!r}")
 
 
 #: Keys of the shared STFT set that a method accepts (so configs switch methods freely) but does not use.
