@@ -1,0 +1,204 @@
+"""Open-set identification: "who is this, among the enrolled speakers — or nobody we know?"
+
+Closed-set identification always names the best-scoring enrolled speaker, even for a stranger. Open-set
+identification may answer *unknown*: when the best score is below a threshold, or when the best and the
+second-best speakers are too close to tell apart (a margin). The measures here follow the watch-list
+literature (NIST / ISO 19795 "detection and identification rate"):
+
+* **FAR** (false-alarm rate): the fraction of probes from *unknown* speakers that are accepted as someone;
+* **DIR** (detection-and-identification rate): the fraction of probes from *enrolled* speakers that are
+  accepted *and* named correctly (rank 1);
+* **DIR at FAR = x**: the DIR at the lowest threshold whose FAR is at most x (:func:`dir_at_far`).
+
+Inputs are a score matrix ``[n_probes, n_enrolled]`` (cosine, AS-norm or calibrated LLR: any "higher = more
+alike" score) and, per probe, the column of its true speaker or ``-1`` for a speaker who is not enrolled.
+
+>>> import numpy as np
+>>> scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.45], [0.3, 0.2]])
+>>> truth = np.array([0, 1, -1, -1])                     # the last two probes are strangers
+>>> open_set_metrics(scores, truth, threshold=0.6)["dir"], open_set_metrics(scores, truth, threshold=0.6)["far"]
+(1.0, 0.0)
+>>> open_set_decision([("ann", 0.5), ("bob", 0.45)], threshold=0.4, margin=0.1).reason
+'ambiguous'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from mvector.errors import ConfigError
+
+__all__ = ["OpenSetAnswer", "open_set_decision", "open_set_metrics", "dir_at_far", "threshold_for_far"]
+
+
+@dataclass(frozen=True)
+class OpenSetAnswer:
+    """The answer to one identification query.
+
+    ``name`` is the identified speaker or ``None`` for *unknown*; ``score`` the best score; ``runner_up`` and
+    ``runner_up_score`` the second-best (``None`` with one enrolled speaker); ``reason`` one of
+    ``"accepted"``, ``"below_threshold"`` (the best score is under the threshold) or ``"ambiguous"`` (best and
+    second-best are closer than the margin).
+
+    >>> OpenSetAnswer("ann", 0.8, "bob", 0.3, "accepted").known
+    True
+    """
+
+    name: str | None
+    score: float
+    runner_up: str | None
+    runner_up_score: float | None
+    reason: str
+
+    @property
+    def known(self) -> bool:
+        """Whether a speaker was named."""
+        return self.name is not None
+
+
+def _check_margin(margin: Any) -> float:
+    try:
+        value = float(margin)
+    except (TypeError, ValueError):
+        raise ConfigError(f"margin must be a number >= 0, got {margin!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
+    return value
+
+
+def open_set_decision(hits: Sequence[tuple[str, float]], threshold: float, margin: float = 0.0) -> OpenSetAnswer:
+    """Decide one query from its candidates ``[(name, score), ...]`` sorted best first.
+
+    The best candidate is named when its score is at least ``threshold`` and it beats the second-best by at
+    least ``margin``; otherwise the answer is *unknown* with the reason.
+
+    >>> open_set_decision([("ann", 0.72), ("bob", 0.31)], threshold=0.5).name
+    'ann'
+    >>> open_set_decision([("ann", 0.42), ("bob", 0.31)], threshold=0.5).reason
+    'below_threshold'
+    """
+    if not hits:
+        raise ConfigError("open_set_decision: no candidates (is the speaker database empty?)")
+    margin = _check_margin(margin)
+    name, best = hits[0][0], float(hits[0][1])
+    second_name, second = (hits[1][0], float(hits[1][1])) if len(hits) > 1 else (None, None)
+    if best < float(threshold):
+        return OpenSetAnswer(None, best, second_name, second, "below_threshold")
+    if second is not None and best - second < margin:
+        return OpenSetAnswer(None, best, second_name, second, "ambiguous")
+    return OpenSetAnswer(name, best, second_name, second, "accepted")
+
+
+def _inputs(scores: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(truth).reshape(-1)
+    if s.ndim != 2 or s.shape[1] < 1:
+        raise ValueError(f"scores: expected a [n_probes, n_enrolled] matrix, got shape {tuple(s.shape)}")
+    if t.shape[0] != s.shape[0]:
+        raise ValueError(f"truth: {t.shape[0]} entries for {s.shape[0]} probes")
+    if not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"truth: expected integer column indices (-1 = not enrolled), got dtype {t.dtype}")
+    if ((t < -1) | (t >= s.shape[1])).any():
+        i = int(np.flatnonzero((t < -1) | (t >= s.shape[1]))[0])
+        raise ValueError(f"truth[{i}] = {int(t[i])}: not a column of the {s.shape[1]} enrolled speakers nor -1")
+    if not np.isfinite(s).all():
+        raise ValueError("scores: NaN or infinite values")
+    if not (t >= 0).any() or not (t < 0).any():
+        raise ValueError("need probes of enrolled speakers (truth >= 0) and of unknown ones (truth = -1)")
+    return s, t.astype(np.int64)
+
+
+def _best_two(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    best_col = np.argmax(s, axis=1)
+    best = s[np.arange(len(s)), best_col]
+    if s.shape[1] > 1:
+        second = np.partition(s, s.shape[1] - 2, axis=1)[:, -2]
+    else:
+        second = np.full(len(s), -np.inf)
+    return best_col, best, second
+
+
+def threshold_for_far(scores: Any, truth: Any, far: float, margin: float = 0.0) -> float:
+    """The lowest threshold at which at most a fraction ``far`` of the unknown-speaker probes is accepted
+    (with the margin rule applied too).
+
+    >>> threshold_for_far([[0.9, 0.1], [0.6, 0.2], [0.4, 0.1]], [0, -1, -1], far=0.5)
+    0.4000000000000001
+    """
+    s, t = _inputs(scores, truth)
+    if not 0.0 <= float(far) <= 1.0:
+        raise ConfigError(f"far must be in [0, 1], got {far!r}")
+    margin = _check_margin(margin)
+    _, best, second = _best_two(s[t < 0])
+    candidates = np.sort(best[best - second >= margin])[::-1]  # probes the margin alone does not reject
+    allowed = int(math.floor(float(far) * (t < 0).sum() + 1e-9))
+    if allowed >= candidates.size:
+        return float(-np.inf)
+    return float(np.nextafter(candidates[allowed], np.inf))
+
+
+def open_set_metrics(scores: Any, truth: Any, threshold: float, margin: float = 0.0) -> dict[str, Any]:
+    """Outcome counts and rates of open-set decisions at one ``threshold`` and ``margin``.
+
+    Returns ``dir`` (enrolled probes accepted and named correctly), ``far`` (unknown probes accepted),
+    ``misidentified`` (enrolled probes accepted under another name), ``false_reject`` (enrolled probes answered
+    *unknown*), ``rank1`` (closed-set accuracy, no threshold), ``accuracy`` (the fraction of all probes given the
+    right answer, *unknown* being right for strangers), and the counts.
+
+    >>> m = open_set_metrics([[0.9, 0.1], [0.3, 0.7], [0.6, 0.2]], [0, 0, -1], threshold=0.5)
+    >>> m["dir"], m["misidentified"], m["far"], round(m["accuracy"], 3)
+    (0.5, 0.5, 1.0, 0.333)
+    """
+    s, t = _inputs(scores, truth)
+    margin = _check_margin(margin)
+    best_col, best, second = _best_two(s)
+    accepted = (best >= float(threshold)) & (best - second >= margin)
+    known = t >= 0
+    correct = best_col == t
+    n_known, n_unknown = int(known.sum()), int((~known).sum())
+    hits = int((accepted & known & correct).sum())
+    misid = int((accepted & known & ~correct).sum())
+    fa = int((accepted & ~known).sum())
+    right = hits + (n_unknown - fa)
+    return {
+        "threshold": float(threshold),
+        "margin": margin,
+        "n_known_probes": n_known,
+        "n_unknown_probes": n_unknown,
+        "n_enrolled": int(s.shape[1]),
+        "dir": hits / n_known,
+        "misidentified": misid / n_known,
+        "false_reject": (n_known - hits - misid) / n_known,
+        "far": fa / n_unknown,
+        "rank1": float(correct[known].mean()),
+        "accuracy": right / (n_known + n_unknown),
+    }
+
+
+def dir_at_far(
+    scores: Any, truth: Any, fars: Sequence[float] = (0.01, 0.05, 0.1), margin: float = 0.0
+) -> dict[str, Any]:
+    """DIR at each false-alarm rate in ``fars`` (threshold chosen on these probes: an oracle operating point),
+    plus the closed-set rank-1 rate; keys ``dir@far=0.01`` etc. and ``threshold@far=0.01``.
+
+    >>> r = dir_at_far([[0.9, 0.1], [0.2, 0.7], [0.5, 0.1], [0.3, 0.2]], [0, 1, -1, -1], fars=(0.01, 0.5))
+    >>> r["dir@far=0.01"], r["dir@far=0.5"], r["rank1"]
+    (1.0, 1.0, 1.0)
+    """
+    s, t = _inputs(scores, truth)
+    out: dict[str, Any] = {}
+    for far in fars:
+        thr = threshold_for_far(s, t, far, margin)
+        m = open_set_metrics(s, t, thr, margin)
+        out[f"dir@far={far:g}"] = m["dir"]
+        out[f"threshold@far={far:g}"] = thr
+        out[f"far_reached@far={far:g}"] = m["far"]
+    out["rank1"] = float((np.argmax(s, axis=1) == t)[t >= 0].mean())
+    out["n_known_probes"], out["n_unknown_probes"], out["n_enrolled"] = int((t >= 0).sum()), int((t < 0).sum()), int(
+        s.shape[1]
+    )
+    return out
