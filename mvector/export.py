@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from mvector.errors import CheckpointError, MVectorError
+from mvector.models.embedding_model import EmbeddingModel
 
 __all__ = [
     "EmbeddingModel",
@@ -58,42 +59,6 @@ _OUTPUT_NAMES = ["embeddings"]
 
 class ExportDependencyError(MVectorError, ImportError):
     """An optional export dependency (``onnx``, ``onnxruntime``) is missing."""
-
-
-class EmbeddingModel(nn.Module):
-    """Featurizer + backbone: ``forward(waveforms [B, T] float32, lengths [B] int64) -> [B, embd_dim]``.
-
-    ``lengths`` are valid samples per row (the rest is padding); ``None`` means every row is full length.
-    The featurizer maps ``(waveforms, lengths)`` to ``(features [B, frames, F], frame_lengths)`` and the
-    backbone maps ``(features, frame_lengths)`` to embeddings.
-
-    >>> model = EmbeddingModel(_DemoFeaturizer(), _DemoBackbone()).eval()
-    >>> model(torch.zeros(1, 1600)).shape
-    torch.Size([1, 8])
-    """
-
-    def __init__(self, featurizer: nn.Module, backbone: nn.Module):
-        super().__init__()
-        self.featurizer = featurizer
-        self.backbone = backbone
-
-    @property
-    def embd_dim(self) -> int:
-        """Size of the embeddings (the backbone's ``embd_dim``)."""
-        return int(self.backbone.embd_dim)
-
-    @property
-    def sample_rate(self) -> int:
-        """Sample rate the featurizer expects (its ``sample_rate``; 16000 when it has none)."""
-        return int(getattr(self.featurizer, "sample_rate", 16000))
-
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if waveforms.dim() != 2:
-            raise ValueError(f"waveforms must have shape [batch, samples], got {tuple(waveforms.shape)}")
-        if lengths is None:
-            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device)
-        features, frame_lengths = self.featurizer(waveforms, lengths)
-        return self.backbone(features, frame_lengths)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

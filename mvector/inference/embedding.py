@@ -6,7 +6,7 @@ featurizer and backbones are length-masked; batching by length only saves paddin
 >>> import numpy as np, torch
 >>> from mvector.features import build_featurizer
 >>> from mvector.models import build_backbone
->>> from mvector.export import EmbeddingModel
+>>> from mvector.models import EmbeddingModel
 >>> fz = build_featurizer("Fbank", {"num_mel_bins": 40})
 >>> model = EmbeddingModel(fz, build_backbone("TDNN", fz.feature_dim, channels=32, embd_dim=16)).eval()
 >>> rng = np.random.default_rng(0)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from mvector.errors import ConfigError
 from mvector.models.common import EmbeddingHead, TimeConv, batch_norm_tm, prepare_lengths, time_mask
 from mvector.models.pooling import build_pooling
+from mvector.models.registries import BACKBONES
 
 __all__ = ["EcapaTdnn", "SERes2Block"]
 
@@ -99,6 +100,7 @@ class SERes2Block(nn.Module):
         return self.se(h, mask) + x
 
 
+@BACKBONES.register("EcapaTdnn", aliases=("ECAPA", "ECAPA-TDNN"))
 class EcapaTdnn(nn.Module):
     """ECAPA-TDNN speaker-embedding backbone: ``[B, frames, input_size]`` (+ frame counts) → ``[B, embd_dim]``.
 

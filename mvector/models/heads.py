@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvector.errors import ConfigError, DataListError, check_keys, unknown_name_error
+from mvector.errors import ConfigError, DataListError, check_keys
+from mvector.models.registries import HEADS
 
 __all__ = [
     "MarginHead",
@@ -260,6 +261,7 @@ class MarginHead(nn.Module):
         )
 
 
+@HEADS.register("AAM", aliases=("ArcFace", "AAMLoss"))
 class AAMHead(MarginHead):
     """Additive angular margin (ArcFace, Deng et al., CVPR 2019): target logit ``s·cos(θ_y + m)``.
 
@@ -288,6 +290,7 @@ class AAMHead(MarginHead):
         return self.scale * cosine.scatter(1, labels[:, None], shifted)
 
 
+@HEADS.register("AM", aliases=("CosFace", "AMLoss"))
 class AMHead(MarginHead):
     """Additive (cosine) margin (CosFace / AM-Softmax): target logit ``s·(cos θ_y − m)``.
 
@@ -301,6 +304,7 @@ class AMHead(MarginHead):
         return self.scale * cosine.scatter(1, labels[:, None], target - self.margin)
 
 
+@HEADS.register("ARM", aliases=("ARMLoss",))
 class ARMHead(MarginHead):
     """Real additive margin softmax (ARM-Softmax; L. Li, R. Nai, D. Wang, "Real Additive Margin Softmax for
     Speaker Verification", ICASSP 2022, arXiv:2110.09116).
@@ -328,6 +332,7 @@ class ARMHead(MarginHead):
         return others.scatter(1, labels[:, None], target)
 
 
+@HEADS.register("CE", aliases=("Softmax", "CELoss"))
 class CEHead(MarginHead):
     """Plain softmax classifier: a linear layer ``W·x + b`` (not normalised) and cross-entropy.
 
@@ -362,20 +367,6 @@ class CEHead(MarginHead):
         return out, out
 
 
-#: Registry of heads by canonical name.
-HEADS: dict[str, type[MarginHead]] = {"AAM": AAMHead, "AM": AMHead, "ARM": ARMHead, "CE": CEHead}
-
-_ALIASES = {"ARCFACE": "AAM", "COSFACE": "AM", "SOFTMAX": "CE"}
-
-
-def _canonical_loss_name(name: str) -> str | None:
-    key = str(name).strip().upper()
-    if key.endswith("LOSS"):
-        key = key[: -len("LOSS")]
-    key = _ALIASES.get(key, key)
-    return key if key in HEADS else None
-
-
 def build_head(loss_name: str, embd_dim: int, num_speakers: int, **loss_conf: Any) -> MarginHead:
     """Build the classifier head ``loss_name`` for ``num_speakers`` classes over ``embd_dim``-dim embeddings.
 
@@ -394,11 +385,9 @@ def build_head(loss_name: str, embd_dim: int, num_speakers: int, **loss_conf: An
     ...
     mvector.errors.ConfigError: unknown loss 'Arc'... Valid: AAM, AM, ARM, CE
     """
-    canonical = _canonical_loss_name(loss_name)
-    if canonical is None:
-        raise unknown_name_error("loss", str(loss_name), HEADS)
+    canonical = HEADS.resolve(str(loss_name).strip())
     check_keys(loss_conf, LOSS_CONF_KEYS, f"loss_conf ({canonical})")
-    return HEADS[canonical](embd_dim, num_speakers, **loss_conf)
+    return HEADS.build(canonical, loss_conf, embd_dim, num_speakers)
 
 
 class MarginScheduler:

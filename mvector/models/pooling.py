@@ -26,15 +26,15 @@ True
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mvector.errors import ConfigError, check_keys, unknown_name_error
+from mvector.errors import ConfigError
 from mvector.models.common import batch_norm_tm, masked_mean_std, prepare_lengths, time_mask
+from mvector.models.registries import POOLINGS
 
 __all__ = [
     "AttentiveStatsPool",
@@ -67,6 +67,7 @@ class _Pooling(nn.Module):
         raise NotImplementedError
 
 
+@POOLINGS.register("ASP", aliases=("AttentiveStatsPool",))
 class AttentiveStatsPool(_Pooling):
     """Attentive statistics pooling: per-channel attention over frames, weighted mean and std (2·C outputs).
 
@@ -108,6 +109,7 @@ class AttentiveStatsPool(_Pooling):
         return torch.cat([mean.squeeze(1), var.clamp(min=1e-6).sqrt()], dim=1)
 
 
+@POOLINGS.register("SAP", aliases=("SelfAttentivePool",))
 class SelfAttentivePool(_Pooling):
     """Self-attentive pooling: one scalar attention weight per frame, attention-weighted mean (C outputs).
 
@@ -128,6 +130,7 @@ class SelfAttentivePool(_Pooling):
         return torch.bmm(alpha.transpose(1, 2), x).squeeze(1)
 
 
+@POOLINGS.register("TSP", aliases=("TemporalStatsPool",))
 class TemporalStatsPool(_Pooling):
     """Temporal statistics pooling (x-vector): mean and standard deviation over real frames (2·C outputs).
 
@@ -145,6 +148,7 @@ class TemporalStatsPool(_Pooling):
         return torch.cat([mean, std], dim=-1).squeeze(1)
 
 
+@POOLINGS.register("TAP", aliases=("TemporalAveragePool",))
 class TemporalAveragePool(_Pooling):
     """Temporal average pooling: mean over real frames (C outputs).
 
@@ -164,14 +168,6 @@ class TemporalAveragePool(_Pooling):
         return (torch.bmm(weights, x) / weights.sum(dim=-1, keepdim=True)).squeeze(1)
 
 
-POOLINGS: dict[str, type] = {
-    "ASP": AttentiveStatsPool,
-    "SAP": SelfAttentivePool,
-    "TSP": TemporalStatsPool,
-    "TAP": TemporalAveragePool,
-}
-
-
 def build_pooling(name: str, in_channels: int, **kwargs: Any) -> nn.Module:
     """Pooling layer ``name`` (ASP, SAP, TSP, TAP; any case) over ``in_channels`` channels.
 
@@ -185,12 +181,7 @@ def build_pooling(name: str, in_channels: int, **kwargs: Any) -> nn.Module:
     mvector.errors.ConfigError: unknown key 'global_contxt' in pooling_conf (ASP); did you mean 'global_context'? \
 Valid keys: attention_channels, global_context
     """
-    if not isinstance(name, str) or name.upper() not in POOLINGS:
-        raise unknown_name_error("pooling_type", str(name), POOLINGS)
-    key = name.upper()
-    cls = POOLINGS[key]
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "in_channels")]
-    check_keys(kwargs, valid, f"pooling_conf ({key})")
+    key = POOLINGS.resolve(name)
     if int(in_channels) < 1:
         raise ConfigError(f"pooling {key}: in_channels must be positive, got {in_channels}")
-    return cls(int(in_channels), **kwargs)
+    return POOLINGS.build(key, kwargs, int(in_channels))

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from mvector.errors import ConfigError
-from mvector.models.common import ResNet2dBase, strided_lengths_mask
+from mvector.models.registries import BACKBONES
+from mvector.models.resnet2d import ResNet2dBase, strided_lengths_mask
 
 __all__ = ["Res2Net", "Res2Bottleneck"]
 
@@ -96,6 +97,7 @@ class Res2Bottleneck(nn.Module):
         return h, lengths, mask
 
 
+@BACKBONES.register("Res2Net", aliases=())
 class Res2Net(ResNet2dBase):
     """Res2Net backbone: ``[B, frames, input_size]`` (+ frame counts) → ``[B, embd_dim]``.
 

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mvector.models.common import ResNet2dBase, SqueezeExcite2d, strided_lengths_mask
+from mvector.models.registries import BACKBONES
+from mvector.models.resnet2d import ResNet2dBase, SqueezeExcite2d, strided_lengths_mask
 
 __all__ = ["ResNetSE", "SEBasicBlock"]
 
@@ -66,6 +67,7 @@ class SEBasicBlock(nn.Module):
         return h, lengths, mask
 
 
+@BACKBONES.register("ResNetSE", aliases=("ResNet",))
 class ResNetSE(ResNet2dBase):
     """ResNet34-style SE-ResNet backbone: ``[B, frames, input_size]`` (+ frame counts) → ``[B, embd_dim]``.
 

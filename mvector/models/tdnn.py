@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from mvector.models.common import TimeConv, batch_norm_tm, prepare_lengths, time_mask
 from mvector.models.pooling import build_pooling
+from mvector.models.registries import BACKBONES
 
 __all__ = ["TDNN"]
 
@@ -28,6 +29,7 @@ __all__ = ["TDNN"]
 _FRAME_LAYERS = ((5, 1), (3, 2), (3, 3), (1, 1), (1, 1))
 
 
+@BACKBONES.register("TDNN", aliases=("xvector",))
 class TDNN(nn.Module):
     """x-vector TDNN: ``[B, frames, input_size]`` (+ frame counts) → ``[B, embd_dim]``.
 

@@ -41,11 +41,10 @@ from mvector.data.lists import check_num_speakers, infer_num_speakers, load_utte
 from mvector.distributed import DistContext
 from mvector.embedding import length_batches
 from mvector.errors import CheckpointError, ConfigError, DataListError
-from mvector.export import EmbeddingModel
 from mvector.features import SpecAugment, build_featurizer
 from mvector.losses import CEHead, MarginScheduler, build_head
 from mvector.metrics import all_pairs_metrics, evaluate_scores
-from mvector.models import build_backbone
+from mvector.models import EmbeddingModel, build_backbone
 from mvector.optim import build_optimizer, build_scheduler
 from mvector.scoring import (
     as_norm,
