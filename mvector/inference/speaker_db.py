@@ -6,7 +6,14 @@ The file ``<db_dir>/speakers.sqlite`` holds, in one transactional database:
   embeddings;
 * every enrolled utterance embedding (float32 blobs), so a speaker can gain utterances later;
 * the fingerprint and embedding size of the model that made the embeddings; opening the folder with another model
-  is refused, because scores between two models' embeddings mean nothing.
+  is refused, because scores between two models' embeddings mean nothing;
+* optionally a *cohort* (embeddings of speakers who are not enrolled, :meth:`SpeakerDatabase.set_cohort`) for
+  adaptive score normalisation (AS-norm) at search time, so that scores do not depend on how many or which
+  speakers are enrolled.
+
+Because every utterance embedding is kept, one recording can be removed from a speaker
+(:meth:`SpeakerDatabase.remove_utterance`) and the speaker's model rebuilt from the rest. A database written
+before the cohort existed opens as it is (the cohort table is added on first open; it starts empty).
 
 Several processes may enrol and search at once: writes run in ``BEGIN IMMEDIATE`` transactions in WAL mode with a
 busy timeout, and every write bumps a version counter. Each process keeps the normalised mean matrix in memory and
@@ -49,7 +56,7 @@ import numpy as np
 
 from mvector.errors import SpeakerDBError
 
-__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SpeakerDatabase", "validate_name"]
+__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "SpeakerDatabase", "validate_name"]
 
 DB_FILENAME = "speakers.sqlite"
 SAMPLE_RATE = 16000
@@ -92,7 +99,11 @@ CREATE TABLE IF NOT EXISTS utterances (
 CREATE INDEX IF NOT EXISTS utterances_speaker ON utterances (speaker_id);
 CREATE TABLE IF NOT EXISTS removed (version INTEGER NOT NULL, speaker_id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_version ON removed (version);
+CREATE TABLE IF NOT EXISTS cohort (id INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
 """
+
+#: Score normalisations :meth:`SpeakerDatabase.search` can apply.
+SCORE_NORMS = (None, "as_norm")
 
 
 def validate_name(name: str) -> str:
@@ -175,6 +186,20 @@ def _mean_of(utterances: np.ndarray) -> np.ndarray:
     if norm < 1e-12:  # utterances pointing in opposite directions cancel out; keep any unit vector
         mean, norm = _normalise(utterances)[0], 1.0
     return (mean / norm).astype(np.float32)
+
+
+def _top_k_stats(rows: np.ndarray, cohort: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each unit row's ``top_k`` highest cosine scores against the unit cohort."""
+    k = min(int(top_k), cohort.shape[0])
+    mean = np.empty(rows.shape[0], np.float64)
+    std = np.empty(rows.shape[0], np.float64)
+    step = max(1, _SCORE_BLOCK // max(1, cohort.shape[0]))
+    for start in range(0, rows.shape[0], step):
+        scores = rows[start : start + step] @ cohort.T
+        top = np.partition(scores, scores.shape[1] - k, axis=1)[:, scores.shape[1] - k :].astype(np.float64)
+        mean[start : start + step] = top.mean(axis=1)
+        std[start : start + step] = top.std(axis=1)
+    return mean, np.maximum(std, 1e-6)
 
 
 def _as_audio(wave: Any, sample_rate: int, what: str) -> np.ndarray:
@@ -320,6 +345,9 @@ class SpeakerDatabase:
         self._cache: _MeanCache | None = None
         self._version = -1
         self._conn: sqlite3.Connection | None = None
+        # AS-norm state: unit cohort rows and the speakers' cohort statistics, valid for one database version.
+        self._cohort_cache: tuple[int, np.ndarray | None] | None = None
+        self._speaker_stats: tuple[int, int, np.ndarray, np.ndarray] | None = None
         try:
             self.db_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -395,6 +423,8 @@ class SpeakerDatabase:
                 self._conn = None
             self._cache = None
             self._version = -1
+            self._cohort_cache = None
+            self._speaker_stats = None
 
     def __enter__(self) -> SpeakerDatabase:
         return self
@@ -692,7 +722,206 @@ class SpeakerDatabase:
             if trash is not None:
                 shutil.rmtree(trash, ignore_errors=True)
 
+    def remove_utterance(self, name: str, index: int) -> None:
+        """Remove one enrolled recording of ``name`` (``index`` in enrolment order, negative from the end) and
+        rebuild the speaker's model from the recordings left; its kept audio file goes too.
+
+        Removing a speaker's only recording is refused (it would leave no model): use :meth:`remove`.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add("a", np.array([[1.0, 0.0], [0.0, 1.0]]))
+        ...     db.remove_utterance("a", 1)
+        ...     db.num_utterances("a"), db.mean_embedding("a").tolist()
+        (1, [1.0, 0.0])
+        """
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise SpeakerDBError(f"index must be an integer (the recording's position), got {index!r}")
+        with self._lock:
+            try:
+                name = validate_name(name)
+            except SpeakerDBError:
+                raise self._unknown(str(name)) from None
+            conn = self._db
+            version = self._begin_write()
+            cache = self._cache
+            assert cache is not None
+            trash: Path | None = None
+            original: Path | None = None
+            try:
+                sid = cache.id_of.get(name)
+                if sid is None:
+                    raise self._unknown(name)
+                rows = conn.execute(
+                    "SELECT id, embedding, audio FROM utterances WHERE speaker_id = ? ORDER BY id", (sid,)
+                ).fetchall()
+                n = len(rows)
+                if not -n <= int(index) < n:
+                    raise SpeakerDBError(
+                        f"speaker {name!r} has {n} recording(s) (index 0..{n - 1}); there is no recording {index}"
+                    )
+                position = int(index) % n
+                if n == 1:
+                    raise SpeakerDBError(
+                        f"speaker {name!r} has only this recording; removing it would leave no model. "
+                        f"Remove the speaker instead (remove({name!r}))"
+                    )
+                utt_id, _, audio = rows[position]
+                rest = b"".join(r[1] for i, r in enumerate(rows) if i != position)
+                mean = _mean_of(np.frombuffer(rest, dtype=np.float32).reshape(n - 1, self.embd_dim))
+                conn.execute("DELETE FROM utterances WHERE id = ?", (utt_id,))
+                conn.execute(
+                    "UPDATE speakers SET mean = ?, n_utts = ?, updated = ? WHERE id = ?",
+                    (mean.tobytes(), n - 1, version, sid),
+                )
+                if audio and (self.db_dir / audio).is_file():  # moved aside now, deleted after the commit
+                    original = self.db_dir / audio
+                    trash = self.db_dir / _TRASH_DIR / f"{uuid.uuid4().hex}.wav"
+                    trash.parent.mkdir(exist_ok=True)
+                    os.replace(original, trash)
+                self._commit(version)
+            except BaseException as err:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if trash is not None and original is not None and trash.exists():
+                    os.replace(trash, original)
+                if isinstance(err, sqlite3.DatabaseError):
+                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
+                raise
+            cache.upsert([sid], [name], mean[None])
+            self._version = version
+            if trash is not None:
+                trash.unlink(missing_ok=True)
+
+    def rebuild(self, name: str | None = None) -> int:
+        """Recompute the model (normalised mean) of ``name``, or of every speaker, from its stored recordings.
+
+        Returns the number of speakers rebuilt. Use it after editing recordings by hand, or to bring the means of a
+        database written by another mvector version in line with this one's enrolment rule.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add_many({"a": np.ones(2), "b": np.array([1.0, 0.0])})
+        ...     db.rebuild()
+        2
+        """
+        with self._lock:
+            conn = self._db
+            version = self._begin_write()
+            cache = self._cache
+            assert cache is not None
+            try:
+                if name is None:
+                    targets = list(cache.id_of.items())
+                else:
+                    clean = name.strip() if isinstance(name, str) else str(name)
+                    if clean not in cache.id_of:
+                        raise self._unknown(clean)
+                    targets = [(clean, cache.id_of[clean])]
+                names, ids, means = [], [], []
+                for spk, sid in targets:
+                    rows = conn.execute("SELECT embedding FROM utterances WHERE speaker_id = ?", (sid,)).fetchall()
+                    if not rows:
+                        raise SpeakerDBError(f"{self.path}: damaged database (speaker {spk!r} has no recordings)")
+                    embs = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(-1, self.embd_dim)
+                    mean = _mean_of(embs)
+                    conn.execute(
+                        "UPDATE speakers SET mean = ?, n_utts = ?, updated = ? WHERE id = ?",
+                        (mean.tobytes(), len(rows), version, sid),
+                    )
+                    names.append(spk)
+                    ids.append(sid)
+                    means.append(mean)
+                self._commit(version)
+            except BaseException as err:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(err, sqlite3.DatabaseError):
+                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
+                raise
+            if ids:
+                cache.upsert(ids, names, np.stack(means))
+            self._version = version
+            return len(ids)
+
+    def set_cohort(self, embeddings: np.ndarray, source: str | None = None) -> None:
+        """Store the AS-norm cohort: ``[n, D]`` embeddings of speakers who are *not* enrolled (n >= 2), replacing
+        any earlier cohort. ``source`` says where they came from (kept in the database's metadata).
+
+        A cohort of a few hundred utterances from other speakers (e.g. the training data's) is typical.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 3) as db:
+        ...     db.set_cohort(np.eye(3), source="three axes")
+        ...     db.cohort().shape, db.cohort_source
+        ((3, 3), 'three axes')
+        """
+        arr = _as_embeddings(embeddings, self.embd_dim, "cohort")
+        if arr.shape[0] < 2:
+            raise SpeakerDBError(f"cohort: give at least 2 embeddings, got {arr.shape[0]}")
+        self._replace_cohort(arr, source)
+
+    def clear_cohort(self) -> None:
+        """Remove the stored cohort (searches with ``score_norm="as_norm"`` then fail with a clear error)."""
+        self._replace_cohort(None, None)
+
+    def _replace_cohort(self, arr: np.ndarray | None, source: str | None) -> None:
+        with self._lock:
+            conn = self._db
+            version = self._begin_write()
+            try:
+                conn.execute("DELETE FROM cohort")
+                if arr is not None:
+                    conn.executemany("INSERT INTO cohort (embedding) VALUES (?)", ((row.tobytes(),) for row in arr))
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('cohort_source', ?)",
+                    ("" if source is None else str(source),),
+                )
+                self._commit(version)
+            except BaseException as err:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(err, sqlite3.DatabaseError):
+                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
+                raise
+            self._version = version
+
     # ------------------------------------------------------------------ reads
+    def cohort(self) -> np.ndarray | None:
+        """The stored AS-norm cohort ``[n, D]`` (float32), or ``None`` when there is none.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     print(db.cohort())
+        None
+        """
+        with self._lock:
+            rows = self._db.execute("SELECT embedding FROM cohort ORDER BY id").fetchall()
+            if not rows:
+                return None
+            return np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), self.embd_dim)
+
+    @property
+    def cohort_source(self) -> str | None:
+        """Where the stored cohort came from (as given to :meth:`set_cohort`), or ``None``."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'cohort_source'").fetchone()
+            return str(row[0]) if row is not None and str(row[0]) else None
+
+    def _cohort_unit(self) -> np.ndarray:
+        """The unit-length cohort for the current version (cached), or a SpeakerDBError when there is none."""
+        if self._cohort_cache is None or self._cohort_cache[0] != self._version:
+            cohort = self.cohort()
+            unit = None if cohort is None else (cohort / np.linalg.norm(cohort, axis=1, keepdims=True))
+            self._cohort_cache = (self._version, None if unit is None else unit.astype(np.float32))
+        unit = self._cohort_cache[1]
+        if unit is None:
+            raise SpeakerDBError(
+                f"{self.path} holds no AS-norm cohort; store one with set_cohort(embeddings of non-enrolled "
+                "speakers) or search without score_norm"
+            )
+        return unit
+
     def names(self) -> list[str]:
         """Enrolled speaker names, in enrolment order.
 
@@ -786,11 +1015,17 @@ class SpeakerDatabase:
                 raise self._unknown(str(name))
             return np.frombuffer(row[0], dtype=np.float32).copy()
 
-    def search(self, embeddings: np.ndarray, top_k: int = 1) -> list[list[tuple[str, float]]]:
+    def search(
+        self, embeddings: np.ndarray, top_k: int = 1, score_norm: str | None = None, cohort_top_k: int = 300
+    ) -> list[list[tuple[str, float]]]:
         """The ``top_k`` closest speakers (cosine similarity to their means) for each query, best first.
 
         ``embeddings`` is one ``[D]`` query or a batch ``[B, D]``; the result always has one list per query.
         Speakers enrolled by other processes since the last call are picked up first.
+
+        With ``score_norm="as_norm"`` the scores are adaptively normalised against the stored cohort
+        (:meth:`set_cohort`): ``½·((s − μ_spk)/σ_spk + (s − μ_query)/σ_query)`` with the mean and deviation of the
+        ``cohort_top_k`` highest cohort scores of each side, so a score means the same whatever else is enrolled.
 
         >>> import tempfile, numpy as np
         >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
@@ -801,6 +1036,10 @@ class SpeakerDatabase:
         """
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise SpeakerDBError(f"top_k must be a positive integer, got {top_k!r}")
+        if score_norm not in SCORE_NORMS:
+            raise SpeakerDBError(f"score_norm must be one of {SCORE_NORMS}, got {score_norm!r}")
+        if isinstance(cohort_top_k, bool) or not isinstance(cohort_top_k, (int, np.integer)) or cohort_top_k < 1:
+            raise SpeakerDBError(f"cohort_top_k must be a positive integer, got {cohort_top_k!r}")
         queries = _as_embeddings(embeddings, self.embd_dim, "search query")
         queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
         with self._lock:
@@ -813,11 +1052,22 @@ class SpeakerDatabase:
                 )
             k = min(int(top_k), cache.count)
             means = cache.matrix[: cache.count]
+            if score_norm == "as_norm":
+                cohort = self._cohort_unit()
+                stats = self._speaker_stats
+                if stats is None or stats[:2] != (self._version, int(cohort_top_k)):
+                    mu, sd = _top_k_stats(means, cohort, int(cohort_top_k))
+                    stats = self._speaker_stats = (self._version, int(cohort_top_k), mu, sd)
+                spk_mu, spk_sd = stats[2], stats[3]
+                q_mu, q_sd = _top_k_stats(queries, cohort, int(cohort_top_k))
             block = max(1, _SCORE_BLOCK // cache.count)
             results: list[list[tuple[str, float]]] = []
             for start in range(0, len(queries), block):
                 q = queries[start : start + block]
                 scores = (means @ q[0])[None] if len(q) == 1 else q @ means.T  # one BLAS call per block
+                if score_norm == "as_norm":
+                    qm, qs = q_mu[start : start + block, None], q_sd[start : start + block, None]
+                    scores = 0.5 * ((scores - spk_mu[None]) / spk_sd[None] + (scores - qm) / qs)
                 if k < cache.count:
                     top = np.argpartition(scores, cache.count - k, axis=1)[:, cache.count - k :]
                 else:
