@@ -1,0 +1,95 @@
+"""``mvector keys``: create, list and revoke the API keys of the HTTP service; read its audit log.
+
+    mvector keys create --audio_db_path audio_db --scope admin --name ops   # the key is on the LAST line
+    mvector keys list --audio_db_path audio_db
+    mvector keys revoke --audio_db_path audio_db 3f2a9c01b7d4
+    mvector keys audit --audio_db_path audio_db --limit 20
+
+Keys live in ``<audio_db_path>/service.sqlite`` (only their SHA-256 is stored; a lost key cannot be shown again:
+revoke it and create another). Scopes: read (embed, verify, identify, list), write (also enrol and delete), admin
+(also keys and the audit log). A revoked key stops working on the running server's next request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from mvector.cli.common import run_cli
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``mvector keys``.
+
+    >>> build_parser().parse_args(["create", "--scope", "read"]).scope
+    'read'
+    """
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0].strip("`"), formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{create,list,revoke,audit}")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
+        p.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder the service uses")
+        return p
+
+    create = add("create", "create a key and print it (on the last line)")
+    create.add_argument("--scope", required=True, choices=["read", "write", "admin"], help="what the key may do")
+    create.add_argument("--name", default="", help="a label: who or what uses the key")
+    listing = add("list", "list keys (ids, names, scopes; never the keys)")
+    listing.add_argument("--active", action="store_true", help="only keys not revoked")
+    listing.add_argument("--json", action="store_true", help="one JSON object per key")
+    revoke = add("revoke", "revoke a key by its id (or the key itself)")
+    revoke.add_argument("key_id", help="the id shown by 'mvector keys list'")
+    audit = add("audit", "print the audit log of writes, newest first")
+    audit.add_argument("--limit", type=int, default=50, help="entries to print")
+    audit.add_argument("--json", action="store_true", help="one JSON object per entry")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    from mvector.service.keys import KeyStore
+
+    with KeyStore(args.audio_db_path, create=args.command == "create") as store:
+        if args.command == "create":
+            info, token = store.create(args.scope, args.name, created_by="cli")
+            print(f"created key {info.key_id} (scope {info.scope}{', name ' + info.name if info.name else ''})")
+            print(f"stored hashed in {store.path}; it is shown only now:", flush=True)
+            print(token)
+        elif args.command == "list":
+            keys = store.list(include_revoked=not args.active)
+            if args.json:
+                for k in keys:
+                    print(json.dumps(k.as_dict()))
+            elif not keys:
+                print("(no keys)")
+            else:
+                print(f"{'id':<14}{'scope':<7}{'created':<26}{'revoked':<26}name")
+                for k in keys:
+                    d = k.as_dict()
+                    print(f"{k.key_id:<14}{k.scope:<7}{d['created']:<26}{d['revoked'] or '-':<26}{k.name}")
+        elif args.command == "revoke":
+            info = store.revoke(args.key_id)
+            print(f"revoked key {info.key_id} (scope {info.scope}) at {info.as_dict()['revoked']}")
+        else:
+            for e in store.audit_log(args.limit):
+                d = e.as_dict()
+                if args.json:
+                    print(json.dumps(d))
+                else:
+                    who = f"{e.key_id or '-'}({e.key_name or ''})"
+                    print(f"{d['time']}  {who:<28} {e.action:<15} {e.target or '-':<24} {e.status}  {e.client or ''}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``mvector keys ...``; returns the exit status."""
+    parser = build_parser(prog)
+    return run_cli(lambda a: _run(parser.parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""``mvector serve``: run the HTTP verification service (FastAPI app served by uvicorn).
+
+    mvector keys create --audio_db_path audio_db --scope admin      # the key is on the last line
+    mvector serve --model_path models/EcapaTdnn_Fbank/best_model --audio_db_path audio_db --port 8000
+    curl -H "Authorization: Bearer $KEY" http://127.0.0.1:8000/v1/model
+
+It binds to 127.0.0.1 unless ``--host`` says otherwise (put it behind a reverse proxy with TLS to expose it).
+SIGTERM or Ctrl-C stops it gracefully: no new connections, requests in flight finish (up to --graceful_timeout s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import ipaddress
+import sys
+from typing import Sequence
+
+from mvector.cli.common import run_cli, str2bool
+from mvector.errors import ConfigError
+
+_NEEDED = ("fastapi", "uvicorn", "multipart")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``mvector serve``.
+
+    >>> args = build_parser().parse_args(["--model_path", "m"])
+    >>> args.host, args.port, args.max_upload_mb
+    ('127.0.0.1', 8000, 10.0)
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.splitlines()[0].strip("`"),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model_path", required=True, help="model folder (checkpoint or export)")
+    parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder (keys live there too)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"])
+    parser.add_argument("--use_gpu", type=str2bool, default=False, help="run the model on CUDA")
+    parser.add_argument("--keep_audio", action="store_true", help="keep enrolled audio in the database folder")
+    parser.add_argument("--max_upload_mb", type=float, default=10.0, help="size limit of one uploaded recording")
+    parser.add_argument("--max_files", type=int, default=10, help="recordings per enrolment request at most")
+    parser.add_argument("--max_duration", type=float, default=60.0, help="seconds per recording at most")
+    parser.add_argument("--min_duration", type=float, default=0.5, help="seconds per recording at least")
+    parser.add_argument("--max_queue", type=int, default=64, help="model jobs waiting at most (then 503 overloaded)")
+    parser.add_argument("--max_batch", type=int, default=16, help="recordings embedded in one batch at most")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: all cores)")
+    parser.add_argument(
+        "--cors_origins", nargs="*", default=[], help="origins allowed by CORS (none: CORS off), e.g. https://app.example"
+    )
+    parser.add_argument("--graceful_timeout", type=float, default=30.0, help="seconds to finish requests on shutdown")
+    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace) -> None:
+    missing = [name for name in _NEEDED if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"mvector serve needs {', '.join(missing)}, which are not installed: pip install \"mvector[serve]\""
+        )
+    import logging
+
+    import uvicorn
+
+    from mvector.predictor import resolve_model_dir
+    from mvector.service.app import ServiceConfig, create_app
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
+    resolve_model_dir(args.model_path)  # a missing folder is one clear error before the server starts
+    config = ServiceConfig(
+        model_path=args.model_path,
+        audio_db_path=args.audio_db_path,
+        threshold=args.threshold,
+        backend=args.backend,
+        use_gpu=args.use_gpu,
+        keep_audio=args.keep_audio,
+        max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
+        max_duration=args.max_duration,
+        min_duration=args.min_duration,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        threads=args.threads,
+        cors_origins=tuple(args.cors_origins),
+    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not _is_loopback(args.host):
+        print(
+            f"warning: binding to {args.host}: the API is reachable from the network over plain HTTP; "
+            "put it behind a reverse proxy with TLS (see docs/service.md)",
+            file=sys.stderr,
+        )
+    app = create_app(config)
+    print(f"mvector serve: http://{args.host}:{args.port}/ (API docs at /docs, OpenAPI at /openapi.json)", flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=args.graceful_timeout,
+            server_header=False,
+        )
+    )
+    server.run()
+    if not server.started:
+        raise ConfigError(f"the server could not start on {args.host}:{args.port} (is the port in use?)")
+    print("mvector serve: stopped", flush=True)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``mvector serve``; returns the exit status."""
+    parser = build_parser(prog)
+    return run_cli(lambda a: _serve(parser.parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

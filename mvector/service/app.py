@@ -1,0 +1,963 @@
+"""The HTTP API (FastAPI on Starlette, served by uvicorn): ``create_app(ServiceConfig(...))``.
+
+Routes (all under ``/v1`` need ``Authorization: Bearer KEY``; ``/health``, the web page ``/``, ``/openapi.json``
+and ``/docs`` do not):
+
+=========================================  ======  =========================================================
+``GET /health``                            none    ``ok`` (200), or ``loading`` / ``failed`` (503)
+``GET /v1/model``                          read    model name, fingerprint, threshold and where it came from
+``POST /v1/embed``                         read    the embedding of one recording
+``POST /v1/verify``                        read    are ``audio1`` and ``audio2`` the same speaker?
+``POST /v1/identify?top_k=K``              read    who is speaking (``name`` null when unknown), top-K list
+``GET /v1/speakers``                       read    enrolled speakers
+``GET /v1/speakers/{name}``                read    one speaker
+``POST /v1/speakers/{name}/verify``        read    is this recording the enrolled speaker ``name``?
+``POST /v1/speakers``                      write   enrol a new speaker from one or more recordings (409 if taken)
+``POST /v1/speakers/{name}/recordings``    write   add recordings to an enrolled speaker
+``DELETE /v1/speakers/{name}``             write   remove a speaker
+``GET/POST /v1/keys``, ``DELETE``          admin   list, create, revoke API keys
+``GET /v1/audit``                          admin   the audit log of writes
+=========================================  ======  =========================================================
+
+Recordings are multipart file fields (``audio``, or ``audio1``/``audio2``) or, for one-recording routes, the raw
+request body, in any format :func:`mvector.audio.load_audio` reads (WAV, FLAC, OGG, MP3). Errors are JSON
+``{"code", "message", "field"}`` (see :mod:`mvector.service.errors`).
+
+>>> import tempfile
+>>> from mvector.demo import tiny_checkpoint
+>>> config = ServiceConfig(model_path=str(tiny_checkpoint(tempfile.mkdtemp())), audio_db_path=tempfile.mkdtemp())
+>>> app = create_app(config)
+>>> sorted(r.path for r in app.routes if r.path.startswith("/v1/speakers"))[:2]
+['/v1/speakers', '/v1/speakers/{name}']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+try:
+    import anyio
+    from fastapi import Depends, FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as _err:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the HTTP service needs FastAPI, uvicorn and python-multipart ({_err}); "
+        'install them with: pip install "mvector[serve]"'
+    ) from _err
+
+from mvector import __version__
+from mvector.errors import AudioError, ConfigError, MVectorError, SpeakerDBError
+from mvector.service.errors import ERROR_CODES, ServiceError, error_body
+from mvector.service.keys import KeyInfo, KeyStore, KeyStoreError, scope_allows
+from mvector.service.worker import ModelWorker
+
+__all__ = ["ServiceConfig", "create_app", "decode_upload", "STATIC_DIR"]
+
+log = logging.getLogger("mvector.service")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_MB = 1024 * 1024
+_FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small text fields
+# Attributes a (calibrated) verification or identification result may carry beside its tuple values.
+_RESULT_EXTRAS = ("llr", "probability", "prior", "unknown", "margin", "reason", "calibrated", "threshold_source")
+
+
+@dataclass
+class ServiceConfig:
+    """Settings of one service instance (the options of ``mvector serve``).
+
+    >>> ServiceConfig(max_upload_mb=2).max_upload_bytes
+    2097152
+    """
+
+    model_path: Optional[str] = None
+    audio_db_path: str = "audio_db"
+    threshold: Optional[float] = None
+    backend: str = "auto"
+    use_gpu: bool = False
+    keep_audio: bool = False
+    max_upload_mb: float = 10.0
+    max_files: int = 10
+    max_duration: float = 60.0
+    min_duration: float = 0.5
+    max_queue: int = 64
+    max_batch: int = 16
+    threads: Optional[int] = None
+    decode_threads: int = 2
+    cors_origins: tuple = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_upload_mb": self.max_upload_mb > 0,
+            "max_files": isinstance(self.max_files, int) and self.max_files >= 1,
+            "max_duration": self.max_duration > 0,
+            "min_duration": 0 <= self.min_duration < self.max_duration,
+            "max_queue": self.max_queue >= 1,
+            "max_batch": self.max_batch >= 1,
+            "decode_threads": self.decode_threads >= 1,
+            "threads": self.threads is None or self.threads >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"service setting {name} has a bad value: {getattr(self, name)!r}")
+        if self.threshold is not None and not math.isfinite(float(self.threshold)):
+            raise ConfigError(f"threshold must be a finite number, got {self.threshold!r}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The size limit of one upload, in bytes."""
+        return int(self.max_upload_mb * _MB)
+
+
+# ---------------------------------------------------------------------- response models (for OpenAPI)
+class ErrorBody(BaseModel):
+    """Every error: a stable code, a message naming the field, and the field (or null)."""
+
+    code: str = Field(description="stable error code: " + ", ".join(ERROR_CODES))
+    message: str
+    field: Optional[str] = None
+
+
+class Verification(BaseModel):
+    score: float = Field(description="cosine similarity of the two embeddings, -1..1 (higher: more alike)")
+    same_speaker: bool = Field(description="score >= threshold")
+    threshold: float
+    llr: Optional[float] = Field(None, description="calibrated log-likelihood ratio, when the model is calibrated")
+    probability: Optional[float] = Field(None, description="calibrated probability of 'same speaker'")
+    speaker: Optional[str] = None
+
+
+class Candidate(BaseModel):
+    name: str
+    score: float
+
+
+class Identification(BaseModel):
+    name: Optional[str] = Field(description="the speaker, or null when unknown (best score below threshold)")
+    score: Optional[float] = Field(description="best cosine score (null when nobody is enrolled)")
+    unknown: bool
+    threshold: float
+    candidates: list[Candidate]
+    enrolled: int
+    llr: Optional[float] = None
+    probability: Optional[float] = None
+
+
+class Speaker(BaseModel):
+    name: str
+    recordings: int
+
+
+class NewKey(BaseModel):
+    scope: str = Field(description="read, write or admin")
+    name: str = Field("", description="a label for the key (who or what uses it)")
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": ", ".join(c for c, (s, _) in ERROR_CODES.items() if s == status)}
+    for status in (400, 401, 403, 404, 409, 413, 503)
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: _ERROR_RESPONSES[s] for s in (401, 503, *statuses)}
+
+
+def _audio_body(files: dict[str, str], raw: bool, text: dict[str, str] | None = None) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for routes that read the body themselves (to bound its size while reading)."""
+    props: dict[str, Any] = {k: {"type": "string", "format": "binary", "description": d} for k, d in files.items()}
+    for k, d in (text or {}).items():
+        props[k] = {"type": "string", "description": d}
+    content: dict[str, Any] = {
+        "multipart/form-data": {"schema": {"type": "object", "properties": props, "required": list(props)}}
+    }
+    if raw:
+        content["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary", "description": "one recording as the raw body"}
+        }
+    return {"requestBody": {"required": True, "content": content}}
+
+
+# ---------------------------------------------------------------------- audio
+def decode_upload(data: bytes, field: str, config: ServiceConfig) -> tuple[np.ndarray, int]:
+    """Decode one upload into ``(samples, sample_rate)``, enforcing the size and duration limits.
+
+    The header is read first, so a small compressed file that would decode into hours of audio is refused
+    before it is decoded. Raises :class:`ServiceError` (400 ``bad_audio`` / ``audio_too_short``, 413
+    ``upload_too_large`` / ``audio_too_long``) naming ``field``.
+
+    >>> import io, soundfile
+    >>> buf = io.BytesIO(); soundfile.write(buf, np.zeros(8000, "float32"), 16000, format="WAV")
+    >>> decode_upload(buf.getvalue(), "audio", ServiceConfig())[0].shape
+    (8000,)
+    >>> decode_upload(b"not audio", "audio", ServiceConfig())
+    Traceback (most recent call last):
+    ...
+    mvector.service.errors.ServiceError: field 'audio': cannot decode audio (Format not recognised)
+    """
+    import soundfile
+
+    from mvector.audio import read_audio
+
+    if len(data) > config.max_upload_bytes:
+        raise ServiceError(
+            413,
+            "upload_too_large",
+            f"field {field!r}: {len(data) / _MB:.1f} MB is over the {config.max_upload_mb:g} MB limit",
+            field,
+        )
+    if not data:
+        raise ServiceError(400, "bad_audio", f"field {field!r}: empty upload (0 bytes)", field)
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception as err:  # libsndfile's errors carry a reason; anything else is undecodable too
+        reason = (getattr(err, "error_string", None) or str(err) or type(err).__name__).strip().rstrip(".")
+        raise ServiceError(400, "bad_audio", f"field {field!r}: cannot decode audio ({reason})", field) from None
+    rate, frames, channels = int(info.samplerate), int(info.frames), int(info.channels)
+    if rate <= 0 or channels <= 0:
+        raise ServiceError(400, "bad_audio", f"field {field!r}: the audio header is invalid", field)
+    if channels > 8:
+        raise ServiceError(400, "bad_audio", f"field {field!r}: {channels} channels, at most 8 are accepted", field)
+    _check_duration(frames / rate, field, config, exact=False)
+    # frames may be unknown (0 or huge) for some formats: bound the decoded size by the samples actually allowed
+    if frames * channels > config.max_duration * 192000 * 2:
+        raise ServiceError(
+            413, "audio_too_long", f"field {field!r}: the recording is too large to decode ({frames} frames)", field
+        )
+    try:
+        samples, sr = read_audio(data)
+    except AudioError as err:
+        raise ServiceError(400, "bad_audio", f"field {field!r}: {err}".replace("<bytes>: ", ""), field) from None
+    _check_duration(samples.shape[0] / sr, field, config, exact=True)
+    return samples, sr
+
+
+def _check_duration(seconds: float, field: str, config: ServiceConfig, exact: bool) -> None:
+    if seconds > config.max_duration + 1e-6:
+        raise ServiceError(
+            413,
+            "audio_too_long",
+            f"field {field!r}: {seconds:.2f} s of audio is over the {config.max_duration:g} s limit",
+            field,
+        )
+    if exact and seconds < config.min_duration:
+        raise ServiceError(
+            400,
+            "audio_too_short",
+            f"field {field!r}: {seconds:.2f} s of audio is shorter than the {config.min_duration:g} s minimum",
+            field,
+        )
+
+
+def _extras(result: Any) -> dict[str, Any]:
+    """Calibrated attributes of a predictor result (``llr``, ``probability``, ...), where it has them."""
+    out: dict[str, Any] = {}
+    for name in _RESULT_EXTRAS:
+        value = getattr(result, name, None)
+        if value is None or callable(value):
+            continue
+        if isinstance(value, (bool, np.bool_)):
+            out[name] = bool(value)
+        elif isinstance(value, (int, float, np.number)):
+            out[name] = float(value) if math.isfinite(float(value)) else None
+        elif isinstance(value, str):
+            out[name] = value
+    return out
+
+
+def _threshold_info(predictor: Any, config: ServiceConfig) -> dict[str, Any]:
+    """The decision threshold and where it came from."""
+    info: dict[str, Any] = {"value": float(predictor.threshold)}
+    stated = getattr(predictor, "threshold_source", None) or getattr(predictor, "threshold_info", None)
+    if config.threshold is not None:
+        info["source"] = "set by the server operator (mvector serve --threshold)"
+    elif stated:
+        info["source"] = stated if isinstance(stated, str) else json.loads(json.dumps(stated, default=str))
+    else:
+        info["source"] = "default (the model folder holds no evaluation result; run eval.py on it)"
+        for name, what in (("result.json", "evaluation of the model (eval.py)"), ("meta.json", "export metadata")):
+            path = Path(predictor.model_path) / name
+            try:
+                data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+            except (OSError, ValueError):
+                data = None
+            if isinstance(data, dict) and data.get("threshold") is not None:
+                info["source"] = f"{what}: {name}"
+                info["evaluation"] = {
+                    k: v for k, v in data.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                }
+                break
+    return info
+
+
+# ---------------------------------------------------------------------- the app
+def create_app(
+    config: ServiceConfig,
+    predictor_factory: Callable[[], Any] | None = None,
+) -> FastAPI:
+    """Build the FastAPI app. The model loads in the background on start-up (``503 model_loading`` meanwhile).
+
+    ``predictor_factory`` replaces the default ``MVectorPredictor(config.model_path, ...)`` (tests use it to make
+    loading slow or to wrap the predictor).
+    """
+    if predictor_factory is None:
+        if not config.model_path:
+            raise ConfigError("model_path is required (mvector serve --model_path DIR)")
+
+        def predictor_factory() -> Any:
+            from mvector.predictor import MVectorPredictor
+
+            return MVectorPredictor(
+                model_path=config.model_path,
+                audio_db_path=config.audio_db_path,
+                use_gpu=config.use_gpu,
+                threshold=config.threshold,
+                backend=config.backend,
+                keep_audio=config.keep_audio,
+            )
+
+    def load() -> Any:
+        predictor = predictor_factory()
+        len(predictor.db)  # open the speaker database now: a database of another model fails the start-up
+        return predictor
+
+    store = KeyStore(config.audio_db_path)
+    worker = ModelWorker(load, max_queue=config.max_queue, max_batch=config.max_batch, threads=config.threads)
+    decode_limiter = anyio.CapacityLimiter(config.decode_threads)
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        if not store.list(include_revoked=False):
+            log.warning(
+                "no API keys yet: every /v1 route answers 401. Create one with: "
+                "mvector keys create --audio_db_path %s --scope admin",
+                config.audio_db_path,
+            )
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(worker.close)
+            store.close()
+
+    app = FastAPI(
+        title="mvector verification service",
+        version=__version__,
+        description=(
+            "Speaker verification and identification over an mvector model. Send `Authorization: Bearer KEY` "
+            "(create keys with `mvector keys create`). Scopes: read (embed, verify, identify, list), write (also "
+            "enrol, delete), admin (also keys, audit). Errors are JSON `{code, message, field}`."
+        ),
+        lifespan=lifespan,
+        responses={500: {"model": ErrorBody, "description": "internal_error"}},
+    )
+    app.state.config = config
+    app.state.worker = worker
+    app.state.keys = store
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    # ------------------------------------------------------------------ errors
+    def _json_error(err: ServiceError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, err: ServiceError) -> JSONResponse:
+        return _json_error(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+        code = codes.get(err.status_code, "bad_request")
+        message = f"no route {request.method} {request.url.path}" if err.status_code == 404 else str(err.detail)
+        status = err.status_code if code != "bad_request" else 400
+        return JSONResponse(error_body(code, message), status_code=status, headers=getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = (err.errors() or [{}])[0]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header")]
+        field_name = ".".join(loc) or None
+        message = f"parameter {field_name!r}: {first.get('msg', 'invalid value')}"
+        return JSONResponse(error_body("invalid_parameter", message, field_name), status_code=400)
+
+    @app.exception_handler(MVectorError)
+    async def _mvector_error(request: Request, err: MVectorError) -> JSONResponse:
+        if isinstance(err, AudioError):
+            return JSONResponse(error_body("bad_audio", str(err), "audio"), status_code=400)
+        if isinstance(err, SpeakerDBError) and "unknown speaker" in str(err):
+            return JSONResponse(error_body("unknown_speaker", str(err).split(" in /")[0], "name"), status_code=404)
+        if isinstance(err, (SpeakerDBError, KeyStoreError)) and "bad speaker name" in str(err):
+            return JSONResponse(error_body("invalid_name", str(err), "name"), status_code=400)
+        if isinstance(err, (ConfigError, KeyStoreError)):
+            return JSONResponse(error_body("invalid_parameter", str(err)), status_code=400)
+        log.error("service error: %s", err)
+        return JSONResponse(error_body("internal_error", "the server could not complete the request"), 500)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "the server could not complete the request"), 500)
+
+    # ------------------------------------------------------------------ auth
+    bearer_dependency = Depends(HTTPBearer(auto_error=False, description="an API key from `mvector keys create`"))
+
+    def _client(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    def _audit(request: Request, key: KeyInfo | None, action: str, target: str | None, status: int, detail=None):
+        try:
+            store.audit(key, action, target, status, detail=detail, client=_client(request))
+        except KeyStoreError as err:  # the write itself happened; losing its audit line must be visible
+            log.error("could not write the audit log: %s", err)
+
+    def require(scope: str, action: str | None = None):
+        async def dependency(
+            request: Request, credentials: Optional[HTTPAuthorizationCredentials] = bearer_dependency
+        ) -> KeyInfo:
+            if credentials is None:
+                raise ServiceError(
+                    401,
+                    "unauthorized",
+                    "missing API key: send the header 'Authorization: Bearer KEY'",
+                    "Authorization",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            key = await anyio.to_thread.run_sync(store.authenticate, credentials.credentials)
+            if key is None:
+                raise ServiceError(
+                    401,
+                    "unauthorized",
+                    "unknown or revoked API key in the Authorization header",
+                    "Authorization",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+            if not scope_allows(key.scope, scope):
+                if action is not None:
+                    target = request.path_params.get("name") or request.path_params.get("key_id")
+                    await anyio.to_thread.run_sync(lambda: _audit(request, key, action, target, 403, "scope"))
+                raise ServiceError(
+                    403,
+                    "forbidden",
+                    f"this route needs a key of scope '{scope}' or higher; key {key.key_id} has scope '{key.scope}'",
+                    "Authorization",
+                )
+            return key
+
+        return dependency
+
+    read_key = Depends(require("read"))
+    enrol_key = Depends(require("write", "enrol"))
+    add_key = Depends(require("write", "add_recordings"))
+    delete_key = Depends(require("write", "delete"))
+    admin_key = Depends(require("admin"))
+    create_key_key = Depends(require("admin", "create_key"))
+    revoke_key_key = Depends(require("admin", "revoke_key"))
+
+    # ------------------------------------------------------------------ request bodies
+    async def read_body(request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise ServiceError(400, "bad_request", "the Content-Length header is not a number") from None
+            if size > limit:
+                raise ServiceError(
+                    413, "upload_too_large", f"the request body ({size / _MB:.1f} MB) is over the limit", "body"
+                )
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ServiceError(413, "upload_too_large", "the request body is over the size limit", "body")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read_uploads(
+        request: Request, files: dict[str, int], text: tuple[str, ...] = (), raw_field: str | None = None
+    ) -> tuple[dict[str, list[bytes]], dict[str, str]]:
+        """Uploaded files per field (``files``: field -> most allowed) and text fields, with every limit checked."""
+        content_type = request.headers.get("content-type", "")
+        multipart = content_type.lower().startswith("multipart/form-data")
+        if not multipart:
+            if raw_field is None:
+                raise ServiceError(
+                    400,
+                    "bad_request",
+                    f"send the recordings as multipart/form-data fields: {', '.join(files)}",
+                    next(iter(files)),
+                )
+            body = await read_body(request, config.max_upload_bytes)
+            if not body:
+                raise ServiceError(400, "missing_field", f"no recording: send a file field {raw_field!r} or a raw body")
+            return {raw_field: [body]}, {}
+        limit = config.max_upload_bytes * sum(files.values()) + _FORM_OVERHEAD
+        body = await read_body(request, limit)
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            parsed = Request(request.scope, receive)
+            form = await parsed.form(max_files=100, max_fields=20, max_part_size=_FORM_OVERHEAD)
+        except Exception as err:
+            detail = getattr(err, "detail", None) or str(err) or type(err).__name__
+            raise ServiceError(400, "bad_request", f"cannot parse the multipart body ({detail})") from None
+        out: dict[str, list[bytes]] = {}
+        try:
+            for name, most in files.items():
+                items = form.getlist(name)
+                uploads = [f for f in items if not isinstance(f, str)]
+                if len(uploads) > most:
+                    raise ServiceError(
+                        413, "too_many_files", f"field {name!r}: {len(uploads)} files, at most {most} per request", name
+                    )
+                out[name] = [await f.read() for f in uploads]
+            fields = {name: form.get(name) for name in text if isinstance(form.get(name), str)}
+        finally:
+            await form.close()
+        return out, fields
+
+    async def decode(data: bytes, field_name: str) -> tuple[np.ndarray, int]:
+        return await anyio.to_thread.run_sync(decode_upload, data, field_name, config, limiter=decode_limiter)
+
+    async def one_recording(request: Request) -> tuple[np.ndarray, int]:
+        got, _ = await read_uploads(request, {"audio": 1}, raw_field="audio")
+        if not got.get("audio"):
+            raise ServiceError(400, "missing_field", "no recording: send a file field 'audio' or a raw body", "audio")
+        return await decode(got["audio"][0], "audio")
+
+    async def run_job(fn: Callable[[Any], Any]) -> Any:
+        return await asyncio.wrap_future(worker.submit(fn))
+
+    def checked_name(name: Any, field_name: str = "name") -> str:
+        from mvector.speaker_db import validate_name
+
+        if name is None:
+            message = f"field {field_name!r} (the speaker's name) is required"
+            raise ServiceError(400, "missing_field", message, field_name)
+        try:
+            return validate_name(name)
+        except SpeakerDBError as err:
+            raise ServiceError(400, "invalid_name", f"field {field_name!r}: {err}", field_name) from None
+
+    async def ready_predictor() -> Any:
+        worker.check_ready()
+        return worker.predictor
+
+    async def known_speaker(predictor: Any, name: str) -> None:
+        present = await anyio.to_thread.run_sync(lambda: name in predictor.db)
+        if not present:
+            raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
+
+    # ------------------------------------------------------------------ public routes
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; media-src 'self' blob:; img-src 'self' data:",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/health", tags=["service"], summary="Liveness and readiness (no key needed)")
+    async def health() -> JSONResponse:
+        status = {"ready": "ok", "loading": "loading", "failed": "failed"}.get(worker.state, "stopping")
+        return JSONResponse(
+            {"status": status, "version": __version__}, status_code=200 if status == "ok" else 503
+        )
+
+    # ------------------------------------------------------------------ read routes
+    @app.get("/v1/model", tags=["model"], summary="Model and threshold information", responses=_errors())
+    async def model_info(key: KeyInfo = read_key) -> dict[str, Any]:
+        if worker.state == "failed":
+            raise ServiceError(503, "model_failed", f"the model could not be loaded: {worker.error}")
+        p = await ready_predictor()
+        conf = p.configs
+        count = await anyio.to_thread.run_sync(lambda: len(p.db))
+        calibration = getattr(p, "calibration", None)
+        return {
+            "model": {
+                "name": f"{conf.get('use_model')}_{(conf.get('preprocess_conf') or {}).get('feature_method')}",
+                "backend": p.backend,
+                "fingerprint": p.fingerprint,
+                "embedding_size": p.embd_dim,
+                "sample_rate": p.sample_rate,
+                "max_duration_used": p.max_duration,
+                "load_seconds": worker.load_seconds,
+            },
+            "threshold": _threshold_info(p, config),
+            "calibrated": calibration is not None,
+            "score": "cosine similarity of speaker embeddings, -1..1; same speaker when score >= threshold",
+            "speakers": count,
+            "limits": {
+                "max_upload_mb": config.max_upload_mb,
+                "max_files": config.max_files,
+                "max_duration_s": config.max_duration,
+                "min_duration_s": config.min_duration,
+                "max_queue": config.max_queue,
+            },
+            "queue": {"waiting": worker.queued, "jobs_done": worker.jobs_done, "batches": worker.batches},
+            "uptime_s": round(time.time() - started, 1),
+            "key": {"id": key.key_id, "scope": key.scope},
+        }
+
+    @app.post(
+        "/v1/embed",
+        tags=["verification"],
+        summary="The speaker embedding of one recording",
+        responses=_errors(400, 413),
+        openapi_extra=_audio_body({"audio": "a recording"}, raw=True),
+    )
+    async def embed(request: Request, key: KeyInfo = read_key) -> dict[str, Any]:
+        await ready_predictor()
+        audio = await one_recording(request)
+        emb = (await asyncio.wrap_future(worker.submit_embed([audio])))[0]
+        return {"embedding": [float(x) for x in emb], "size": int(emb.shape[0])}
+
+    @app.post(
+        "/v1/verify",
+        tags=["verification"],
+        summary="Are two recordings the same speaker?",
+        response_model=Verification,
+        response_model_exclude_none=True,
+        responses=_errors(400, 413),
+        openapi_extra=_audio_body({"audio1": "first recording", "audio2": "second recording"}, raw=False),
+    )
+    async def verify(
+        request: Request,
+        threshold: Optional[float] = Query(None, description="decision threshold (default: the model's)"),
+        key: KeyInfo = read_key,
+    ) -> dict[str, Any]:
+        p = await ready_predictor()
+        got, _ = await read_uploads(request, {"audio1": 1, "audio2": 1})
+        for name in ("audio1", "audio2"):
+            if not got.get(name):
+                raise ServiceError(400, "missing_field", f"field {name!r} (a recording) is required", name)
+        a = await decode(got["audio1"][0], "audio1")
+        b = await decode(got["audio2"][0], "audio2")
+        limit = p.threshold if threshold is None else _finite(threshold, "threshold")
+        result = await run_job(lambda pr: pr.contrast(a, b, threshold=limit))
+        score, same = result[0], result[1]
+        return {"score": float(score), "same_speaker": bool(same), "threshold": float(limit), **_extras(result)}
+
+    @app.post(
+        "/v1/identify",
+        tags=["identification"],
+        summary="Who is speaking? The best enrolled speaker (or unknown) and the top-k candidates",
+        response_model=Identification,
+        response_model_exclude_none=True,
+        responses=_errors(400, 413),
+        openapi_extra=_audio_body({"audio": "a recording"}, raw=True),
+    )
+    async def identify(
+        request: Request,
+        top_k: int = Query(1, ge=1, le=100, description="how many candidates to list"),
+        threshold: Optional[float] = Query(None, description="decision threshold (default: the model's)"),
+        key: KeyInfo = read_key,
+    ) -> dict[str, Any]:
+        p = await ready_predictor()
+        audio = await one_recording(request)
+        limit = p.threshold if threshold is None else _finite(threshold, "threshold")
+
+        def job(pr: Any) -> tuple[Any, list, int]:
+            count = len(pr.db)
+            if count == 0:
+                return None, [], 0
+            best = pr.recognize(audio, threshold=limit)
+            hits = pr.recognize(audio, top_k=top_k) if top_k > 1 else None
+            return best, hits, count
+
+        best, hits, count = await run_job(job)
+        if best is None:
+            return {"name": None, "score": None, "unknown": True, "threshold": limit, "candidates": [], "enrolled": 0}
+        name, score = best[0], float(best[1])
+        if hits is None:  # top_k == 1: the answer is the only candidate (none when unknown)
+            hits = [(name, score)] if name is not None else []
+        extras = _extras(best)
+        return {
+            "name": name,
+            "score": score,
+            "unknown": bool(extras.pop("unknown", name is None)),
+            "threshold": float(limit),
+            "candidates": [{"name": n, "score": float(s)} for n, s in hits],
+            "enrolled": count,
+            **extras,
+        }
+
+    @app.get(
+        "/v1/speakers",
+        tags=["speakers"],
+        summary="Enrolled speakers",
+        response_model=list[Speaker],
+        responses=_errors(),
+    )
+    async def speakers(key: KeyInfo = read_key) -> list[dict[str, Any]]:
+        p = await ready_predictor()
+
+        def rows() -> list[dict[str, Any]]:
+            db = p.db
+            with db._lock:  # one consistent view; names removed meanwhile are skipped
+                out = []
+                for n in db.names():
+                    try:
+                        out.append({"name": n, "recordings": db.num_utterances(n)})
+                    except SpeakerDBError:
+                        continue
+                return out
+
+        return await anyio.to_thread.run_sync(rows)
+
+    @app.get(
+        "/v1/speakers/{name}",
+        tags=["speakers"],
+        summary="One enrolled speaker",
+        response_model=Speaker,
+        responses=_errors(400, 404),
+    )
+    async def speaker(name: str, key: KeyInfo = read_key) -> dict[str, Any]:
+        p = await ready_predictor()
+        name = checked_name(name)
+        await known_speaker(p, name)
+        return {"name": name, "recordings": await anyio.to_thread.run_sync(p.db.num_utterances, name)}
+
+    @app.post(
+        "/v1/speakers/{name}/verify",
+        tags=["verification"],
+        summary="Is this recording the enrolled speaker {name}?",
+        response_model=Verification,
+        response_model_exclude_none=True,
+        responses=_errors(400, 404, 413),
+        openapi_extra=_audio_body({"audio": "a recording"}, raw=True),
+    )
+    async def verify_speaker(
+        name: str,
+        request: Request,
+        threshold: Optional[float] = Query(None, description="decision threshold (default: the model's)"),
+        key: KeyInfo = read_key,
+    ) -> dict[str, Any]:
+        p = await ready_predictor()
+        name = checked_name(name)
+        await known_speaker(p, name)
+        audio = await one_recording(request)
+        emb = (await asyncio.wrap_future(worker.submit_embed([audio])))[0]
+        try:
+            mean = await anyio.to_thread.run_sync(p.db.mean_embedding, name)
+        except SpeakerDBError:  # removed while the recording was embedded
+            raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name") from None
+        score = float(p.similarity(emb, mean))
+        limit = p.threshold if threshold is None else _finite(threshold, "threshold")
+        return {"score": score, "same_speaker": score >= limit, "threshold": float(limit), "speaker": name}
+
+    # ------------------------------------------------------------------ write routes
+    async def enrol_recordings(request: Request, name_from_path: str | None) -> tuple[str, list]:
+        got, fields = await read_uploads(request, {"audio": config.max_files}, text=("name",), raw_field="audio")
+        raw_name = name_from_path
+        if raw_name is None:
+            raw_name = fields.get("name", request.query_params.get("name"))
+        name = checked_name(raw_name)
+        if not got.get("audio"):
+            raise ServiceError(400, "missing_field", "field 'audio' (one or more recordings) is required", "audio")
+        audios = []
+        for i, data in enumerate(got["audio"]):
+            audios.append(await decode(data, "audio" if len(got["audio"]) == 1 else f"audio[{i}]"))
+        return name, audios
+
+    @app.post(
+        "/v1/speakers",
+        tags=["speakers"],
+        summary="Enrol a new speaker from one or more recordings",
+        status_code=201,
+        response_model=Speaker,
+        responses=_errors(400, 403, 409, 413),
+        openapi_extra=_audio_body(
+            {"audio": "one or more recordings (repeat the field)"}, raw=True, text={"name": "the speaker's name"}
+        ),
+    )
+    async def enrol(request: Request, key: KeyInfo = enrol_key) -> dict[str, Any]:
+        target = None
+        status = 500
+        try:
+            await ready_predictor()
+            name, audios = await enrol_recordings(request, None)
+            target = name
+
+            def job(pr: Any) -> int:
+                if name in pr.db:
+                    raise ServiceError(
+                        409,
+                        "speaker_exists",
+                        f"speaker {name!r} is already enrolled; add recordings with "
+                        f"POST /v1/speakers/{{name}}/recordings or delete it first",
+                        "name",
+                    )
+                pr.register(name, audios)
+                return pr.db.num_utterances(name)
+
+            count = await run_job(job)
+            status = 201
+            return {"name": name, "recordings": count}
+        except ServiceError as err:
+            status = err.status
+            raise
+        finally:
+            await anyio.to_thread.run_sync(
+                lambda: _audit(request, key, "enrol", target or request.query_params.get("name"), status)
+            )
+
+    @app.post(
+        "/v1/speakers/{name}/recordings",
+        tags=["speakers"],
+        summary="Add recordings to an enrolled speaker",
+        response_model=Speaker,
+        responses=_errors(400, 403, 404, 413),
+        openapi_extra=_audio_body({"audio": "one or more recordings (repeat the field)"}, raw=True),
+    )
+    async def add_recordings(
+        name: str, request: Request, key: KeyInfo = add_key
+    ) -> dict[str, Any]:
+        status = 500
+        try:
+            p = await ready_predictor()
+            name = checked_name(name)
+            await known_speaker(p, name)
+            name, audios = await enrol_recordings(request, name)
+
+            def job(pr: Any) -> int:
+                if name not in pr.db:
+                    raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
+                pr.register(name, audios)
+                return pr.db.num_utterances(name)
+
+            count = await run_job(job)
+            status = 200
+            return {"name": name, "recordings": count}
+        except ServiceError as err:
+            status = err.status
+            raise
+        finally:
+            await anyio.to_thread.run_sync(lambda: _audit(request, key, "add_recordings", name, status))
+
+    @app.delete(
+        "/v1/speakers/{name}",
+        tags=["speakers"],
+        summary="Remove an enrolled speaker",
+        responses=_errors(400, 403, 404),
+    )
+    async def delete_speaker(
+        name: str, request: Request, key: KeyInfo = delete_key
+    ) -> dict[str, Any]:
+        status = 500
+        request_name = name
+        try:
+            p = await ready_predictor()
+            name = checked_name(name)
+
+            def remove() -> None:
+                if name not in p.db:
+                    raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
+                try:
+                    p.remove(name)
+                except SpeakerDBError as err:
+                    if "unknown speaker" in str(err):  # removed by another request meanwhile
+                        raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}", "name") from None
+                    raise
+
+            await anyio.to_thread.run_sync(remove)
+            status = 200
+            return {"removed": name}
+        except ServiceError as err:
+            status = err.status
+            raise
+        finally:
+            await anyio.to_thread.run_sync(lambda: _audit(request, key, "delete", request_name, status))
+
+    # ------------------------------------------------------------------ admin routes
+    @app.get("/v1/keys", tags=["keys"], summary="List API keys (never the keys themselves)", responses=_errors(403))
+    async def list_keys(key: KeyInfo = admin_key) -> list[dict[str, Any]]:
+        return [k.as_dict() for k in await anyio.to_thread.run_sync(store.list)]
+
+    @app.post(
+        "/v1/keys",
+        tags=["keys"],
+        summary="Create an API key (the key is shown once, in this response)",
+        status_code=201,
+        responses=_errors(400, 403),
+    )
+    async def create_key(
+        request: Request, body: NewKey, key: KeyInfo = create_key_key
+    ) -> dict[str, Any]:
+        try:
+            info, token = await anyio.to_thread.run_sync(
+                lambda: store.create(body.scope, body.name, created_by=key.key_id)
+            )
+        except KeyStoreError as err:
+            reason = str(err)
+            field_name = "scope" if "scope" in reason else "name"
+            await anyio.to_thread.run_sync(lambda: _audit(request, key, "create_key", None, 400, reason))
+            raise ServiceError(400, "invalid_parameter", f"field {field_name!r}: {reason}", field_name) from None
+        await anyio.to_thread.run_sync(lambda: _audit(request, key, "create_key", info.key_id, 201, info.scope))
+        return {**info.as_dict(), "key": token}
+
+    @app.delete("/v1/keys/{key_id}", tags=["keys"], summary="Revoke an API key", responses=_errors(403, 404))
+    async def revoke_key(
+        key_id: str, request: Request, key: KeyInfo = revoke_key_key
+    ) -> dict[str, Any]:
+        try:
+            info = await anyio.to_thread.run_sync(store.revoke, key_id)
+        except KeyStoreError:
+            await anyio.to_thread.run_sync(lambda: _audit(request, key, "revoke_key", key_id, 404))
+            raise ServiceError(404, "unknown_key", f"no API key with id {key_id!r}", "key_id") from None
+        await anyio.to_thread.run_sync(lambda: _audit(request, key, "revoke_key", key_id, 200))
+        return info.as_dict()
+
+    @app.get("/v1/audit", tags=["keys"], summary="The audit log of writes, newest first", responses=_errors(403))
+    async def audit_log(
+        limit: int = Query(100, ge=1, le=10000),
+        action: Optional[str] = Query(None, description="only this action (enrol, delete, create_key, ...)"),
+        key: KeyInfo = admin_key,
+    ) -> list[dict[str, Any]]:
+        return [e.as_dict() for e in await anyio.to_thread.run_sync(lambda: store.audit_log(limit, action))]
+
+    return app
+
+
+def _finite(value: float, name: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ServiceError(400, "invalid_parameter", f"parameter {name!r} must be a finite number", name)
+    return value
