@@ -1,0 +1,293 @@
+"""Clustering of speaker embeddings for diarization: agglomerative with a threshold, spectral with an eigengap.
+
+* :func:`agglomerative_clustering`: average-linkage clustering on cosine distance; clusters keep merging while
+  their average cosine similarity is above ``threshold``, or until ``num_speakers`` remain.
+* :func:`spectral_clustering`: a cosine affinity pruned to each row's nearest neighbours and symmetrised, the
+  normalised graph Laplacian, the number of speakers taken from the largest eigengap between ``min_speakers``
+  and ``max_speakers`` (or given), and k-means on the row-normalised leading eigenvectors (Ng, Jordan and Weiss,
+  2001; the pruning follows Park et al., 2019, "Auto-tuning spectral clustering for speaker diarization").
+* :func:`merge_similar_clusters`: joins clusters whose centroids are more similar than a threshold (this is what
+  lets a one-speaker recording come out as one speaker after spectral clustering).
+* :func:`cluster_embeddings`: picks the method, and for many points clusters an even subsample and assigns every
+  point to its nearest centroid, so the memory stays bounded (``max_points``\\ :sup:`2` affinities) however long
+  the recording is.
+
+Labels are renumbered ``0, 1, ...`` in order of first appearance.
+
+>>> rng = np.random.default_rng(0)
+>>> centres = rng.standard_normal((3, 16))
+>>> emb = np.repeat(centres, 20, axis=0) + 0.3 * rng.standard_normal((60, 16))
+>>> labels = spectral_clustering(emb, min_speakers=1, max_speakers=6)
+>>> len(set(labels)), labels[:3].tolist(), labels[20:23].tolist(), labels[40:43].tolist()
+(3, [0, 0, 0], [1, 1, 1], [2, 2, 2])
+>>> list(agglomerative_clustering(emb, threshold=0.5)) == list(labels)
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mvector.errors import ConfigError
+
+__all__ = [
+    "METHODS",
+    "normalize_rows",
+    "relabel",
+    "agglomerative_clustering",
+    "spectral_clustering",
+    "estimate_num_speakers",
+    "merge_similar_clusters",
+    "cluster_centroids",
+    "cluster_embeddings",
+]
+
+#: Accepted values of ``method`` in :func:`cluster_embeddings`.
+METHODS = ("auto", "spectral", "agglomerative")
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float64; zero rows stay zero).
+
+    >>> normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels ``0, 1, ...`` in order of first appearance.
+
+    >>> relabel(np.array([5, 5, 2, 7, 2])).tolist()
+    [0, 0, 1, 2, 1]
+    """
+    labels = np.asarray(labels)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inverse].astype(np.int64)
+
+
+def _check(emb: np.ndarray) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float64)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise ConfigError(f"embeddings must be a non-empty [N, D] array, got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise ConfigError("embeddings contain NaN or infinite values")
+    return emb
+
+
+def _speaker_range(n: int, num_speakers: int | None, min_speakers: int, max_speakers: int | None) -> tuple[int, int]:
+    """The (low, high) number of clusters allowed for ``n`` points."""
+    if num_speakers is not None:
+        if int(num_speakers) < 1:
+            raise ConfigError(f"num_speakers must be >= 1, got {num_speakers!r}")
+        k = min(int(num_speakers), n)
+        return k, k
+    low = int(min_speakers)
+    high = int(max_speakers) if max_speakers is not None else n
+    if low < 1 or high < low:
+        raise ConfigError(f"need 1 <= min_speakers <= max_speakers, got {min_speakers!r} and {max_speakers!r}")
+    return min(low, n), min(high, n)
+
+
+def agglomerative_clustering(
+    embeddings: np.ndarray,
+    threshold: float | None = 0.5,
+    num_speakers: int | None = None,
+    min_speakers: int = 1,
+    max_speakers: int | None = None,
+) -> np.ndarray:
+    """Average-linkage clustering on cosine similarity.
+
+    Clusters merge while their average pairwise cosine similarity exceeds ``threshold``; with ``num_speakers``
+    merging goes on until that many remain. A threshold that leaves fewer than ``min_speakers`` or more than
+    ``max_speakers`` clusters is overridden by the nearest allowed count.
+
+    >>> emb = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> agglomerative_clustering(emb, threshold=0.5).tolist(), agglomerative_clustering(emb, num_speakers=1).tolist()
+    ([0, 0, 1, 1], [0, 0, 0, 0])
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    emb = normalize_rows(_check(embeddings))
+    n = len(emb)
+    low, high = _speaker_range(n, num_speakers, min_speakers, max_speakers)
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    # condensed cosine distances of unit rows; clipped against rounding
+    sim = emb @ emb.T
+    iu = np.triu_indices(n, k=1)
+    tree = linkage(np.clip(1.0 - sim[iu], 0.0, 2.0), method="average")
+    if num_speakers is None and threshold is not None:
+        labels = fcluster(tree, t=1.0 - float(threshold), criterion="distance")
+        count = len(np.unique(labels))
+        if low <= count <= high:
+            return relabel(labels)
+        target = low if count < low else high
+    elif num_speakers is None:
+        raise ConfigError("agglomerative clustering needs a threshold or num_speakers")
+    else:
+        target = low
+    return relabel(fcluster(tree, t=target, criterion="maxclust"))
+
+
+def _pruned_affinity(emb: np.ndarray, neighbours: int) -> np.ndarray:
+    """Cosine affinity, each row keeping its ``neighbours`` largest entries (others 0), symmetrised, >= 0."""
+    sim = np.clip(emb @ emb.T, 0.0, None)
+    n = len(sim)
+    k = min(n, max(1, neighbours))
+    if k < n:
+        drop = np.argpartition(sim, n - k, axis=1)[:, : n - k]
+        np.put_along_axis(sim, drop, 0.0, axis=1)
+    return (sim + sim.T) / 2.0
+
+
+def estimate_num_speakers(eigenvalues: np.ndarray, min_speakers: int = 1, max_speakers: int = 8) -> int:
+    """The ``k`` in ``[min_speakers, max_speakers]`` with the largest gap ``lambda[k] - lambda[k-1]`` (ascending).
+
+    >>> estimate_num_speakers(np.array([0.0, 0.01, 0.02, 0.9, 0.95]), 1, 4)
+    3
+    """
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    high = min(int(max_speakers), len(lam) - 1)
+    low = min(max(1, int(min_speakers)), high) if high >= 1 else 1
+    if high < 1:
+        return 1
+    gaps = lam[low : high + 1] - lam[low - 1 : high]
+    return low + int(np.argmax(gaps))
+
+
+def spectral_clustering(
+    embeddings: np.ndarray,
+    num_speakers: int | None = None,
+    min_speakers: int = 1,
+    max_speakers: int | None = 8,
+    neighbour_ratio: float = 0.1,
+    min_neighbours: int = 6,
+    seed: int = 0,
+) -> np.ndarray:
+    """Spectral clustering with the number of speakers from the eigengap of the normalised Laplacian (or given).
+
+    Each row of the cosine affinity keeps ``max(min_neighbours, neighbour_ratio * N)`` entries.
+
+    >>> rng = np.random.default_rng(1)
+    >>> emb = np.concatenate([rng.normal(m, 0.2, (15, 8)) for m in (-1.0, 1.0)]) * rng.choice([-1, 1], 8)
+    >>> emb[:, 0] += np.repeat([3.0, -3.0], 15)
+    >>> labels = spectral_clustering(emb, max_speakers=5)
+    >>> labels[:15].tolist() == [0] * 15, labels[15:].tolist() == [1] * 15
+    (True, True)
+    """
+    from scipy.linalg import eigh
+    from sklearn.cluster import KMeans
+
+    emb = normalize_rows(_check(embeddings))
+    n = len(emb)
+    low, high = _speaker_range(n, num_speakers, min_speakers, max_speakers)
+    if n <= 2 or high == 1:
+        if high == 1 or n == 1:
+            return np.zeros(n, dtype=np.int64)
+        return agglomerative_clustering(emb, threshold=None, num_speakers=low)
+    if not 0.0 <= neighbour_ratio <= 1.0:
+        raise ConfigError(f"neighbour_ratio must be in [0, 1], got {neighbour_ratio!r}")
+    affinity = _pruned_affinity(emb, max(int(min_neighbours), int(math.ceil(neighbour_ratio * n))))
+    degree = affinity.sum(axis=1)
+    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
+    laplacian = np.eye(n) - scale[:, None] * affinity * scale[None, :]
+    top = min(n - 1, high + 1)
+    values, vectors = eigh(laplacian, subset_by_index=[0, top])
+    k = low if low == high else estimate_num_speakers(values, low, high)
+    features = normalize_rows(vectors[:, :k])
+    if k == 1:
+        return np.zeros(n, dtype=np.int64)
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(features)
+    return relabel(labels)
+
+
+def cluster_centroids(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Unit-length mean of the unit-length embeddings of each label ``0..max(labels)`` ([K, D]).
+
+    >>> cluster_centroids(np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]]), np.array([0, 1, 1])).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
+    emb = normalize_rows(_check(embeddings))
+    labels = np.asarray(labels, dtype=np.int64)
+    sums = np.zeros((int(labels.max()) + 1, emb.shape[1]))
+    np.add.at(sums, labels, emb)
+    return normalize_rows(sums)
+
+
+def merge_similar_clusters(
+    embeddings: np.ndarray, labels: np.ndarray, threshold: float, min_speakers: int = 1
+) -> np.ndarray:
+    """Join, most similar first, clusters whose centroids' cosine similarity exceeds ``threshold``.
+
+    Merging stops at ``min_speakers`` clusters.
+
+    >>> emb = np.array([[1.0, 0.0], [0.95, 0.3], [0.0, 1.0]])
+    >>> merge_similar_clusters(emb, np.array([0, 1, 2]), threshold=0.9).tolist()
+    [0, 0, 1]
+    """
+    labels = relabel(labels)
+    emb = normalize_rows(_check(embeddings))
+    while labels.max() + 1 > max(1, int(min_speakers)):
+        cent = cluster_centroids(emb, labels)
+        sim = cent @ cent.T
+        np.fill_diagonal(sim, -np.inf)
+        a, b = np.unravel_index(int(np.argmax(sim)), sim.shape)
+        if sim[a, b] <= threshold:
+            break
+        labels = relabel(np.where(labels == max(a, b), min(a, b), labels))
+    return labels
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    method: str = "auto",
+    num_speakers: int | None = None,
+    min_speakers: int = 1,
+    max_speakers: int | None = 8,
+    threshold: float | None = None,
+    merge_threshold: float | None = None,
+    max_points: int = 2000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Cluster window embeddings into speakers; labels ``[N]`` numbered in order of first appearance.
+
+    ``method``: ``"spectral"``, ``"agglomerative"`` (needs ``threshold`` unless ``num_speakers`` is given) or
+    ``"auto"`` (spectral from 20 points on, agglomerative below, where an eigengap means little).
+    ``merge_threshold`` (when the number of speakers is not fixed) joins clusters with centroids more similar than
+    it. Above ``max_points`` points, an evenly spaced subsample is clustered and every point goes to its nearest
+    centroid.
+
+    >>> rng = np.random.default_rng(0)
+    >>> emb = np.repeat(np.eye(4)[:2], 50, axis=0) + 0.1 * rng.standard_normal((100, 4))
+    >>> labels = cluster_embeddings(emb, max_points=30)
+    >>> int(labels.max()) + 1, labels[:50].tolist() == [0] * 50
+    (2, True)
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown clustering method {method!r}; valid: {', '.join(METHODS)}")
+    if int(max_points) < 2:
+        raise ConfigError(f"max_points must be >= 2, got {max_points!r}")
+    emb = normalize_rows(_check(embeddings))
+    n = len(emb)
+    low, high = _speaker_range(n, num_speakers, min_speakers, max_speakers)
+    subset = np.unique(np.linspace(0, n - 1, int(max_points)).round().astype(np.int64)) if n > max_points else None
+    points = emb if subset is None else emb[subset]
+    if method == "auto":
+        method = "spectral" if len(points) >= 20 else "agglomerative"
+    if method == "agglomerative":
+        if threshold is None and num_speakers is None:
+            raise ConfigError("agglomerative clustering needs a threshold (or num_speakers)")
+        labels = agglomerative_clustering(points, threshold, num_speakers, low, high)
+    else:
+        labels = spectral_clustering(points, num_speakers, low, high, seed=seed)
+    if merge_threshold is not None and num_speakers is None:
+        labels = merge_similar_clusters(points, labels, float(merge_threshold), low)
+    if subset is not None:
+        labels = np.argmax(emb @ cluster_centroids(points, labels).T, axis=1)
+    return relabel(labels)
