@@ -50,7 +50,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -75,6 +75,8 @@ __all__ = [
     "reliability_curve",
     "logit",
     "sigmoid",
+    "cross_validated_llrs",
+    "fit_from_trials",
 ]
 
 #: File name of a calibration stored in a model folder.
@@ -809,3 +811,100 @@ def save_reliability_plot(
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# ------------------------------------------------------------------------------------------------ workflows
+def cross_validated_llrs(
+    scores: Any,
+    labels: Any,
+    folds: int = 5,
+    seed: int = 0,
+    quality: Mapping[str, Any] | None = None,
+    **fit_kwargs: Any,
+) -> np.ndarray:
+    """LLRs where each trial is calibrated by a map fitted on the *other* folds: an honest estimate of how the
+    calibration does on unseen trials of the same kind (a Cllr on the fitting trials themselves is optimistic).
+
+    >>> rng = np.random.default_rng(1)
+    >>> s = np.r_[rng.normal(1, 1, 200), rng.normal(-1, 1, 200)]; y = np.r_[np.ones(200), np.zeros(200)]
+    >>> round(cllr(cross_validated_llrs(s, y), y), 2)   # the fitting trials themselves would say a little less
+    0.46
+    """
+    s, y = _scores_labels(scores, labels)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds must be an integer >= 2, got {folds!r}")
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(s.size, dtype=np.int64)
+    for cls in (True, False):  # stratified: each fold keeps both classes where possible
+        idx = np.flatnonzero(y == cls)
+        fold_of[idx] = rng.permutation(np.arange(idx.size) % folds)
+    out = np.empty(s.size)
+    for f in range(folds):
+        test = fold_of == f
+        train = ~test
+        if not test.any():
+            continue
+        if y[train].all() or not y[train].any():
+            raise ValueError(f"fold {f}: the other folds lack one class; use fewer folds or more trials")
+        q_train = None if quality is None else {k: np.asarray(v)[train] for k, v in quality.items()}
+        q_test = None if quality is None else {k: np.asarray(v)[test] for k, v in quality.items()}
+        cal = fit_calibration(s[train], y[train], quality=q_train, **fit_kwargs)
+        out[test] = cal.llr(s[test], q_test)
+    return out
+
+
+def fit_from_trials(
+    trials: Sequence[tuple[int, str, str]],
+    embed: Callable[[list[str]], tuple[np.ndarray, np.ndarray]],
+    prior: float = 0.5,
+    use_durations: bool = False,
+    rule: str = "probability",
+    target: float | None = 0.5,
+    threshold_prior: float = 0.5,
+    p_target: float = 0.01,
+    folds: int = 5,
+    data: str | None = None,
+    model_fingerprint: str | None = None,
+) -> tuple[Calibration, dict[str, Any], np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+    """Score labelled ``trials`` ``(label, enroll, test)`` with ``embed`` and fit a calibration with an
+    operating point; returns ``(calibration, report, scores, labels, quality)``.
+
+    ``embed(paths)`` returns the embeddings ``[N, D]`` and the durations in seconds ``[N]`` of the unique files
+    (each file is embedded once). The report holds the measures on the trials (:func:`calibration_report`)
+    and ``cllr_cv``, the Cllr of ``folds``-fold cross-validated LLRs (``None`` with too few trials).
+    """
+    if not trials:
+        raise ConfigError("no trials given")
+    files = sorted({p for _, a, b in trials for p in (a, b)})
+    index = {p: i for i, p in enumerate(files)}
+    emb, durations = embed(files)
+    emb = np.asarray(emb, dtype=np.float64)
+    durations = np.asarray(durations, dtype=np.float64).reshape(-1)
+    if emb.ndim != 2 or emb.shape[0] != len(files) or durations.shape[0] != len(files):
+        raise ValueError(
+            f"embed returned {emb.shape} embeddings and {durations.shape} durations for {len(files)} files"
+        )
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    a = np.fromiter((index[t[1]] for t in trials), dtype=np.int64, count=len(trials))
+    b = np.fromiter((index[t[2]] for t in trials), dtype=np.int64, count=len(trials))
+    scores = np.einsum("ij,ij->i", unit[a], unit[b])
+    labels = np.fromiter((t[0] for t in trials), dtype=np.int64, count=len(trials))
+    quality = duration_features(durations[a], durations[b]) if use_durations else None
+    names = QUALITY_FEATURES if use_durations else ()
+    cal = fit_calibration(
+        scores, labels, prior=prior, quality=quality, quality_features=names,
+        model_fingerprint=model_fingerprint, data=data,
+    )  # fmt: skip
+    cal.operating_point = choose_operating_point(
+        scores, labels, rule, target, calibration=cal, prior=threshold_prior, data=data
+    )
+    report = calibration_report(scores, labels, cal, quality=quality, p_target=p_target)
+    n_min = int(min(labels.sum(), (1 - labels).sum()))
+    if n_min >= folds:
+        cv = cross_validated_llrs(scores, labels, folds=folds, quality=quality, prior=prior, quality_features=names)
+        report["cllr_cv"] = cllr(cv, labels)
+        report["act_dcf_cv"] = actual_dcf(cv, labels, p_target=p_target)
+    else:
+        report["cllr_cv"] = report["act_dcf_cv"] = None
+    cal.metrics = {k: v for k, v in report.items() if k != "p_target"} | {"p_target": p_target}
+    return cal, report, scores, labels, quality

@@ -1,0 +1,148 @@
+"""``mvector calibrate``: fit a score calibration from labelled trials and store it in the model folder.
+
+    mvector calibrate --model_path models/EcapaTdnn_Fbank/best_model --trials my_pairs.txt
+    mvector calibrate --model_path DIR --trials trials.txt --rule far --target 0.01 --save_image_path out/
+
+The trial list is ``label enroll test`` per line (``1`` = same speaker), paths relative to the list's folder (or
+``--trials_root``). Every file is embedded once with the model; the cosine scores are mapped to log-likelihood
+ratios by prior-weighted logistic regression (``--durations`` adds the two sides' durations as quality
+measures), a threshold is chosen by ``--rule``/``--target``, and ``calibration.json`` (with the model's
+fingerprint, the data it was fitted on and the operating point) is written atomically into the model folder.
+One JSON line reports ``cllr``, ``min_cllr``, ``act_dcf``, ``min_dcf``, ``eer``, the cross-validated
+``cllr_cv`` and the threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mvector.cli.common import run_cli, str2bool
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``mvector calibrate``.
+
+    >>> build_parser("mvector calibrate").parse_args(["--model_path", "m", "--trials", "t.txt"]).rule
+    'probability'
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Fit a score calibration (score -> log-likelihood ratio) from labelled trials and store it "
+        "with the model (calibration.json).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model_path", required=True, help="model folder (checkpoint or export)")
+    parser.add_argument("--trials", required=True, help="trial list: 'label enroll test' per line, 1 = same")
+    parser.add_argument("--trials_root", default=None, help="folder the trial paths are relative to (None: the list's)")
+    parser.add_argument("--prior", type=float, default=0.5, help="prior the logistic regression is weighted to")
+    parser.add_argument(
+        "--durations", type=str2bool, default=False, help="also use both sides' durations (QMF-style quality measures)"
+    )
+    parser.add_argument(
+        "--rule",
+        choices=("far", "frr", "eer", "probability"),
+        default="probability",
+        help="how the decision threshold is chosen: target false-acceptance rate, target false-rejection rate, "
+        "the EER point, or a minimum probability of same speaker",
+    )
+    parser.add_argument(
+        "--target", type=float, default=None, help="the rule's target (far/frr: a rate; probability: 0.5 default)"
+    )
+    parser.add_argument(
+        "--threshold_prior", type=float, default=0.5, help="prior of same speaker at which --rule probability applies"
+    )
+    parser.add_argument("--p_target", type=float, default=0.01, help="P_target of the DCF measures")
+    parser.add_argument("--folds", type=int, default=5, help="folds of the cross-validated Cllr (cllr_cv)")
+    parser.add_argument("--output", default=None, help="where to write (default: MODEL_PATH/calibration.json)")
+    parser.add_argument("--dry_run", type=str2bool, default=False, help="fit and report, write nothing")
+    parser.add_argument("--save_image_path", default=None, help="folder for the reliability plot (reliability.png)")
+    parser.add_argument("--use_gpu", type=str2bool, default=False, help="embed on CUDA")
+    parser.add_argument("--batch_size", type=int, default=32, help="recordings per embedding batch")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from mvector.errors import ConfigError
+    from mvector.evaluation.calibration import fit_from_trials, save_reliability_plot
+    from mvector.predictor import MVectorPredictor
+    from mvector.scoring import read_trials
+
+    if args.rule in ("far", "frr") and args.target is None:
+        raise ConfigError(f"--rule {args.rule} needs --target (a rate, e.g. 0.01)")
+    target = 0.5 if args.rule == "probability" and args.target is None else args.target
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
+    trials = read_trials(args.trials, args.trials_root)
+    predictor = MVectorPredictor(model_path=args.model_path, use_gpu=args.use_gpu, threshold=0.0)
+
+    def embed(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros((len(paths), predictor.embd_dim), dtype=np.float32)
+        durations = np.zeros(len(paths))
+        chunk = 256  # bounded memory: decode and embed a few hundred files at a time
+        for start in range(0, len(paths), chunk):
+            waves = [predictor.load(p) for p in paths[start : start + chunk]]
+            durations[start : start + len(waves)] = [len(w) / predictor.sample_rate for w in waves]
+            out[start : start + len(waves)] = predictor.embed_batch(
+                [(w, predictor.sample_rate) for w in waves], batch_size=args.batch_size
+            )
+        return out, durations
+
+    cal, report, scores, labels, quality = fit_from_trials(
+        trials,
+        embed,
+        prior=args.prior,
+        use_durations=args.durations,
+        rule=args.rule,
+        target=target,
+        threshold_prior=args.threshold_prior,
+        p_target=args.p_target,
+        folds=args.folds,
+        data=str(Path(args.trials)),
+        model_fingerprint=predictor.fingerprint,
+    )
+    result = {
+        "cllr": report["cllr"],
+        "min_cllr": report["min_cllr"],
+        "act_dcf": report["act_dcf"],
+        "min_dcf": report["min_dcf"],
+        "eer": report["eer"],
+        "cllr_cv": report["cllr_cv"],
+        "cllr_raw": report["cllr_raw"],
+        "p_target": args.p_target,
+        "n_target": report["n_target"],
+        "n_nontarget": report["n_nontarget"],
+        "weights": cal.weights,
+        "bias": cal.bias,
+        "operating_point": cal.operating_point,
+    }
+    if not args.dry_run:
+        output = Path(args.output) if args.output else predictor.model_path
+        result["saved"] = str(cal.save(output))
+    if args.save_image_path:
+        result["reliability_plot"] = str(
+            save_reliability_plot(scores, labels, Path(args.save_image_path) / "reliability.png", cal, quality)
+        )
+    return result
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``mvector calibrate``; prints one JSON line; returns the exit status (2 on a bad input)."""
+    parser = build_parser(prog)
+
+    def body(argv: Sequence[str] | None) -> None:
+        args = parser.parse_args(argv)
+        print(json.dumps(_run(args)), flush=True)
+
+    return run_cli(body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
