@@ -54,6 +54,8 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
+_MAX_SAMPLE = np.float32(32767 / 32768)  # the largest 16-bit PCM sample
+
 
 class VoiceSource(Protocol):
     """Where the speech of a conversation comes from: speaker names and speech of a given length."""
@@ -168,6 +170,7 @@ class TurnPlan:
     max_pause: float = 1.0
     overlap: float = 0.0
     max_overlap: float = 1.0
+    level_db: float = -26.0
     level_spread_db: float = 4.0
     noise_db: float = -55.0
 
@@ -261,7 +264,7 @@ def _turns(
     rate = int(source.sample_rate)
     for index, (speaker, start, length) in enumerate(plan_turns(chosen, duration, plan, rng)):
         turn_rng = np.random.default_rng([int(seed), index, 0x7A11])
-        wave = normalize_db(np.asarray(source.speech(speaker, length, turn_rng), dtype=np.float32), -20.0)
+        wave = normalize_db(np.asarray(source.speech(speaker, length, turn_rng), dtype=np.float32), plan.level_db)
         yield int(round(start * rate)), (wave * np.float32(gains[speaker])).astype(np.float32), speaker
 
 
@@ -306,8 +309,9 @@ def generate_conversation(
 ) -> Conversation:
     """A conversation held in memory (see the module docs); ``plan`` keys are :class:`TurnPlan` fields.
 
-    Without ``source``, ``num_speakers`` synthetic voices drawn with ``seed`` talk. Loud mixtures are scaled
-    down to peak 0.99.
+    Without ``source``, ``num_speakers`` synthetic voices drawn with ``seed`` talk. Every turn is brought to
+    ``level_db`` dBFS RMS plus its speaker's gain; samples are clipped to [-1, 1) exactly as
+    :func:`write_conversation` writes them (rare at the default level).
 
     >>> c = generate_conversation(3, 5.0, seed=2, sample_rate=8000, max_turn=1.5, overlap=1.0)
     >>> len(c.speakers), any(a.end > b.start for a, b in zip(c.turns, c.turns[1:]))
@@ -320,10 +324,7 @@ def generate_conversation(
             blocks.append(block)
         if turn is not None:
             turns.append(turn)
-    samples = np.concatenate(blocks)
-    peak = float(np.abs(samples).max())
-    if peak > 0.99:
-        samples *= np.float32(0.99 / peak)
+    samples = np.clip(np.concatenate(blocks), -1.0, _MAX_SAMPLE)
     return Conversation(samples, int(sample_rate), sorted(turns))
 
 
@@ -341,7 +342,7 @@ def write_conversation(
     """Write ``out_dir/name.wav`` (16-bit PCM) and ``out_dir/name.rttm``; return both paths.
 
     The audio is mixed and written a block at a time (memory does not grow with ``duration``); samples are
-    clipped to [-1, 1) rather than rescaled. Both files appear atomically.
+    clipped to [-1, 1). Both files appear atomically.
 
     >>> import tempfile
     >>> wav, rttm = write_conversation(tempfile.mkdtemp(), "c1", 2, 4.0, sample_rate=8000, max_turn=2.0)
@@ -364,7 +365,7 @@ def write_conversation(
         ) as f:
             for block, turn in _mix(num_speakers, duration, src, TurnPlan(**plan), seed, 1 << 16):
                 if block is not None:
-                    f.write(np.clip(block, -1.0, 32767 / 32768))
+                    f.write(np.clip(block, -1.0, _MAX_SAMPLE))
                 if turn is not None:
                     turns.append(turn)
             f.flush()
