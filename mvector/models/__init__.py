@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from mvector.errors import ConfigError
-from mvector.models import ecapa_tdnn, res2net, resnet_se, tdnn  # noqa: F401  (they register themselves)
+from mvector.models import campplus, ecapa_tdnn, res2net, resnet_se, tdnn  # noqa: F401  (they register themselves)
 from mvector.models.ecapa_tdnn import EcapaTdnn
 from mvector.models.embedding_model import EmbeddingModel
 from mvector.models.heads import build_head
