@@ -11,7 +11,7 @@ SIGTERM or Ctrl-C stops it gracefully: no new connections, requests in flight fi
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import ipaddress
 import sys
 from typing import Sequence
@@ -66,8 +66,38 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _graceful_server_class(uvicorn):
+    """uvicorn's Server, except that a SIGTERM/SIGINT that stopped it gracefully ends the process with status 0.
+
+    (uvicorn raises the signal again after its graceful shutdown, so the process would die of it instead.)
+    """
+    import contextlib
+    import signal
+    import threading
+
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
 def _serve(args: argparse.Namespace) -> None:
-    missing = [name for name in _NEEDED if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in _NEEDED:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append("python-multipart" if name == "multipart" else name)
     if missing:
         raise ConfigError(
             f"mvector serve needs {', '.join(missing)}, which are not installed: pip install \"mvector[serve]\""
@@ -107,7 +137,7 @@ def _serve(args: argparse.Namespace) -> None:
         )
     app = create_app(config)
     print(f"mvector serve: http://{args.host}:{args.port}/ (API docs at /docs, OpenAPI at /openapi.json)", flush=True)
-    server = uvicorn.Server(
+    server = _graceful_server_class(uvicorn)(
         uvicorn.Config(
             app,
             host=args.host,

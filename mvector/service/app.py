@@ -502,8 +502,8 @@ def create_app(
         request: Request, files: dict[str, int], text: tuple[str, ...] = (), raw_field: str | None = None
     ) -> tuple[dict[str, list[bytes]], dict[str, str]]:
         """Uploaded files per field (``files``: field -> most allowed) and text fields, with every limit checked."""
-        content_type = request.headers.get("content-type", "")
-        multipart = content_type.lower().startswith("multipart/form-data")
+        content_type = request.headers.get("content-type", "").lower()
+        multipart = content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
         if not multipart:
             if raw_field is None:
                 raise ServiceError(
@@ -654,7 +654,7 @@ def create_app(
         tags=["verification"],
         summary="Are two recordings the same speaker?",
         response_model=Verification,
-        response_model_exclude_none=True,
+        response_model_exclude_unset=True,
         responses=_errors(400, 413),
         openapi_extra=_audio_body({"audio1": "first recording", "audio2": "second recording"}, raw=False),
     )
@@ -680,7 +680,7 @@ def create_app(
         tags=["identification"],
         summary="Who is speaking? The best enrolled speaker (or unknown) and the top-k candidates",
         response_model=Identification,
-        response_model_exclude_none=True,
+        response_model_exclude_unset=True,
         responses=_errors(400, 413),
         openapi_extra=_audio_body({"audio": "a recording"}, raw=True),
     )
@@ -760,7 +760,7 @@ def create_app(
         tags=["verification"],
         summary="Is this recording the enrolled speaker {name}?",
         response_model=Verification,
-        response_model_exclude_none=True,
+        response_model_exclude_unset=True,
         responses=_errors(400, 404, 413),
         openapi_extra=_audio_body({"audio": "a recording"}, raw=True),
     )
