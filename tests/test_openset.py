@@ -1,0 +1,123 @@
+"""Open-set identification: decisions with threshold and margin, DIR at FAR against a brute-force count, the
+speaker database's AS-norm search against the reference AS-norm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mvector.errors import ConfigError, SpeakerDBError
+from mvector.evaluation.openset import (
+    dir_at_far,
+    open_set_decision,
+    open_set_metrics,
+    threshold_for_far,
+)
+from mvector.scoring import as_norm
+from mvector.speaker_db import SpeakerDatabase
+
+
+def test_decision_reasons() -> None:
+    assert open_set_decision([("ann", 0.8), ("bob", 0.2)], threshold=0.5).name == "ann"
+    low = open_set_decision([("ann", 0.4), ("bob", 0.2)], threshold=0.5)
+    assert low.name is None and low.reason == "below_threshold" and low.score == 0.4
+    close = open_set_decision([("ann", 0.8), ("bob", 0.75)], threshold=0.5, margin=0.1)
+    assert close.name is None and close.reason == "ambiguous" and close.runner_up == "bob"
+    alone = open_set_decision([("ann", 0.8)], threshold=0.5, margin=0.3)
+    assert alone.name == "ann" and alone.runner_up is None
+    with pytest.raises(ConfigError, match="margin"):
+        open_set_decision([("ann", 0.8)], threshold=0.5, margin=-1)
+    with pytest.raises(ConfigError, match="no candidates"):
+        open_set_decision([], threshold=0.5)
+
+
+def brute_force(scores: np.ndarray, truth: np.ndarray, thr: float, margin: float) -> tuple[float, float]:
+    hits = fa = 0
+    for row, t in zip(scores, truth):
+        order = np.argsort(-row)
+        best, second = row[order[0]], (row[order[1]] if len(row) > 1 else -np.inf)
+        accepted = best >= thr and best - second >= margin
+        if t >= 0 and accepted and order[0] == t:
+            hits += 1
+        if t < 0 and accepted:
+            fa += 1
+    return hits / (truth >= 0).sum(), fa / (truth < 0).sum()
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.05])
+def test_metrics_match_a_brute_force_count(margin: float) -> None:
+    rng = np.random.default_rng(0)
+    n_enrolled, n_probes = 6, 300
+    truth = rng.integers(-1, n_enrolled, n_probes)
+    scores = rng.normal(0.2, 0.1, (n_probes, n_enrolled))
+    known = truth >= 0
+    scores[np.flatnonzero(known), truth[known]] += rng.uniform(0.0, 0.5, known.sum())
+    for thr in (0.2, 0.35, 0.5):
+        m = open_set_metrics(scores, truth, thr, margin)
+        assert (m["dir"], m["far"]) == pytest.approx(brute_force(scores, truth, thr, margin))
+        assert m["dir"] + m["misidentified"] + m["false_reject"] == pytest.approx(1.0)
+    for far in (0.01, 0.1, 0.3):
+        thr = threshold_for_far(scores, truth, far, margin)
+        dir_, far_reached = brute_force(scores, truth, thr, margin)
+        assert far_reached <= far
+        lower = np.nextafter(thr, -np.inf)  # any lower threshold breaks the target (it is the lowest one)
+        assert brute_force(scores, truth, lower, margin)[1] > far or thr == -np.inf
+        r = dir_at_far(scores, truth, fars=(far,), margin=margin)
+        assert r[f"dir@far={far:g}"] == pytest.approx(dir_)
+
+
+def test_inputs_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown ones"):
+        open_set_metrics([[0.9, 0.1]], [0], 0.5)
+    with pytest.raises(ValueError, match=r"truth\[1\] = 5"):
+        open_set_metrics([[0.9, 0.1], [0.2, 0.3]], [0, 5], 0.5)
+    with pytest.raises(ValueError, match="matrix"):
+        open_set_metrics([0.9, 0.1], [0, -1], 0.5)
+
+
+def test_database_as_norm_search_matches_reference_as_norm(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    dim = 12
+    speakers = rng.standard_normal((5, dim))
+    cohort = rng.standard_normal((40, dim))
+    queries = speakers[[0, 3]] + 0.3 * rng.standard_normal((2, dim))
+    with SpeakerDatabase(tmp_path, "fp", dim) as db:
+        db.add_many({f"s{i}": speakers[i] for i in range(5)})
+        with pytest.raises(SpeakerDBError, match="no AS-norm cohort"):
+            db.search(queries[0], score_norm="as_norm")
+        db.set_cohort(cohort, source="random cohort")
+        got = db.search(queries, top_k=5, score_norm="as_norm", cohort_top_k=10)
+        for q, hits in zip(queries, got):
+            names = [f"s{i}" for i in range(5)]
+            raw = speakers / np.linalg.norm(speakers, axis=1, keepdims=True) @ (q / np.linalg.norm(q))
+            ref = as_norm(raw, speakers, np.repeat(q[None], 5, axis=0), cohort, top_k=10)
+            expected = sorted(zip(names, ref), key=lambda x: -x[1])
+            assert [n for n, _ in hits] == [n for n, _ in expected]
+            np.testing.assert_allclose([s for _, s in hits], [s for _, s in expected], atol=1e-4)
+        # a new speaker changes the speakers' statistics cache; the search stays consistent
+        db.add("s5", speakers[0] * -1)
+        assert len(db.search(queries[0], top_k=6, score_norm="as_norm", cohort_top_k=10)[0]) == 6
+        with pytest.raises(SpeakerDBError, match="score_norm"):
+            db.search(queries[0], score_norm="z_norm")
+        db.clear_cohort()
+        assert db.cohort() is None and db.cohort_source is None
+
+
+def test_as_norm_makes_scores_independent_of_other_enrolled_speakers(tmp_path: Path) -> None:
+    # With AS-norm, a speaker's score depends on the cohort, not on who else is enrolled.
+    rng = np.random.default_rng(2)
+    dim = 16
+    base = rng.standard_normal((3, dim))
+    extra = rng.standard_normal((20, dim))
+    query = base[1] + 0.2 * rng.standard_normal(dim)
+    cohort = rng.standard_normal((50, dim))
+    with SpeakerDatabase(tmp_path / "a", "fp", dim) as small, SpeakerDatabase(tmp_path / "b", "fp", dim) as big:
+        small.add_many({f"b{i}": base[i] for i in range(3)})
+        big.add_many({**{f"b{i}": base[i] for i in range(3)}, **{f"x{i}": extra[i] for i in range(20)}})
+        small.set_cohort(cohort)
+        big.set_cohort(cohort)
+        a = dict(small.search(query, top_k=3, score_norm="as_norm", cohort_top_k=20)[0])
+        b = dict(big.search(query, top_k=23, score_norm="as_norm", cohort_top_k=20)[0])
+        assert a["b1"] == pytest.approx(b["b1"], abs=1e-5)
