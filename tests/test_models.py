@@ -18,6 +18,16 @@ SMALL = {
     "TDNN": {"channels": 24, "stats_channels": 32, "attention_channels": 8},
     "Res2Net": {"channels": 4, "layers": (1, 1, 1, 1), "attention_channels": 8},
     "ResNetSE": {"channels": 4, "layers": (1, 1, 1, 1), "attention_channels": 8},
+    # embd_bn_affine: randomise_batch_norm below needs every batch norm to have weights (CAM++'s has none).
+    "CAMPPlus": {
+        "fcm_channels": 4,
+        "init_channels": 16,
+        "growth_rate": 8,
+        "bn_size": 2,
+        "num_layers": (2, 2, 2),
+        "attention_channels": 8,
+        "embd_bn_affine": True,
+    },
 }
 POOLS = sorted(POOLINGS)
 

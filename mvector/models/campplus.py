@@ -281,10 +281,10 @@ class _TransitLayer(nn.Module):
 class _EmbeddingLayer(nn.Module):
     """Linear (stored as a 1×1 conv weight, no bias) → batch norm without scale and shift."""
 
-    def __init__(self, in_features: int, embd_dim: int):
+    def __init__(self, in_features: int, embd_dim: int, affine: bool = False):
         super().__init__()
         self.linear = TimeConv(in_features, embd_dim, 1, bias=False)
-        self.nonlinear = _BNReLU(embd_dim, relu=False, affine=False)
+        self.nonlinear = _BNReLU(embd_dim, relu=False, affine=affine)
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.nonlinear(self.linear(pooled))
@@ -348,6 +348,8 @@ class CAMPPlus(nn.Module):
         seg_len: frames per segment of the CAM layer's segment pooling (after the stride-2 layer, 100 = 2 s).
         attention_channels: width of the pooling attention (ASP, SAP).
         pooling_conf: other pooling keyword arguments.
+        embd_bn_affine: give the embedding's batch norm a learnt scale and shift (3D-Speaker: False; True adds
+            ``2·embd_dim`` parameters that a released checkpoint does not have).
 
     >>> m = CAMPPlus(80)
     >>> m.embd_dim, sum(p.numel() for p in m.parameters()), len(m.state_dict())
@@ -370,6 +372,7 @@ class CAMPPlus(nn.Module):
         seg_len: int = 100,
         attention_channels: int = 128,
         pooling_conf: Optional[Mapping[str, Any]] = None,
+        embd_bn_affine: bool = False,
     ):
         super().__init__()
         num_layers = [int(n) for n in num_layers]
@@ -406,7 +409,7 @@ class CAMPPlus(nn.Module):
             if str(pooling_type).upper() in ("ASP", "SAP"):
                 pool_kwargs.setdefault("attention_channels", attention_channels)
             self.pooling = build_pooling(pooling_type, channels, **pool_kwargs)
-        self.xvector.add_module("dense", _EmbeddingLayer(self.pooling.output_size, self.embd_dim))
+        self.xvector.add_module("dense", _EmbeddingLayer(self.pooling.output_size, self.embd_dim, bool(embd_bn_affine)))
         self.stats_channels = channels
         self._init_weights()
 
