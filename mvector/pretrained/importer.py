@@ -24,10 +24,7 @@ int16 units, and the per-utterance mean subtracted (no variance normalisation).
 from __future__ import annotations
 
 import copy
-import io
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -88,8 +85,7 @@ def read_state_dict(path: PathLike, max_bytes: int = MAX_CHECKPOINT_BYTES) -> di
         raise CheckpointError(f"{path}: {size} bytes, larger than the {max_bytes}-byte limit for a checkpoint")
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, io.UnsupportedOperation,
-            AttributeError, TypeError, KeyError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - whatever a damaged or foreign file raises, one clear error
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged or another format): {first}") \
             from err
@@ -209,15 +205,14 @@ def import_checkpoint(
                 "(pass check_hash=False / --check_sha256 false to import a compatible checkpoint of your own)"
             )
         state = read_state_dict(checkpoint)
-    conf = pretrained_config(entry)
-    model = build_backbone(conf["use_model"], int(conf["feature_conf"]["num_mel_bins"]), **conf["model_conf"])
+    arch = str(entry["architecture"])
+    model = build_backbone(arch, int(entry["input"]["num_mel_bins"]), **dict(entry["model_conf"]))
     problems = check_state_dict(model, state)
     if problems:
         shown = "\n  ".join(problems[:40])
         more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
-        raise CheckpointError(
-            f"{where} does not fit {conf['use_model']} ({name}): {len(problems)} problem(s):\n  {shown}{more}"
-        )
+        raise CheckpointError(f"{where} does not fit {arch} ({name}): {len(problems)} problem(s):\n  {shown}{more}")
+    conf = pretrained_config(entry)
     model.load_state_dict({k: state[k] for k in model.state_dict()}, strict=True)
     out = Path(output_dir).expanduser()
     _check_target(out, overwrite)
