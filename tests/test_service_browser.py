@@ -151,7 +151,7 @@ def test_page_records_enrols_verifies_and_identifies(tmp_path):
     db = tmp_path / "db"
     with KeyStore(db) as store:
         _, key = store.create("write", name="browser")
-    with ServerProcess(model, db, log_path=tmp_path / "serve.log") as server:
+    with ServerProcess(model, db, extra_args=["--threads", "1"], log_path=tmp_path / "serve.log") as server:
         dt = DevTools(
             [
                 "--headless=new",

@@ -22,6 +22,10 @@ from mvector.cli.common import run_cli
 __all__ = ["main", "build_parser"]
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in --help, the epilog's examples kept as written."""
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of ``mvector keys``.
 
@@ -29,7 +33,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     'read'
     """
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0].strip("`"), formatter_class=fmt)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Create, list and revoke the API keys of the HTTP service; read its audit log.",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=_Formatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{create,list,revoke,audit}")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:

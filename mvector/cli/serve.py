@@ -22,6 +22,10 @@ from mvector.errors import ConfigError
 _NEEDED = ("fastapi", "uvicorn", "multipart")
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in --help, the epilog's examples kept as written."""
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of ``mvector serve``.
 
@@ -31,15 +35,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=__doc__.splitlines()[0].strip("`"),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run the HTTP verification service (FastAPI app served by uvicorn).",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=_Formatter,
     )
     parser.add_argument("--model_path", required=True, help="model folder (checkpoint or export)")
     parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder (keys live there too)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
-    parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"])
+    parser.add_argument("--threshold", type=float, default=None, help="decision threshold; None: the model's")
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
+    )
     parser.add_argument("--use_gpu", type=str2bool, default=False, help="run the model on CUDA")
     parser.add_argument("--keep_audio", action="store_true", help="keep enrolled audio in the database folder")
     parser.add_argument("--max_upload_mb", type=float, default=10.0, help="size limit of one uploaded recording")
@@ -48,7 +55,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--min_duration", type=float, default=0.5, help="seconds per recording at least")
     parser.add_argument("--max_queue", type=int, default=64, help="model jobs waiting at most (then 503 overloaded)")
     parser.add_argument("--max_batch", type=int, default=16, help="recordings embedded in one batch at most")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the model; None: one per core")
     parser.add_argument(
         "--cors_origins", nargs="*", default=[], help="origins allowed by CORS (none: CORS off), e.g. https://app.example"
     )
