@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import yaml
 
 from mvector.errors import ConfigError, check_keys, nearest
+from mvector.optim import OPTIMIZERS, SCHEDULERS
 
 __all__ = [
     "SCHEMA",
@@ -481,10 +482,8 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     if tc["log_backend"] not in ("visualdl", "tensorboard", "none"):
         raise ConfigError(f"train_conf.log_backend must be visualdl, tensorboard or none, got {tc['log_backend']!r}")
     oc = conf["optimizer_conf"]
-    if oc["optimizer"].lower() not in ("adam", "adamw", "sgd"):
-        raise ConfigError(f"optimizer_conf.optimizer must be Adam, AdamW or SGD, got {oc['optimizer']!r}")
-    if oc["scheduler"].lower() not in ("warmupcosine", "warmupcosineschedulerlr", "constant"):
-        raise ConfigError(f"optimizer_conf.scheduler must be WarmupCosine or Constant, got {oc['scheduler']!r}")
+    OPTIMIZERS.resolve(oc["optimizer"])
+    SCHEDULERS.resolve(oc["scheduler"])
     if oc["learning_rate"] <= 0:
         raise ConfigError(f"optimizer_conf.learning_rate must be positive, got {oc['learning_rate']}")
 

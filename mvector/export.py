@@ -24,17 +24,28 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
+from mvector.build import model_from_checkpoint, model_name, resolve_model_dir
+from mvector.checkpoint import file_sha256
+from mvector.embedding.backends import (
+    EXPORT_INSTALL_HINT,
+    ONNX_INPUT_NAMES,
+    ONNX_OUTPUT_NAMES,
+    ExportDependencyError,
+    OnnxEmbedder,
+    load_torchscript,
+    require,
+)
 from mvector.errors import CheckpointError, MVectorError
 from mvector.models.embedding_model import EmbeddingModel
+from mvector.utils.files import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "EmbeddingModel",
@@ -50,15 +61,8 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-#: How to install the optional ONNX dependencies.
-EXPORT_INSTALL_HINT = 'pip install "mvector[export]"'
-
-_INPUT_NAMES = ["waveforms", "lengths"]
-_OUTPUT_NAMES = ["embeddings"]
-
-
-class ExportDependencyError(MVectorError, ImportError):
-    """An optional export dependency (``onnx``, ``onnxruntime``) is missing."""
+_INPUT_NAMES = ONNX_INPUT_NAMES
+_OUTPUT_NAMES = ONNX_OUTPUT_NAMES
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -94,20 +98,13 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> tuple[bool, float]:
 
 
 def _atomic_target(path: PathLike) -> tuple[Path, Path]:
+    """``path`` and a fresh temporary name beside it (created by the writer with the umask's permissions)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return path, Path(tmp)
+    return path, path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def _require(module: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError as err:
-        raise ExportDependencyError(
-            f"ONNX export and inference need the '{module}' package: {EXPORT_INSTALL_HINT}"
-        ) from err
+_require = require
 
 
 def _metadata(model: EmbeddingModel) -> dict[str, str]:
@@ -165,28 +162,6 @@ def export_torchscript(model: EmbeddingModel, path: PathLike, example_seconds: f
     return path
 
 
-def load_torchscript(path: PathLike, map_location: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """Load a model written by :func:`export_torchscript` (eval mode).
-
-    TorchScript archives hold TorchScript code and tensors, not pickled Python objects. A missing or
-    unreadable file raises :class:`~mvector.errors.CheckpointError`.
-
-    >>> load_torchscript("no/such/model.pt")
-    Traceback (most recent call last):
-    ...
-    mvector.errors.CheckpointError: no/such/model.pt: TorchScript model not found
-    """
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: TorchScript model not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
-            module = torch.jit.load(str(path), map_location=map_location)
-    except (RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a TorchScript model written by export_torchscript ({err})") from err
-    return module.eval()
-
-
 # ---------------------------------------------------------------------------------------------- ONNX
 
 
@@ -206,6 +181,7 @@ def export_onnx(
     :class:`~mvector.errors.MVectorError` says by how much. Needs ``onnx`` and ``onnxruntime``.
 
     >>> import tempfile, os
+    >>> import numpy as np
     >>> model = EmbeddingModel(_DemoFeaturizer(), _DemoBackbone())
     >>> path = export_onnx(model, os.path.join(tempfile.mkdtemp(), "model.onnx"), example_seconds=0.5)
     >>> embedder = OnnxEmbedder(path)
@@ -282,79 +258,13 @@ def _onnx_export(*args: Any, **kwargs: Any) -> None:
         ) from err
 
 
-class OnnxEmbedder:
-    """Run an ONNX model from :func:`export_onnx` with ONNX Runtime: numpy in, numpy out.
-
-    ``embedder(waveforms, lengths)`` takes float32 ``[batch, samples]`` (or one 1-D clip) and int64 lengths
-    (``None``: full rows) and returns float32 ``[batch, embd_dim]``. ``sample_rate`` and ``embd_dim`` come
-    from the model's metadata. ``providers`` defaults to the CPU provider.
-
-    >>> OnnxEmbedder("no/such/model.onnx")
-    Traceback (most recent call last):
-    ...
-    mvector.errors.CheckpointError: no/such/model.onnx: ONNX model not found
-    """
-
-    def __init__(self, path: PathLike, providers: Sequence[str] | None = None, num_threads: int | None = None):
-        ort = _require("onnxruntime")
-        if not Path(path).is_file():
-            raise CheckpointError(f"{path}: ONNX model not found")
-        options = ort.SessionOptions()
-        if num_threads is not None:
-            options.intra_op_num_threads = int(num_threads)
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-            )
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise CheckpointError(f"{path}: cannot load the ONNX model ({err})") from err
-        names = [i.name for i in self.session.get_inputs()]
-        if names != _INPUT_NAMES:
-            raise CheckpointError(f"{path}: expected inputs {_INPUT_NAMES} (an mvector export), got {names}")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.path = Path(path)
-        self.sample_rate = int(meta.get("sample_rate", 16000))
-        self.embd_dim = int(meta["embd_dim"]) if "embd_dim" in meta else None
-
-    def __call__(self, waveforms: Any, lengths: Any = None) -> np.ndarray:
-        waves = np.asarray(waveforms.detach().cpu() if isinstance(waveforms, torch.Tensor) else waveforms)
-        if waves.ndim == 1:
-            waves = waves[None, :]
-        if waves.ndim != 2:
-            raise ValueError(f"waveforms must have shape [batch, samples] or [samples], got {waves.shape}")
-        waves = np.ascontiguousarray(waves, dtype=np.float32)
-        if lengths is None:
-            lens = np.full(waves.shape[0], waves.shape[1], dtype=np.int64)
-        else:
-            lens = np.asarray(lengths.detach().cpu() if isinstance(lengths, torch.Tensor) else lengths)
-            lens = np.ascontiguousarray(lens, dtype=np.int64).reshape(-1)
-            if lens.shape[0] != waves.shape[0]:
-                raise ValueError(f"got {lens.shape[0]} lengths for {waves.shape[0]} waveforms")
-            if lens.size and (lens.min() < 1 or lens.max() > waves.shape[1]):
-                raise ValueError(f"lengths must lie in 1..{waves.shape[1]} (the padded length), got {lens.tolist()}")
-        (out,) = self.session.run(_OUTPUT_NAMES, {"waveforms": waves, "lengths": lens})
-        return out.astype(np.float32, copy=False)
-
-    def __repr__(self) -> str:
-        return f"OnnxEmbedder({str(self.path)!r}, sample_rate={self.sample_rate}, embd_dim={self.embd_dim})"
-
-
 # ---------------------------------------------------------------------------------------------- model folders
+
+#: Files of a model folder that travel with it into an export when present (calibration, threshold provenance).
+CARRIED_FILES = ("calibration.json", "operating_point.json")
 
 #: Formats :func:`export_checkpoint` writes, and the file each one becomes in the output folder.
 EXPORT_FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path, tmp = _atomic_target(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _stored_threshold(folder: Path) -> float | None:
@@ -399,7 +309,6 @@ def export_checkpoint(
     """
     from mvector import __version__
     from mvector.errors import unknown_name_error
-    from mvector.predictor import model_from_checkpoint, resolve_model_dir
 
     if isinstance(formats, str):
         formats = [formats]
@@ -429,7 +338,12 @@ def export_checkpoint(
         export_torchscript(model, out / EXPORT_FORMATS["torchscript"], example_seconds=example_seconds)
     if "onnx" in wanted:
         export_onnx(model, out / EXPORT_FORMATS["onnx"], opset=opset, example_seconds=example_seconds)
-    _atomic_bytes(out / "config.yml", (source / "config.yml").read_bytes())
+    atomic_write_bytes(out / "config.yml", (source / "config.yml").read_bytes())
+    for name in CARRIED_FILES:
+        if (source / name).is_file():
+            atomic_write_bytes(out / name, (source / name).read_bytes())
+        else:
+            (out / name).unlink(missing_ok=True)
     meta = {
         "fingerprint": fingerprint,
         "threshold": threshold,
@@ -437,10 +351,12 @@ def export_checkpoint(
         "sample_rate": model.sample_rate,
         "library_version": __version__,
         "formats": [f for f in EXPORT_FORMATS if f in wanted],
-        "model": f"{config['use_model']}_{config['preprocess_conf']['feature_method']}",
+        "model": model_name(config),
         "source": str(source.absolute()),
+        # The exported files' own hashes: a model file swapped after export is refused when loading.
+        "files": {EXPORT_FORMATS[f]: file_sha256(out / EXPORT_FORMATS[f]) for f in EXPORT_FORMATS if f in wanted},
     }
-    _atomic_bytes(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+    atomic_write_json(out / "meta.json", meta)
     return out
 
 

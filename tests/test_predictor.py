@@ -208,7 +208,7 @@ def test_model_folder_errors(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         MVectorPredictor(tmp_path / "nope", use_gpu=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="holds no model.pt, model.ts or model.onnx"):
+    with pytest.raises(CheckpointError, match="holds no model.pt, model.onnx or model.ts"):
         MVectorPredictor(tmp_path / "empty", use_gpu=False)
     with pytest.raises(ConfigError, match="backend must be one of"):
         MVectorPredictor(tiny, backend="tensorflow", use_gpu=False)

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Union
 import numpy as np
 import yaml
 
+from mvector.audio.io import AUDIO_EXTENSIONS
 from mvector.errors import AudioError, ConfigError, check_keys
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "augmentation.yml"
 
 #: File name endings searched for in noise and impulse-response folders.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 #: Every section and key with its default; a key left out of a section takes this value.
 AUGMENTATION_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -38,7 +38,11 @@ __all__ = [
     "load_audio",
     "save_wav",
     "CROP_MODES",
+    "AUDIO_EXTENSIONS",
 ]
+
+#: File extensions mvector looks for when it searches a folder for audio (any format soundfile reads also loads).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 AudioSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Any, np.ndarray]
 """What :func:`read_audio` accepts: a path, encoded bytes, a binary file object, or a sample array."""

@@ -29,120 +29,35 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from mvector.audio import load_audio
-from mvector.checkpoint import load_checkpoint, model_fingerprint
+from mvector.audio import AUDIO_EXTENSIONS, load_audio
+from mvector.build import config_differences, model_from_checkpoint, resolve_model_dir
 from mvector.config import load_config
-from mvector.embedding import embed_waveforms, length_batches, pad_waveforms
+from mvector.embedding import embed_waveforms
+from mvector.embedding.backends import BACKENDS as _BACKEND_REGISTRY
+from mvector.embedding.backends import Embedder, open_backend
 from mvector.errors import AudioError, CheckpointError, ConfigError, SpeakerDBError
-from mvector.speaker_db import SpeakerDatabase, validate_name
+from mvector.inference.speaker_db import SpeakerDatabase, validate_name
 
 __all__ = [
     "MVectorPredictor",
     "AudioInput",
     "DEFAULT_THRESHOLD",
     "BACKENDS",
-    "model_from_checkpoint",
-    "resolve_model_dir",
+    "model_from_checkpoint",  # re-exported from mvector.build
+    "resolve_model_dir",  # re-exported from mvector.build
     "iter_audio_files",
 ]
 
 #: Threshold used when the model folder holds no evaluation result (a warning says so).
 DEFAULT_THRESHOLD = 0.5
 
-#: Accepted values of ``backend``.
-BACKENDS = ("auto", "torch", "torchscript", "onnx")
+#: Accepted values of ``backend``: ``auto`` or a registered backend.
+BACKENDS = ("auto", *sorted(_BACKEND_REGISTRY))
 
 #: A path, raw bytes, a binary file object, or ``(samples, sample_rate)``.
 AudioInput = Union[str, os.PathLike, bytes, Any, tuple]
 
 PathLike = Union[str, os.PathLike]
-
-_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
-_MODEL_FILES = ("model.pt", "model.ts", "model.onnx")
-# Audio preprocessing keys that change an embedding: a config given to the predictor must agree on them.
-_AUDIO_KEYS = ("sample_rate", "use_dB_normalization", "target_dB", "vad")
-
-
-def resolve_model_dir(model_path: PathLike) -> Path:
-    """The model folder for ``model_path``: the folder itself, or its ``best_model`` when given the parent.
-
-    ``models/EcapaTdnn_Fbank`` (which the trainer fills with ``best_model``, ``last_model``, ``epoch_N``)
-    resolves to ``models/EcapaTdnn_Fbank/best_model``; a path to ``model.pt`` resolves to its folder. A missing
-    folder raises :class:`~mvector.errors.CheckpointError`.
-
-    >>> resolve_model_dir("no/such/folder")
-    Traceback (most recent call last):
-    ...
-    mvector.errors.CheckpointError: model folder no/such/folder does not exist; train one (train.py), ...
-    """
-    path = Path(model_path).expanduser()
-    if path.is_file() and path.name in _MODEL_FILES:
-        path = path.parent
-    if not path.is_dir():
-        raise CheckpointError(
-            f"model folder {path} does not exist; train one (train.py), export one (export_model.py) "
-            "or pass --model_path"
-        )
-    if not any((path / f).is_file() for f in _MODEL_FILES) and (path / "best_model" / "model.pt").is_file():
-        path = path / "best_model"
-    return path
-
-
-def _full_config(data: Mapping[str, Any], where: Path) -> dict[str, Any]:
-    """A stored config completed with the defaults (keys added since it was written), or a CheckpointError."""
-    try:
-        return load_config(dict(data), validate=False)
-    except ConfigError as err:
-        raise CheckpointError(f"{where}: the stored configuration is not valid: {err}") from err
-
-
-def model_from_checkpoint(model_path: PathLike, device: str | torch.device = "cpu"):
-    """Rebuild the waveform-to-embedding model (featurizer + backbone) of a trainer checkpoint folder.
-
-    Returns ``(model, config, fingerprint)``: the :class:`~mvector.export.EmbeddingModel` in eval mode on
-    ``device``, the configuration stored with the weights (completed with defaults) and the sha256 of
-    ``model.pt`` that speaker databases are tied to.
-
-    >>> import tempfile
-    >>> from mvector.demo import tiny_checkpoint
-    >>> model, conf, fp = model_from_checkpoint(tiny_checkpoint(tempfile.mkdtemp()))
-    >>> model.embd_dim, conf["use_model"], len(fp)
-    (32, 'TDNN', 64)
-    """
-    from mvector.trainer import MVectorTrainer
-
-    folder = resolve_model_dir(model_path)
-    if not (folder / "model.pt").is_file():
-        raise CheckpointError(
-            f"{folder} holds no model.pt: not a trainer checkpoint (an exported folder is loaded with "
-            "backend='torchscript' or 'onnx')"
-        )
-    ckpt = load_checkpoint(folder, map_location="cpu")
-    config = _full_config(ckpt.config, folder / "config.yml")
-    builder = MVectorTrainer.__new__(MVectorTrainer)  # only build_embedding_model is used: no process group
-    builder.configs = config
-    try:
-        model = builder.build_embedding_model(config)
-    except (ConfigError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{folder / 'config.yml'}: cannot build the stored model: {err}") from err
-    try:
-        model.backbone.load_state_dict(ckpt.model_state)
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{folder}: the weights do not fit the stored configuration ({reason})") from err
-    return model.to(device).eval(), config, model_fingerprint(folder)
-
-
-def _config_conflicts(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    from mvector.trainer import MODEL_SECTIONS, _config_differences
-
-    diffs = _config_differences(stored, given, MODEL_SECTIONS)
-    ds_stored, ds_given = stored.get("dataset_conf") or {}, given.get("dataset_conf") or {}
-    for key in _AUDIO_KEYS:
-        if ds_stored.get(key) != ds_given.get(key):
-            diffs.append(f"dataset_conf.{key}: {ds_stored.get(key)!r} vs {ds_given.get(key)!r}")
-    return diffs
-
 
 class MVectorPredictor:
     """Speaker embeddings, verification and identification from a trained (or exported) model folder.
@@ -157,8 +72,8 @@ class MVectorPredictor:
         use_gpu: run on CUDA (an error when no CUDA device is available).
         threshold: decision threshold; default: the one stored by evaluation (``result.json``, or the export's
             ``meta.json``), else :data:`DEFAULT_THRESHOLD` with a warning.
-        backend: ``"auto"`` (PyTorch weights, else TorchScript, else ONNX), ``"torch"``, ``"torchscript"`` or
-            ``"onnx"``.
+        backend: ``"auto"`` (the PyTorch checkpoint, else ONNX, else TorchScript — which is code, see
+            :mod:`mvector.embedding.backends`), ``"torch"``, ``"onnx"`` or ``"torchscript"``.
         keep_audio: keep enrolled audio as WAV files in the database folder.
 
     >>> import tempfile
@@ -184,19 +99,13 @@ class MVectorPredictor:
         if use_gpu and not torch.cuda.is_available():
             raise ConfigError("use_gpu is set but no CUDA device is available; pass use_gpu=False (--use_gpu False)")
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.backend = self._pick_backend(backend)
-        self._model: Any = None
-        self._embd_dim = 0
-        self.sample_rate = 16000
-        self.fingerprint = ""
-        self.configs: dict[str, Any] = {}
-        if self.backend == "torch":
-            self._load_checkpoint()
-        else:
-            self._load_export()
+        self.embedder: Embedder = open_backend(self.model_path, backend, self.device)
+        self.backend = self.embedder.name
+        self.sample_rate = int(self.embedder.sample_rate)
+        self.fingerprint = self.embedder.fingerprint
+        self.configs: dict[str, Any] = self.embedder.config
         if configs is not None:
-            given = load_config(configs, validate=False)
-            conflicts = _config_conflicts(self.configs, given)
+            conflicts = config_differences(self.configs, load_config(configs, validate=False))
             if conflicts:
                 raise ConfigError(
                     f"the config given conflicts with the one stored with {self.model_path}: "
@@ -212,84 +121,16 @@ class MVectorPredictor:
         self.max_duration = float(ds["eval_max_duration"])
         if threshold is not None and not np.isfinite(float(threshold)):
             raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
-        self.threshold = float(threshold) if threshold is not None else self._read_threshold()
+        if threshold is not None:
+            self.threshold, self.threshold_source = float(threshold), "given by the caller"
+        else:
+            self.threshold, self.threshold_source = self._read_threshold()
         self.audio_db_path = Path(audio_db_path)
         self.keep_audio = bool(keep_audio)
         self._db: SpeakerDatabase | None = None
 
     # ------------------------------------------------------------------ loading
-    def _pick_backend(self, backend: str) -> str:
-        folder = self.model_path
-        present = {name: (folder / f).is_file() for name, f in zip(BACKENDS[1:], _MODEL_FILES)}
-        if backend == "auto":
-            for name in BACKENDS[1:]:
-                if present[name]:
-                    return name
-            raise CheckpointError(f"{folder} holds no model.pt, model.ts or model.onnx: not a model folder")
-        if not present[backend]:
-            file = _MODEL_FILES[BACKENDS.index(backend) - 1]
-            hint = "a trainer checkpoint" if backend == "torch" else "an export (export_model.py --formats ...)"
-            raise CheckpointError(f"{folder} has no {file} for backend {backend!r}; it needs {hint}")
-        return backend
-
-    def _load_checkpoint(self) -> None:
-        model, self.configs, self.fingerprint = model_from_checkpoint(self.model_path, self.device)
-        self._model = model
-        self._embd_dim = int(model.embd_dim)
-        self.sample_rate = int(model.sample_rate)
-
-    def _load_export(self) -> None:
-        folder = self.model_path
-        meta = self._read_export_meta()
-        config_path = folder / "config.yml"
-        if not config_path.is_file():
-            raise CheckpointError(f"{config_path}: missing; an exported folder keeps the model's config.yml")
-        try:
-            stored = load_config(config_path, validate=False)
-        except ConfigError as err:
-            raise CheckpointError(f"{config_path}: the stored configuration is not valid: {err}") from err
-        self.configs = stored
-        self.fingerprint = str(meta["fingerprint"])
-        self._embd_dim = int(meta["embd_dim"])
-        self.sample_rate = int(meta["sample_rate"])
-        if self.backend == "torchscript":
-            from mvector.export import load_torchscript
-
-            self._model = load_torchscript(folder / "model.ts", map_location=self.device)
-        else:
-            from mvector.export import OnnxEmbedder
-
-            providers = ["CPUExecutionProvider"]
-            if self.device.type == "cuda":
-                import onnxruntime
-
-                if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                    raise ConfigError(
-                        "use_gpu with the ONNX backend needs onnxruntime-gpu (CUDAExecutionProvider); "
-                        "install it or pass use_gpu=False"
-                    )
-                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            self._model = OnnxEmbedder(folder / "model.onnx", providers=providers)
-            if self._model.embd_dim is not None and self._model.embd_dim != self._embd_dim:
-                raise CheckpointError(
-                    f"{folder}: model.onnx makes {self._model.embd_dim}-dim embeddings but meta.json says "
-                    f"{self._embd_dim}"
-                )
-
-    def _read_export_meta(self) -> dict[str, Any]:
-        path = self.model_path / "meta.json"
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise CheckpointError(
-                f"{path}: missing or damaged export metadata ({err}); export the model again with export_model.py"
-            ) from err
-        missing = [k for k in ("fingerprint", "embd_dim", "sample_rate") if not isinstance(meta, dict) or k not in meta]
-        if missing:
-            raise CheckpointError(f"{path}: export metadata lacks {', '.join(missing)}; export the model again")
-        return meta
-
-    def _read_threshold(self) -> float:
+    def _read_threshold(self) -> tuple[float, str]:
         for path in (self.model_path / "result.json", self.model_path / "meta.json"):
             if path.is_file():
                 try:
@@ -297,18 +138,18 @@ class MVectorPredictor:
                 except (ValueError, AttributeError) as err:
                     raise CheckpointError(f"{path}: damaged JSON ({err})") from err
                 if value is not None:
-                    return float(value)
+                    return float(value), f"the EER threshold stored in {path}"
         warnings.warn(
             f"{self.model_path} holds no evaluation result (result.json); using threshold {DEFAULT_THRESHOLD}. "
             "Run eval.py on it, or pass a threshold.",
             stacklevel=3,
         )
-        return DEFAULT_THRESHOLD
+        return DEFAULT_THRESHOLD, "the default (the model folder holds no evaluation result)"
 
     @property
     def embd_dim(self) -> int:
         """Size of the embeddings this model produces (read from the model itself or the export's metadata)."""
-        return self._embd_dim
+        return int(self.embedder.embd_dim)
 
     # ------------------------------------------------------------------ embeddings
     def load(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
@@ -337,13 +178,7 @@ class MVectorPredictor:
     def _embed_waves(self, waves: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         if not waves:
             return np.zeros((0, self.embd_dim), dtype=np.float32)
-        if self.backend == "onnx":
-            out = np.zeros((len(waves), self.embd_dim), dtype=np.float32)
-            for idx in length_batches([len(w) for w in waves], batch_size):
-                batch, lengths = pad_waveforms([waves[i] for i in idx])
-                out[idx] = self._model(batch.numpy(), lengths.numpy())
-            return out
-        return embed_waveforms(self._model, waves, batch_size=batch_size, device=self.device)
+        return embed_waveforms(self.embedder, waves, batch_size=batch_size)
 
     def embed(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """The embedding (float32 ``[embd_dim]``) of one recording: path, bytes, file object or (array, rate).
@@ -486,7 +321,7 @@ class MVectorPredictor:
             if skip_existing and name in enrolled:
                 continue
             waves = []
-            for f in sorted(f for f in speaker_dir.iterdir() if f.suffix.lower() in _AUDIO_SUFFIXES):
+            for f in sorted(f for f in speaker_dir.iterdir() if f.suffix.lower() in AUDIO_EXTENSIONS):
                 try:
                     waves.append(self.load(f))
                 except AudioError as err:
@@ -513,9 +348,9 @@ def iter_audio_files(paths: Iterable[PathLike], must_exist: bool = False) -> lis
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file())
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
             if must_exist and not found:
-                raise AudioError(f"{p}: folder holds no audio files ({', '.join(_AUDIO_SUFFIXES)})")
+                raise AudioError(f"{p}: folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
             out.extend(found)
         elif must_exist and not p.exists():
             raise AudioError(f"{p}: file not found")

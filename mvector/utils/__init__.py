@@ -1,1 +1,2 @@
-"""Small shared utilities: atomic file writes, hashing, seeding."""
+"""Small shared utilities: atomic file writes and standard JSON (:mod:`mvector.utils.files`), seeding
+(:mod:`mvector.utils.seeding`)."""
