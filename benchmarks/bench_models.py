@@ -1,4 +1,5 @@
-"""Benchmark the backbones: parameters, inference and training throughput, ECAPA-TDNN real-time factor.
+"""Benchmark the backbones: parameters, inference and training throughput, ECAPA-TDNN real-time factor, and
+CAM++ beside ECAPA-TDNN on the same input (``campplus_vs_ecapa``; ``--no-campplus`` leaves it out).
 
 Prints one JSON object. The baseline is a plain ECAPA-TDNN written directly from the paper inside this file
 (no length masking, Res2Net slices through a split/loop/concatenate, attention input built by concatenating the
@@ -207,11 +208,46 @@ def real_time_factor(model: nn.Module, seconds: float, threads: int, repeats: in
     }
 
 
+def campplus_vs_ecapa(
+    ecapa: nn.Module, batch: int, frames: int, feats: int, repeats: int, warmup: int, seconds: float, rtf_reps: int
+) -> dict:
+    """CAM++ at the released size (6.85 M parameters, 192-d) beside ECAPA-TDNN C=512 on the same input, timed in
+    alternation; utterances per second (inference and training step) and single-utterance real-time factors."""
+    torch.manual_seed(0)
+    cam = build_backbone("CAMPPlus", feats)
+    inf = [InferenceTimer(cam, batch, frames, feats), InferenceTimer(ecapa, batch, frames, feats)]
+    inf[1].x, inf[1].lengths = inf[0].x, inf[0].lengths  # the very same input
+    interleaved(inf, repeats)
+    train = [
+        TrainTimer(cam, batch, frames, feats, warmup=warmup),
+        TrainTimer(ecapa, batch, frames, feats, warmup=warmup),
+    ]
+    train[1].x, train[1].lengths, train[1].labels = train[0].x, train[0].lengths, train[0].labels
+    interleaved(train, repeats)
+    out = {}
+    for name, model, i in (("CAMPPlus", cam, 0), ("EcapaTdnn", ecapa, 1)):
+        out[name] = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "inference_utt_per_s": summary(inf[i].times, batch),
+            "train_step_utt_per_s": summary(train[i].times, batch),
+            "rtf_one_thread": real_time_factor(model, seconds, 1, rtf_reps),
+            "rtf_all_threads": real_time_factor(model, seconds, torch.get_num_threads(), rtf_reps),
+        }
+    c, e = out["CAMPPlus"], out["EcapaTdnn"]
+    out["campplus_over_ecapa"] = {
+        "inference": round(c["inference_utt_per_s"]["median"] / e["inference_utt_per_s"]["median"], 3),
+        "train_step": round(c["train_step_utt_per_s"]["median"] / e["train_step_utt_per_s"]["median"], 3),
+        "rtf_one_thread": round(c["rtf_one_thread"]["median"] / e["rtf_one_thread"]["median"], 3),
+    }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (< 20 s): small batch, one repeat")
     parser.add_argument("--backbones", default="TDNN,Res2Net,ResNetSE", help="besides EcapaTdnn (always run)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--no-campplus", action="store_true", help="leave out the CAM++ / ECAPA-TDNN comparison")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -285,6 +321,8 @@ def main() -> None:
         "baseline_one_thread": real_time_factor(baseline, seconds, 1, rtf_reps),
         "baseline_all_threads": real_time_factor(baseline, seconds, torch.get_num_threads(), rtf_reps),
     }
+    if not args.no_campplus:
+        result["campplus_vs_ecapa"] = campplus_vs_ecapa(ecapa, batch, frames, feats, repeats, warmup, seconds, rtf_reps)
     result["reference_2core_ecapa_c512_batch32x200x80"] = {
         "fastest_known_inference_utt_per_s": 54,
         "fastest_known_train_utt_per_s": 19,

@@ -25,6 +25,11 @@ _WIDTH_KEYS = (
     "expansion",
     "se_channels",
     "se_reduction",
+    "fcm_channels",
+    "init_channels",
+    "growth_rate",
+    "bn_size",
+    "num_layers",
 )
 
 
@@ -73,7 +78,8 @@ def main() -> None:
     """Print the table for 64 and 80 input features (ASP pooling, embd_dim 192)."""
     print(markdown_table())
     print()
-    print("Counts include the pooling (ASP, attention 128, global context) and the 192-dim embedding layer.")
+    print("Counts include the pooling (ASP, attention 128, global context) and the 192-dim embedding layer;")
+    print("CAMPPlus uses its default statistics pooling (TSP, as released by 3D-Speaker).")
 
 
 if __name__ == "__main__":
