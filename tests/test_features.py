@@ -282,10 +282,65 @@ def test_trace_matches_eager_on_other_shapes(method: str, conf: dict) -> None:
         traced = torch.jit.trace(fz, (torch.randn(2, 6000) * 0.1, torch.tensor([6000, 4000])))
     waves = torch.stack([_signal(9000, 7), _signal(9000, 8), _signal(9000, 9)])
     lengths = torch.tensor([9000, 5000, 2500])
+    fast, fast_frames = fz(waves, lengths)
+    fz.use_fast_path = False  # the functional path that tracing records
     ref, ref_frames = fz(waves, lengths)
     out, out_frames = traced(waves, lengths)
-    assert torch.equal(out_frames, ref_frames)
+    assert torch.equal(out_frames, ref_frames) and torch.equal(fast_frames, ref_frames)
     assert (out - ref).abs().max().item() < 1e-5
+    assert (out - fast).abs().max().item() < 5e-4  # float32 round-off of a different operation order
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("method,conf", METHODS, ids=METHOD_IDS)
+def test_fast_path_matches_functional_path_and_float64(method: str, conf: dict, normalize: bool) -> None:
+    fz = build_featurizer(method, conf, normalize=normalize).eval()
+    waves = torch.stack([_signal(9000, 13), _signal(9000, 14), _signal(9000, 15)])
+    waves[2, 2500:] = 0.7  # batch padding that must not leak into the features
+    lengths = torch.tensor([9000, 5000, 2500])
+    fast, frames = fz(waves, lengths)
+    fz.use_fast_path = False
+    ref, ref_frames = fz(waves, lengths)
+    assert torch.equal(frames, ref_frames)
+    # Exact float64 features from the functional code, normalised the same way.
+    exact = fz.double().compute(waves.double(), lengths)
+    valid = (torch.arange(exact.shape[1])[None, :] < frames[:, None]).unsqueeze(-1)
+    exact = masked_cmvn(exact, frames, variance=True) if normalize else torch.where(valid, exact, 0.0)
+    err_fast = (fast.double() - exact).abs().max().item()
+    err_ref = (ref.double() - exact).abs().max().item()
+    assert err_fast <= 2.0 * err_ref + 1e-5, (err_fast, err_ref)
+    assert torch.all(fast[~valid.expand_as(fast)] == 0)
+
+
+def test_fast_path_groups_clips_on_cpu_without_changing_results() -> None:
+    fz = build_featurizer("Fbank", {"num_mel_bins": 40}).eval()
+    waves = torch.randn(7, 8000) * 0.1
+    lengths = torch.tensor([8000, 7000, 6000, 5000, 4000, 3000, 2000])
+    whole, frames = fz(waves, lengths)
+    fz.cpu_chunk_samples = 16000  # two clips per group, the last group has one
+    grouped, frames2 = fz(waves, lengths)
+    assert torch.equal(frames, frames2)
+    assert (whole - grouped).abs().max().item() < 1e-5
+    one, _ = fz(waves[3:4], lengths[3:4])
+    assert (one[0, : frames[3]] - grouped[3, : frames[3]]).abs().max().item() < 1e-5
+
+
+def test_lengths_on_the_device_need_no_host_synchronisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Values of lengths held on the CPU are checked on the host; the checks never call .item()/.tolist() on
+    # tensors of the waveform's device otherwise (simulated here by failing on any bool() of a CPU tensor
+    # that is not the lengths).
+    fz = build_featurizer("MelSpectrogram", {"n_mels": 40}).eval()
+    waves = torch.randn(2, 4000) * 0.1
+    calls = []
+    original = torch.Tensor.__bool__
+
+    def spy(self):
+        calls.append(tuple(self.shape))
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", spy)
+    fz(waves, torch.tensor([4000, 3000]))
+    assert calls == [()]  # exactly one host check: of the (CPU) lengths
 
 
 @pytest.mark.parametrize("method,conf", [METHODS[1], METHODS[3]], ids=["mel", "fbank"])

@@ -35,6 +35,14 @@ above Nyquist is clamped with one warning; a configuration that would create an 
 With ``normalize=True`` each utterance is mean/variance normalised over its valid frames only; padded frames of
 the output are always exactly 0, so a clip gives the same features alone or inside a padded batch.
 
+Speed: in eager mode the featurizers run a fast path (:mod:`mvector.features.dsp`): frames are windowed straight
+into the FFT buffer, Kaldi's DC removal and pre-emphasis fold into that same pass, the power and the mel bank are
+one in-place square and banded matrix products, logs and normalisation run in place, and on the CPU the batch
+goes through in cache-sized groups of clips. It is 1.5-1.9x faster than a plain batched ``torch.stft`` + mel
+product on the CPU (``benchmarks/bench_features.py``) and never synchronises the host with a GPU. Tracing, ONNX
+export and inputs that need gradients use the functional path (``use_fast_path = False`` forces it); both agree
+to float32 round-off.
+
 >>> import torch
 >>> fz = build_featurizer("MelSpectrogram", {"n_mels": 64})
 >>> waves = torch.randn(2, 16000) * 0.1
@@ -48,13 +56,37 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mvector.errors import AudioError, ConfigError, check_keys, unknown_name_error
+from mvector.features.dsp import (
+    CMVN_EPS,
+    INT16_SCALE,
+    KALDI_LOG_FLOOR,
+    LN2,
+    POWER_FLOOR,
+    check_filters,
+    fast_spectrum_energies,
+    fast_windowed_frames,
+    filterbank_blocks,
+    frame_sums,
+    frame_view,
+    htk_filterbank,
+    interleaved_filterbank,
+    is_exporting,
+    kaldi_filterbank,
+    kaldi_window,
+    masked_cmvn,
+    masked_cmvn_,
+    power_spectrum,
+    reflect_index,
+    reflect_pad,
+)
+from mvector.features.specaugment import SpecAugment
 
 __all__ = [
     "FEATURIZERS",
@@ -68,16 +100,11 @@ __all__ = [
     "masked_cmvn",
     "normalize_mode",
     "NORMALIZE_MODES",
+    "POWER_FLOOR",
+    "KALDI_LOG_FLOOR",
+    "CMVN_EPS",
+    "INT16_SCALE",
 ]
-
-#: Floor of the power before the natural log (Spectrogram, MelSpectrogram) and of the dB conversion (MFCC).
-POWER_FLOOR = 1e-10
-#: Kaldi's floor of the mel energies before the log (float32 machine epsilon).
-KALDI_LOG_FLOOR = float(np.finfo(np.float32).eps)
-#: Added to the variance in mean/variance normalisation.
-CMVN_EPS = 1e-5
-#: Kaldi computes its features on samples in int16 units.
-INT16_SCALE = 32768.0
 
 STFT_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "f_min", "f_max", "n_mels", "n_mfcc")
 FBANK_KEYS = (
@@ -98,142 +125,7 @@ FBANK_KEYS = (
 FBANK_ALIASES = {"n_mels": "num_mel_bins", "sample_frequency": "sample_rate"}
 
 
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _is_exporting() -> bool:
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
-
-
-def _frame(x: Tensor, size: int, hop: int) -> Tensor:
-    """Frames ``[B, 1 + (T - size) // hop, size]`` of the rows of ``x`` (a strided view in eager mode)."""
-    if not torch.onnx.is_in_onnx_export():
-        return x.unfold(1, size, hop)
-    count = 1 + torch.div(x.shape[1] - size, hop, rounding_mode="floor")
-    starts = torch.arange(count, device=x.device) * hop
-    return x[:, starts[:, None] + torch.arange(size, device=x.device)[None, :]]
-
-
-def _power_spectrum(frames: Tensor, window: Tensor, n_fft: int) -> Tensor:
-    """``|DFT_n_fft(frames · window)|²`` over the last axis (frames zero-padded to n_fft): ``[..., n_fft//2+1]``.
-
-    Eager mode (and TorchScript tracing) uses ``torch.fft.rfft``. ONNX has no complex tensors and ONNX Runtime's
-    float32 DFT op is less accurate than a matrix product (it loses ~1e-4 on the log of weak bins), so ONNX export
-    uses a windowed DFT basis, a constant the exporter folds.
-    """
-    if not torch.onnx.is_in_onnx_export():
-        spec = torch.fft.rfft(frames * window.to(frames.dtype), n=n_fft)
-        return spec.real.square() + spec.imag.square()
-    bins = n_fft // 2 + 1
-    n = torch.arange(frames.shape[-1], dtype=torch.float64, device=frames.device)
-    k = torch.arange(bins, dtype=torch.float64, device=frames.device)
-    angle = torch.remainder(n[:, None] * k[None, :], n_fft) * (2.0 * math.pi / n_fft)
-    w = window.to(torch.float64)[:, None]
-    basis = torch.cat([torch.cos(angle) * w, torch.sin(angle) * w], dim=1).to(frames.dtype)
-    spec = torch.matmul(frames, basis)
-    return spec[..., :bins].square() + spec[..., bins:].square()
-
-
-def _reflect_index(pos: Tensor, lengths: Tensor, symmetric: bool) -> Tensor:
-    """Map sample positions (any integers) into ``[0, length)`` of each row by mirroring at the clip's ends.
-
-    ``pos`` broadcasts against ``lengths`` (shape ``[B, 1, ...]``). ``symmetric=False`` mirrors about the end
-    samples (numpy ``reflect``: ``-1 → 1``); ``symmetric=True`` repeats them (Kaldi: ``-1 → 0``).
-    """
-    if symmetric:
-        period = (2 * lengths).clamp_min(1)
-        m = torch.remainder(pos, period)
-        return torch.where(m < lengths, m, period - 1 - m)
-    period = (2 * (lengths - 1)).clamp_min(1)
-    m = torch.remainder(pos, period)
-    return torch.where(m < lengths, m, period - m).clamp_min(0)
-
-
-def masked_cmvn(features: Tensor, frame_lengths: Tensor, eps: float = CMVN_EPS, variance: bool = True) -> Tensor:
-    """Per-utterance mean/variance normalisation over the valid frames; padded frames become exactly 0.
-
-    ``features`` is ``[B, frames, F]``; ``frame_lengths`` is ``[B]``. The variance is the population variance
-    of the valid frames, and ``eps`` is added to it, so constant features give 0 rather than NaN. With
-    ``variance=False`` only the mean is subtracted (3D-Speaker's and WeSpeaker's CAM++ front end).
-
-    >>> import torch
-    >>> x = torch.tensor([[[1.0], [3.0], [100.0]]])
-    >>> masked_cmvn(x, torch.tensor([2]))[0, :, 0].tolist()
-    [-0.9999949932098389, 0.9999949932098389, 0.0]
-    >>> masked_cmvn(x, torch.tensor([2]), variance=False)[0, :, 0].tolist()
-    [-1.0, 1.0, 0.0]
-    """
-    mask = (torch.arange(features.shape[1], device=features.device)[None, :] < frame_lengths[:, None]).unsqueeze(-1)
-    count = frame_lengths.clamp_min(1).to(features.dtype)[:, None, None]
-    zeros = torch.zeros_like(features)
-    valid = torch.where(mask, features, zeros)
-    mean = valid.sum(1, keepdim=True) / count
-    centred = torch.where(mask, features - mean, zeros)
-    if not variance:
-        return centred
-    var = centred.pow(2).sum(1, keepdim=True) / count
-    return centred * torch.rsqrt(var + eps)
-
-
-def _htk_mel(freq: np.ndarray) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + freq / 700.0)
-
-
-def _htk_mel_inverse(mel: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
-def _kaldi_mel(freq: np.ndarray) -> np.ndarray:
-    return 1127.0 * np.log(1.0 + freq / 700.0)
-
-
-def _htk_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
-    """``[n_fft//2+1, n_mels]`` triangles in Hz between HTK-mel-spaced corner frequencies, peak 1."""
-    bins = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    corners = _htk_mel_inverse(np.linspace(_htk_mel(np.float64(f_min)), _htk_mel(np.float64(f_max)), n_mels + 2))
-    width = np.diff(corners)
-    rising = (bins[None, :] - corners[:-2, None]) / width[:-1, None]
-    falling = (corners[2:, None] - bins[None, :]) / width[1:, None]
-    return np.maximum(0.0, np.minimum(rising, falling)).T
-
-
-def _kaldi_filterbank(sample_rate: int, n_fft: int, n_mels: int, low: float, high: float) -> np.ndarray:
-    """``[n_fft//2+1, n_mels]`` Kaldi mel banks: triangles linear in Kaldi mel; the Nyquist bin is unused."""
-    mel = _kaldi_mel(np.arange(n_fft // 2) * (sample_rate / n_fft))
-    lo, hi = _kaldi_mel(np.float64(low)), _kaldi_mel(np.float64(high))
-    delta = (hi - lo) / (n_mels + 1)
-    left = lo + delta * np.arange(n_mels)[None, :]
-    centre, right = left + delta, left + 2 * delta
-    m = mel[:, None]
-    up = (m - left) / (centre - left)
-    down = (right - m) / (right - centre)
-    weights = np.where((m > left) & (m < right), np.where(m <= centre, up, down), 0.0)
-    return np.concatenate([weights, np.zeros((1, n_mels))], axis=0)
-
-
-def _check_filters(weights: np.ndarray, method: str, hint: str) -> None:
-    empty = np.flatnonzero(weights.max(axis=0) <= 0.0)
-    if empty.size:
-        raise ConfigError(
-            f"feature_conf ({method}): mel filter(s) {empty.tolist()[:5]} would be all zero (no FFT bin falls "
-            f"inside them); {hint}"
-        )
-
-
-def _kaldi_window(kind: str, size: int) -> np.ndarray:
-    i = np.arange(size, dtype=np.float64)
-    a = 2.0 * math.pi / (size - 1) if size > 1 else 0.0
-    windows: dict[str, Callable[[], np.ndarray]] = {
-        "povey": lambda: (0.5 - 0.5 * np.cos(a * i)) ** 0.85,
-        "hanning": lambda: 0.5 - 0.5 * np.cos(a * i),
-        "hamming": lambda: 0.54 - 0.46 * np.cos(a * i),
-        "sine": lambda: np.sin(0.5 * a * i),
-        "rectangular": lambda: np.ones(size),
-        "blackman": lambda: 0.42 - 0.5 * np.cos(a * i) + 0.08 * np.cos(2.0 * a * i),
-    }
-    if kind not in windows:
-        raise unknown_name_error("window_type", kind, windows)
-    return windows[kind]()
+# ---------------------------------------------------------------------------------------- config checks
 
 
 def _int(conf: Mapping[str, Any], key: str, where: str, minimum: int = 1) -> int:
@@ -288,6 +180,10 @@ class Featurizer(nn.Module):
     """
 
     method: str = ""
+    #: Samples per group of clips on the CPU fast path (see :meth:`forward`).
+    cpu_chunk_samples: int = 200_000
+    #: Set to False to always use the functional reference path (as tracing and ONNX export do).
+    use_fast_path: bool = True
 
     def __init__(
         self, sample_rate: int, feature_dim: int, min_samples: int, normalize: Union[bool, str] = True
@@ -310,26 +206,78 @@ class Featurizer(nn.Module):
         raise NotImplementedError
 
     def compute(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """Raw (unnormalised) features ``[B, frames, F]`` of float32 ``waveforms``; padded frames are unspecified."""
+        """Raw (unnormalised) features ``[B, frames, F]`` of float32 ``waveforms``; padded frames are unspecified.
+
+        The functional reference: used while tracing / exporting and when the waveform needs gradients.
+        """
         raise NotImplementedError
+
+    def compute_fast(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+        """The same features as :meth:`compute` from the eager fast path (buffers written in place, no host
+        synchronisation); returns a tensor the caller owns."""
+        values, scale, offset = self.fast_scaled(waveforms, lengths)
+        return values.mul_(scale).add_(offset) if (scale, offset) != (1.0, 0.0) else values
+
+    def fast_scaled(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, float, float]:
+        """``(values, scale, offset)`` with ``features = values · scale + offset`` (a fresh ``values``).
+
+        The fast path takes logs as ``log2`` and lets the normalisation absorb the scale and offset
+        (mean/variance normalisation of ``a·y + b`` is that of ``y`` with ``eps / a²``), saving passes.
+        Subclasses without a fast path return ``(compute(...), 1, 0)``.
+        """
+        return self.compute(waveforms, lengths), 1.0, 0.0
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if lengths is None:
             lengths = torch.full(waveforms.shape[:1], waveforms.shape[-1], dtype=torch.long, device=waveforms.device)
-        if not _is_exporting():
+        exporting = is_exporting()
+        if not exporting:
             self._check_input(waveforms, lengths)
         waveforms = waveforms.to(torch.float32)
-        lengths = lengths.to(device=waveforms.device, dtype=torch.long)
+        # A CPU lengths tensor goes to the device without waiting for the device's queue.
+        lengths = lengths.to(device=waveforms.device, dtype=torch.long, non_blocking=True)
+        fast = self.use_fast_path and not exporting and not (waveforms.requires_grad and torch.is_grad_enabled())
+        frame_lengths = self.frame_lengths(lengths)
         # Features are computed in float32 even under autocast (mel / DCT products lose too much in 16 bits).
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            feats = self.compute(waveforms, lengths)
-        frame_lengths = self.frame_lengths(lengths)
+            if not fast:
+                feats = self.compute(waveforms, lengths)
+            elif waveforms.device.type == "cpu" and waveforms.shape[0] > 1:
+                # On the CPU, clips go through in groups whose intermediates (~2 MB each) stay in the caches
+                # and in memory the allocator reuses (large fresh tensors cost page faults): ~2x faster.
+                rows = max(1, self.cpu_chunk_samples * torch.get_num_threads() // max(1, waveforms.shape[1]))
+                chunks = [
+                    self._fast_features(waveforms[i : i + rows], lengths[i : i + rows], frame_lengths[i : i + rows])
+                    for i in range(0, waveforms.shape[0], rows)
+                ]
+                return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), frame_lengths
+            else:
+                return self._fast_features(waveforms, lengths, frame_lengths), frame_lengths
         if self.normalize:
             return masked_cmvn(feats, frame_lengths, variance=self.normalize_variance), frame_lengths
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
         return torch.where(mask.unsqueeze(-1), feats, torch.zeros_like(feats)), frame_lengths
 
+    def _fast_features(self, waveforms: Tensor, lengths: Tensor, frame_lengths: Tensor) -> Tensor:
+        values, scale, offset = self.fast_scaled(waveforms, lengths)
+        if self.normalize and self.normalize_variance:
+            return masked_cmvn_(values, frame_lengths, eps=CMVN_EPS / scale**2)
+        if self.normalize:
+            values = masked_cmvn_(values, frame_lengths, variance=False)
+            return values.mul_(scale) if scale != 1.0 else values
+        if (scale, offset) != (1.0, 0.0):
+            values.mul_(scale).add_(offset)
+        pad = torch.arange(values.shape[1], device=values.device)[None, :] >= frame_lengths[:, None]
+        return values.masked_fill_(pad.unsqueeze(-1), 0.0)
+
     def _check_input(self, waveforms: Tensor, lengths: Tensor) -> None:
+        """Shape checks on the host; value checks of ``lengths`` without a device synchronisation.
+
+        Lengths held on the CPU (the data loader's) are checked on the host with a clear
+        :class:`~mvector.errors.AudioError`. Lengths already on a CUDA device are checked by an asynchronous
+        device assertion (``torch._assert_async``): the step never waits for the GPU, and a bad length still
+        stops the run rather than giving silent zeros.
+        """
         name = f"{self.method} featurizer"
         if not torch.is_tensor(waveforms) or waveforms.dim() != 2:
             shape = tuple(waveforms.shape) if torch.is_tensor(waveforms) else type(waveforms).__name__
@@ -342,19 +290,46 @@ class Featurizer(nn.Module):
         if waveforms.shape[0] == 0:
             raise AudioError(f"{name}: empty batch")
         total = waveforms.shape[1]
-        # One host synchronisation; skipped while tracing / exporting.
-        if bool(((lengths < self.min_samples) | (lengths > total)).any()):
+        window_text = (
+            f"one analysis window ({self.min_samples} samples = {1000 * self.min_samples / self.sample_rate:g} ms "
+            f"at {self.sample_rate} Hz)"
+        )
+        if total < self.min_samples:
+            raise AudioError(f"{name}: every clip is shorter than {window_text}; use longer audio")
+        bad = (lengths < self.min_samples) | (lengths > total)
+        if lengths.device.type == "cuda":
+            torch._assert_async(
+                ~bad.any(), f"{name}: a length is shorter than {window_text} or exceeds the padded length {total}"
+            )
+            return
+        if bool(bad.any()):
             short = (lengths < self.min_samples).nonzero().flatten().cpu().numpy().tolist()
             if short:
                 raise AudioError(
-                    f"{name}: clip(s) at batch index {short[:5]} are shorter than one analysis window "
-                    f"({self.min_samples} samples = {1000 * self.min_samples / self.sample_rate:g} ms at "
-                    f"{self.sample_rate} Hz); use longer audio"
+                    f"{name}: clip(s) at batch index {short[:5]} are shorter than {window_text}; use longer audio"
                 )
             raise AudioError(f"{name}: lengths exceed the padded waveform length {total}")
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items()) + f", normalize={self.normalize}"
+
+
+class _FastFilterbank:
+    """The fast path's view of a featurizer's ``mel_fb`` buffer (interleaved rows, band blocks)."""
+
+    mel_fb: Tensor
+    mel_fb_interleaved: Tensor
+
+    def _init_fast_filterbank(self) -> None:
+        fb2, self.fb_lo, self.fb_hi = interleaved_filterbank(self.mel_fb)
+        self.fb_blocks = filterbank_blocks(self.mel_fb[self.fb_lo : self.fb_hi])
+        self.register_buffer("mel_fb_interleaved", fb2, persistent=False)
+
+    def fast_filterbank(self, device: torch.device) -> tuple[Tensor, int, int, list | None]:
+        """``(fb, lo, hi, blocks)`` for :func:`~mvector.features.dsp.fast_spectrum_energies` on ``device``
+        (banded products on the CPU, one dense product elsewhere)."""
+        blocks = self.fb_blocks if device.type == "cpu" else None
+        return self.mel_fb_interleaved.to(torch.float32), self.fb_lo, self.fb_hi, blocks
 
 
 class SpectrogramFeaturizer(Featurizer):
@@ -399,14 +374,17 @@ class SpectrogramFeaturizer(Featurizer):
         left = (self.n_fft - self.win_length) // 2
         window[left : left + self.win_length] = torch.hann_window(self.win_length, periodic=True, dtype=torch.float64)
         self.register_buffer("window", window.float(), persistent=False)
+        # The fast path frames only the win_length samples under the window (placed at the FFT buffer's start).
+        self.window_offset = left
+        self.register_buffer("short_window", window[left : left + self.win_length].float(), persistent=False)
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         return 1 + torch.div(lengths + 2 * self.pad - self.n_fft, self.hop_length, rounding_mode="floor")
 
     def power(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
         """STFT power ``[B, frames, n_fft//2+1]`` with per-clip reflect padding (``center=True``)."""
-        frames = _frame(self.reflect_pad(waveforms, lengths), self.n_fft, self.hop_length)
-        return _power_spectrum(frames, self.window, self.n_fft)
+        frames = frame_view(self.reflect_pad(waveforms, lengths), self.n_fft, self.hop_length)
+        return power_spectrum(frames, self.window, self.n_fft)
 
     def reflect_pad(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
         """``[B, T + 2·pad]``: each clip mirrored about its own first and last sample (numpy ``reflect``).
@@ -415,21 +393,29 @@ class SpectrogramFeaturizer(Featurizer):
         edge scattered right after each clip's last sample (whatever followed it in the batch is overwritten).
         Clips shorter than ``pad`` are mirrored repeatedly, as numpy does.
         """
-        pad = self.pad
-        if pad == 0:
+        if self.pad == 0:
             return waveforms
-        steps = torch.arange(pad, device=waveforms.device)[None, :]
-        ends = lengths[:, None]
-        left = waveforms.gather(1, _reflect_index(steps - pad, ends, symmetric=False))
-        right = waveforms.gather(1, _reflect_index(ends + steps, ends, symmetric=False))
-        padded = torch.cat([left, waveforms, torch.zeros_like(left)], dim=1)
-        return padded.scatter(1, ends + pad + steps, right)
+        return reflect_pad(waveforms, lengths, self.pad, self.pad, symmetric=False)
+
+    def fast_energies(
+        self, waveforms: Tensor, lengths: Tensor, fb: Tensor | None, lo: int, hi: int, blocks: list | None = None
+    ) -> Tensor:
+        """Fast-path power spectrum (``fb=None``) or filter-bank energies ``[B, frames, n]`` (see
+        :func:`~mvector.features.dsp.fast_spectrum_energies`)."""
+        padded = self.reflect_pad(waveforms, lengths)
+        count = 1 + (padded.shape[1] - self.n_fft) // self.hop_length
+        frames = padded[:, self.window_offset :].unfold(1, self.win_length, self.hop_length)[:, :count]
+        buf = fast_windowed_frames(frames, self.short_window.to(torch.float32), self.n_fft)
+        return fast_spectrum_energies(buf, fb, lo, hi, blocks)
 
     def compute(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
         return self.power(waveforms, lengths).clamp_min(POWER_FLOOR).log()
 
+    def fast_scaled(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, float, float]:
+        return self.fast_energies(waveforms, lengths, None, 0, 0).clamp_min_(POWER_FLOOR).log2_(), LN2, 0.0
 
-class MelSpectrogramFeaturizer(SpectrogramFeaturizer):
+
+class MelSpectrogramFeaturizer(_FastFilterbank, SpectrogramFeaturizer):
     """Natural log of the HTK-scale mel power: triangular filters with peak 1 (no Slaney area normalisation).
 
     Same STFT as :class:`SpectrogramFeaturizer`; ``feature_dim`` is ``n_mels``. ``f_max=None`` means Nyquist.
@@ -469,17 +455,25 @@ class MelSpectrogramFeaturizer(SpectrogramFeaturizer):
         )
         if not 0.0 <= f_min < f_max:
             raise ConfigError(f"{where}: need 0 <= f_min < f_max, got f_min={f_min:g}, f_max={f_max:g}")
-        weights = _htk_filterbank(self.sample_rate, self.n_fft, n_mels, f_min, f_max)
-        _check_filters(weights, self.method, "use fewer n_mels, a larger n_fft or a wider f_min..f_max range")
+        weights = htk_filterbank(self.sample_rate, self.n_fft, n_mels, f_min, f_max)
+        check_filters(weights, self.method, "use fewer n_mels, a larger n_fft or a wider f_min..f_max range")
         self.config.update({"f_min": f_min, "f_max": f_max, "n_mels": n_mels})
         self.register_buffer("mel_fb", torch.from_numpy(weights).float(), persistent=False)
+        self._init_fast_filterbank()
 
     def mel_power(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
         """Mel power ``[B, frames, n_mels]``."""
         return torch.matmul(self.power(waveforms, lengths), self.mel_fb.to(waveforms.dtype))
 
+    def fast_mel_power(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+        """:meth:`mel_power` from the fast path (a fresh tensor)."""
+        return self.fast_energies(waveforms, lengths, *self.fast_filterbank(waveforms.device))
+
     def compute(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
         return self.mel_power(waveforms, lengths).clamp_min(POWER_FLOOR).log()
+
+    def fast_scaled(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, float, float]:
+        return self.fast_mel_power(waveforms, lengths).clamp_min_(POWER_FLOOR).log2_(), LN2, 0.0
 
 
 class MFCCFeaturizer(MelSpectrogramFeaturizer):
@@ -525,8 +519,13 @@ class MFCCFeaturizer(MelSpectrogramFeaturizer):
         db = self.mel_power(waveforms, lengths).clamp_min(POWER_FLOOR).log10() * 10.0
         return torch.matmul(db, self.dct.to(db.dtype))
 
+    def fast_scaled(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, float, float]:
+        # The DCT is linear: the dB scale 10·log10(2) per log2 unit can be applied after it.
+        log2 = self.fast_mel_power(waveforms, lengths).clamp_min_(POWER_FLOOR).log2_()
+        return torch.matmul(log2, self.dct.to(torch.float32)), 10.0 * math.log10(2.0), 0.0
 
-class FbankFeaturizer(Featurizer):
+
+class FbankFeaturizer(_FastFilterbank, Featurizer):
     """Kaldi-compatible log mel filter bank (what ``compute-fbank-feats`` / kaldi-native-fbank produce).
 
     Per frame: dither (training only, int16 units), DC removal, pre-emphasis, window, power spectrum of the
@@ -592,11 +591,11 @@ class FbankFeaturizer(Featurizer):
             raise ConfigError(
                 f"{where} (Fbank): need 0 <= low_freq < high_freq, got low_freq={low:g}, high_freq={high:g}"
             )
-        weights = _kaldi_filterbank(sample_rate, n_fft, num_mel_bins, low, high)
-        _check_filters(
+        weights = kaldi_filterbank(sample_rate, n_fft, num_mel_bins, low, high)
+        check_filters(
             weights, self.method, "use fewer num_mel_bins, a longer frame_length or a wider low_freq..high_freq range"
         )
-        window = _kaldi_window(str(window_type).lower(), win)
+        window = kaldi_window(str(window_type).lower(), win)
         super().__init__(sample_rate, num_mel_bins, win if snip_edges else 1, normalize)
         self.win, self.shift, self.n_fft = win, shift, n_fft
         self.snip_edges, self.remove_dc_offset = snip_edges, remove_dc_offset
@@ -618,6 +617,7 @@ class FbankFeaturizer(Featurizer):
         }
         self.register_buffer("window", torch.from_numpy(window).float(), persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(weights).float(), persistent=False)
+        self._init_fast_filterbank()
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         if self.snip_edges:
@@ -627,11 +627,11 @@ class FbankFeaturizer(Featurizer):
     def frames(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
         """The analysis frames ``[B, frames, window]`` (in the waveform's units), before any processing."""
         if self.snip_edges:
-            return _frame(waveforms, self.win, self.shift)
+            return frame_view(waveforms, self.win, self.shift)
         count = torch.div(waveforms.shape[1] + self.shift // 2, self.shift, rounding_mode="floor")
         starts = torch.arange(count, device=waveforms.device) * self.shift + (self.shift // 2 - self.win // 2)
         pos = (starts[:, None] + torch.arange(self.win, device=waveforms.device)[None, :]).reshape(1, -1)
-        idx = _reflect_index(pos, lengths[:, None], symmetric=True)
+        idx = reflect_index(pos, lengths[:, None], symmetric=True)
         return waveforms.gather(1, idx).reshape(waveforms.shape[0], -1, self.win)
 
     def compute(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
@@ -648,9 +648,53 @@ class FbankFeaturizer(Featurizer):
             frames = torch.add(frames, previous, alpha=-self.preemphasis)
         if mean is not None:
             frames = frames - (1.0 - self.preemphasis) * mean
-        power = _power_spectrum(frames, self.window, self.n_fft)
+        power = power_spectrum(frames, self.window, self.n_fft)
         mel = torch.matmul(power, self.mel_fb.to(power.dtype))
         return mel.clamp_min(KALDI_LOG_FLOOR / INT16_SCALE**2).log() + 2.0 * math.log(INT16_SCALE)
+
+    def fast_scaled(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, float, float]:
+        # Every frame-level step is folded into one pass that writes the FFT input: pre-emphasis is applied to
+        # the whole waveform (inside a frame, x[i] - c·x[i-1] is the pre-emphasised waveform; only a frame's
+        # first sample, (1 - c)·x[0], differs and is written separately); DC removal subtracts (1 - c)·mean
+        # (see frame_sums for the frame means), then the window multiplies.
+        batch, total = waveforms.shape
+        win, shift, c = self.win, self.shift, self.preemphasis
+        if self.snip_edges:
+            count, offset = 1 + (total - win) // shift, 0
+            source = waveforms
+        else:
+            count = (total + shift // 2) // shift
+            first = shift // 2 - win // 2
+            left, offset = max(0, -first), max(0, first)
+            if count < 1:
+                return self.compute(waveforms, lengths), 1.0, 0.0
+            # A clip's last frame ends less than `win` samples after it, so `win` mirrored samples suffice.
+            right = max(win, offset + (count - 1) * shift + win - left - total)
+            source = reflect_pad(waveforms, lengths, left, right, symmetric=True)
+        if self.training and self.dither > 0:
+            source = source + torch.randn_like(source) * (self.dither / INT16_SCALE)
+        used = (count - 1) * shift + win
+        x = source[:, offset : offset + used]
+        window = self.window.to(torch.float32)
+        body = x[:, 1:] if c == 0 else torch.sub(x[:, 1:], x[:, :-1], alpha=c)
+        body = body.unfold(1, win - 1, shift)
+        firsts = x[:, : used - win + 1 : shift]
+        buf = x.new_empty(batch, count, self.n_fft)
+        out = buf[..., 1:win]
+        if self.remove_dc_offset:
+            offset_dc = frame_sums(x, win, shift, count).mul_((1.0 - c) / win)
+            torch.sub(body, offset_dc[..., None], out=out)
+            out.mul_(window[1:])
+            buf[..., 0] = ((1.0 - c) * firsts - offset_dc) * window[0]
+        else:
+            torch.mul(body, window[1:], out=out)
+            buf[..., 0] = (1.0 - c) * firsts * window[0]
+        if self.n_fft > win:
+            buf[..., win:].zero_()
+        energies = fast_spectrum_energies(buf, *self.fast_filterbank(buf.device))
+        # Samples are in [-1, 1] rather than int16 units: the floor scales by 1/32768², the log by +2·ln 32768.
+        log2 = energies.clamp_min_(KALDI_LOG_FLOOR / INT16_SCALE**2).log2_()
+        return log2, LN2, 2.0 * math.log(INT16_SCALE)
 
 
 #: Featurizer classes by method name (looked up case-insensitively by :func:`build_featurizer`).
@@ -725,82 +769,3 @@ def normalize_mode(value: Union[bool, str]) -> str:
 
 #: Keys of the shared STFT set that a method accepts (so configs switch methods freely) but does not use.
 _UNUSED_KEYS = {"Spectrogram": ("n_mels", "n_mfcc"), "MelSpectrogram": ("n_mfcc",)}
-
-
-# ------------------------------------------------------------------------------------------ SpecAugment
-
-
-class SpecAugment(nn.Module):
-    """Frequency and time masking of normalised features (training only; identity in eval mode).
-
-    Each utterance is augmented with probability ``prob``: ``freq_masks`` bands of width uniform in
-    ``[0, freq_mask_width]`` bins and ``time_masks`` spans of width uniform in ``[0, time_mask_width]`` frames,
-    placed inside the utterance's valid frames, are set to 0; padded frames are never touched. Vectorised over
-    the batch (no Python loop over utterances).
-
-    >>> import torch
-    >>> _ = torch.manual_seed(0)
-    >>> aug = SpecAugment(freq_masks=2, freq_mask_width=4, time_masks=2, time_mask_width=5)
-    >>> x = torch.ones(3, 50, 20)
-    >>> y = aug(x, torch.tensor([50, 30, 10]))
-    >>> bool((y == 0).any()), bool((y[1, 30:] == 1).all()), bool(torch.equal(aug.eval()(x, torch.tensor([50] * 3)), x))
-    (True, True, True)
-    """
-
-    def __init__(
-        self,
-        prob: float = 1.0,
-        freq_masks: int = 1,
-        freq_mask_width: int = 8,
-        time_masks: int = 1,
-        time_mask_width: int = 10,
-    ) -> None:
-        super().__init__()
-        if not 0.0 <= float(prob) <= 1.0:
-            raise ConfigError(f"SpecAugment prob must be in [0, 1], got {prob}")
-        for key, value in (
-            ("freq_masks", freq_masks),
-            ("freq_mask_width", freq_mask_width),
-            ("time_masks", time_masks),
-            ("time_mask_width", time_mask_width),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"SpecAugment {key} must be a non-negative integer, got {value!r}")
-        self.prob = float(prob)
-        self.freq_masks, self.freq_mask_width = freq_masks, freq_mask_width
-        self.time_masks, self.time_mask_width = time_masks, time_mask_width
-
-    @staticmethod
-    def _band_mask(count: int, max_width: int, limit: Tensor, size: int) -> Tensor:
-        """``[B, size]`` bool: ``count`` random bands of width <= max_width inside ``[0, limit)`` per row."""
-        device = limit.device
-        batch = limit.shape[0]
-        width = torch.randint(0, max_width + 1, (batch, count), device=device)
-        width = torch.minimum(width, limit[:, None])
-        start = (torch.rand(batch, count, device=device) * (limit[:, None] - width + 1).to(torch.float32)).long()
-        start = torch.minimum(start, limit[:, None] - width)
-        pos = torch.arange(size, device=device)[None, None, :]
-        inside = (pos >= start[:, :, None]) & (pos < (start + width)[:, :, None])
-        return inside.any(1)
-
-    def forward(self, features: Tensor, frame_lengths: Tensor) -> Tensor:
-        if not self.training or self.prob <= 0:
-            return features
-        batch, frames, dims = features.shape
-        lengths = frame_lengths.to(device=features.device, dtype=torch.long).clamp(0, frames)
-        mask = torch.zeros(batch, frames, dims, dtype=torch.bool, device=features.device)
-        if self.freq_masks and self.freq_mask_width:
-            dims_t = torch.full((batch,), dims, dtype=torch.long, device=features.device)
-            mask |= self._band_mask(self.freq_masks, self.freq_mask_width, dims_t, dims)[:, None, :]
-        if self.time_masks and self.time_mask_width:
-            mask |= self._band_mask(self.time_masks, self.time_mask_width, lengths, frames)[:, :, None]
-        apply = torch.rand(batch, device=features.device) < self.prob
-        valid = torch.arange(frames, device=features.device)[None, :] < lengths[:, None]
-        mask &= (valid & apply[:, None])[:, :, None]
-        return features.masked_fill(mask, 0.0)
-
-    def extra_repr(self) -> str:
-        return (
-            f"prob={self.prob}, freq_masks={self.freq_masks}, freq_mask_width={self.freq_mask_width}, "
-            f"time_masks={self.time_masks}, time_mask_width={self.time_mask_width}"
-        )
