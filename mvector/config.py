@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -113,11 +114,22 @@ SCHEMA: dict[str, Any] = {
         "keep_last_epochs": Key(3, int, "epoch_N checkpoints to keep"),
         "log_backend": Key("visualdl", str, "visualdl, tensorboard or none"),
         "log_dir": Key("log", str, "folder for training logs (scalars)"),
+        "log_seconds": Key(30.0, float, "also log at least this often (s), whatever log_interval says"),
+        "freeze_backbone_epochs": Key(0, int, "train only the head for this many first epochs (fine-tuning)"),
+        "dist_timeout_minutes": Key(30.0, float, "how long ranks wait for each other before failing (torchrun)"),
     },
 }
 
 #: Sections whose keys belong to the chosen featurizer, backbone and loss.
-FREE_SECTIONS = ("feature_conf", "model_conf", "loss_conf")
+FREE_SECTIONS = ("feature_conf", "model_conf", "loss_conf", "augment_conf")
+
+#: What each free section holds, for the configuration table.
+FREE_SECTION_DOCS = {
+    "feature_conf": "arguments of the chosen featurizer (see Features)",
+    "model_conf": "arguments of the chosen backbone (see Models)",
+    "loss_conf": "arguments of the chosen loss, and margin_scheduler",
+    "augment_conf": "training augmentation, keys of configs/augmentation.yml (empty: none; --augment_conf_path fills it)",
+}
 
 #: Keys of the loss section handled by the trainer rather than the loss head.
 MARGIN_SCHEDULER_KEYS = ("initial_margin", "final_margin", "start_epoch", "end_epoch")
@@ -132,6 +144,7 @@ _SECTION_ORDER = (
     "loss_conf",
     "optimizer_conf",
     "train_conf",
+    "augment_conf",
 )
 
 
@@ -239,8 +252,11 @@ def _coerce(value: Any, key: Key, where: str) -> Any:
     if bool in types:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        if str not in types:
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
     if float in types and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if int in types and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -418,6 +434,10 @@ def validate_free_sections(conf: Mapping[str, Any]) -> None:
             raise ConfigError("loss_conf.margin_scheduler must be a mapping")
         check_keys(sched, MARGIN_SCHEDULER_KEYS, "loss_conf.margin_scheduler")
     build_head(conf["use_loss"], 8, 2, **loss_conf)
+    if conf.get("augment_conf"):
+        from mvector.audio.augment import load_augmentation_config
+
+        load_augmentation_config(conf["augment_conf"])
 
 
 def load_config(
@@ -522,7 +542,8 @@ def describe_schema() -> str:
             for key, item in spec.items():
                 rows.append(f"| {name}.{key} | {item.default} | {item.doc} |")
         else:
-            rows.append(f"| {name}.* | — | arguments of the chosen featurizer / backbone / loss |")
+            what = FREE_SECTION_DOCS.get(name, "arguments of the chosen featurizer / backbone / loss")
+            rows.append(f"| {name}.* | — | {what} |")
     return "\n".join(rows)
 
 

@@ -55,9 +55,9 @@ def tiny_checkpoint(directory: str | Path, threshold: float = 0.5, seed: int = 0
     >>> sorted(p.name for p in tiny_checkpoint(tempfile.mkdtemp()).iterdir())[:3]
     ['config.yml', 'head.pt', 'model.pt']
     """
+    from mvector.build import build_embedding_model
     from mvector.checkpoint import save_checkpoint
-    from mvector.losses import build_head
-    from mvector.trainer import MVectorTrainer
+    from mvector.models import build_head
 
     conf = load_config(
         "tdnn",
@@ -69,8 +69,7 @@ def tiny_checkpoint(directory: str | Path, threshold: float = 0.5, seed: int = 0
         },
     )
     torch.manual_seed(seed)
-    trainer = MVectorTrainer(conf, use_gpu=False)
-    model = trainer.build_embedding_model()
+    model = build_embedding_model(conf)
     head = build_head("AAM", model.backbone.embd_dim, 4)
     path = save_checkpoint(
         Path(directory) / "best_model",

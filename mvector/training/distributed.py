@@ -15,6 +15,8 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
+from mvector.errors import ConfigError
+
 __all__ = ["DistContext"]
 
 
@@ -38,10 +40,18 @@ class DistContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, use_gpu: bool = True, env: Mapping[str, str] | None = None) -> DistContext:
+    def from_env(
+        cls, use_gpu: bool = True, env: Mapping[str, str] | None = None, timeout_minutes: float = 30.0
+    ) -> DistContext:
         """Read torchrun's ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``; initialise the process group when needed.
 
-        ``use_gpu`` with no CUDA device raises a clear error instead of silently training on CPU.
+        ``use_gpu`` with no CUDA device raises a :class:`~mvector.errors.ConfigError` instead of silently training
+        on CPU. Ranks wait at most ``timeout_minutes`` for each other (``train_conf.dist_timeout_minutes``).
+
+        >>> DistContext.from_env(use_gpu=True, env={}) if not torch.cuda.is_available() else None
+        Traceback (most recent call last):
+        ...
+        mvector.errors.ConfigError: use_gpu is set but no CUDA device is available; pass --use_gpu False ...
         """
         env = os.environ if env is None else env
         world_size = int(env.get("WORLD_SIZE", "1"))
@@ -49,7 +59,7 @@ class DistContext:
         local_rank = int(env.get("LOCAL_RANK", "0"))
         if use_gpu:
             if not torch.cuda.is_available():
-                raise RuntimeError(
+                raise ConfigError(
                     "use_gpu is set but no CUDA device is available; pass --use_gpu False to run on the CPU"
                 )
             torch.cuda.set_device(local_rank)
@@ -61,7 +71,7 @@ class DistContext:
                 backend="nccl" if device.type == "cuda" else "gloo",
                 rank=rank,
                 world_size=world_size,
-                timeout=datetime.timedelta(hours=2),
+                timeout=datetime.timedelta(minutes=float(timeout_minutes)),
             )
         return cls(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 

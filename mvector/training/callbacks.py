@@ -1,0 +1,227 @@
+"""Training callbacks: console logging, scalar logs (VisualDL / TensorBoard), evaluation and checkpointing.
+
+The trainer calls each callback at fixed points (:class:`Callback`); a test or a benchmark can pass its own to
+observe steps and timing without touching the trainer. Only rank 0 gets the logging, evaluation and checkpoint
+callbacks under ``torchrun``.
+
+>>> class CountSteps(Callback):
+...     steps = 0
+...     def on_step_end(self, trainer, info):
+...         self.steps += 1
+>>> CountSteps().steps
+0
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mvector.checkpoint import capture_rng_state, prune_epoch_checkpoints, save_checkpoint
+from mvector.errors import ConfigError
+from mvector.evaluation.evaluator import EvalSettings, Evaluator, default_num_workers
+from mvector.utils.files import atomic_write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mvector.training.trainer import MVectorTrainer, StepInfo
+
+__all__ = [
+    "Callback",
+    "ConsoleLogger",
+    "ScalarLogger",
+    "EvaluationCallback",
+    "CheckpointCallback",
+    "RUN_FOLDERS",
+]
+
+#: Checkpoint folders a run leaves in its model folder (plus ``epoch_N``).
+RUN_FOLDERS = ("last_model", "best_model")
+
+
+class Callback:
+    """Hooks the trainer calls; every method is optional."""
+
+    def on_train_start(self, trainer: MVectorTrainer) -> None:
+        """Before the first epoch (after data, model, optimiser and restore)."""
+
+    def on_step_end(self, trainer: MVectorTrainer, info: StepInfo) -> None:
+        """After each optimiser step (``info`` holds device tensors: reading them waits for the device)."""
+
+    def on_epoch_end(self, trainer: MVectorTrainer, epoch: int, record: dict[str, Any]) -> None:
+        """After each epoch; ``record`` (the epoch's history entry) may be extended, e.g. with metrics."""
+
+    def on_train_end(self, trainer: MVectorTrainer, history: list[dict[str, Any]]) -> None:
+        """After the last epoch."""
+
+
+class ConsoleLogger(Callback):
+    """Prints loss, accuracy, learning rate, margin, samples/s, data wait and ETA every ``log_interval`` steps and
+    at least every ``log_seconds`` seconds (so a slow CPU epoch is never silent)."""
+
+    def __init__(self, log_interval: int, log_seconds: float) -> None:
+        self.log_interval = max(1, int(log_interval))
+        self.log_seconds = float(log_seconds)
+        self._last_log = time.perf_counter()
+
+    def on_step_end(self, trainer: MVectorTrainer, info: StepInfo) -> None:
+        now = time.perf_counter()
+        due = info.step % self.log_interval == 0 or info.step == info.steps or now - self._last_log >= self.log_seconds
+        if not due:
+            return
+        self._last_log = now
+        trainer.check_finite(info)
+        elapsed = max(now - info.epoch_start, 1e-9)
+        rate = info.samples * trainer.ctx.world_size / elapsed
+        remaining_steps = info.steps - info.step + (info.max_epoch - info.epoch) * info.steps
+        remaining = remaining_steps * elapsed / max(info.step, 1)
+        mean_loss = float(info.loss_sum) / max(info.samples, 1)
+        acc = float(info.correct) / max(info.samples, 1)
+        trainer.log(
+            f"epoch {info.epoch}/{info.max_epoch} step {info.step}/{info.steps}  loss {mean_loss:.4f}  "
+            f"acc {acc:.3f}  lr {info.lr:.2e}  margin {info.margin:.3f}  {rate:.1f} samples/s  "
+            f"data wait {100 * info.wait_time / elapsed:.0f}%  ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}"
+        )
+        info.logged = {"loss": mean_loss, "accuracy": acc, "lr": info.lr, "margin": info.margin}
+
+
+class ScalarLogger(Callback):
+    """Writes ``Train/*`` scalars at each console log and ``Test/*`` scalars after evaluation."""
+
+    def __init__(self, backend: str, log_dir: str | os.PathLike) -> None:
+        self.writer = _make_writer(backend, str(log_dir))
+
+    def on_step_end(self, trainer: MVectorTrainer, info: StepInfo) -> None:
+        if self.writer is None or not info.logged:
+            return
+        for key, tag in (("loss", "Loss"), ("accuracy", "Accuracy"), ("lr", "lr"), ("margin", "margin")):
+            self.writer.add_scalar(f"Train/{tag}", info.logged[key], info.global_step)
+
+    def on_epoch_end(self, trainer: MVectorTrainer, epoch: int, record: dict[str, Any]) -> None:
+        if self.writer is None or "eer" not in record:
+            return
+        for key in ("eer", "min_dcf", "threshold"):
+            self.writer.add_scalar(f"Test/{key}", record[key], epoch)
+
+    def on_train_end(self, trainer: MVectorTrainer, history: list[dict[str, Any]]) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class EvaluationCallback(Callback):
+    """Evaluates the model being trained every ``eval_interval`` epochs and at the last one (rank 0)."""
+
+    def __init__(self, eval_interval: int, progress: bool = True) -> None:
+        self.eval_interval = int(eval_interval)
+        self.progress = progress
+
+    def on_epoch_end(self, trainer: MVectorTrainer, epoch: int, record: dict[str, Any]) -> None:
+        due = self.eval_interval > 0 and epoch % self.eval_interval == 0 or epoch == trainer.max_epoch
+        if not due:
+            return
+        conf = trainer.configs
+        ds = conf["dataset_conf"]
+        workers = default_num_workers(trainer.ctx.device)
+        if ds["num_workers"] is not None:
+            workers = min(int(ds["num_workers"]), 4)
+        model = trainer.embedding_model.eval()
+        evaluator = Evaluator(model, EvalSettings.from_dataset_conf(ds, workers), self.progress, trainer.log)
+        metrics = evaluator.evaluate(
+            test_list=ds["test_list"],
+            trials_list=ds["trials_list"],
+            trials_root=ds["trials_root"],
+            num_eval_trials=ds["num_eval_trials"],
+        )
+        trainer.log(
+            f"epoch {epoch}: EER {metrics['eer']:.4f}  minDCF {metrics['min_dcf']:.4f}  "
+            f"threshold {metrics['threshold']:.4f}"
+        )
+        record.update(metrics)
+
+
+class CheckpointCallback(Callback):
+    """Saves ``last_model`` and ``epoch_N`` after every epoch, ``best_model`` when the EER improves (ties
+    included), prunes ``epoch_N`` to ``keep_last_epochs`` and writes ``result.json`` beside evaluated weights.
+
+    A new run refuses a model folder that holds another run's checkpoints unless ``overwrite`` is set, in which
+    case that run's checkpoints are removed first: two runs never mix in one folder.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, keep_last: int, overwrite: bool = False) -> None:
+        self.model_dir = Path(model_dir)
+        self.keep_last = int(keep_last)
+        self.overwrite = bool(overwrite)
+
+    def on_train_start(self, trainer: MVectorTrainer) -> None:
+        if trainer.resumed_from is not None:
+            return
+        existing = [p for p in self.model_dir.glob("*") if p.name in RUN_FOLDERS or p.name.startswith("epoch_")]
+        if not existing:
+            return
+        if not self.overwrite:
+            names = ", ".join(sorted(p.name for p in existing))
+            raise ConfigError(
+                f"{self.model_dir} holds the checkpoints of another run ({names}); "
+                "pass --resume_model to continue it, --overwrite to replace it, or another --save_model_path"
+            )
+        for path in existing:
+            shutil.rmtree(path, ignore_errors=True)
+        trainer.log(f"note: removed the previous run's checkpoints from {self.model_dir} (--overwrite)")
+
+    def on_epoch_end(self, trainer: MVectorTrainer, epoch: int, record: dict[str, Any]) -> None:
+        trainer.check_finite(None)
+        evaluated = "eer" in record
+        improved = evaluated and (trainer.best_eer is None or record["eer"] <= trainer.best_eer)
+        if improved:
+            trainer.best_eer = record["eer"]
+        state = dict(
+            model_state=trainer.embedding_model.backbone.state_dict(),
+            head_state=trainer.head.state_dict(),
+            optimizer_state=trainer.optimizer.state_dict(),
+            scheduler_state=trainer.scheduler.state_dict(),
+            scaler_state=trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
+            rng_state=capture_rng_state(),
+            config=trainer.configs,
+            epoch=epoch,
+            step=trainer.global_step,
+            best_eer=trainer.best_eer,
+            extra={"num_speakers": trainer.num_speakers},
+        )
+        for name in ("last_model", f"epoch_{epoch}") + (("best_model",) if improved else ()):
+            path = save_checkpoint(self.model_dir / name, **state)
+            if evaluated and name != f"epoch_{epoch}":
+                atomic_write_json(path / "result.json", {**_metrics_of(record), "epoch": epoch})
+        prune_epoch_checkpoints(self.model_dir, self.keep_last)
+
+
+def _metrics_of(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in ("epoch", "skipped", "seconds", "train_loss")}
+
+
+class _VisualDLWriter:
+    """Adapts VisualDL's ``LogWriter.add_scalar(tag, value, step)`` keyword style to a common interface."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._writer.add_scalar(tag=tag, value=float(value), step=int(step))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _make_writer(backend: str, log_dir: str) -> Any:
+    if backend == "none":
+        return None
+    if backend == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=log_dir)
+    try:
+        from visualdl import LogWriter
+    except ImportError as err:  # pragma: no cover - visualdl is a declared dependency
+        raise ConfigError("train_conf.log_backend is visualdl but visualdl is not installed") from err
+    return _VisualDLWriter(LogWriter(logdir=log_dir))
