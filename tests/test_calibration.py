@@ -311,3 +311,37 @@ def test_calibration_travels_with_an_export(tiny_setup, tmp_path: Path) -> None:
     meta = json.loads((out / "meta.json").read_text())
     cal = load_calibration(out, meta["fingerprint"], strict=True)
     assert cal is not None and cal.weights == {"score": 8.0}
+
+
+def test_contrast_result_unpacks_like_the_old_tuple() -> None:
+    import copy
+
+    from mvector.evaluation.calibration import ContrastResult
+
+    r = ContrastResult(0.72, True, 1.5, 0.8176, prior=0.5, threshold=0.6, threshold_source={"rule": "far"})
+    score, same = r
+    assert (score, same) == (0.72, True) and r == (0.72, True) and len(r) == 2
+    assert r.llr == 1.5 and r.probability == 0.8176 and r.threshold_source == {"rule": "far"}
+    again = copy.deepcopy(r)
+    assert again.llr == 1.5 and tuple(again) == (0.72, True)
+    assert json.loads(json.dumps(r.to_dict()))["threshold"] == 0.6
+    plain = ContrastResult(0.1, False)
+    assert plain.llr is None and plain.probability is None
+
+
+def test_resolve_threshold_prefers_the_calibrated_operating_point(tmp_path: Path) -> None:
+    from mvector.evaluation.calibration import resolve_threshold
+
+    assert resolve_threshold(tmp_path) == (0.5, {"rule": "default", "file": None})
+    (tmp_path / "result.json").write_text(json.dumps({"threshold": 0.61, "eer": 0.1}))
+    thr, source = resolve_threshold(tmp_path)
+    assert thr == 0.61 and source["rule"] == "eer" and source["file"].endswith("result.json") and source["eer"] == 0.1
+    scores, labels = gaussian_scores(300, 300, 0.5, 0.1, 0.1, seed=31)
+    cal = fit_calibration(scores, labels)
+    cal.operating_point = choose_operating_point(scores, labels, "far", 0.01, data="mine.txt")
+    thr, source = resolve_threshold(tmp_path, cal)
+    assert thr == cal.operating_point["threshold"]
+    assert source["rule"] == "far" and source["target"] == 0.01 and source["data"] == "mine.txt"
+    (tmp_path / "result.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="damaged JSON"):
+        resolve_threshold(tmp_path)

@@ -77,6 +77,8 @@ __all__ = [
     "sigmoid",
     "cross_validated_llrs",
     "fit_from_trials",
+    "ContrastResult",
+    "resolve_threshold",
 ]
 
 #: File name of a calibration stored in a model folder.
@@ -908,3 +910,101 @@ def fit_from_trials(
         report["cllr_cv"] = report["act_dcf_cv"] = None
     cal.metrics = {k: v for k, v in report.items() if k != "p_target"} | {"p_target": p_target}
     return cal, report, scores, labels, quality
+
+
+# ------------------------------------------------------------------------------------------------ inference glue
+class ContrastResult(tuple):
+    """The answer of a verification: unpacks as ``(score, same)`` like a plain tuple, and also carries the
+    calibrated ``llr`` and ``probability`` of "same speaker" at ``prior`` (``None`` without a calibration) and
+    the ``threshold`` used with its ``threshold_source``.
+
+    >>> r = ContrastResult(0.8, True, llr=2.0, probability=0.88, prior=0.5, threshold=0.6)
+    >>> score, same = r
+    >>> score, same, r.llr, r.probability
+    (0.8, True, 2.0, 0.88)
+    >>> r.to_dict()["probability"]
+    0.88
+    """
+
+    def __new__(
+        cls,
+        score: float,
+        same: bool,
+        llr: float | None = None,
+        probability: float | None = None,
+        prior: float | None = None,
+        threshold: float | None = None,
+        threshold_source: Mapping[str, Any] | None = None,
+    ) -> ContrastResult:
+        obj = super().__new__(cls, (float(score), bool(same)))
+        obj.llr = None if llr is None else float(llr)
+        obj.probability = None if probability is None else float(probability)
+        obj.prior = None if prior is None else float(prior)
+        obj.threshold = None if threshold is None else float(threshold)
+        obj.threshold_source = None if threshold_source is None else dict(threshold_source)
+        return obj
+
+    @property
+    def score(self) -> float:
+        """The raw score."""
+        return self[0]
+
+    @property
+    def same(self) -> bool:
+        """The decision."""
+        return self[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "score": self.score,
+            "same": self.same,
+            "llr": self.llr,
+            "probability": self.probability,
+            "prior": self.prior,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+        }
+
+    def __getnewargs__(self):  # copy / pickle of the tuple keep the extras
+        return (self.score, self.same, self.llr, self.probability, self.prior, self.threshold, self.threshold_source)
+
+
+def resolve_threshold(
+    model_dir: PathLike, calibration: Calibration | None = None, default: float = 0.5
+) -> tuple[float, dict[str, Any]]:
+    """The decision threshold of a model folder and where it came from, in order of preference:
+
+    1. the operating point of its calibration (``calibration.json``: rule, target, data);
+    2. the EER threshold of its evaluation (``result.json``, or an export's ``meta.json``);
+    3. ``default``, with ``{"rule": "default"}`` (a caller should warn: it means nothing for this model).
+
+    Returns ``(threshold, source)``; ``source`` always has ``rule`` and ``file`` (``None`` for the default).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     resolve_threshold(d)
+    (0.5, {'rule': 'default', 'file': None})
+    """
+    folder = Path(model_dir)
+    op = calibration.operating_point if calibration is not None else None
+    if op and op.get("threshold") is not None:
+        source = {k: op.get(k) for k in ("rule", "target", "data", "prior", "far", "frr", "created") if k in op}
+        source["file"] = str(folder / CALIBRATION_FILENAME)
+        return float(op["threshold"]), source
+    for name in ("result.json", "meta.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"{path}: damaged JSON ({err})") from None
+            value = data.get("threshold") if isinstance(data, dict) else None
+            if value is not None:
+                source = {"rule": "eer", "file": str(path)}
+                if name == "result.json" and isinstance(data, dict):
+                    for key in ("test_list", "trials_list", "trials", "num_trials", "eer"):
+                        if key in data:
+                            source[key] = data[key]
+                return float(value), source
+    return float(default), {"rule": "default", "file": None}
