@@ -113,15 +113,16 @@ class FrameAnalyzer:
         """Seconds between frame starts."""
         return self.hop / self.sample_rate
 
-    def feed(self, chunk: np.ndarray, max_frames_per_call: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    def feed(self, chunk: np.ndarray, max_frames_per_call: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Add mono samples; return ``(energy_db, flatness)`` (float32) of the frames completed by them."""
         data = np.concatenate((self._tail, np.asarray(chunk, dtype=np.float32).reshape(-1)))
         count = 0 if len(data) < self.frame else 1 + (len(data) - self.frame) // self.hop
         energies, flatness = [], []
+        frames = np.lib.stride_tricks.sliding_window_view(data, self.frame)[:: self.hop] if count else None
         for first in range(0, count, max_frames_per_call):  # bounded temporary arrays for big chunks
-            n = min(max_frames_per_call, count - first)
-            idx = (first + np.arange(n))[:, None] * self.hop + np.arange(self.frame)[None, :]
-            power = np.abs(np.fft.rfft(data[idx] * self._window, n=self.n_fft, axis=1)) ** 2
+            assert frames is not None
+            block = frames[first : first + max_frames_per_call]
+            power = np.abs(np.fft.rfft(block * self._window, n=self.n_fft, axis=1)) ** 2
             band = power[:, self._band].astype(np.float64) + 1e-20
             energies.append((10.0 * np.log10(band.sum(axis=1) / self.n_fft)).astype(np.float32))
             flatness.append((np.exp(np.log(band).mean(axis=1)) / band.mean(axis=1)).astype(np.float32))

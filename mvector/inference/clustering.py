@@ -2,10 +2,11 @@
 
 * :func:`agglomerative_clustering`: average-linkage clustering on cosine distance; clusters keep merging while
   their average cosine similarity is above ``threshold``, or until ``num_speakers`` remain.
-* :func:`spectral_clustering`: a cosine affinity pruned to each row's nearest neighbours and symmetrised, the
-  normalised graph Laplacian, the number of speakers taken from the largest eigengap between ``min_speakers``
-  and ``max_speakers`` (or given), and k-means on the row-normalised leading eigenvectors (Ng, Jordan and Weiss,
-  2001; the pruning follows Park et al., 2019, "Auto-tuning spectral clustering for speaker diarization").
+* :func:`spectral_clustering`: a cosine affinity pruned to each row's nearest neighbours (how many is chosen
+  by the normalised maximum eigengap, NME-SC: Park et al., 2019, "Auto-tuning spectral clustering for speaker
+  diarization using normalized maximum eigengap") and symmetrised, its graph Laplacian, the number of speakers
+  taken from the largest eigengap between ``min_speakers`` and ``max_speakers`` (or given), and k-means on the
+  row-normalised eigenvectors of the smallest eigenvalues (Ng, Jordan and Weiss, 2001).
 * :func:`merge_similar_clusters`: joins clusters whose centroids are more similar than a threshold (this is what
   lets a one-speaker recording come out as one speaker after spectral clustering).
 * :func:`cluster_embeddings`: picks the method, and for many points clusters an even subsample and assigns every
@@ -39,9 +40,11 @@ __all__ = [
     "agglomerative_clustering",
     "spectral_clustering",
     "estimate_num_speakers",
+    "choose_neighbours",
     "merge_similar_clusters",
     "cluster_centroids",
     "cluster_embeddings",
+    "kmeans",
 ]
 
 #: Accepted values of ``method`` in :func:`cluster_embeddings`.
@@ -135,15 +138,20 @@ def agglomerative_clustering(
     return relabel(fcluster(tree, t=target, criterion="maxclust"))
 
 
-def _pruned_affinity(emb: np.ndarray, neighbours: int) -> np.ndarray:
-    """Cosine affinity, each row keeping its ``neighbours`` largest entries (others 0), symmetrised, >= 0."""
-    sim = np.clip(emb @ emb.T, 0.0, None)
+def _pruned_affinity(sim: np.ndarray, neighbours: int) -> np.ndarray:
+    """Binary affinity: 1 where an entry is among its row's ``neighbours`` largest, symmetrised ((A + A^T) / 2)."""
     n = len(sim)
-    k = min(n, max(1, neighbours))
-    if k < n:
-        drop = np.argpartition(sim, n - k, axis=1)[:, : n - k]
-        np.put_along_axis(sim, drop, 0.0, axis=1)
-    return (sim + sim.T) / 2.0
+    k = min(n, max(1, int(neighbours)))
+    affinity = np.zeros_like(sim)
+    keep = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    np.put_along_axis(affinity, keep, 1.0, axis=1)
+    return (affinity + affinity.T) / 2.0
+
+
+def _laplacian(affinity: np.ndarray) -> np.ndarray:
+    """The symmetric normalised Laplacian ``I - D^-1/2 A D^-1/2`` (eigenvalues in [0, 2])."""
+    scale = 1.0 / np.sqrt(np.maximum(affinity.sum(axis=1), 1e-12))
+    return np.eye(len(affinity)) - scale[:, None] * affinity * scale[None, :]
 
 
 def estimate_num_speakers(eigenvalues: np.ndarray, min_speakers: int = 1, max_speakers: int = 8) -> int:
@@ -154,11 +162,50 @@ def estimate_num_speakers(eigenvalues: np.ndarray, min_speakers: int = 1, max_sp
     """
     lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     high = min(int(max_speakers), len(lam) - 1)
-    low = min(max(1, int(min_speakers)), high) if high >= 1 else 1
     if high < 1:
         return 1
+    low = min(max(1, int(min_speakers)), high)
     gaps = lam[low : high + 1] - lam[low - 1 : high]
     return low + int(np.argmax(gaps))
+
+
+def _normalised_max_gap(sim: np.ndarray, neighbours: int, low: int, high: int) -> float:
+    """The largest eigengap between ``low`` and ``high`` clusters, over the largest eigenvalue (NME)."""
+    lam = np.linalg.eigvalsh(_laplacian(_pruned_affinity(sim, neighbours)))
+    top = min(high, len(lam) - 1)
+    if top < 1:
+        return 0.0
+    start = min(max(1, low), top)
+    return float((lam[start : top + 1] - lam[start - 1 : top]).max() / max(lam[-1], 1e-12))
+
+
+def choose_neighbours(
+    sim: np.ndarray, low: int, high: int, max_ratio: float = 0.25, candidates: int = 10, max_points: int = 300
+) -> float:
+    """The fraction ``p`` of neighbours to keep per row, by normalised maximum eigengap (NME-SC).
+
+    Each candidate ``p`` (up to ``max_ratio``) is scored ``p / g(p)``, ``g`` the largest eigengap of the
+    normalised Laplacian of the ``p``-pruned binary affinity over its largest eigenvalue; the smallest ratio wins
+    (Park et al., 2019, who use the unnormalised Laplacian; the normalised one keeps the eigenvalues of one
+    speaker's windows together near 1, so a gap inside a speaker does not beat the gap between speakers). Above
+    ``max_points`` rows the search runs on an even subsample.
+
+    >>> sim = np.kron(np.eye(2), np.ones((10, 10))) * 0.9 + 0.05
+    >>> 0 < choose_neighbours(sim, 1, 4) <= 0.25
+    True
+    """
+    n = len(sim)
+    if n > max_points:
+        pick = np.unique(np.linspace(0, n - 1, max_points).round().astype(np.int64))
+        sim, n = sim[np.ix_(pick, pick)], len(pick)
+    counts = np.unique(np.geomspace(2, max(2.0, max_ratio * n), candidates).round().astype(np.int64))
+    best, best_ratio = float(counts[-1]) / n, math.inf
+    for count in counts:
+        gap = _normalised_max_gap(sim, int(count), low, high)
+        ratio = (count / n) / max(gap, 1e-12)
+        if ratio < best_ratio:
+            best, best_ratio = float(count) / n, ratio
+    return best
 
 
 def spectral_clustering(
@@ -166,13 +213,15 @@ def spectral_clustering(
     num_speakers: int | None = None,
     min_speakers: int = 1,
     max_speakers: int | None = 8,
-    neighbour_ratio: float = 0.1,
-    min_neighbours: int = 6,
+    neighbour_ratio: float | None = None,
     seed: int = 0,
 ) -> np.ndarray:
-    """Spectral clustering with the number of speakers from the eigengap of the normalised Laplacian (or given).
+    """Spectral clustering with the number of speakers from the eigengap (or given), NME-SC style.
 
-    Each row of the cosine affinity keeps ``max(min_neighbours, neighbour_ratio * N)`` entries.
+    The cosine similarity matrix is pruned to a binary affinity keeping each row's ``neighbour_ratio * N``
+    largest entries (``None``: chosen by :func:`choose_neighbours`) and symmetrised; the number of speakers is
+    the largest eigengap of its normalised graph Laplacian between ``min_speakers`` and ``max_speakers``, and
+    k-means runs on the row-normalised eigenvectors of the ``k`` smallest eigenvalues.
 
     >>> rng = np.random.default_rng(1)
     >>> emb = np.concatenate([rng.normal(m, 0.2, (15, 8)) for m in (-1.0, 1.0)]) * rng.choice([-1, 1], 8)
@@ -182,7 +231,6 @@ def spectral_clustering(
     (True, True)
     """
     from scipy.linalg import eigh
-    from sklearn.cluster import KMeans
 
     emb = normalize_rows(_check(embeddings))
     n = len(emb)
@@ -191,20 +239,39 @@ def spectral_clustering(
         if high == 1 or n == 1:
             return np.zeros(n, dtype=np.int64)
         return agglomerative_clustering(emb, threshold=None, num_speakers=low)
-    if not 0.0 <= neighbour_ratio <= 1.0:
-        raise ConfigError(f"neighbour_ratio must be in [0, 1], got {neighbour_ratio!r}")
-    affinity = _pruned_affinity(emb, max(int(min_neighbours), int(math.ceil(neighbour_ratio * n))))
-    degree = affinity.sum(axis=1)
-    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
-    laplacian = np.eye(n) - scale[:, None] * affinity * scale[None, :]
+    sim = emb @ emb.T
+    if neighbour_ratio is None:
+        neighbour_ratio = choose_neighbours(sim, low, high)
+    if not 0.0 < neighbour_ratio <= 1.0:
+        raise ConfigError(f"neighbour_ratio must be in (0, 1], got {neighbour_ratio!r}")
+    laplacian = _laplacian(_pruned_affinity(sim, max(2, int(round(neighbour_ratio * n)))))
     top = min(n - 1, high + 1)
     values, vectors = eigh(laplacian, subset_by_index=[0, top])
     k = low if low == high else estimate_num_speakers(values, low, high)
-    features = normalize_rows(vectors[:, :k])
     if k == 1:
         return np.zeros(n, dtype=np.int64)
-    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(features)
-    return relabel(labels)
+    return relabel(kmeans(normalize_rows(vectors[:, :k]), k, seed=seed))
+
+
+def kmeans(points: np.ndarray, k: int, n_init: int = 10, seed: int = 0) -> np.ndarray:
+    """k-means labels ``[N]``: the best (lowest inertia) of ``n_init`` k-means++ starts (scipy's ``kmeans2``).
+
+    >>> kmeans(np.array([[0.0], [0.1], [5.0], [5.2]]), 2).tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
+    True
+    """
+    from scipy.cluster.vq import kmeans2
+
+    points = np.asarray(points, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    best, best_inertia = None, np.inf
+    for _ in range(max(1, int(n_init))):
+        centres, labels = kmeans2(points, int(k), minit="++", seed=rng)
+        inertia = float(((points - centres[labels]) ** 2).sum())
+        if inertia < best_inertia and len(np.unique(labels)) == int(k):
+            best, best_inertia = labels, inertia
+    if best is None:  # every start lost a cluster (fewer distinct points than k): keep the last one
+        best = labels
+    return np.asarray(best, dtype=np.int64)
 
 
 def cluster_centroids(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -122,7 +122,7 @@ class DiarizationConfig:
 
     ``threshold``: cosine threshold of agglomerative clustering (default: the embedder's decision threshold, else
     :data:`DEFAULT_THRESHOLD`). ``merge_threshold``: after clustering without a fixed number of speakers, clusters
-    whose centroids are more similar than this are joined (``None``: not done). ``switch_penalty``: cost of a
+    whose centroids are more similar than this are joined (default: the same as ``threshold``; 1.0 turns it off). ``switch_penalty``: cost of a
     speaker change in re-segmentation, in cosine-similarity units per change. ``name_threshold``: minimum score of
     a cluster centroid against an enrolled speaker to take its name (default: ``threshold``'s default).
 
@@ -483,7 +483,7 @@ class Diarizer:
             min_speakers=c.min_speakers,
             max_speakers=c.max_speakers,
             threshold=threshold,
-            merge_threshold=c.merge_threshold,
+            merge_threshold=c.merge_threshold if c.merge_threshold is not None else threshold,
             max_points=c.max_cluster_windows,
             seed=c.seed,
         )
