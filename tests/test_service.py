@@ -202,7 +202,12 @@ def test_bad_input_gets_clear_json_errors(served):
     assert_error(client.post("/v1/identify?top_k=0", content=clip, headers=r), 400, "invalid_parameter", "top_k")
     assert_error(client.post("/v1/identify?top_k=two", content=clip, headers=r), 400, "invalid_parameter", "top_k")
     assert_error(client.post("/v1/speakers", files={"audio": clip}, headers=w), 400, "missing_field", "name")
-    assert_error(client.post("/v1/speakers", data={"name": "nofile"}, headers=w), 400, "missing_field", "audio")
+    name_only = b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nnofile\r\n--b--\r\n'
+    form = {**w, "Content-Type": "multipart/form-data; boundary=b"}
+    assert_error(client.post("/v1/speakers", content=name_only, headers=form), 400, "missing_field", "audio")
+    # curl --data-binary labels a raw body application/x-www-form-urlencoded: it is still one recording
+    curl_like = {**w, "Content-Type": "application/x-www-form-urlencoded"}
+    assert client.post("/v1/embed", content=clip, headers=curl_like).status_code == 200
     assert_error(client.get("/v1/nothing", headers=r), 404, "not_found")
     assert_error(client.put("/v1/speakers", headers=w), 405, "method_not_allowed")
     broken = {**w, "Content-Type": "multipart/form-data; boundary=x"}
@@ -224,6 +229,8 @@ def test_unsafe_speaker_names_are_refused(served, name):
     names = [s["name"] for s in client.get("/v1/speakers", headers=w).json()]
     assert name.strip() not in names
     assert {p.name for p in Path(server.audio_db_path).iterdir()} <= DB_FILES
+    last = client.get("/v1/audit?limit=1", headers=bearer(keys["admin"])).json()[0]
+    assert (last["action"], last["status"]) == ("enrol", 400) and last["target"].isprintable()
 
 
 def test_names_in_the_path_are_checked_too(served):

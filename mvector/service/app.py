@@ -27,8 +27,8 @@ request body, in any format :func:`mvector.audio.load_audio` reads (WAV, FLAC, O
 >>> from mvector.demo import tiny_checkpoint
 >>> config = ServiceConfig(model_path=str(tiny_checkpoint(tempfile.mkdtemp())), audio_db_path=tempfile.mkdtemp())
 >>> app = create_app(config)
->>> sorted(r.path for r in app.routes if r.path.startswith("/v1/speakers"))[:2]
-['/v1/speakers', '/v1/speakers/{name}']
+>>> sorted({r.path for r in app.routes if r.path.startswith("/v1/speakers")})
+['/v1/speakers', '/v1/speakers/{name}', '/v1/speakers/{name}/recordings', '/v1/speakers/{name}/verify']
 """
 
 from __future__ import annotations
@@ -502,8 +502,9 @@ def create_app(
         request: Request, files: dict[str, int], text: tuple[str, ...] = (), raw_field: str | None = None
     ) -> tuple[dict[str, list[bytes]], dict[str, str]]:
         """Uploaded files per field (``files``: field -> most allowed) and text fields, with every limit checked."""
-        content_type = request.headers.get("content-type", "").lower()
-        multipart = content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
+        # only multipart bodies hold fields; anything else is one raw recording (curl --data-binary labels it
+        # application/x-www-form-urlencoded, so that type is a raw recording too)
+        multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
         if not multipart:
             if raw_field is None:
                 raise ServiceError(
@@ -730,15 +731,13 @@ def create_app(
         p = await ready_predictor()
 
         def rows() -> list[dict[str, Any]]:
-            db = p.db
-            with db._lock:  # one consistent view; names removed meanwhile are skipped
-                out = []
-                for n in db.names():
-                    try:
-                        out.append({"name": n, "recordings": db.num_utterances(n)})
-                    except SpeakerDBError:
-                        continue
-                return out
+            out = []
+            for n in p.db.names():
+                try:
+                    out.append({"name": n, "recordings": p.db.num_utterances(n)})
+                except SpeakerDBError:  # removed meanwhile
+                    continue
+            return out
 
         return await anyio.to_thread.run_sync(rows)
 
@@ -789,6 +788,7 @@ def create_app(
         raw_name = name_from_path
         if raw_name is None:
             raw_name = fields.get("name", request.query_params.get("name"))
+        request.state.raw_name = raw_name  # for the audit log, also when the name is refused
         name = checked_name(raw_name)
         if not got.get("audio"):
             raise ServiceError(400, "missing_field", "field 'audio' (one or more recordings) is required", "audio")
@@ -836,7 +836,7 @@ def create_app(
             raise
         finally:
             await anyio.to_thread.run_sync(
-                lambda: _audit(request, key, "enrol", target or request.query_params.get("name"), status)
+                lambda: _audit(request, key, "enrol", target or _printable(request), status)
             )
 
     @app.post(
@@ -954,6 +954,14 @@ def create_app(
         return [e.as_dict() for e in await anyio.to_thread.run_sync(lambda: store.audit_log(limit, action))]
 
     return app
+
+
+def _printable(request: Request) -> str | None:
+    """The name a refused enrolment asked for, as a printable string (control characters escaped)."""
+    raw = getattr(request.state, "raw_name", None)
+    if raw is None:
+        return request.query_params.get("name")
+    return repr(raw)[1:-1] if not str(raw).isprintable() else str(raw)
 
 
 def _finite(value: float, name: str) -> float:
