@@ -1,43 +1,8 @@
-"""Export a trained checkpoint to a waveform-to-embedding inference folder (TorchScript and/or ONNX).
+"""Root script kept for the README's commands: the same as `mvector export` (see mvector/cli/export.py)."""
 
-Example:
-    python export_model.py --model_path models/EcapaTdnn_Fbank/best_model --output_dir exported/EcapaTdnn_Fbank
-    python infer_contrast.py --model_path exported/EcapaTdnn_Fbank --audio_path1 a.wav --audio_path2 b.wav
-
-The folder holds model.ts, model.onnx, config.yml (the checkpoint's) and meta.json (fingerprint, threshold,
-embd_dim, sample_rate, library_version). ONNX needs: pip install "mvector[export]".
-"""
-
-import argparse
-import json
 import sys
 
-from mvector.cli.common import run_cli
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
-    )
-    parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="trainer checkpoint folder")
-    parser.add_argument("--output_dir", required=True, help="folder to write the exported model into")
-    parser.add_argument(
-        "--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"], help="what to write"
-    )
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer: STFT)")
-    parser.add_argument("--json", action="store_true", help="print meta.json as one JSON line")
-    args = parser.parse_args(argv)
-    from mvector.export import export_checkpoint
-
-    out = export_checkpoint(args.model_path, args.output_dir, formats=args.formats, opset=args.opset)
-    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    if args.json:
-        print(json.dumps(meta))
-    else:
-        files = ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
-        threshold = "none (not evaluated)" if meta["threshold"] is None else f"{meta['threshold']:.5f}"
-        print(f"exported {meta['model']} to {out}: {files}; embd_dim {meta['embd_dim']}, threshold {threshold}")
-
+from mvector.cli.export import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(main())

@@ -30,6 +30,7 @@ import yaml
 
 from mvector.errors import ConfigError, check_keys, nearest
 from mvector.optim import OPTIMIZERS, SCHEDULERS
+from mvector.utils.files import atomic_write_text
 
 __all__ = [
     "SCHEMA",
@@ -128,7 +129,7 @@ FREE_SECTION_DOCS = {
     "feature_conf": "arguments of the chosen featurizer (see Features)",
     "model_conf": "arguments of the chosen backbone (see Models)",
     "loss_conf": "arguments of the chosen loss, and margin_scheduler",
-    "augment_conf": "training augmentation, keys of configs/augmentation.yml (empty: none; --augment_conf_path fills it)",
+    "augment_conf": "training augmentation: keys of configs/augmentation.yml (empty: none)",
 }
 
 #: Keys of the loss section handled by the trainer rather than the loss head.
@@ -516,15 +517,7 @@ def save_config(conf: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:
     >>> load_config(p, validate=False)["use_loss"]
     'AAM'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(dict(conf), fh, sort_keys=False, allow_unicode=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(dict(conf), sort_keys=False, allow_unicode=True))
 
 
 def describe_schema() -> str:

@@ -17,9 +17,9 @@ from mvector.data.dataset import (
     TrainDataset,
     Unreadable,
     collate_batch,
-    length_bucketed_batches,
 )
 from mvector.data.lists import Utterance
+from mvector.embedding import length_batches
 from mvector.errors import ConfigError
 
 SR = 16000
@@ -172,7 +172,7 @@ def test_eval_dataset_leading_crop_index_and_durations(clips, tmp_path: Path) ->
     whole = EvalDataset([str(clips["long"])], max_duration=None)
     assert whole[0][0].shape[0] == 5 * SR and whole.durations() == pytest.approx([5.0])
     # batched by length through a DataLoader, then put back in order by index
-    batches = length_bucketed_batches(ds.durations(), 2)
+    batches = length_batches(ds.durations(), 2)
     loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate_batch)
     got = {}
     for batch in loader:
@@ -181,18 +181,18 @@ def test_eval_dataset_leading_crop_index_and_durations(clips, tmp_path: Path) ->
     assert got == {0: 2 * SR, 1: SR}
 
 
-def test_length_bucketed_batches() -> None:
+def test_length_batches_order_longest_first() -> None:
     rng = np.random.default_rng(0)
     durations = rng.uniform(0.5, 10.0, size=23).tolist()
-    batches = length_bucketed_batches(durations, 5)
+    batches = length_batches(durations, 5)
     assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(23))
     ordered = [durations[i] for i in flat]
     assert ordered == sorted(durations, reverse=True)
-    assert length_bucketed_batches([], 4) == []
+    assert length_batches([], 4) == []
     with pytest.raises(ConfigError):
-        length_bucketed_batches([1.0], 0)
+        length_batches([1.0], 0)
 
 
 def test_bad_arguments() -> None:

@@ -208,8 +208,7 @@ def test_interactive_loop_with_a_fake_terminal_and_microphone(setup, tmp_path, m
     monkeypatch.setitem(sys.modules, "pyaudio", types.SimpleNamespace())
     monkeypatch.setattr("mvector.record.record_seconds", fake_record)
     db = tmp_path / "db"
-    status = script.run_cli(
-        script.main,
+    status = script.main(
         ["--model_path", str(setup["model"]), "--audio_db_path", str(db), "--record_seconds", "0.5"],
     )
     out = capsys.readouterr().out.splitlines()
@@ -226,5 +225,5 @@ def test_interactive_loop_with_a_fake_terminal_and_microphone(setup, tmp_path, m
     ]
     # Without PyAudio the loop is refused up front with the install instructions.
     monkeypatch.setitem(sys.modules, "pyaudio", None)
-    assert script.run_cli(script.main, ["--model_path", str(setup["model"])]) == 2
+    assert script.main(["--model_path", str(setup["model"])]) == 2
     assert "portaudio19-dev" in capsys.readouterr().err

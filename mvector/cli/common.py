@@ -12,10 +12,14 @@ import argparse
 import sys
 from typing import Sequence
 
-from mvector.config import parse_overrides
+from mvector.config import bundled_configs, parse_overrides
 from mvector.errors import MVectorError
 
-__all__ = ["str2bool", "base_parser", "parse_args", "run_cli"]
+__all__ = ["HelpFormatter", "str2bool", "base_parser", "parse_args", "run_cli"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows every option's default and keeps the description's and epilog's line breaks."""
 
 
 def str2bool(text: str) -> bool:
@@ -32,25 +36,38 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(
+    description: str, prog: str | None = None, default_configs: str | None = "ecapa_tdnn"
+) -> argparse.ArgumentParser:
     """A parser with ``--configs`` and ``--use_gpu``; any ``--section.key=value`` is a config override."""
     parser = argparse.ArgumentParser(
+        prog=prog,
+        formatter_class=HelpFormatter,
         description=description,
         epilog="Any config key can be overridden: --dataset_conf.batch_size=32 --train_conf.max_epoch=2",
     )
     parser.add_argument(
         "--configs",
-        default="ecapa_tdnn",
-        help="bundled config (ecapa_tdnn, tdnn, res2net, resnet_se) or YAML path",
+        default=default_configs,
+        help=f"bundled config ({', '.join(bundled_configs())}) or YAML path",
     )
-    parser.add_argument("--use_gpu", type=str2bool, default=None, help="train/evaluate on CUDA (default: if available)")
+    parser.add_argument(
+        "--use_gpu", type=str2bool, default=None, help="run on CUDA: true or false (%(default)s: CUDA when available)"
+    )
     return parser
+
+
+def _is_config_key(name: str) -> bool:
+    """``section.key`` or a top-level key such as ``use_model`` / ``use_loss``."""
+    from mvector.config import SCHEMA, Key
+
+    return "." in name or isinstance(SCHEMA.get(name), Key)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
     """Parse known flags; everything of the form ``--a.b=value`` becomes a dotted override."""
     args, rest = parser.parse_known_args(argv)
-    dotted = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
+    dotted = [a for a in rest if a.startswith("--") and _is_config_key(a.split("=", 1)[0][2:])]
     unknown = [a for a in rest if a.startswith("--") and a not in dotted]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -34,7 +34,6 @@ __all__ = [
     "EvalDataset",
     "Batch",
     "collate_batch",
-    "length_bucketed_batches",
     "header_durations",
 ]
 
@@ -318,17 +317,3 @@ def collate_batch(items: Sequence[Union[tuple[Any, int], Unreadable]]) -> Batch:
         skipped,
     )
 
-
-def length_bucketed_batches(durations: Sequence[float], batch_size: int) -> list[list[int]]:
-    """Indices sorted by duration (longest first, ties in input order) and cut into batches of ``batch_size``.
-
-    Neighbours in a batch have similar lengths, so evaluation wastes little time on padding. Usable as a
-    DataLoader ``batch_sampler``.
-
-    >>> length_bucketed_batches([1.0, 5.0, 2.0, 4.0, 3.0], 2)
-    [[1, 3], [4, 2], [0]]
-    """
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    order = sorted(range(len(durations)), key=lambda i: -float(durations[i]))
-    return [order[i : i + int(batch_size)] for i in range(0, len(order), int(batch_size))]

@@ -41,6 +41,7 @@ import numpy as np
 import soundfile as sf
 
 from mvector.errors import AudioError, ConfigError, DataListError
+from mvector.utils.files import atomic_open
 
 __all__ = [
     "PreparedData",
@@ -131,24 +132,11 @@ class PreparedData:
 
 
 def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
-    """Write lines to ``path`` through a temporary file in the same folder, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            for line in lines:
-                handle.write(line)
-                handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write lines to ``path`` atomically (see :mod:`mvector.utils.files`)."""
+    with atomic_open(path, "w") as handle:
+        for line in lines:
+            handle.write(line)
+            handle.write("\n")
 
 
 class _PathWriter:

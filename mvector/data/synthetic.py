@@ -26,6 +26,7 @@ import numpy as np
 
 from mvector.audio import save_wav
 from mvector.errors import ConfigError
+from mvector.utils.files import atomic_write_text
 
 __all__ = ["Voice", "VOWELS", "make_voices", "synthesize_utterance", "generate_corpus"]
 
@@ -401,7 +402,5 @@ def generate_corpus(
             save_wav(root / relative, samples, sample_rate)
             lines.append(f"{relative}\t{label}\n")
     list_path = root / list_name
-    tmp = list_path.with_name(f".{list_name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, list_path)
+    atomic_write_text(list_path, "".join(lines))
     return list_path

@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from mvector.errors import ConfigError
+
 __all__ = ["pad_waveforms", "length_batches", "run_embedder", "embed_batches", "embed_waveforms"]
 
 
@@ -50,8 +52,10 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     >>> length_batches([5, 1, 4, 2], 2)
     [[0, 2], [3, 1]]
     """
-    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    order = sorted(range(len(lengths)), key=lambda i: -float(lengths[i]))
+    return [order[i : i + int(batch_size)] for i in range(0, len(order), int(batch_size))]
 
 
 def run_embedder(embedder: Callable[..., Any], waves: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:

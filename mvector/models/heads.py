@@ -109,15 +109,15 @@ class MarginHead(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: {key} must be a positive integer, got {value!r}")
         if sub_centers > 1 and not self.supports_sub_centers:
-            raise ConfigError(f"loss_conf.sub_centers: {name} does not support sub-centers (use AAM, AM or ARM)")
+            raise ValueError(f"sub_centers: {name} does not support sub-centers (use AAM, AM or ARM)")
         if not isinstance(easy_margin, bool):
-            raise ConfigError(f"loss_conf.easy_margin must be true or false, got {easy_margin!r}")
+            raise ValueError(f"easy_margin must be true or false, got {easy_margin!r}")
         if easy_margin and not self.supports_easy_margin:
-            raise ConfigError(f"loss_conf.easy_margin applies to the AAM loss only, not to {name}; set it to false")
+            raise ValueError(f"easy_margin applies to the AAM loss only, not to {name}; set it to false")
         if not _is_number(scale) or not scale > 0:
-            raise ConfigError(f"loss_conf.scale must be a positive number, got {scale!r}")
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
         if not _is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"loss_conf.label_smoothing must be in [0, 1), got {label_smoothing!r}")
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.embd_dim = embd_dim
         self.num_speakers = num_speakers
         self.sub_centers = sub_centers
@@ -139,7 +139,7 @@ class MarginHead(nn.Module):
         0.35
         """
         if not _is_number(margin) or not margin >= 0 or math.isinf(margin):
-            raise ConfigError(f"loss_conf.margin must be a finite number >= 0, got {margin!r}")
+            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
         self.margin = float(margin)
 
     # ------------------------------------------------------------------ forward
@@ -416,7 +416,7 @@ class MarginScheduler:
     ):
         for key, value in (("initial_margin", initial_margin), ("final_margin", final_margin)):
             if not _is_number(value) or not value >= 0 or math.isinf(value):
-                raise ConfigError(f"loss_conf.margin_scheduler.{key} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"margin_scheduler.{key} must be a finite number >= 0, got {value!r}")
         if int(start_step) < 0 or int(end_step) < int(start_step):
             raise ConfigError(
                 f"margin scheduler: need 0 <= start_step <= end_step, got start_step={start_step}, "

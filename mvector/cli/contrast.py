@@ -1,0 +1,55 @@
+"""Are two recordings the same speaker? Prints the cosine score and the verdict.
+
+Example:
+    python infer_contrast.py --audio_path1 a.wav --audio_path2 b.wav --model_path models/EcapaTdnn_Fbank/best_model
+    python infer_contrast.py --audio_path1 a.wav --audio_path2 b.wav --json     # {"score": 0.81, "same": true}
+
+Errors (a missing file or model folder, unreadable audio) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from mvector.cli.common import HelpFormatter, run_cli, str2bool
+
+
+def _main(argv=None, prog=None) -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--audio_path1", required=True, help="first recording")
+    parser.add_argument("--audio_path2", required=True, help="second recording")
+    parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="model or export folder")
+    parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
+    parser.add_argument("--use_gpu", type=str2bool, default=False, help="run on CUDA")
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
+    )
+    parser.add_argument("--json", action="store_true", help='print one JSON object: {"score", "same"}')
+    args = parser.parse_args(argv)
+    from mvector.predictor import MVectorPredictor, iter_audio_files
+
+    iter_audio_files([args.audio_path1, args.audio_path2], must_exist=True)  # fail before loading the model
+    predictor = MVectorPredictor(
+        model_path=args.model_path, use_gpu=args.use_gpu, threshold=args.threshold, backend=args.backend
+    )
+    score, same = predictor.contrast(args.audio_path1, args.audio_path2)
+    if args.json:
+        print(json.dumps({"score": round(score, 6), "same": same}))
+    else:
+        verdict = "the same speaker" if same else "different speakers"
+        print(
+            f"{args.audio_path1} vs {args.audio_path2}: score {score:.5f} -> {verdict} "
+            f"(threshold {predictor.threshold:.5f})"
+        )
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the command; returns the exit status (an mvector error prints one line and gives 2)."""
+    return run_cli(lambda args: _main(args, prog), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

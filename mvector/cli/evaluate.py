@@ -1,0 +1,76 @@
+"""Evaluate a model folder: EER, minDCF (0.01 and 0.05), threshold, TPR/FPR; prints one JSON line.
+
+The model folder may be a trainer checkpoint or an export. The data lists stored with the model are used unless
+given (--configs YAML, or --dataset_conf.test_list=... / --dataset_conf.trials_list=...). Results are written
+to MODEL/evaluations/<list>.json; the model's operating point (result.json, whose threshold the predictor uses)
+changes only with --set_threshold.
+
+Example:
+    python eval.py --use_gpu False --resume_model models/EcapaTdnn_Fbank/best_model
+    python eval.py --resume_model models/EcapaTdnn_Fbank/best_model --dataset_conf.trials_list=dataset/trials.txt
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from mvector.cli.common import base_parser, parse_args, run_cli, str2bool
+
+
+def build_parser(prog: str | None = None):
+    """The argument parser of ``mvector eval`` / ``eval.py``."""
+    parser = base_parser(__doc__.splitlines()[0], prog=prog, default_configs=None)
+    parser.description = __doc__
+    parser.set_defaults(use_gpu=False)
+    parser.add_argument("--resume_model", default="models/EcapaTdnn_Fbank/best_model", help="model folder")
+    parser.add_argument("--backend", default="auto", help="auto, torch, onnx or torchscript")
+    parser.add_argument("--save_image_path", default=None, help="folder for the DET plot and score histogram")
+    parser.add_argument("--cohort_list", default=None, help="path<TAB>label list of cohort utterances for AS-norm")
+    parser.add_argument("--asnorm_top_k", type=int, default=300, help="AS-norm: top cohort scores used")
+    parser.add_argument("--output", default=None, help="where the metrics JSON goes (default: MODEL/evaluations/)")
+    parser.add_argument(
+        "--set_threshold", type=str2bool, nargs="?", const=True, default=False,
+        help="store the result as the model's operating point (result.json: the predictor's threshold)",
+    )
+    return parser
+
+
+def _main(argv=None, prog=None) -> None:
+    args, overrides = parse_args(build_parser(prog), argv)
+    from mvector.evaluation.model_eval import evaluate_model_folder
+
+    run = evaluate_model_folder(
+        args.resume_model,
+        configs=args.configs,
+        overrides=overrides,
+        use_gpu=args.use_gpu,
+        backend=args.backend,
+        cohort_list=args.cohort_list,
+        asnorm_top_k=args.asnorm_top_k,
+        save_image_path=args.save_image_path,
+        set_threshold=args.set_threshold,
+        output=args.output,
+    )
+    for note in run.notes:
+        print(f"note: {note}", file=sys.stderr)
+    result = run.metrics
+    print(
+        f"EER {result['eer']:.5f}  minDCF(0.01) {result['min_dcf']:.5f}  minDCF(0.05) {result['min_dcf_0.05']:.5f}  "
+        f"threshold {result['threshold']:.5f}  TPR {result['tpr']:.4f}  FPR {result['fpr']:.4f}  "
+        f"trials {result['num_trials']}"
+    )
+    where = f"{run.written}" + (" and the model's result.json (operating point)" if run.operating_point_changed else "")
+    print(f"results written to {where}")
+    from mvector.utils.files import dumps_json
+
+    print(dumps_json(result))
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the command; returns the exit status (an mvector error prints one line and gives 2)."""
+    return run_cli(lambda args: _main(args, prog), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

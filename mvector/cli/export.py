@@ -1,0 +1,52 @@
+"""Export a trained checkpoint to a waveform-to-embedding inference folder (TorchScript and/or ONNX).
+
+Example:
+    python export_model.py --model_path models/EcapaTdnn_Fbank/best_model --output_dir exported/EcapaTdnn_Fbank
+    python infer_contrast.py --model_path exported/EcapaTdnn_Fbank --audio_path1 a.wav --audio_path2 b.wav
+
+The folder holds model.ts, model.onnx, config.yml (the checkpoint's) and meta.json (fingerprint, threshold,
+embd_dim, sample_rate, library_version). ONNX needs: pip install "mvector[export]".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from mvector.cli.common import HelpFormatter, run_cli
+
+
+def _main(argv=None, prog=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
+    )
+    parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="trainer checkpoint folder")
+    parser.add_argument("--output_dir", required=True, help="folder to write the exported model into")
+    parser.add_argument(
+        "--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"], help="what to write"
+    )
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer: STFT)")
+    parser.add_argument("--json", action="store_true", help="print meta.json as one JSON line")
+    args = parser.parse_args(argv)
+    from mvector.export import export_checkpoint
+
+    out = export_checkpoint(args.model_path, args.output_dir, formats=args.formats, opset=args.opset)
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    if args.json:
+        print(json.dumps(meta))
+    else:
+        files = ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
+        threshold = "none (not evaluated)" if meta["threshold"] is None else f"{meta['threshold']:.5f}"
+        print(f"exported {meta['model']} to {out}: {files}; embd_dim {meta['embd_dim']}, threshold {threshold}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the command; returns the exit status (an mvector error prints one line and gives 2)."""
+    return run_cli(lambda args: _main(args, prog), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

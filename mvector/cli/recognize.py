@@ -1,0 +1,161 @@
+"""Enroll speakers and recognise them, from files or the microphone.
+
+Non-interactive (no audio hardware needed); folders are expanded into their audio files:
+    python infer_recognition.py --register alice a1.wav a2.wav
+    python infer_recognition.py --recognize unknown.wav other.wav --json   # {"file", "name", "score"} per line
+    python infer_recognition.py --remove alice
+    python infer_recognition.py --list
+    python infer_recognition.py --import_folder old_audio_db    # enroll old_audio_db/<name>/*.wav
+With no command, an interactive loop records from the microphone (needs a terminal and the "mic" extra).
+Errors (a missing file or model folder, an unknown speaker, an empty database) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from mvector.cli.common import HelpFormatter, run_cli, str2bool
+from mvector.errors import MVectorError
+
+MENU = "0: register from the microphone  1: recognise from the microphone  2: remove  3: list  q: quit"
+
+
+def _ask(prompt: str) -> str:
+    try:
+        return input(prompt).strip()
+    except EOFError:
+        return "q"
+
+
+def _interactive(predictor, seconds: float) -> None:
+    from mvector.record import MicrophoneUnavailable, record_seconds
+
+    def capture():
+        _ask(f"press Enter, then speak for {seconds:g} s ")
+        return record_seconds(seconds, predictor.sample_rate), predictor.sample_rate
+
+    while True:
+        choice = _ask(f"{MENU}\n> ").lower()
+        try:
+            if choice == "0":
+                name = _ask("name: ")
+                predictor.register(name, capture())
+                print(f"registered {name}")
+            elif choice == "1":
+                name, score = predictor.recognize(capture())
+                print(f"{name or 'unknown speaker'} (score {score:.4f})")
+            elif choice == "2":
+                name = _ask("name: ")
+                predictor.remove(name)
+                print(f"removed {name}")
+            elif choice == "3":
+                print("\n".join(predictor.speakers()) or "(no speakers enrolled)")
+            elif choice in ("q", "quit", "exit"):
+                return
+            elif choice:
+                print(f"unknown choice {choice!r}")
+        except MicrophoneUnavailable:
+            raise
+        except MVectorError as err:  # a bad name, an unknown speaker, an empty database: say so and go on
+            print(f"error: {err}")
+
+
+def _main(argv=None, prog=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
+    )
+    parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="model or export folder")
+    parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder")
+    parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
+    parser.add_argument("--use_gpu", type=str2bool, default=False, help="run on CUDA")
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
+    )
+    parser.add_argument("--record_seconds", type=float, default=3.0, help="microphone recording length")
+    parser.add_argument("--keep_audio", action="store_true", help="keep enrolled audio in the database folder")
+    parser.add_argument("--json", action="store_true", help="one JSON object per result line")
+    parser.add_argument("--top_k", type=int, default=1, help="with --recognize: list the k best candidates")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--register", nargs="+", metavar=("NAME", "FILE"), help="enroll NAME from one or more files")
+    group.add_argument("--recognize", nargs="+", metavar="FILE", help="recognise each file")
+    group.add_argument("--remove", metavar="NAME", help="remove an enrolled speaker")
+    group.add_argument("--list", action="store_true", help="list enrolled speakers")
+    group.add_argument("--import_folder", metavar="DIR", help="enroll every DIR/<name>/<audio files>")
+    args = parser.parse_args(argv)
+    if args.register is not None and len(args.register) < 2:
+        parser.error("--register needs a NAME and at least one FILE")
+    if args.top_k < 1:
+        parser.error("--top_k must be at least 1")
+    interactive = not (args.register or args.recognize or args.remove or args.list or args.import_folder)
+    # Everything that can be checked without the model is checked first, so mistakes fail fast.
+    if interactive:
+        if not sys.stdin.isatty():
+            raise MVectorError(
+                "the interactive loop needs a terminal (stdin is not one); "
+                "use --register NAME FILE..., --recognize FILE..., --remove NAME or --list"
+            )
+        from mvector.record import require_pyaudio
+
+        require_pyaudio()
+    from mvector.predictor import MVectorPredictor, iter_audio_files
+    from mvector.speaker_db import validate_name
+
+    files = []
+    if args.register:
+        validate_name(args.register[0])
+        files = [str(f) for f in iter_audio_files(args.register[1:], must_exist=True)]
+    elif args.recognize:
+        files = [str(f) for f in iter_audio_files(args.recognize, must_exist=True)]
+
+    predictor = MVectorPredictor(
+        model_path=args.model_path,
+        audio_db_path=args.audio_db_path,
+        use_gpu=args.use_gpu,
+        threshold=args.threshold,
+        backend=args.backend,
+        keep_audio=args.keep_audio,
+    )
+    emit = (lambda obj, text: print(json.dumps(obj), flush=True)) if args.json else (lambda obj, text: print(text))
+    with predictor:
+        if args.register:
+            name = validate_name(args.register[0])
+            predictor.register(name, files)
+            emit({"registered": name, "files": len(files)}, f"registered {name} from {len(files)} file(s)")
+        elif args.recognize:
+            for path in files:
+                if args.top_k > 1:
+                    hits = predictor.recognize(path, top_k=args.top_k)
+                    emit(
+                        {"file": path, "candidates": [{"name": n, "score": round(s, 6)} for n, s in hits]},
+                        f"{path}: " + ", ".join(f"{n} ({s:.4f})" for n, s in hits),
+                    )
+                else:
+                    name, score = predictor.recognize(path)
+                    emit(
+                        {"file": path, "name": name, "score": round(score, 6)},
+                        f"{path}: {name or 'unknown speaker'} (score {score:.4f})",
+                    )
+        elif args.remove:
+            predictor.remove(args.remove)
+            emit({"removed": args.remove}, f"removed {args.remove}")
+        elif args.list:
+            names = predictor.speakers()
+            emit({"speakers": names}, "\n".join(names) if names else "(no speakers enrolled)")
+        elif args.import_folder:
+            counts = predictor.import_folder(args.import_folder)
+            emit({"imported": counts}, f"imported {sum(counts.values())} recordings of {len(counts)} speakers")
+        else:
+            _interactive(predictor, args.record_seconds)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the command; returns the exit status (an mvector error prints one line and gives 2)."""
+    return run_cli(lambda args: _main(args, prog), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Train a speaker-embedding model: `python train.py --configs ecapa_tdnn` (or under torchrun for DDP).
+
+With --resume_model and no --configs, the run continues with the configuration stored in the checkpoint (its data
+lists, augmentation and schedule), with any --section.key=value overrides on top (e.g. a larger
+--train_conf.max_epoch: the learning-rate schedule is then re-planned over the new length).
+
+Examples:
+    python train.py --configs ecapa_tdnn --use_gpu False --train_conf.max_epoch=2
+    python train.py --resume_model models/EcapaTdnn_Fbank/last_model --train_conf.max_epoch=10
+    torchrun --nproc_per_node=4 train.py --configs ecapa_tdnn
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from mvector.cli.common import base_parser, parse_args, run_cli, str2bool
+
+
+def build_parser(prog: str | None = None):
+    """The argument parser of ``mvector train`` / ``train.py``."""
+    parser = base_parser(__doc__.splitlines()[0], prog=prog, default_configs=None)
+    parser.description = __doc__
+    parser.add_argument("--save_model_path", default="models/", help="checkpoint root folder")
+    parser.add_argument("--resume_model", default=None, help="checkpoint folder to continue from exactly")
+    parser.add_argument("--pretrained_model", default=None, help="model folder to initialise matching weights from")
+    parser.add_argument(
+        "--augment_conf_path", default=None, help="augmentation YAML (mvector/configs/augmentation.yml): augment_conf"
+    )
+    parser.add_argument(
+        "--overwrite", type=str2bool, nargs="?", const=True, default=False,
+        help="replace the checkpoints of another run in the model folder",
+    )
+    return parser
+
+
+def _main(argv=None, prog=None) -> None:
+    args, overrides = parse_args(build_parser(prog), argv)
+    from mvector.training.trainer import MVectorTrainer
+
+    configs = args.configs
+    if configs is None:
+        configs = "ecapa_tdnn"
+        if args.resume_model:
+            from mvector.checkpoint import load_checkpoint
+
+            configs = load_checkpoint(args.resume_model).config
+    trainer = MVectorTrainer(
+        configs, use_gpu=args.use_gpu, overrides=overrides, augment_conf_path=args.augment_conf_path
+    )
+    result = trainer.train(
+        save_model_path=args.save_model_path,
+        resume_model=args.resume_model,
+        pretrained_model=args.pretrained_model,
+        overwrite=args.overwrite,
+    )
+    if trainer.ctx.is_main and "eer" in result:
+        print(f"final EER {result['eer']:.4f}  minDCF {result['min_dcf']:.4f}  checkpoints in {result['model_dir']}")
+    trainer.ctx.close()
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the command; returns the exit status (an mvector error prints one line and gives 2)."""
+    return run_cli(lambda args: _main(args, prog), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
