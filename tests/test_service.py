@@ -105,6 +105,7 @@ def test_model_information_names_the_model_and_its_threshold(served, model_dir):
     assert info["model"]["fingerprint"] == model_fingerprint(model_dir)
     assert info["model"]["name"] == "TDNN_Fbank" and info["model"]["embedding_size"] == 32
     assert info["threshold"]["value"] == 0.5 and "result.json" in info["threshold"]["source"]
+    assert str(model_dir.parent) not in json.dumps(info)  # no server paths in answers
     assert info["limits"]["max_upload_mb"] == 1 and info["limits"]["max_files"] == 3
     assert info["key"]["scope"] == "read"
 

@@ -230,7 +230,10 @@ def test_page_records_enrols_verifies_and_identifies(tmp_path):
             assert identified["json"]["enrolled"] == 1
             assert [c["name"] for c in identified["json"]["candidates"]] in (["alice"], [])
 
-            dt.wait_for("document.querySelector('#speakers li[data-name=alice]') !== null")
+            dt.wait_for(
+                "document.querySelector('#speakers li[data-name=alice]') !== null"
+                " && document.getElementById('speaker-count').textContent === '(1)'"
+            )
             shot = base64.b64decode(dt.send("Page.captureScreenshot", {"format": "png"})["data"])
             assert shot[:8] == b"\x89PNG\r\n\x1a\n"
             (tmp_path / "page.png").write_bytes(shot)

@@ -288,7 +288,12 @@ def _threshold_info(predictor: Any, config: ServiceConfig) -> dict[str, Any]:
     if config.threshold is not None:
         info["source"] = "set by the server operator (mvector serve --threshold)"
     elif stated:
-        info["source"] = stated if isinstance(stated, str) else json.loads(json.dumps(stated, default=str))
+        text = stated if isinstance(stated, str) else json.dumps(stated, default=str)
+        folder = Path(predictor.model_path)
+        for prefix in (str(folder.resolve().parent), str(folder.parent)):  # no server paths in answers
+            if prefix not in ("", "."):
+                text = text.replace(prefix + "/", "")
+        info["source"] = text if isinstance(stated, str) else json.loads(text)
     else:
         info["source"] = "default (the model folder holds no evaluation result; run eval.py on it)"
         for name, what in (("result.json", "evaluation of the model (eval.py)"), ("meta.json", "export metadata")):

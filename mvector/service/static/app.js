@@ -56,7 +56,7 @@ async function loadModel() {
     const t = model.threshold;
     const source = typeof t.source === "string" ? t.source : JSON.stringify(t.source);
     el.textContent = `Key ${model.key.id} (${model.key.scope}). Model ${model.model.name}, ` +
-      `threshold ${t.value.toFixed(3)} (${source}); ${model.speakers} speaker(s) enrolled.`;
+      `threshold ${t.value.toFixed(3)} (${source}).`;
     el.dataset.loaded = "true";
     log(`key accepted (scope ${model.key.scope})`);
     refreshSpeakers();
@@ -269,6 +269,7 @@ async function refreshSpeakers() {
       return li;
     }));
     if (!speakers.length) list.innerHTML = "<li>(none)</li>";
+    $("speaker-count").textContent = `(${speakers.length})`;
   } catch (err) {
     list.innerHTML = "";
   }
