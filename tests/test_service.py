@@ -428,3 +428,24 @@ def test_serve_cli_errors(model_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mvector.cli.serve", "--model_path", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2 and out.stderr.startswith("error: ") and "does not exist" in out.stderr
+
+
+def test_a_model_that_fails_to_load_is_reported_not_hidden(tmp_path):
+    from mvector.errors import CheckpointError
+
+    with KeyStore(tmp_path) as store:
+        _, key = store.create("read")
+
+    def broken():
+        raise CheckpointError("model.pt: damaged")
+
+    app = create_app(ServiceConfig(audio_db_path=str(tmp_path)), predictor_factory=broken)
+    with running(app) as (_, url), httpx.Client(base_url=url, timeout=30) as client:
+        app.state.worker.wait_ready(30)
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "damaged" not in health.text  # no details without a key
+        assert_error(client.get("/v1/speakers"), 401, "unauthorized")
+        body = assert_error(client.get("/v1/model", headers=bearer(key)), 503, "model_failed")
+        assert "damaged" in body["message"]
+        assert_error(client.post("/v1/embed", content=audio_bytes(1.0), headers=bearer(key)), 503, "model_failed")
