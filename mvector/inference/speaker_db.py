@@ -42,6 +42,7 @@ alice 1.0
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import shutil
@@ -221,6 +222,28 @@ def _as_audio(wave: Any, sample_rate: int, what: str) -> np.ndarray:
     return arr
 
 
+#: Longest folder name (in UTF-8 bytes) used for a speaker's kept audio; file systems allow 255 bytes.
+_MAX_FOLDER_BYTES = 120
+
+
+def _folder_name(name: str) -> str:
+    """The folder a speaker's kept audio goes in: the name itself, or, when its UTF-8 form is longer than
+    ``_MAX_FOLDER_BYTES`` (100 CJK or emoji characters are 300-400 bytes), its beginning plus a short hash.
+
+    >>> _folder_name("alice")
+    'alice'
+    >>> name = _folder_name("語" * 100)
+    >>> len(name.encode()) <= _MAX_FOLDER_BYTES, name.startswith("語" * 30)
+    (True, True)
+    """
+    raw = name.encode("utf-8")
+    if len(raw) <= _MAX_FOLDER_BYTES:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    head = raw[: _MAX_FOLDER_BYTES - len(digest) - 1].decode("utf-8", errors="ignore").rstrip()
+    return f"{head}-{digest}"
+
+
 def _write_wav(path: Path, wave: np.ndarray) -> None:
     """Write a 16-bit 16 kHz WAV atomically: to a temporary file in the same folder, then rename."""
     import soundfile
@@ -352,6 +375,11 @@ class SpeakerDatabase:
             self.db_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SpeakerDBError(f"cannot create the database folder {self.db_dir}: {err}") from None
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise SpeakerDBError(
+                f"{self.path}: the database file is empty (0 bytes: truncated or damaged); restore it from a backup, "
+                "or delete the file to start a new, empty database"
+            )
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 60000")
@@ -645,14 +673,14 @@ class SpeakerDatabase:
                 )
             else:  # audio is kept: one row at a time, each with its WAV file written before the commit
                 for i, name in enumerate(names):
-                    folder = self.db_dir / name
+                    folder = self.db_dir / _folder_name(name)
                     folder.mkdir(exist_ok=True)
                     for row, wave in zip(embs[starts[i] : starts[i] + len(waves[i])], waves[i]):
                         cur = conn.execute(
                             "INSERT INTO utterances (speaker_id, embedding) VALUES (?, ?)", (int(ids[i]), row.tobytes())
                         )
                         utt_id = int(cur.lastrowid)
-                        relative = f"{name}/{utt_id}-{uuid.uuid4().hex[:8]}.wav"
+                        relative = f"{folder.name}/{utt_id}-{uuid.uuid4().hex[:8]}.wav"
                         _write_wav(self.db_dir / relative, wave)
                         written_files.append(self.db_dir / relative)
                         conn.execute("UPDATE utterances SET audio = ? WHERE id = ?", (relative, utt_id))
