@@ -16,18 +16,33 @@ The number of epochs is fitted to ``--minutes`` of training wall time from a sho
     python benchmarks/bench_accuracy.py --quick         # smoke run (< 1 min), accuracy is meaningless
 
 Numbers taken while other jobs load the CPU get fewer epochs into the budget; the JSON carries the load average.
+
+Recipe comparison on a generated corpus (``../shared/tools/corpus``: ``train_list.txt`` and ``dev_trials.txt``)::
+
+    python benchmarks/bench_accuracy.py --corpus CORPUS                      # default, seed_like, mfcc; 5 epochs
+    python benchmarks/bench_accuracy.py --corpus CORPUS --recipes v0_default --epochs 3
+    python benchmarks/bench_accuracy.py --list-recipes
+
+trains every named recipe for the same number of epochs on the same data and reports, per recipe, EER / minDCF
+on the dev trials after each epoch, the training wall time (evaluation excluded) and the evaluation time. The
+recipes (:data:`RECIPES`) are complete settings, so a row of ``docs/accuracy-results.md`` stays reproducible when
+the bundled default changes; ``default`` is the bundled ``ecapa_tdnn.yml`` + ``augmentation.yml`` as they are now.
+``mfcc`` is the untrained MFCC mean+std baseline. In this mode ``--tts DIR`` is not used.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import soundfile as sf
@@ -38,11 +53,13 @@ add_repo_to_path()
 
 from mvector.data.dataset import EvalDataset, collate_batch  # noqa: E402
 from mvector.data.lists import load_utterances  # noqa: E402
+from mvector.evaluation.evaluator import EvalSettings, Evaluator  # noqa: E402
 from mvector.features import build_featurizer  # noqa: E402
-from mvector.losses import build_head  # noqa: E402
 from mvector.metrics import evaluate_scores  # noqa: E402
 from mvector.scoring import cosine_score_trials, read_trials  # noqa: E402
-from mvector.trainer import MVectorTrainer, SpeakerModel, _seed_everything  # noqa: E402
+from mvector.training.callbacks import Callback, EvaluationCallback  # noqa: E402
+from mvector.training.trainer import MVectorTrainer  # noqa: E402
+from mvector.utils.seeding import seed_everything  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tts"
 
@@ -96,27 +113,186 @@ def augmentation_conf(noise_dir: Path | None, speed: bool) -> dict:
     return conf
 
 
-class TimedTrainer(MVectorTrainer):
-    """Records the wall time of each training epoch (evaluation and checkpoint saving are not counted)."""
+# ------------------------------------------------------------------------------------------ recipes (--corpus)
 
-    epoch_seconds: list[float]
+#: The bundled default before issue 16 (Kaldi Fbank 80 bins at 100 frames/s, 1 warm-up epoch, cosine to 1e-5,
+#: margin ramped 0 -> 0.2 over 5 epochs, SpecAugment at 0.5, speed perturbation with the same label).
+V0_CONFIG: dict = {
+    "use_model": "EcapaTdnn",
+    "use_loss": "AAM",
+    "dataset_conf": {"sample_rate": 16000, "max_duration": 3.0, "min_duration": 0.5, "batch_size": 64},
+    "preprocess_conf": {"feature_method": "Fbank", "normalize": True},
+    "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 25, "frame_shift": 10},
+    "model_conf": {"embd_dim": 192, "pooling_type": "ASP", "channels": 512},
+    "loss_conf": {
+        "margin": 0.2,
+        "scale": 32,
+        "easy_margin": False,
+        "label_smoothing": 0.0,
+        "margin_scheduler": {"initial_margin": 0.0, "final_margin": 0.2, "start_epoch": 0, "end_epoch": 5},
+    },
+    "optimizer_conf": {
+        "optimizer": "Adam",
+        "learning_rate": 0.001,
+        "weight_decay": 1.0e-6,
+        "scheduler": "WarmupCosine",
+        "warmup_epochs": 1,
+        "min_lr": 1.0e-5,
+    },
+    "train_conf": {"seed": 1234},
+}
+#: What the pre-issue-16 augmentation.yml did on a machine without noise / RIR folders (both are then off).
+V0_AUGMENT: dict = {
+    "speed": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1]},
+    "volume": {"prob": 0.3, "min_gain_db": -6.0, "max_gain_db": 6.0},
+    "spec_aug": {"prob": 0.5, "freq_masks": 1, "freq_mask_width": 8, "time_masks": 1, "time_mask_width": 10},
+}
+#: The seed's own recipe (mvector 0.3.9 default ECAPA-TDNN) run through this library: 64-bin mel spectrogram with
+#: a 1024-point window and a 320-sample hop (50 frames/s), f_max 14 kHz (clamped to Nyquist), Adam 1e-3 with no
+#: warm-up and cosine to 2.5e-4, AAM margin 0.2 / scale 30 from the first step, speed + volume at 0.5, no
+#: SpecAugment.
+SEED_CONFIG: dict = {
+    **V0_CONFIG,
+    "preprocess_conf": {"feature_method": "MelSpectrogram", "normalize": True},
+    "feature_conf": {
+        "sample_rate": 16000,
+        "n_fft": 1024,
+        "win_length": 1024,
+        "hop_length": 320,
+        "f_min": 50.0,
+        "f_max": 8000.0,
+        "n_mels": 64,
+    },
+    "loss_conf": {"margin": 0.2, "scale": 30, "easy_margin": False, "label_smoothing": 0.0},
+    "optimizer_conf": {**V0_CONFIG["optimizer_conf"], "warmup_epochs": 0, "min_lr": 2.5e-4},
+}
+SEED_AUGMENT: dict = {
+    "speed": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1]},
+    "volume": {"prob": 0.5, "min_gain_db": -6.0, "max_gain_db": 6.0},
+}
 
-    def _train_epoch(self, *args, **kwargs):
+
+def _changed(base: dict, changes: Mapping[str, Any]) -> dict:
+    """A deep copy of ``base`` with dotted keys set (``{"feature_conf.frame_shift": 20}``); ``None`` deletes."""
+    out = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = copy.deepcopy(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One row of the comparison: a complete config (``None``: the bundled ``ecapa_tdnn.yml`` as it is now) and
+    an augmentation mapping (``"bundled"``: ``mvector/configs/augmentation.yml``; ``None``: no augmentation)."""
+
+    description: str
+    config: dict | None
+    augmentation: dict | str | None
+
+
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe("the bundled ecapa_tdnn.yml + augmentation.yml (whatever they are now)", None, "bundled"),
+    "v0_default": Recipe("(a) the bundled default before issue 16", V0_CONFIG, V0_AUGMENT),
+    "seed_like": Recipe("(b) the seed's recipe run through mvector", SEED_CONFIG, SEED_AUGMENT),
+    "seed_no_speed": Recipe(
+        "(b) without speed perturbation (volume only)", SEED_CONFIG, _changed(SEED_AUGMENT, {"speed": None})
+    ),
+    "seed_fbank80": Recipe(
+        "(b) with Kaldi Fbank 80 bins, 25 ms window, 20 ms shift instead of the 64-bin mel spectrogram",
+        _changed(
+            SEED_CONFIG,
+            {
+                "preprocess_conf.feature_method": "Fbank",
+                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 25, "frame_shift": 20},
+            },
+        ),
+        SEED_AUGMENT,
+    ),
+    "seed_specaug": Recipe(
+        "(b) with v0's SpecAugment (p 0.5, one 8-bin and one 10-frame mask)",
+        SEED_CONFIG,
+        _changed(SEED_AUGMENT, {"spec_aug": V0_AUGMENT["spec_aug"]}),
+    ),
+    "seed_v0_schedule": Recipe(
+        "(b) with v0's schedule: 1 warm-up epoch, cosine to 1e-5, margin ramped 0 -> 0.2 over 5 epochs, scale 32",
+        _changed(SEED_CONFIG, {"loss_conf": V0_CONFIG["loss_conf"], "optimizer_conf": V0_CONFIG["optimizer_conf"]}),
+        SEED_AUGMENT,
+    ),
+    "v1_candidate": Recipe(
+        "(b) with Kaldi Fbank 80 bins (25 ms window, 20 ms shift) and without speed perturbation",
+        _changed(
+            SEED_CONFIG,
+            {
+                "preprocess_conf.feature_method": "Fbank",
+                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 25, "frame_shift": 20},
+            },
+        ),
+        _changed(SEED_AUGMENT, {"speed": None}),
+    ),
+    "v0_hop20": Recipe(
+        "(a) with a 20 ms frame shift (50 frames/s)", _changed(V0_CONFIG, {"feature_conf.frame_shift": 20}), V0_AUGMENT
+    ),
+}
+
+
+def recipe_config(recipe: Recipe) -> dict:
+    """The complete configuration mapping of ``recipe`` (the bundled ``ecapa_tdnn.yml`` for ``config=None``)."""
+    if recipe.config is not None:
+        return copy.deepcopy(recipe.config)
+    import yaml
+
+    return yaml.safe_load((ROOT / "mvector" / "configs" / "ecapa_tdnn.yml").read_text())
+
+
+def recipe_augmentation(recipe: Recipe) -> dict | None:
+    """The augmentation mapping of ``recipe`` (the bundled ``augmentation.yml`` for ``"bundled"``)."""
+    if recipe.augmentation == "bundled":
+        import yaml
+
+        return yaml.safe_load((ROOT / "mvector" / "configs" / "augmentation.yml").read_text())
+    return copy.deepcopy(recipe.augmentation)
+
+
+class _TimedEvaluation(Callback):
+    """Runs the trainer's evaluation callback and adds its wall time to the epoch record (``eval_seconds``)."""
+
+    def __init__(self, inner: EvaluationCallback) -> None:
+        self.inner = inner
+
+    def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
         start = time.perf_counter()
-        out = super()._train_epoch(*args, **kwargs)
-        self.epoch_seconds = getattr(self, "epoch_seconds", []) + [time.perf_counter() - start]
-        return out
+        self.inner.on_epoch_end(trainer, epoch, record)
+        if "eer" in record:
+            record["eval_seconds"] = time.perf_counter() - start
+
+
+class TimedTrainer(MVectorTrainer):
+    """The trainer with each evaluation timed; every epoch record (``history``) has ``seconds`` (training only)."""
+
+    def default_callbacks(self, model_dir, overwrite):
+        callbacks = super().default_callbacks(model_dir, overwrite)
+        return [_TimedEvaluation(c) if isinstance(c, EvaluationCallback) else c for c in callbacks]
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        """Training wall time of each epoch (evaluation and checkpoint saving excluded)."""
+        return [float(r["seconds"]) for r in self.history]
 
 
 def step_seconds(trainer: MVectorTrainer, num_speakers: int, steps: int = 3) -> float:
     """Seconds per training step (featurize + forward + backward + Adam) on random waveforms, median of ``steps``."""
     conf = trainer.configs
     ds = conf["dataset_conf"]
-    embedder = trainer.build_embedding_model()
-    loss_conf, _ = trainer._loss_conf()
-    model = SpeakerModel(
-        embedder.backbone, build_head(conf["use_loss"], embedder.backbone.embd_dim, num_speakers, **loss_conf)
-    )
+    trainer.num_speakers = num_speakers
+    trainer.setup_model()
+    embedder, model = trainer.embedding_model, trainer.model
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     batch = int(ds["batch_size"])
     samples = int(ds["max_duration"] * ds["sample_rate"])
@@ -137,9 +313,11 @@ def step_seconds(trainer: MVectorTrainer, num_speakers: int, steps: int = 3) -> 
 
 
 def untrained_metrics(trainer: MVectorTrainer) -> dict:
-    _seed_everything(int(trainer.configs["train_conf"]["seed"]))
+    seed_everything(int(trainer.configs["train_conf"]["seed"]))
     model = trainer.build_embedding_model().eval()
-    return trainer.evaluate_model(model, torch.device("cpu"), progress=False)
+    ds = trainer.configs["dataset_conf"]
+    evaluator = Evaluator(model, EvalSettings.from_dataset_conf(ds), progress=False)
+    return evaluator.evaluate(ds["test_list"], ds["trials_list"], ds["trials_root"], ds["num_eval_trials"])
 
 
 def mfcc_baseline(trials: list[tuple[int, str, str]], n_mfcc: int, n_mels: int = 40) -> dict:
@@ -169,6 +347,113 @@ def _short(metrics: dict) -> dict:
     return {k: (round(float(metrics[k]), 5) if isinstance(metrics[k], float) else metrics[k]) for k in keys}
 
 
+def frames_per_second(conf: Mapping[str, Any]) -> float:
+    """Feature frames per second of audio that the featurizer of ``conf`` produces (the backbone's time axis)."""
+    fz = build_featurizer(
+        conf["preprocess_conf"]["feature_method"], conf.get("feature_conf") or {}, conf["preprocess_conf"]["normalize"]
+    )
+    rate = int(conf["dataset_conf"]["sample_rate"])
+    return float(fz.frame_lengths(torch.tensor([10 * rate]))[0]) / 10.0
+
+
+def run_recipe(
+    name: str, recipe: Recipe, corpus: Path, epochs: int, eval_every: int, tmp: Path, channels: int = 0
+) -> dict:
+    """Train ``recipe`` on ``corpus/train_list.txt`` for ``epochs`` and score ``corpus/dev_trials.txt``.
+
+    ``channels`` > 0 replaces the recipe's ``model_conf.channels`` (a cheaper proxy of the same recipe).
+    """
+    conf = recipe_config(recipe)
+    overrides: dict[str, Any] = {"model_conf.channels": channels} if channels else {}
+    overrides |= {
+        "dataset_conf.train_list": str(corpus / "train_list.txt"),
+        "dataset_conf.trials_list": str(corpus / "dev_trials.txt"),
+        "dataset_conf.num_workers": None,
+        "train_conf.max_epoch": epochs,
+        "train_conf.eval_interval": eval_every,
+        "train_conf.log_backend": "none",
+        "train_conf.log_interval": 1000,
+        "train_conf.keep_last_epochs": 1,
+        "train_conf.log_dir": str(tmp / name / "log"),
+    }
+    aug = recipe_augmentation(recipe)
+    trainer = TimedTrainer(conf, use_gpu=False, overrides=overrides, augment_conf_path=aug or None)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        result = trainer.train(save_model_path=str(tmp / name / "models"))
+    call_s = time.perf_counter() - t0
+    shutil.rmtree(tmp / name, ignore_errors=True)
+    evaluated = [r for r in trainer.history if "eer" in r]
+    fc = trainer.configs
+    return {
+        "description": recipe.description,
+        **_short(result),
+        "eer_per_evaluation": {int(r["epoch"]): round(float(r["eer"]), 5) for r in evaluated},
+        "train_wall_s": round(sum(trainer.epoch_seconds), 1),
+        "epoch_s": [round(x, 1) for x in trainer.epoch_seconds],
+        "eval_s": [round(float(r.get("eval_seconds", 0.0)), 1) for r in evaluated],
+        "train_call_s_incl_eval_and_checkpoints": round(call_s, 1),
+        "features": {
+            "method": fc["preprocess_conf"]["feature_method"],
+            "frames_per_second": frames_per_second(fc),
+            **{k: v for k, v in (fc.get("feature_conf") or {}).items() if k != "sample_rate"},
+        },
+        "optimizer_conf": fc["optimizer_conf"],
+        "loss_conf": fc["loss_conf"],
+        "augmentation": aug,
+    }
+
+
+def corpus_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--corpus DIR``: the named recipes (and the MFCC baseline) at the same budget on a generated corpus."""
+    corpus = Path(args.corpus)
+    needed = [corpus / n for n in ("train_list.txt", "dev_trials.txt")]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        parser.error(f"--corpus {corpus}: missing {', '.join(missing)} (make one with ../shared/tools/corpus)")
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n != "mfcc" and n not in RECIPES]
+    if unknown or not names:
+        parser.error(f"--recipes: unknown {unknown or names}; choose from mfcc, {', '.join(RECIPES)}")
+    if args.epochs < 0 or args.eval_every < 0 or args.channels < 0:
+        parser.error("--epochs, --eval-every and --channels must be >= 0")
+    epochs = args.epochs or 5
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wall_start = time.perf_counter()
+    load_start = machine_info(["load_average"])["load_average"]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_accuracy_"))
+    rows: dict[str, dict] = {}
+    try:
+        for name in names:
+            t0 = time.perf_counter()
+            if name == "mfcc":
+                trials = read_trials(corpus / "dev_trials.txt")
+                mfcc = {f"n_mfcc_{n}": mfcc_baseline(trials, n) for n in (20, 40)}
+                best = min(mfcc.values(), key=lambda m: m["eer"])
+                rows[name] = {"description": "MFCC mean+std, untrained (best of 20 / 40 MFCC)", **best, **mfcc}
+            else:
+                rows[name] = run_recipe(name, RECIPES[name], corpus, epochs, args.eval_every, tmp, args.channels)
+            rows[name]["wall_s"] = round(time.perf_counter() - t0, 1)
+            print(f"{name}: EER {rows[name]['eer']:.4f} in {rows[name]['wall_s']} s", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report: dict[str, Any] = {
+        "benchmark": f"bench_accuracy --corpus (dev_trials.txt of {corpus})",
+        "epochs": epochs,
+        "channels": args.channels or "as in each recipe",
+        "recipes": rows,
+    }
+    if "default" in rows and "seed_like" in rows:
+        d, b = rows["default"], rows["seed_like"]
+        report["figure"] = {"default_eer": d["eer"], "seed_like_eer": b["eer"]}
+        report["ratio_eer_default_vs_seed_like"] = round(d["eer"] / max(b["eer"], 1e-9), 3)
+        report["ratio_train_time_default_vs_seed_like"] = round(d["train_wall_s"] / max(b["train_wall_s"], 1e-9), 3)
+    report["wall_s"] = round(time.perf_counter() - wall_start, 1)
+    report["machine"] = {**machine_info(), "load_average_at_start": load_start}
+    emit(report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall-time budget (default 10)")
@@ -178,10 +463,41 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="add speed perturbation (0.95/1.05, same label)")
     parser.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--corpus", default=str(CORPUS), help="the tts corpus folder (default ../shared/data/tts)")
+    parser.add_argument("--tts", default=str(CORPUS), help="the shared tts corpus folder (default ../shared/data/tts)")
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help="recipe comparison on this generated corpus (train_list.txt, dev_trials.txt) instead of the "
+        "single budgeted run on --tts",
+    )
+    parser.add_argument(
+        "--recipes",
+        default="default,seed_like,mfcc",
+        help="with --corpus: comma list of recipes to train (mfcc = the untrained MFCC baseline)",
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=1, help="with --corpus: evaluate every N epochs (0: only at the end)"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=0, help="with --corpus: model_conf.channels for every recipe (0: the recipe's)"
+    )
+    parser.add_argument("--list-recipes", action="store_true", help="print the recipe names and exit")
     parser.add_argument("overrides", nargs="*", help="more config overrides, key=value (e.g. model_conf.channels=128)")
     args = parser.parse_args()
-    corpus = Path(args.corpus)
+    if args.list_recipes:
+        for name, recipe in RECIPES.items():
+            print(f"{name:18s} {recipe.description}")
+        print(f"{'mfcc':18s} MFCC mean+std baseline, untrained")
+        return
+    if args.corpus is not None:
+        if args.overrides or args.quick or args.no_noise or args.speed or args.no_augment:
+            parser.error(
+                "--corpus runs the named --recipes; overrides, --quick, --no-noise, --speed and "
+                "--no-augment belong to the --tts mode"
+            )
+        corpus_mode(args, parser)
+        return
+    corpus = Path(args.tts)
     wall_start = time.perf_counter()
     needed = [corpus / n for n in ("train_list.txt", "dev_trials.txt")]
     if not all(p.is_file() for p in needed):
