@@ -350,10 +350,35 @@ def _state_bytes(folder: Path) -> bytes | None:
         return None
 
 
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _checked_hashes(directory: Path, state: Mapping[str, Any]) -> dict[str, str]:
+    """The ``files`` fingerprints of ``state.json``, checked: present, well-formed, covering model.pt and
+    config.yml, and agreeing with ``model_sha256`` (a hand-edited state.json cannot switch a check off)."""
+    where = directory / "state.json"
+    files = state.get("files")
+    if not isinstance(files, Mapping) or not files:
+        raise CheckpointError(
+            f"{where}: the 'files' fingerprint map is missing or empty (state.json edited?); every file of a "
+            "checkpoint must be fingerprinted: restore the original state.json or save the checkpoint again"
+        )
+    for name, digest in files.items():
+        if not isinstance(digest, str) or not _HEX64.match(digest):
+            raise CheckpointError(f"{where}: the fingerprint of {name!r} is not a sha256 hex digest: {digest!r}")
+    for needed in ("model.pt", "config.yml"):
+        if needed not in files:
+            raise CheckpointError(f"{where}: {needed} is not fingerprinted in 'files' (state.json edited?)")
+    if state.get("model_sha256") != files["model.pt"]:
+        raise CheckpointError(
+            f"{where}: model_sha256 does not match the fingerprint of model.pt in 'files' (state.json edited?)"
+        )
+    return {str(k): str(v) for k, v in files.items()}
+
+
 def _load_folder(directory: Path, map_location: Any, need_training_state: bool) -> Checkpoint:
     state = _read_state(directory)
-    hashes = dict(state.get("files") or {})
-    hashes.setdefault("model.pt", state["model_sha256"])
+    hashes = _checked_hashes(directory, state)
 
     def part(name: str, required: bool) -> Any:
         filename = f"{name}.pt"
@@ -361,7 +386,12 @@ def _load_folder(directory: Path, map_location: Any, need_training_state: bool) 
             if required or filename in hashes:
                 raise CheckpointError(f"{directory / filename}: missing from the checkpoint folder")
             return None
-        return _load_tensor_file(directory / filename, map_location, hashes.get(filename))
+        if filename not in hashes:
+            raise CheckpointError(
+                f"{directory / filename}: not fingerprinted in state.json (added or state.json edited after "
+                "saving); refusing to load it"
+            )
+        return _load_tensor_file(directory / filename, map_location, hashes[filename])
 
     model_state = part("model", True)
     if not isinstance(model_state, Mapping):
@@ -380,7 +410,7 @@ def _load_folder(directory: Path, map_location: Any, need_training_state: bool) 
     config_path = directory / "config.yml"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing; the checkpoint does not say which model it holds")
-    if "config.yml" in hashes and file_sha256(config_path) != hashes["config.yml"]:
+    if file_sha256(config_path) != hashes["config.yml"]:
         raise CheckpointError(f"{config_path}: does not match the fingerprint in state.json (edited after saving)")
     try:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}

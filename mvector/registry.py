@@ -19,6 +19,10 @@ parametrised tests.
 Traceback (most recent call last):
 ...
 mvector.errors.ConfigError: unknown key 'raduis' in widget_conf (Round); did you mean 'radius'? Valid keys: radius
+>>> WIDGETS.build("round", {"radius": "1x"})
+Traceback (most recent call last):
+...
+mvector.errors.ConfigError: widget_conf.radius (Round): expected an integer, got '1x'
 """
 
 from __future__ import annotations
@@ -28,9 +32,70 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from mvector.errors import ConfigError, check_keys, unknown_name_error
 
-__all__ = ["Registry", "canonical_name"]
+__all__ = ["Registry", "canonical_name", "check_value_types"]
 
 T = TypeVar("T")
+
+_TYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+
+
+def _accepted_types(param: inspect.Parameter) -> tuple[type, ...] | None:
+    """The plain types a parameter takes, from its annotation (``"int | None"``) or its default; None: unknown."""
+    ann = param.annotation
+    if isinstance(ann, str):
+        parts = [p.strip() for p in ann.replace("Optional[", "").rstrip("]").split("|")]
+        if ann.startswith("Optional[") or "|" in ann or ann in _TYPE_NAMES:
+            types = [_TYPE_NAMES.get(p) for p in parts]
+            if all(t is not None for t in types):
+                return tuple(types) + ((type(None),) if ann.startswith("Optional[") else ())
+        return None
+    if ann in _TYPE_NAMES.values():
+        return (ann,)
+    if ann is inspect.Parameter.empty and type(param.default) in (int, float, bool, str):
+        return (type(param.default),)
+    return None
+
+
+def _fits(value: Any, types: tuple[type, ...]) -> bool:
+    if value is None:
+        return type(None) in types
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int):
+        return int in types or float in types
+    if isinstance(value, float):
+        return float in types
+    if isinstance(value, str):
+        return str in types
+    return True  # lists, mappings, tensors ...: the constructor checks them
+
+
+def check_value_types(target: Callable[..., Any], conf: Mapping[str, Any], where: str, section: str = "") -> None:
+    """Raise :class:`ConfigError` naming ``section.key`` for a value of the wrong plain type.
+
+    The expected type comes from the parameter's annotation (``int``, ``float | None`` ...) or, without one,
+    from its default's type; a parameter of another kind is not checked here.
+
+    >>> def make(channels: int = 512, scale: float = 32.0, name: str | None = None): ...
+    >>> check_value_types(make, {"channels": 64, "scale": 30, "name": None}, "model_conf (X)", "model_conf")
+    >>> check_value_types(make, {"channels": "1x"}, "model_conf (X)", "model_conf")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.ConfigError: model_conf.channels (X): expected an integer, got '1x'
+    """
+    params = inspect.signature(target).parameters
+    for key, value in conf.items():
+        param = params.get(key)
+        if param is None:
+            continue
+        types = _accepted_types(param)
+        if types is None or _fits(value, types):
+            continue
+        words = " or ".join(_TYPE_WORDS[t] for t in types)
+        entry = where[where.find("(") :] if "(" in where else ""
+        name = f"{section}.{key}" if section else key
+        raise ConfigError(f"{name}{' ' + entry if entry else ''}: expected {words}, got {value!r}")
 
 
 def canonical_name(name: str) -> str:
@@ -81,6 +146,12 @@ class Registry(Mapping[str, Any]):
             self._lookup[canonical_name(key)] = name
         self._entries[name] = obj
 
+    def remove(self, name: str) -> None:
+        """Unregister entry ``name`` and its aliases (for tests and plug-ins that replace an entry)."""
+        key = self.resolve(name)
+        self._lookup = {alias: target for alias, target in self._lookup.items() if target != key}
+        del self._entries[key]
+
     # ------------------------------------------------------------------ lookup
     def resolve(self, name: str) -> str:
         """The canonical registered name for ``name`` or an alias, or a ConfigError naming the nearest."""
@@ -121,6 +192,8 @@ class Registry(Mapping[str, Any]):
         where = f"{self.section} ({key})"
         if not self._takes_any_keyword(key):  # a constructor with **kwargs checks its keys itself
             check_keys(conf, self.keys_of(key), where)
+        obj = self._entries[key]
+        check_value_types(obj.__init__ if inspect.isclass(obj) else obj, conf, where, self.section)
         try:
             return self._entries[key](*args, **fixed, **conf)
         except ConfigError:

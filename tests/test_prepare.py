@@ -90,8 +90,10 @@ def test_folder_lists_are_relative_disjoint_and_labelled_by_sorted_speaker(tmp_p
     for name in ("train_list.txt", "test_list.txt", "trials.txt"):
         assert (out / name).is_file()
     assert not (out / "skipped.txt").exists() and data.num_skipped == 0
-    # paths are written relative to the list folder and resolve to the real files
-    assert all(not os.path.isabs(line.split("\t")[0]) for line in read_lines(out / "train_list.txt"))
+    # audio outside the list folder is written with absolute paths (moving the list folder keeps them valid)
+    assert all(os.path.isabs(line.split("\t")[0]) for line in read_lines(out / "train_list.txt"))
+    rel = prepare_folder(root, tmp_path / "rel", test_speakers=3, seed=0, paths="relative")
+    assert all(line.startswith("../") for line in read_lines(rel.train_list))
     train = read_list_file(out / "train_list.txt")
     test = read_list_file(out / "test_list.txt")
     assert all(os.path.isfile(p) for p, _ in train + test)
@@ -293,8 +295,10 @@ def test_generate_trial_lines_format():
 
 def test_writers_relative_absolute_and_bad_paths(tmp_path):
     audio = tmp_path / "data" / "x.wav"
-    assert write_list(tmp_path / "lists" / "l.txt", [(audio, 3)]) == 1
+    assert write_list(tmp_path / "lists" / "l.txt", [(audio, 3)], relative=True) == 1
     assert read_lines(tmp_path / "lists" / "l.txt") == ["../data/x.wav\t3"]
+    write_list(tmp_path / "lists" / "inside.txt", [(audio, 3), (tmp_path / "lists" / "y.wav", 4)])
+    assert read_lines(tmp_path / "lists" / "inside.txt") == [f"{audio}\t3", "y.wav\t4"]
     write_list(tmp_path / "lists" / "abs.txt", [(audio, 3)], relative=False)
     assert read_lines(tmp_path / "lists" / "abs.txt") == [f"{audio}\t3"]
     with pytest.raises(DataListError, match="tab or newline"):
@@ -470,7 +474,7 @@ def test_voxceleb_official_trials(tmp_path):
     trials = read_trials_file(out / "trials.txt")
     assert [t[0] for t in trials] == [1, 0, 1, 0]
     assert trials[0][1] == str(root / "wav" / "id10270" / "abcDEF12345" / "00001.wav")
-    assert all(not os.path.isabs(p) for line in read_lines(out / "trials.txt") for p in line.split(" ")[1:])
+    assert all(os.path.isabs(p) for line in read_lines(out / "trials.txt") for p in line.split(" ")[1:])
 
 
 def test_voxceleb_split_without_trials_and_m4a_errors(tmp_path):

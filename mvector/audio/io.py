@@ -15,6 +15,7 @@ with the source: the path, or ``<bytes>``, ``<file object>``, ``<array>``.
 from __future__ import annotations
 
 import io
+import math
 import os
 import uuid
 from pathlib import Path
@@ -48,6 +49,11 @@ AudioSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Any, 
 """What :func:`read_audio` accepts: a path, encoded bytes, a binary file object, or a sample array."""
 
 CROP_MODES = ("random", "leading")
+
+#: Sample rates outside this range are refused as a damaged or hostile header (a WAV claiming 1 Hz would make
+#: resampling to 16 kHz allocate 16 000 times the file's samples).
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768000
 
 # A 2-D array whose first axis is at most this long and shorter than its second axis is read as [C, T].
 _MAX_CHANNELS_FIRST = 8
@@ -164,8 +170,8 @@ def read_audio(source: AudioSource, *, source_sample_rate: int | None = None) ->
     shorter than its second is taken as ``[C, T]`` (the torch/librosa layout) and transposed. A float32 array
     is returned without a copy.
 
-    Raises :class:`AudioError` for an unreadable, empty or non-finite source, an array without a rate, or an
-    unsupported type.
+    Raises :class:`AudioError` for an unreadable, empty or non-finite source, an array without a rate, a sample
+    rate outside ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE`` (1 kHz .. 768 kHz), or an unsupported type.
 
     >>> samples, sr = read_audio(np.zeros((2, 400), dtype=np.int16) + 16384, source_sample_rate=8000)
     >>> samples.shape, sr, float(samples[0, 0])
@@ -189,6 +195,11 @@ def read_audio(source: AudioSource, *, source_sample_rate: int | None = None) ->
         raise AudioError(
             f"{name}: unsupported audio source type {type(source).__name__}; give a path, bytes, "
             "a binary file object or a numpy array"
+        )
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{name}: sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz "
+            "(a damaged header?); refusing to decode it"
         )
     if samples.shape[0] == 0 or samples.size == 0:
         raise AudioError(f"{name}: empty audio (0 samples)")
@@ -347,8 +358,10 @@ def audio_duration(path: str | os.PathLike[str]) -> float:
         info = soundfile.info(name)
     except (RuntimeError, TypeError, ValueError, OSError, soundfile.SoundFileError) as err:
         raise AudioError(f"{name}: cannot read audio header ({_error_detail(err)})") from err
-    if info.samplerate <= 0:
-        raise AudioError(f"{name}: header has no valid sample rate")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{name}: header sample rate {info.samplerate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+        )
     return info.frames / info.samplerate
 
 
@@ -368,8 +381,10 @@ def load_audio(
 ) -> np.ndarray:
     """Read ``source`` and return mono float32 samples ``[T]`` at ``sample_rate``.
 
-    Steps, in order: :func:`read_audio` → :func:`to_mono` → :func:`resample` (soxr, only when the rates
-    differ) → :func:`normalize_db` (if ``normalize``) → :func:`vad_trim` (if ``vad``) → :func:`crop` to
+    Steps, in order: :func:`read_audio` → :func:`to_mono` → (when the rates differ and without ``vad``, a first
+    :func:`crop` to ``max_duration`` at the source rate, so a long file is never resampled whole) →
+    :func:`resample` (soxr, only when the rates differ) → :func:`normalize_db` (if ``normalize``) →
+    :func:`vad_trim` (if ``vad``) → :func:`crop` to
     ``max_duration`` seconds (if given, with ``crop_mode`` and ``rng``) → a check that at least
     ``min_duration`` seconds remain (:class:`AudioError` otherwise). The result never shares memory with an
     array passed in.
@@ -386,6 +401,12 @@ def load_audio(
     sample_rate = _check_rate(sample_rate, "sample_rate")
     samples, source_rate = read_audio(source, source_sample_rate=source_sample_rate)
     samples = to_mono(samples)
+    if max_duration is not None and max_duration > 0 and not vad and source_rate != sample_rate:
+        # Crop at the source rate first (one random draw), with a margin so the resampled clip still fills the
+        # crop; the crop below then trims the margin from the end.
+        source_len = int(math.ceil(max_duration * source_rate)) + 2 * int(math.ceil(source_rate / sample_rate)) + 1
+        samples = crop(samples, source_len, mode=crop_mode, rng=rng)
+        crop_mode = "leading"
     samples = resample(samples, source_rate, sample_rate)
     if normalize:
         samples = normalize_db(samples, target_db=target_db, max_gain_db=max_gain_db)

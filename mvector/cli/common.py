@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from mvector.config import bundled_configs, parse_overrides
@@ -82,14 +83,44 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     return args, overrides
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: ``warning: <message>``, without the category and source line."""
+    return f"warning: {message}\n"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(_one_line_warning(message, category, filename, lineno), end="", file=file or sys.stderr, flush=True)
+
+
 def run_cli(main, argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; an mvector error prints one clear line and exits 2 instead of a traceback."""
+    """Run ``main(argv)``; an mvector error prints one clear line and exits 2 instead of a traceback.
+
+    ``main`` may return an exit status (an int); None means 0. While it runs, Python warnings (augmentation
+    notes, unused labels ...) print as one plain ``warning: ...`` line each.
+
+    >>> def job(argv):
+    ...     warnings.warn("noise folder is empty; noise augmentation is off")
+    ...     return 1
+    >>> import contextlib, io
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     status = run_cli(job, [])
+    >>> status, err.getvalue()
+    (1, 'warning: noise folder is empty; noise augmentation is off\\n')
+    """
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
-        main(argv)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            status = main(argv)
     except MVectorError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    finally:
+        warnings.formatwarning = previous
+    return int(status) if isinstance(status, int) and not isinstance(status, bool) else 0

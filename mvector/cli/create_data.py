@@ -1,6 +1,7 @@
 """Prepare data lists for training and evaluation: `python create_data.py <corpus> ROOT --output_dir DIR`.
 
-Writes DIR/train_list.txt and DIR/test_list.txt (`path<TAB>label`, paths relative to DIR), DIR/trials.txt
+Writes DIR/train_list.txt and DIR/test_list.txt (`path<TAB>label`; audio inside DIR relative to DIR, audio
+outside DIR absolute, see --paths), DIR/trials.txt
 (`label enroll test`, 1 = same speaker) and, when files were unusable, DIR/skipped.txt. Never prompts.
 
 Examples:
@@ -18,7 +19,7 @@ import warnings
 from typing import Sequence
 
 from mvector.cli.common import HelpFormatter, run_cli
-from mvector.data.prepare import CORPORA, DEFAULT_MAX_TRIALS, prepare_corpus
+from mvector.data.prepare import CORPORA, DEFAULT_MAX_TRIALS, PATH_MODES, prepare_corpus
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -41,6 +42,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"trials to generate (default: min(2 x target pairs, {DEFAULT_MAX_TRIALS})); "
         "with official trials, subsample to this many",
     )
+    parser.add_argument(
+        "--paths",
+        choices=PATH_MODES,
+        default="inside",
+        help="how audio paths are written: inside = relative for audio inside --output_dir, absolute for audio "
+        "outside it (the lists keep working when the list folder is moved); relative = relative always "
+        "(../ too: move lists and audio together); absolute = absolute always",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the speaker split and trial sampling")
     parser.add_argument("--check_audio", action="store_true", help="decode every file fully (default: header only)")
     parser.add_argument("--num_workers", type=int, default=None, help="threads for checks and conversion")
@@ -61,6 +70,7 @@ def _main(argv=None, prog=None) -> None:
         "seed": args.seed,
         "check_audio": args.check_audio,
         "num_workers": args.num_workers,
+        "paths": args.paths,
     }
     corpus_only = {"convert_wav": "zhvoice", "wav_dir": "zhvoice", "infodata": "zhvoice", "trials_file": "voxceleb"}
     for name, corpus in corpus_only.items():

@@ -7,18 +7,22 @@ Non-interactive (no audio hardware needed); folders are expanded into their audi
     python infer_recognition.py --list
     python infer_recognition.py --import_folder old_audio_db    # enroll old_audio_db/<name>/*.wav
 With no command, an interactive loop records from the microphone (needs a terminal and the "mic" extra).
-Errors (a missing file or model folder, an unknown speaker, an empty database) print one line and exit with 2.
+--recognize goes on past a file it cannot read: that file gets one error line ({"file", "error"} with --json),
+and the exit status is 1 when any file failed. A database is created only by --register / --import_folder;
+--recognize, --remove and --list refuse a folder without one (a mistyped --audio_db_path).
+Other errors (a missing model folder, an unknown speaker, an empty database) print one line and exit with 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from mvector.cli.common import HelpFormatter, run_cli, str2bool
-from mvector.errors import MVectorError
+from mvector.errors import MVectorError, SpeakerDBError
+from mvector.utils.files import dumps_json
 
 MENU = "0: register from the microphone  1: recognise from the microphone  2: remove  3: list  q: quit"
 
@@ -63,7 +67,7 @@ def _interactive(predictor, seconds: float) -> None:
             print(f"error: {err}")
 
 
-def _main(argv=None, prog=None) -> None:
+def _main(argv=None, prog=None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
@@ -102,14 +106,23 @@ def _main(argv=None, prog=None) -> None:
 
         require_pyaudio()
     from mvector.predictor import MVectorPredictor, iter_audio_files
-    from mvector.speaker_db import validate_name
+    from mvector.speaker_db import DB_FILENAME, validate_name
 
     files = []
     if args.register:
         validate_name(args.register[0])
         files = [str(f) for f in iter_audio_files(args.register[1:], must_exist=True)]
     elif args.recognize:
-        files = [str(f) for f in iter_audio_files(args.recognize, must_exist=True)]
+        files = [str(f) for f in iter_audio_files(args.recognize)]  # a missing file is reported in the loop
+        if not files:
+            raise MVectorError(f"--recognize: no audio files in {' '.join(args.recognize)}")
+    if args.recognize or args.remove or args.list:
+        db_file = Path(args.audio_db_path) / DB_FILENAME
+        if not db_file.is_file():
+            raise SpeakerDBError(
+                f"no speaker database in {args.audio_db_path} (no {DB_FILENAME}); check --audio_db_path, "
+                "or create one with --register NAME FILE... or --import_folder DIR"
+            )
 
     predictor = MVectorPredictor(
         model_path=args.model_path,
@@ -119,41 +132,72 @@ def _main(argv=None, prog=None) -> None:
         backend=args.backend,
         keep_audio=args.keep_audio,
     )
-    emit = (lambda obj, text: print(json.dumps(obj), flush=True)) if args.json else (lambda obj, text: print(text))
+    emit = (lambda obj, text: print(dumps_json(obj), flush=True)) if args.json else (lambda obj, text: print(text))
+    failed = 0
     with predictor:
         if args.register:
             name = validate_name(args.register[0])
+            before = predictor.db.num_utterances(name) if name in predictor.db else 0
             predictor.register(name, files)
-            emit({"registered": name, "files": len(files)}, f"registered {name} from {len(files)} file(s)")
+            if before:
+                total = before + len(files)
+                emit(
+                    {"registered": name, "files": len(files), "added_to_existing": True, "utterances": total},
+                    f"{name} was already enrolled: added {len(files)} recording(s) to it "
+                    f"(now {before + len(files)}); use --remove {name} first to replace it",
+                )
+            else:
+                emit({"registered": name, "files": len(files)}, f"registered {name} from {len(files)} file(s)")
         elif args.recognize:
+            if len(predictor.db) == 0:
+                raise SpeakerDBError(
+                    f"no speakers enrolled in {args.audio_db_path}; register speakers first with "
+                    "--register NAME FILE... or --import_folder DIR"
+                )
             for path in files:
+                try:
+                    result = predictor.recognize(path, top_k=args.top_k)
+                except MVectorError as err:  # one bad file: say so on its own line and go on with the others
+                    failed += 1
+                    message = str(err) if path in str(err) else f"{path}: {err}"
+                    if args.json:
+                        emit({"file": path, "error": message}, "")
+                    else:
+                        print(f"error: {message}", file=sys.stderr, flush=True)
+                    continue
                 if args.top_k > 1:
-                    hits = predictor.recognize(path, top_k=args.top_k)
                     emit(
-                        {"file": path, "candidates": [{"name": n, "score": round(s, 6)} for n, s in hits]},
-                        f"{path}: " + ", ".join(f"{n} ({s:.4f})" for n, s in hits),
+                        {"file": path, "candidates": [{"name": n, "score": round(s, 6)} for n, s in result]},
+                        f"{path}: " + ", ".join(f"{n} ({s:.4f})" for n, s in result),
                     )
                 else:
-                    name, score = predictor.recognize(path)
+                    name, score = result
                     emit(
                         {"file": path, "name": name, "score": round(score, 6)},
                         f"{path}: {name or 'unknown speaker'} (score {score:.4f})",
                     )
+            if failed and not args.json:
+                print(f"{failed} of {len(files)} file(s) could not be recognised", file=sys.stderr)
         elif args.remove:
             predictor.remove(args.remove)
             emit({"removed": args.remove}, f"removed {args.remove}")
         elif args.list:
             names = predictor.speakers()
-            emit({"speakers": names}, "\n".join(names) if names else "(no speakers enrolled)")
+            counts = {n: predictor.db.num_utterances(n) for n in names}
+            emit(
+                {"speakers": names, "utterances": counts},
+                "\n".join(f"{n}\t{counts[n]} recording(s)" for n in names) if names else "(no speakers enrolled)",
+            )
         elif args.import_folder:
             counts = predictor.import_folder(args.import_folder)
             emit({"imported": counts}, f"imported {sum(counts.values())} recordings of {len(counts)} speakers")
         else:
             _interactive(predictor, args.record_seconds)
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Run the command; returns the exit status (an mvector error prints one line and gives 2)."""
+    """Run the command; returns the exit status: 0, 1 when some --recognize file failed, 2 on an mvector error."""
     return run_cli(lambda args: _main(args, prog), argv)
 
 

@@ -26,7 +26,7 @@ import torch
 
 from mvector.audio import audio_duration, crop, load_audio
 from mvector.data.lists import Utterance
-from mvector.errors import AudioError, ConfigError, MVectorError
+from mvector.errors import AudioError, ConfigError
 
 __all__ = [
     "Unreadable",
@@ -37,8 +37,9 @@ __all__ = [
     "header_durations",
 ]
 
-#: Errors from decoding a file that turn into an :class:`Unreadable` marker instead of stopping training.
-_LOAD_ERRORS = (MVectorError, OSError, ValueError, RuntimeError, EOFError)
+#: Errors from decoding (or augmenting) one file that turn into an :class:`Unreadable` marker instead of stopping
+#: training: any per-file failure, including a MemoryError from a hostile file; only interrupts propagate.
+_LOAD_ERRORS = (Exception,)
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,11 @@ class TrainDataset(torch.utils.data.Dataset):
                 crop_mode="random",
                 rng=rng,
             )
+            if self.augmenter is not None:
+                wave = self.augmenter(wave, self.sample_rate, rng)
+                wave = crop(wave, crop_samples, mode="random", rng=rng)
         except _LOAD_ERRORS as err:
             return Unreadable(utt.path, _reason(err))
-        if self.augmenter is not None:
-            wave = self.augmenter(wave, self.sample_rate, rng)
-            wave = crop(wave, crop_samples, mode="random", rng=rng)
         return np.ascontiguousarray(wave, dtype=np.float32), int(utt.label)
 
 

@@ -309,16 +309,37 @@ def load_utterances(path: PathLike, num_speakers: int | None = None, check_files
     return read_list(target, num_speakers, check_files)
 
 
+#: A largest label above this many times the number of distinct labels (and above 1000) is refused as a typo.
+MAX_LABEL_GAP_FACTOR = 10
+
+
 def infer_num_speakers(utts: Iterable[Utterance]) -> int:
     """Number of classes a list needs: the largest label + 1.
 
+    A largest label far above the number of distinct labels (more than ``MAX_LABEL_GAP_FACTOR`` times it, and
+    above 1000) is taken for a typo and is a :class:`DataListError` naming its line, instead of a classifier
+    of that many rows (a label of 100000000 would allocate tens of GB).
+
     >>> infer_num_speakers([Utterance("/a.wav", 0), Utterance("/b.wav", 4)])
     5
+    >>> infer_num_speakers([Utterance("/a.wav", 0, 1), Utterance("/b.wav", 100000000, 2)])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mvector.errors.DataListError: label 100000000 on line 2 is far above the 2 distinct labels of the list ...
     """
-    labels = [u.label for u in utts]
-    if not labels:
+    utts = list(utts)
+    if not utts:
         raise DataListError("cannot infer num_speakers from an empty list")
-    return max(labels) + 1
+    worst = max(utts, key=lambda u: u.label)
+    distinct = len({u.label for u in utts})
+    limit = max(MAX_LABEL_GAP_FACTOR * distinct, MAX_LABEL_GAP_FACTOR * 100)
+    if worst.label + 1 > limit:
+        raise DataListError(
+            f"label {worst.label} on line {worst.line} is far above the {distinct} distinct labels of the list "
+            f"(it would need {worst.label + 1} classifier rows); labels should be 0..{distinct - 1}: fix the label "
+            "(a typo?), or set dataset_conf.num_speakers explicitly if the gap is meant"
+        )
+    return worst.label + 1
 
 
 def check_num_speakers(utts: Sequence[Utterance], configured: int) -> list[int]:

@@ -9,8 +9,11 @@ into a training and a speaker-disjoint test set, and writes three files into ``o
   official trials or trials generated from the test list (balanced target / non-target);
 - ``skipped.txt`` (only when something was skipped): ``path<TAB>reason`` for each unusable file.
 
-Paths are written relative to ``output_dir`` (the list file's folder) whenever that resolves to the same file,
-absolute otherwise, which is the rule every mvector list reader follows. Files are written atomically
+Paths of audio inside ``output_dir`` (the list file's folder) are written relative to it when that resolves to the
+same file, which is the rule every mvector list reader follows; audio outside ``output_dir`` is written with its
+absolute path (``paths="inside"``, the default), so moving the list folder never breaks a line.
+``paths="relative"`` writes ``../`` paths too (move the lists and the audio together), ``paths="absolute"`` only
+absolute paths. Files are written atomically
 (temporary file, then rename), so an interrupted run never leaves a half-written list.
 
 >>> import tempfile, numpy as np, soundfile as sf
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -131,6 +133,32 @@ class PreparedData:
 # ---------------------------------------------------------------------------------------------------------
 
 
+#: How ``create_data`` writes audio paths (see the module docstring).
+PATH_MODES = ("inside", "relative", "absolute")
+
+
+def _path_mode(paths: str) -> Union[bool, str]:
+    if paths not in PATH_MODES:
+        raise ConfigError(f"paths must be one of {', '.join(PATH_MODES)}, got {paths!r}")
+    return {"inside": "inside", "relative": True, "absolute": False}[paths]
+
+
+def _output_folder(output_dir: PathLike, create: bool = True) -> Path:
+    """``output_dir`` (created if missing); a path naming an existing file is a :class:`ConfigError`."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} exists and is not a folder; give a folder for the lists")
+    if not create:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ConfigError(f"output_dir {out}: cannot create the folder, a file is in the way ({err})") from None
+    except OSError as err:
+        raise ConfigError(f"output_dir {out}: cannot create the folder ({err.strerror or err})") from None
+    return out
+
+
 def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
     """Write lines to ``path`` atomically (see :mod:`mvector.utils.files`)."""
     with atomic_open(path, "w") as handle:
@@ -147,7 +175,7 @@ class _PathWriter:
     folders can make the two differ, and then the absolute path is written instead. Checked once per folder.
     """
 
-    def __init__(self, base: PathLike, relative: bool = True):
+    def __init__(self, base: PathLike, relative: Union[bool, str] = "inside"):
         self.base = os.path.abspath(os.fspath(base))
         self.real_base = os.path.realpath(self.base)
         self.relative = relative
@@ -160,16 +188,28 @@ class _PathWriter:
         folder = os.path.dirname(absolute)
         try:
             if not os.path.isdir(folder) or not os.path.isdir(self.base):
-                return os.path.relpath(absolute, self.base)  # nothing on disk to check: lexical rule
+                rel = os.path.relpath(absolute, self.base)  # nothing on disk to check: lexical rule
+                return absolute if self._outside(rel) else self._not_comment(rel)
             rel = os.path.relpath(os.path.realpath(absolute), self.real_base)
         except ValueError:  # another drive on Windows
+            return absolute
+        if self._outside(rel):
             return absolute
         rel_folder = os.path.dirname(rel)
         ok = self._folder_ok.get(folder)
         if ok is None:
             ok = self._same_place(folder, rel_folder)
             self._folder_ok[folder] = ok
-        return rel if ok else absolute
+        return self._not_comment(rel) if ok else absolute
+
+    def _outside(self, rel: str) -> bool:
+        """With ``relative="inside"``, a path leaving the list's folder (``../``) is written absolute instead."""
+        return self.relative == "inside" and (rel == os.pardir or rel.startswith(os.pardir + os.sep))
+
+    @staticmethod
+    def _not_comment(rel: str) -> str:
+        """A relative path starting with ``#`` (a speaker folder ``#alice``) would be read as a comment line."""
+        return os.curdir + os.sep + rel if rel.startswith("#") else rel
 
     def _same_place(self, folder: str, rel_folder: str) -> bool:
         physical = os.path.join(self.base, rel_folder) if rel_folder else self.base
@@ -185,18 +225,25 @@ def _check_path_text(text: str, where: str) -> None:
         raise DataListError(f"{where}: path contains a tab or newline and cannot be written to a list: {text!r}")
 
 
-def write_list(path: PathLike, items: Iterable[tuple[PathLike, int]], relative: bool = True) -> int:
+def write_list(path: PathLike, items: Iterable[tuple[PathLike, int]], relative: Union[bool, str] = "inside") -> int:
     """Write ``path<TAB>label`` lines atomically; returns the number of lines.
 
-    Audio paths are filesystem paths (absolute, or relative to the current folder); they are written relative
-    to the list file's folder when possible (``relative=True``), absolute otherwise.
+    Audio paths are filesystem paths (absolute, or relative to the current folder). ``relative`` says how they
+    are written: ``"inside"`` (default) relative to the list file's folder for audio inside that folder and
+    absolute for audio outside it, so the list folder can be moved together with the audio inside it and a
+    list pointing elsewhere keeps working when moved; ``True`` relative whenever possible (``../`` too);
+    ``False`` always absolute. A relative path starting with ``#`` is written as ``./#...`` (not a comment).
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
-    >>> write_list(folder / "lists" / "train.txt", [(folder / "a" / "x.wav", 0), (folder / "b" / "y.wav", 1)])
+    >>> items = [(folder / "lists" / "a" / "x.wav", 0), (folder / "b" / "y.wav", 1)]
+    >>> write_list(folder / "lists" / "train.txt", items)
     2
-    >>> (folder / "lists" / "train.txt").read_text().splitlines()
-    ['../a/x.wav\\t0', '../b/y.wav\\t1']
+    >>> [line.replace(str(folder), "ROOT") for line in (folder / "lists" / "train.txt").read_text().splitlines()]
+    ['a/x.wav\\t0', 'ROOT/b/y.wav\\t1']
+    >>> _ = write_list(folder / "lists" / "rel.txt", items, relative=True)
+    >>> (folder / "lists" / "rel.txt").read_text().splitlines()
+    ['a/x.wav\\t0', '../b/y.wav\\t1']
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +257,9 @@ def write_list(path: PathLike, items: Iterable[tuple[PathLike, int]], relative: 
     return len(lines)
 
 
-def write_trials(path: PathLike, trials: Iterable[tuple[int, PathLike, PathLike]], relative: bool = True) -> int:
+def write_trials(
+    path: PathLike, trials: Iterable[tuple[int, PathLike, PathLike]], relative: Union[bool, str] = "inside"
+) -> int:
     """Write ``label enroll test`` trial lines atomically (paths as in :func:`write_list`); returns the count.
 
     >>> import tempfile
@@ -435,19 +484,11 @@ def convert_to_wav(src: PathLike, dst: PathLike, sample_rate: int = 16000) -> No
 
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".convert.", suffix=".wav", dir=os.path.dirname(os.path.abspath(dst)))
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(mono, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, dst)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(err, Exception):
-            raise AudioError(f"{dst}: cannot write converted audio ({err})") from err
-        raise
+    try:  # atomic, with the permissions the umask gives a new file
+        with atomic_open(dst, "wb") as fh:
+            sf.write(fh, np.clip(mono, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    except Exception as err:
+        raise AudioError(f"{dst}: cannot write converted audio ({err})") from err
 
 
 def _parallel_map(func: Callable, items: Sequence, num_workers: int | None) -> list:
@@ -547,15 +588,16 @@ def _finish(
     num_trials: int | None,
     seed: int,
     official_trials: list[tuple[int, str, str]] | None = None,
+    paths: str = "inside",
 ) -> PreparedData:
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(output_dir)
+    relative = _path_mode(paths)
     if not train and not test:
         raise DataListError("no usable audio found" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
     train_items, test_items = _labels_for(train), _labels_for(test)
     result = PreparedData(out / "train_list.txt", out / "test_list.txt", out / "trials.txt")
-    result.num_train_utterances = write_list(result.train_list, train_items)
-    result.num_test_utterances = write_list(result.test_list, test_items)
+    result.num_train_utterances = write_list(result.train_list, train_items, relative=relative)
+    result.num_test_utterances = write_list(result.test_list, test_items, relative=relative)
     result.num_train_speakers = len({spk for _, spk in train})
     result.num_test_speakers = len({spk for _, spk in test})
 
@@ -570,7 +612,7 @@ def _finish(
         if note:
             notes.append(note)
         paths = [p for p, _ in test_items]
-        as_written = _PathWriter(out)
+        as_written = _PathWriter(out, relative=relative)
         usable = [k for k, p in enumerate(paths) if " " not in as_written(p)]
         if len(usable) < len(paths):
             notes.append(
@@ -580,7 +622,7 @@ def _finish(
         trials = [(t, paths[usable[i]], paths[usable[j]]) for t, i, j in sample_trial_pairs(labels, num_trials, seed)]
         if result.num_test_speakers == 1:
             notes.append("only one test speaker: no non-target trials can be formed, so no trials were written")
-    result.num_trials = write_trials(result.trials, trials)
+    result.num_trials = write_trials(result.trials, trials, relative=relative)
     result.num_target_trials = sum(1 for t, _, _ in trials if t == 1)
     if result.num_test_speakers == 0:
         notes.append("no test speakers: test_list.txt and trials.txt are empty")
@@ -613,6 +655,7 @@ def prepare_folder(
     test_speakers: int | None = None,
     num_trials: int | None = None,
     seed: int = 0,
+    paths: str = "inside",
     check_audio: bool = False,
     num_workers: int | None = None,
 ) -> PreparedData:
@@ -646,7 +689,7 @@ def prepare_folder(
     test_set = set(test_spk)
     train = [r for r in records if r[1] not in test_set]
     test = [r for r in records if r[1] in test_set]
-    return _finish(output_dir, train, test, skipped, notes, num_trials, seed)
+    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
 
 
 def _read_infodata(path: Path) -> list[tuple[int, dict]]:
@@ -673,6 +716,7 @@ def prepare_zhvoice(
     test_speakers: int | None = None,
     num_trials: int | None = None,
     seed: int = 0,
+    paths: str = "inside",
     check_audio: bool = False,
     num_workers: int | None = None,
     convert_wav: bool = False,
@@ -721,7 +765,7 @@ def prepare_zhvoice(
     test_set = set(test_spk)
     train = [r for r in records if r[1] not in test_set]
     test = [r for r in records if r[1] in test_set]
-    return _finish(output_dir, train, test, skipped, notes, num_trials, seed)
+    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
 
 
 def _convert_records(
@@ -833,6 +877,7 @@ def prepare_cnceleb(
     test_speakers: int | None = None,
     num_trials: int | None = None,
     seed: int = 0,
+    paths: str = "inside",
     check_audio: bool = False,
     num_workers: int | None = None,
 ) -> PreparedData:
@@ -883,11 +928,11 @@ def prepare_cnceleb(
         test_set = set(test_spk)
         test = [r for r in train if r[1] in test_set]
         train = [r for r in train if r[1] not in test_set]
-        return _finish(output_dir, train, test, skipped, notes, num_trials, seed)
+        return _finish(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
     test, trials, dropped = _official_eval(eval_pairs, check_audio, num_workers, skipped)
     if dropped:
         notes.append(f"{dropped} official trial(s) dropped because a file is missing or unreadable")
-    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, official_trials=trials)
+    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, official_trials=trials, paths=paths)
 
 
 def _read_cnceleb_trials(
@@ -935,6 +980,7 @@ def prepare_voxceleb(
     test_speakers: int | None = None,
     num_trials: int | None = None,
     seed: int = 0,
+    paths: str = "inside",
     check_audio: bool = False,
     num_workers: int | None = None,
     trials_file: PathLike | None = None,
@@ -973,7 +1019,7 @@ def prepare_voxceleb(
         test_set = set(test_spk)
         train = [r for r in records if r[1] not in test_set]
         test = [r for r in records if r[1] in test_set]
-        return _finish(output_dir, train, test, skipped, notes, num_trials, seed)
+        return _finish(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
 
     trial_path = _find_trials_file(trials_file, roots)
     pairs = []
@@ -1004,7 +1050,7 @@ def prepare_voxceleb(
         notes.append(f"{dropped} official trial(s) dropped because a file is missing or unreadable")
     trial_speakers = {p[2] for p in pairs} | {p[4] for p in pairs}
     train = _filter_readable([r for r in found if r[1] not in trial_speakers], check_audio, num_workers, skipped)
-    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, official_trials=trials)
+    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, official_trials=trials, paths=paths)
 
 
 def _first_part(rel: str) -> str:
@@ -1056,4 +1102,5 @@ def prepare_corpus(corpus: str, root: PathLike | Sequence[PathLike], output_dir:
         if len(roots) != 1:
             raise ConfigError(f"corpus {corpus!r} takes one root folder, got {len(roots)}")
         root = roots[0]
+    _output_folder(output_dir, create=False)  # a file in the way is refused before the corpus is scanned
     return func(root, output_dir, **options)

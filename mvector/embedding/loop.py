@@ -22,14 +22,95 @@ length-masked; batching by length only saves padding work.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from mvector.errors import ConfigError
+from mvector.errors import AudioError, ConfigError
 
-__all__ = ["pad_waveforms", "length_batches", "run_embedder", "embed_batches", "embed_waveforms"]
+__all__ = [
+    "pad_waveforms",
+    "length_batches",
+    "run_embedder",
+    "embed_batches",
+    "embed_waveforms",
+    "min_samples_of",
+    "check_min_length",
+]
+
+_BATCH_INDEX = re.compile(r"clip\(s\) at batch index \[([0-9, ]*)\]")
+
+
+def min_samples_of(embedder: Any) -> int | None:
+    """The shortest input (in samples) ``embedder`` can embed: one analysis window of its featurizer; None if unknown.
+
+    Looks at ``embedder.featurizer``, ``embedder.model.featurizer`` and, for an export, the featurizer its stored
+    configuration describes.
+
+    >>> from mvector.features import build_featurizer
+    >>> from mvector.models import EmbeddingModel, build_backbone
+    >>> fz = build_featurizer("Fbank", {"num_mel_bins": 40})
+    >>> min_samples_of(EmbeddingModel(fz, build_backbone("TDNN", fz.feature_dim, channels=32, embd_dim=16)))
+    400
+    """
+    for holder in (embedder, getattr(embedder, "model", None)):
+        fz = getattr(holder, "featurizer", None)
+        if fz is not None and getattr(fz, "min_samples", None):
+            return int(fz.min_samples)
+    config = getattr(embedder, "config", None)
+    if isinstance(config, dict) and config.get("preprocess_conf"):
+        try:
+            from mvector.build import build_featurizer_for
+
+            return int(build_featurizer_for(config).min_samples)
+        except Exception:  # an unusual config: leave the check to the featurizer
+            return None
+    return None
+
+
+def _describe(index: int, names: Sequence[str] | None) -> str:
+    return f"input {index} ({names[index]})" if names is not None else f"input {index}"
+
+
+def check_min_length(
+    lengths: Sequence[int], min_samples: int | None, sample_rate: int = 16000, names: Sequence[str] | None = None
+) -> None:
+    """Raise :class:`AudioError` naming every input (index in the caller's order, and name) shorter than one window.
+
+    >>> check_min_length([8000, 100], 400, 16000, names=["a.wav", "b.wav"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mvector.errors.AudioError: input 1 (b.wav) is 100 samples (6.25 ms at 16000 Hz), shorter than one analysis ...
+    """
+    if not min_samples:
+        return
+    short = [i for i, n in enumerate(lengths) if int(n) < int(min_samples)]
+    if not short:
+        return
+    window = f"one analysis window ({min_samples} samples = {1000 * min_samples / sample_rate:g} ms)"
+    if len(short) == 1:
+        i = short[0]
+        n = int(lengths[i])
+        raise AudioError(
+            f"{_describe(i, names)} is {n} samples ({1000 * n / sample_rate:g} ms at {sample_rate} Hz), "
+            f"shorter than {window}; use longer audio"
+        )
+    shown = ", ".join(_describe(i, names) for i in short[:10]) + (" ..." if len(short) > 10 else "")
+    raise AudioError(f"{len(short)} inputs are shorter than {window}: {shown}; use longer audio")
+
+
+def _remap_batch_error(err: AudioError, indices: Sequence[int], names: Sequence[str] | None) -> AudioError | None:
+    """A featurizer's ``clip(s) at batch index [..]`` (positions in a length-sorted batch) in the caller's terms."""
+    match = _BATCH_INDEX.search(str(err))
+    if not match:
+        return None
+    rows = [int(x) for x in match.group(1).replace(" ", "").split(",") if x]
+    inputs = [int(indices[r]) for r in rows if 0 <= r < len(indices)]
+    shown = ", ".join(_describe(i, names) for i in inputs)
+    text = _BATCH_INDEX.sub(f"{shown} (in the order given)", str(err), count=1)
+    return AudioError(text)
 
 
 def pad_waveforms(waves: Sequence[np.ndarray], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,11 +155,14 @@ def embed_batches(
     batches: Iterable[tuple[Sequence[int], torch.Tensor, torch.Tensor]],
     count: int,
     progress: Any = None,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Embed ``(indices, waves [B, T], lengths [B])`` batches into row ``indices`` of a float32 ``[count, D]`` array.
 
     Rows no batch wrote stay zero (the caller knows which inputs were unusable). ``progress`` is an optional
-    callable given the number of rows done after each batch.
+    callable given the number of rows done after each batch. A featurizer's complaint about a clip in a batch
+    is re-raised naming the input's index in the caller's order (and ``names[index]`` when given), not its
+    position in the length-sorted batch.
 
     >>> net = torch.nn.Linear(4, 2)
     >>> embedder = lambda w, n: w @ torch.ones(4, 3)
@@ -91,7 +175,13 @@ def embed_batches(
     for indices, waves, lengths in batches:
         if len(indices) == 0:
             continue
-        emb = run_embedder(embedder, waves, lengths)
+        try:
+            emb = run_embedder(embedder, waves, lengths)
+        except AudioError as err:
+            mapped = _remap_batch_error(err, indices, names)
+            if mapped is None:
+                raise
+            raise mapped from err
         if out is None:
             out = np.zeros((count, emb.shape[1]), dtype=np.float32)
         out[np.asarray(indices, dtype=np.int64)] = emb
@@ -106,15 +196,21 @@ def embed_waveforms(
     waves: Sequence[np.ndarray],
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Embed 1-D waveforms, batched by length, returning float32 ``[N, D]`` in the input order.
 
-    ``device`` is accepted for compatibility; a torch module runs on the device of its parameters.
+    ``device`` is accepted for compatibility; a torch module runs on the device of its parameters. A waveform
+    shorter than one analysis window is an :class:`~mvector.errors.AudioError` naming its index in ``waves`` (and
+    ``names[index]`` when given), checked before anything runs.
     """
+    check_min_length(
+        [len(w) for w in waves], min_samples_of(embedder), int(getattr(embedder, "sample_rate", 16000)), names
+    )
 
     def batches():
         for idx in length_batches([len(w) for w in waves], batch_size):
             batch, lengths = pad_waveforms([waves[i] for i in idx])
             yield idx, batch, lengths
 
-    return embed_batches(embedder, batches(), len(waves))
+    return embed_batches(embedder, batches(), len(waves), names=names)

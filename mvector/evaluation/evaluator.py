@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from mvector.data.dataset import EvalDataset, collate_batch
 from mvector.data.lists import load_utterances
 from mvector.embedding import embed_batches, length_batches
+from mvector.embedding.loop import min_samples_of
 from mvector.errors import DataListError
 from mvector.evaluation.metrics import all_pairs_metrics, evaluate_scores
 from mvector.evaluation.scoring import (
@@ -133,11 +134,26 @@ class Evaluator:
             prefetch_factor=2 if st.num_workers > 0 else None,
         )
         unreadable: list[tuple[str, str]] = []
+        min_samples = min_samples_of(self.embedder) or 0
+        window = f"shorter than one analysis window ({min_samples} samples)"
 
         def feed():
             for batch in loader:
                 unreadable.extend(batch.skipped)
-                yield batch.labels.tolist(), batch.waveforms, batch.lengths
+                rows = batch.labels.tolist()
+                if min_samples and len(rows) and bool((batch.lengths < min_samples).any()):
+                    # Too short to embed (after decoding and VAD): left out and reported like an unreadable file.
+                    keep = batch.lengths >= min_samples
+                    for row, ok in zip(rows, keep.tolist()):
+                        if not ok:
+                            unreadable.append((dataset.paths[row], window))
+                    rows = [r for r, ok in zip(rows, keep.tolist()) if ok]
+                    waves, lengths = batch.waveforms[keep], batch.lengths[keep]
+                    if len(rows):
+                        waves = waves[:, : int(lengths.max())]
+                    yield rows, waves, lengths
+                    continue
+                yield rows, batch.waveforms, batch.lengths
 
         bar = None
         if self.progress:
@@ -145,7 +161,8 @@ class Evaluator:
 
             bar = tqdm(total=len(paths), desc=desc, unit="utt", leave=False)
         try:
-            vectors = embed_batches(self.embedder, feed(), len(paths), progress=bar.update if bar else None)
+            advance = (lambda done: bar.update(done - bar.n)) if bar is not None else None
+            vectors = embed_batches(self.embedder, feed(), len(paths), progress=advance, names=dataset.paths)
         finally:
             if bar is not None:
                 bar.close()
@@ -185,7 +202,8 @@ class Evaluator:
             raise DataListError("evaluation needs a test list or a trial list (dataset_conf.test_list / trials_list)")
         if bad:
             metrics["unreadable_files"] = [p for p, _ in bad]
-            self.log(f"evaluation: {len(bad)} unreadable files left out")
+            shown = "; ".join(f"{p}: {why}" for p, why in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            self.log(f"evaluation: {len(bad)} unreadable or too short files left out ({shown})")
         if save_image_path and scores is not None:
             metrics["images"] = self._plots(scores, labels, metrics, Path(save_image_path), title)
         return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in metrics.items()}
