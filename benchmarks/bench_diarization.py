@@ -41,12 +41,13 @@ add_repo_to_path()
 from mvector.audio import load_audio  # noqa: E402
 from mvector.data.conversations import ListSource, write_conversation  # noqa: E402
 from mvector.evaluation.der import Segment, diarization_error_rate, read_rttm  # noqa: E402
-from mvector.inference.clustering import kmeans  # noqa: E402
+from mvector.inference.clustering import kmeans, relabel  # noqa: E402
 from mvector.inference.diarization import (  # noqa: E402
     AudioBlocks,
     DiarizationConfig,
     Diarizer,
     PredictorEmbedder,
+    _windows,
 )
 from mvector.predictor import MVectorPredictor  # noqa: E402
 
@@ -78,22 +79,18 @@ def baseline(embedder: PredictorEmbedder, path: Path, num_speakers: int, window:
     return [Segment(s, e, f"k{int(label)}") for (s, e), label in zip(spans, labels)]
 
 
-def run_system(name: str, fn, items: list[tuple[Path, dict, int]], collar: float) -> dict:
-    hyp, ref, seconds, audio = {}, {}, 0.0, 0.0
+def _score(name: str, outputs: list[tuple[list[Segment], float, float]], items, collar: float) -> dict:
+    """DER and friends of one system's outputs ``[(turns, seconds, duration)]`` over ``items``."""
+    hyp, ref, per_count = {}, {}, {}
     counts_right = 0
-    per_count: dict[int, dict] = {}
-    for wav, reference, n in items:
-        began = time.perf_counter()
-        turns, duration = fn(wav, n)
-        seconds += time.perf_counter() - began
-        audio += duration
-        hyp[wav.stem] = turns
-        ref[wav.stem] = reference
+    for (turns, _, _), (wav, reference, n) in zip(outputs, items):
+        hyp[wav.stem], ref[wav.stem] = turns, reference
         counts_right += len({t.speaker for t in turns}) == n
-        per_count.setdefault(n, {"ref": {}, "hyp": {}})
-        per_count[n]["ref"][wav.stem] = reference
-        per_count[n]["hyp"][wav.stem] = turns
+        per_count.setdefault(n, ({}, {}))
+        per_count[n][0][wav.stem], per_count[n][1][wav.stem] = reference, turns
     total = diarization_error_rate(ref, hyp, collar=collar)
+    seconds = sum(o[1] for o in outputs)
+    audio = sum(o[2] for o in outputs)
     return {
         "system": name,
         "der": round(total.der, 4),
@@ -101,37 +98,65 @@ def run_system(name: str, fn, items: list[tuple[Path, dict, int]], collar: float
         "false_alarm": round(total.false_alarm / total.total, 4),
         "confusion": round(total.confusion / total.total, 4),
         "der_by_speakers": {
-            str(n): round(diarization_error_rate(v["ref"], v["hyp"], collar=collar).der, 4)
-            for n, v in sorted(per_count.items())
+            str(n): round(diarization_error_rate(r, h, collar=collar).der, 4) for n, (r, h) in sorted(per_count.items())
         },
         "speaker_count_right": f"{counts_right}/{len(items)}",
-        "real_time_factor": round(seconds / audio, 4),
+        "real_time_factor": round(seconds / audio, 4) if seconds > 0 else None,
         "audio_seconds": round(audio, 1),
     }
 
 
-def evaluate_model(model_path: str, items, sample, collar: float) -> dict:
+def ours(diarizer: Diarizer, wav: Path, variants: dict[str, DiarizationConfig]) -> dict:
+    """The pipeline on ``wav``; speech detection and embeddings once, clustering onwards per config variant.
+
+    The time of the first variant covers the whole pipeline (reading, VAD, embeddings, clustering, turns); the
+    others add only their own clustering and re-segmentation time to the shared part.
+    """
+    began = time.perf_counter()
+    source = AudioBlocks(wav, diarizer.sample_rate, diarizer.config.block_seconds)
+    speech, total = diarizer.detect_speech(source)
+    spans, owner = _windows(speech, total, diarizer.sample_rate, diarizer.config)
+    emb = diarizer.embed_windows(source, spans)
+    shared = time.perf_counter() - began
+    out = {}
+    for name, conf in variants.items():
+        started = time.perf_counter()
+        d = Diarizer(diarizer.embedder, conf)
+        labels = relabel(d.cluster(emb))
+        turns, _ = d.name_speakers(d.segment(speech, spans, owner, emb, labels), emb, labels)
+        out[name] = (turns, shared + time.perf_counter() - started, total / diarizer.sample_rate)
+    return out
+
+
+def evaluate_model(model_path: str, items, collar: float) -> dict:
     predictor = MVectorPredictor(model_path, use_gpu=False)
     embedder = PredictorEmbedder(predictor)
+    diarizer = Diarizer(embedder)
     out = {"model": model_path, "threshold": round(predictor.threshold, 4)}
-
-    def ours(config_kwargs):
-        def fn(wav, n):
-            conf = DiarizationConfig(**{k: (n if v == "oracle" else v) for k, v in config_kwargs.items()})
-            result = Diarizer(embedder, conf)(wav)
-            return result.turns, result.duration
-
-        return fn
-
-    def base(wav, n):
+    names = ["mvector", "mvector_oracle_count", "mvector_no_resegmentation", "mvector_spectral_eigengap"]
+    results: dict[str, list] = {name: [] for name in names + ["baseline"]}
+    for wav, _, n in items:
+        variants = {
+            "mvector": DiarizationConfig(),
+            "mvector_oracle_count": DiarizationConfig(num_speakers=n),
+            "mvector_no_resegmentation": DiarizationConfig(num_speakers=n, resegment=False),
+            "mvector_spectral_eigengap": DiarizationConfig(clustering="spectral"),
+        }
+        for name, value in ours(diarizer, wav, variants).items():
+            results[name].append(value)
         from mvector.audio import audio_duration
 
-        return baseline(embedder, wav, n), audio_duration(wav)
-
-    systems = [("mvector", ours({})), ("mvector_oracle_count", ours({"num_speakers": "oracle"})), ("baseline", base)]
-    out["conversations"] = [run_system(name, fn, items, collar) for name, fn, in systems]
-    if sample is not None:
-        out["pyannote_sample"] = [run_system(name, fn, [sample], collar) for name, fn in systems]
+        began = time.perf_counter()
+        turns = baseline(embedder, wav, n)
+        results["baseline"].append((turns, time.perf_counter() - began, audio_duration(wav)))
+    conv = [i for i, item in enumerate(items) if item[0].stem != "sample"]
+    real = [i for i, item in enumerate(items) if item[0].stem == "sample"]
+    for key, idx in (("conversations", conv), ("pyannote_sample", real)):
+        if idx:
+            out[key] = [
+                _score(name, [outputs[i] for i in idx], [items[i] for i in idx], collar)
+                for name, outputs in results.items()
+            ]
     return out
 
 
@@ -164,12 +189,13 @@ def main() -> None:
             wav, rttm = write_conversation(work, f"dev{n}spk_{i}", n, args.duration, source=source, seed=seed)
             items.append((wav, read_rttm(rttm)[wav.stem], n))
     generation = time.perf_counter() - generated_at
-    sample = None
     if args.sample_wav and args.sample_rttm:
         ref = read_rttm(args.sample_rttm)
-        stem = Path(args.sample_wav).stem
-        turns = ref[stem] if stem in ref else next(iter(ref.values()))
-        sample = (Path(args.sample_wav), turns, len({t.speaker for t in turns}))
+        wav = Path(args.sample_wav)
+        if wav.stem != "sample":
+            parser.error("--sample_wav must be pyannote-audio's sample.wav (file name sample.wav)")
+        turns = ref[wav.stem] if wav.stem in ref else next(iter(ref.values()))
+        items.append((wav, turns, len({t.speaker for t in turns})))
     report = {
         "benchmark": "diarization",
         "material": {
@@ -183,7 +209,7 @@ def main() -> None:
         },
         "collar": args.collar,
         "machine": machine_info(),
-        "results": [evaluate_model(m, items, sample, args.collar) for m in args.model_path],
+        "results": [evaluate_model(m, items, args.collar) for m in args.model_path],
     }
     emit(report)
 

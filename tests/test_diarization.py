@@ -19,6 +19,7 @@ from mvector.data.conversations import generate_conversation, write_conversation
 from mvector.errors import AudioError, ConfigError
 from mvector.evaluation.der import Segment, diarization_error, read_rttm
 from mvector.inference.clustering import (
+    absorb_small_clusters,
     agglomerative_clustering,
     cluster_embeddings,
     merge_similar_clusters,
@@ -126,6 +127,20 @@ def test_one_speaker_is_merged_back_into_one():
     two, _ = clusters(2, seed=3)
     assert cluster_embeddings(two, method="spectral", merge_threshold=0.5).max() == 1
     assert merge_similar_clusters(two, np.repeat([0, 1], 25), threshold=0.5, min_speakers=1).max() == 1
+
+
+def test_stray_windows_join_the_nearest_speaker():
+    emb, truth = clusters(2, per=20, seed=5)
+    labels = truth.copy()
+    labels[[3, 25]] = [2, 3]  # two one-window clusters
+    fixed = absorb_small_clusters(emb, labels, min_size=3)
+    assert fixed.max() == 1 and np.array_equal(fixed, truth)
+    assert absorb_small_clusters(emb, labels, min_size=3, min_speakers=4).max() == 3  # would leave too few
+    # a known count goes to spectral clustering, an open one to agglomerative clustering at the threshold
+    assert cluster_embeddings(emb, num_speakers=2).max() == 1
+    assert cluster_embeddings(emb, threshold=0.2).max() == 1
+    with pytest.raises(ConfigError, match="needs a threshold"):
+        cluster_embeddings(emb)
 
 
 def test_subsampled_clustering_matches_full():

@@ -53,7 +53,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--clustering",
         default="auto",
         choices=["auto", "spectral", "agglomerative"],
-        help="auto: spectral (eigengap) from 20 windows on, agglomerative below",
+        help="auto: agglomerative at --threshold when the count is open, spectral when it is given; "
+        "spectral with an open count estimates it from the eigengap",
     )
     parser.add_argument(
         "--threshold",

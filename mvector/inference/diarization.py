@@ -10,8 +10,11 @@ The pipeline (:class:`Diarizer`):
 3. **Embeddings**: the recording is read a second time, block by block, and the windows are embedded in batches
    by any object with ``embed_waveforms(list of float32 arrays) -> [N, D]`` and a ``sample_rate``
    (:class:`PredictorEmbedder` wraps an :class:`~mvector.predictor.MVectorPredictor`).
-4. **Clustering** (:mod:`mvector.inference.clustering`): spectral with the number of speakers from the eigengap
-   (or given, or bounded by ``min_speakers``/``max_speakers``), or agglomerative with a cosine threshold.
+4. **Clustering** (:mod:`mvector.inference.clustering`): with ``clustering="auto"``, agglomerative (average
+   linkage) with the model's cosine threshold when the number of speakers is open (bounded by
+   ``min_speakers``/``max_speakers``), spectral clustering when it is given; clusters of fewer than
+   ``min_cluster_windows`` windows join the nearest larger one. ``"spectral"`` estimates an open number of
+   speakers from the eigengap (NME-SC) instead.
 5. **Re-segmentation**: on a grid of ``frame`` seconds, each speaker's score is the cosine similarity of the
    windows covering the frame to the speaker's centroid, weighted towards each window's centre; a Viterbi pass
    with a cost per speaker change picks the best labelling, which places turn boundaries between window
@@ -122,9 +125,11 @@ class DiarizationConfig:
 
     ``threshold``: cosine threshold of agglomerative clustering (default: the embedder's decision threshold, else
     :data:`DEFAULT_THRESHOLD`). ``merge_threshold``: after clustering without a fixed number of speakers, clusters
-    whose centroids are more similar than this are joined (default: the same as ``threshold``; 1.0 turns it off). ``switch_penalty``: cost of a
-    speaker change in re-segmentation, in cosine-similarity units per change. ``name_threshold``: minimum score of
-    a cluster centroid against an enrolled speaker to take its name (default: ``threshold``'s default).
+    whose centroids are more similar than this are joined (default: the same as ``threshold``; 1.0 turns it off).
+    ``min_cluster_windows``: clusters of fewer windows are handed to the nearest larger cluster.
+    ``switch_penalty``: cost of a speaker change in re-segmentation, in cosine-similarity units per change.
+    ``name_threshold``: minimum score of a cluster centroid against an enrolled speaker to take its name
+    (default: ``threshold``'s default).
 
     >>> DiarizationConfig(window=2.0).hop, DiarizationConfig().clustering
     (0.75, 'auto')
@@ -139,6 +144,7 @@ class DiarizationConfig:
     max_speakers: int = 8
     threshold: float | None = None
     merge_threshold: float | None = None
+    min_cluster_windows: int = 3
     resegment: bool = True
     frame: float = 0.05
     switch_penalty: float = 0.3
@@ -484,6 +490,7 @@ class Diarizer:
             max_speakers=c.max_speakers,
             threshold=threshold,
             merge_threshold=c.merge_threshold if c.merge_threshold is not None else threshold,
+            min_cluster_size=c.min_cluster_windows,
             max_points=c.max_cluster_windows,
             seed=c.seed,
         )
