@@ -205,7 +205,8 @@ class Evaluator:
             shown = "; ".join(f"{p}: {why}" for p, why in bad[:5]) + (" ..." if len(bad) > 5 else "")
             self.log(f"evaluation: {len(bad)} unreadable or too short files left out ({shown})")
         if save_image_path and scores is not None:
-            metrics["images"] = self._plots(scores, labels, metrics, Path(save_image_path), title)
+            source = Path(trials_list or test_list).name
+            metrics["images"] = self._plots(scores, labels, metrics, Path(save_image_path), title, source)
         return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in metrics.items()}
 
     def _trial_list_scores(self, trials_list, trials_root, cohort_list, top_k):
@@ -247,11 +248,11 @@ class Evaluator:
         return as_norm(scores, vectors[pairs[:, 0]], vectors[pairs[:, 1]], cohort.vectors[cohort.ok], top_k=top_k)
 
     @staticmethod
-    def _plots(scores, labels, metrics, out: Path, title: str) -> list[str]:
+    def _plots(scores, labels, metrics, out: Path, title: str, source: str = "") -> list[str]:
         out.mkdir(parents=True, exist_ok=True)
         stem = title.replace(" ", "_").replace("/", "_") or "evaluation"
         det, hist = out / f"{stem}_det.png", out / f"{stem}_scores.png"
-        save_det_plot(scores, labels, det)
+        save_det_plot(scores, labels, det, title=" on ".join(t for t in (title, source) if t))
         save_score_histogram(scores, labels, hist, threshold=metrics["threshold"])
         return [str(det), str(hist)]
 

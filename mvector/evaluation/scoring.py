@@ -353,12 +353,39 @@ def _save(fig, path: PathLike) -> None:
     fig.savefig(path, format="png", dpi=100)
 
 
-def save_det_plot(scores: Any, labels: Any, path: PathLike) -> None:
+#: Candidate DET tick positions (rates); those too close on the normal-deviate axis to be read are dropped.
+_DET_TICKS = (1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999)
+
+
+def det_ticks(lo: float, hi: float, min_gap: float = 0.25) -> list[float]:
+    """DET tick rates within ``[lo, hi]``, at least ``min_gap`` apart on the normal-deviate axis (no overlap).
+
+    >>> det_ticks(1e-3, 0.999)
+    [0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999]
+    """
+    from scipy.special import ndtri
+
+    out: list[float] = []
+    for t in _DET_TICKS:
+        if lo <= t <= hi and (not out or ndtri(t) - ndtri(out[-1]) >= min_gap):
+            out.append(t)
+    return out
+
+
+def _tick_label(t: float) -> str:
+    return f"{100 * t:.10g}"
+
+
+def save_det_plot(scores: Any, labels: Any, path: PathLike, title: str = "") -> None:
     """Write the DET curve (miss rate vs false-alarm rate on normal-deviate axes) as a PNG, EER marked.
+
+    Both axes run from the smallest rate the trial counts can show (at least 0.01 %) to 99.9 %, so a weak
+    model's curve is not cut off; tick labels never overlap; the legend sits below the axes, off the curve.
+    ``title`` (e.g. ``"EcapaTdnn_Fbank on trials.txt"``) heads the plot, with the trial counts.
 
     >>> import os, tempfile
     >>> out = os.path.join(tempfile.mkdtemp(), "det.png")
-    >>> save_det_plot([0.9, 0.7, 0.4, 0.5, 0.2, 0.1], [1, 1, 1, 0, 0, 0], out)
+    >>> save_det_plot([0.9, 0.7, 0.4, 0.5, 0.2, 0.1], [1, 1, 1, 0, 0, 0], out, title="TDNN on trials.txt")
     >>> open(out, "rb").read(4)
     b'\\x89PNG'
     """
@@ -371,25 +398,28 @@ def save_det_plot(scores: Any, labels: Any, path: PathLike) -> None:
     if fpr.size > 20000:  # a plot needs no more points than pixels
         keep = np.unique(np.linspace(0, fpr.size - 1, 20000).astype(np.int64))
         fpr, fnr = fpr[keep], fnr[keep]
-    lo, hi = 1e-4, 0.5
-    ticks = [t for t in (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4) if lo <= t <= hi]
-    fig = _new_figure((5.5, 5.5))
+    fewest = int(min(y.sum(), (~y).sum()))
+    lo = min(0.01, max(1e-4, 10 ** np.floor(np.log10(1.0 / max(fewest, 1)))))
+    hi = 0.999
+    ticks = det_ticks(lo, hi)
+    fig = _new_figure((5.5, 6.0))
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(ndtri(np.clip(fpr, lo / 2, 1 - lo / 2)), ndtri(np.clip(fnr, lo / 2, 1 - lo / 2)), lw=1.5)
-    ax.plot([ndtri(lo), ndtri(hi)], [ndtri(lo), ndtri(hi)], "k:", lw=0.8)
+    ax.plot(ndtri(np.clip(fpr, lo / 2, 1 - lo / 2)), ndtri(np.clip(fnr, lo / 2, 1 - lo / 2)), lw=1.5, label="DET")
+    ax.plot([ndtri(lo), ndtri(hi)], [ndtri(lo), ndtri(hi)], "k:", lw=0.8, label="miss = false alarm")
     e = min(max(eer, lo), hi)
     ax.plot([ndtri(e)], [ndtri(e)], "o", color="C3", label=f"EER {100 * eer:.2f}%")
     ax.set_xticks(ndtri(np.array(ticks)))
-    ax.set_xticklabels([f"{100 * t:g}" for t in ticks])
+    ax.set_xticklabels([_tick_label(t) for t in ticks], rotation=90)
     ax.set_yticks(ndtri(np.array(ticks)))
-    ax.set_yticklabels([f"{100 * t:g}" for t in ticks])
+    ax.set_yticklabels([_tick_label(t) for t in ticks])
     ax.set_xlim(ndtri(lo), ndtri(hi))
     ax.set_ylim(ndtri(lo), ndtri(hi))
     ax.set_xlabel("False alarm rate (%)")
     ax.set_ylabel("Miss rate (%)")
-    ax.set_title(f"DET curve ({int(y.sum())} target, {int((~y).sum())} non-target trials)")
+    counts = f"{int(y.sum())} target, {int((~y).sum())} non-target trials"
+    ax.set_title(f"DET: {title}\n({counts})" if title else f"DET curve ({counts})", fontsize=10)
     ax.grid(True, lw=0.4, alpha=0.6)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
     _save(fig, path)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -28,6 +30,10 @@ class DistContext:
     local_rank: int
     world_size: int
     device: torch.device
+    #: While a rank waits for the others (barrier, all-reduce), it logs a line this often (seconds).
+    heartbeat_seconds: float = 60.0
+    #: The process group's timeout, for the heartbeat line.
+    timeout_minutes: float = 30.0
 
     @property
     def distributed(self) -> bool:
@@ -73,21 +79,53 @@ class DistContext:
                 world_size=world_size,
                 timeout=datetime.timedelta(minutes=float(timeout_minutes)),
             )
-        return cls(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+        return cls(rank, local_rank, world_size, device, timeout_minutes=float(timeout_minutes))
 
-    def barrier(self) -> None:
-        """Wait for every rank (no-op in a single process)."""
+    def wait(self, work: Any, what: str) -> None:
+        """Wait for an asynchronous collective, logging a heartbeat line every ``heartbeat_seconds`` meanwhile.
+
+        A hung rank shows up in the log of the ranks waiting for it, long before the process-group timeout.
+
+        >>> class Slow:  # a collective that completes after 0.05 s
+        ...     def __init__(self): self.t = time.monotonic()
+        ...     def is_completed(self): return time.monotonic() - self.t > 0.05
+        ...     def wait(self): return True
+        >>> ctx = DistContext(0, 0, 2, torch.device("cpu"), heartbeat_seconds=0.01)
+        >>> ctx.wait(Slow(), "the end of epoch 1")  # doctest: +ELLIPSIS
+        rank 0: still waiting for the other ranks at the end of epoch 1 (0.0... s so far; timeout 30 min, ...)
+        ...
+        """
+        start = time.monotonic()
+        beat = start + self.heartbeat_seconds
+        pause = 0.0005
+        while not work.is_completed():
+            now = time.monotonic()
+            if now >= beat:
+                print(
+                    f"rank {self.rank}: still waiting for the other ranks at {what} ({now - start:.1f} s so far; "
+                    f"timeout {self.timeout_minutes:g} min, train_conf.dist_timeout_minutes)",
+                    file=sys.stdout,
+                    flush=True,
+                )
+                beat = now + self.heartbeat_seconds
+            time.sleep(min(pause, self.heartbeat_seconds))
+            pause = min(pause * 2, 0.05)  # quick collectives cost little; a long wait polls 20 times a second
+        work.wait()
+
+    def barrier(self, what: str = "a barrier") -> None:
+        """Wait for every rank (no-op in a single process), with a heartbeat line while waiting."""
         if self.distributed:
             if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.local_rank])
+                work = dist.barrier(device_ids=[self.local_rank], async_op=True)
             else:
-                dist.barrier()
+                work = dist.barrier(async_op=True)
+            self.wait(work, what)
 
     def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over ranks (identity in a single process)."""
         if self.distributed:
             value = value.clone()
-            dist.all_reduce(value)
+            self.wait(dist.all_reduce(value, async_op=True), "a sum over ranks")
         return value
 
     def close(self) -> None:
