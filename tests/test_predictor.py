@@ -154,7 +154,7 @@ def test_embed_batch_matches_one_at_a_time(tiny):
         batch = p.embed_batch(clips, batch_size=batch_size)
         assert batch.shape == (5, p.embd_dim)
         np.testing.assert_allclose(batch, single, atol=1e-4)
-    assert not np.allclose(single[0], single[1], atol=1e-3)  # different clips, different embeddings
+    assert not np.allclose(single[0], single[1], atol=1e-5)  # different clips, different embeddings
     assert p.embed_batch([]).shape == (0, p.embd_dim)
 
 
