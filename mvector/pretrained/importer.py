@@ -18,7 +18,7 @@ int16 units, and the per-utterance mean subtracted (no variance normalisation).
 >>> state = build_backbone("CAMPPlus", 80, **entry["model_conf"]).state_dict()
 >>> report = import_checkpoint(state, tempfile.mkdtemp() + "/m", entry=entry, check_hash=False)
 >>> report.tensors, report.output_dir.name
-(91, 'm')
+(153, 'm')
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ def read_state_dict(path: PathLike, max_bytes: int = MAX_CHECKPOINT_BYTES) -> di
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever a damaged or foreign file raises, one clear error
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged or another format): {first}") \
-            from err
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (damaged, another format, or holding objects other than "
+            "tensors, which safe loading refuses)"
+        ) from err
     return _flat_state(data, str(path))
 
 
