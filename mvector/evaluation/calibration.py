@@ -916,7 +916,7 @@ def fit_from_trials(
 class ContrastResult(tuple):
     """The answer of a verification: unpacks as ``(score, same)`` like a plain tuple, and also carries the
     calibrated ``llr`` and ``probability`` of "same speaker" at ``prior`` (``None`` without a calibration) and
-    the ``threshold`` used with its ``threshold_source``.
+    the ``threshold`` used with its ``threshold_source`` (a sentence, or a dict).
 
     >>> r = ContrastResult(0.8, True, llr=2.0, probability=0.88, prior=0.5, threshold=0.6)
     >>> score, same = r
@@ -934,15 +934,22 @@ class ContrastResult(tuple):
         probability: float | None = None,
         prior: float | None = None,
         threshold: float | None = None,
-        threshold_source: Mapping[str, Any] | None = None,
+        threshold_source: str | Mapping[str, Any] | None = None,
     ) -> ContrastResult:
         obj = super().__new__(cls, (float(score), bool(same)))
         obj.llr = None if llr is None else float(llr)
         obj.probability = None if probability is None else float(probability)
         obj.prior = None if prior is None else float(prior)
         obj.threshold = None if threshold is None else float(threshold)
-        obj.threshold_source = None if threshold_source is None else dict(threshold_source)
+        if threshold_source is not None and not isinstance(threshold_source, str):
+            threshold_source = dict(threshold_source)
+        obj.threshold_source = threshold_source
         return obj
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether a calibration produced :attr:`llr` and :attr:`probability`."""
+        return self.llr is not None
 
     @property
     def score(self) -> float:

@@ -32,7 +32,14 @@ import numpy as np
 
 from mvector.errors import ConfigError
 
-__all__ = ["OpenSetAnswer", "open_set_decision", "open_set_metrics", "dir_at_far", "threshold_for_far"]
+__all__ = [
+    "OpenSetAnswer",
+    "IdentificationResult",
+    "open_set_decision",
+    "open_set_metrics",
+    "dir_at_far",
+    "threshold_for_far",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,53 @@ class OpenSetAnswer:
     def known(self) -> bool:
         """Whether a speaker was named."""
         return self.name is not None
+
+
+class IdentificationResult(tuple):
+    """The answer of ``recognize``: unpacks as ``(name, score)`` (``name`` is ``None`` for *unknown*) and carries
+    ``reason``, ``unknown``, ``margin``, the ``runner_up`` and its score, the ``threshold`` and its
+    ``threshold_source``, and, with a calibration, the ``llr`` and ``probability`` of the best match at ``prior``.
+
+    >>> r = IdentificationResult(OpenSetAnswer(None, 0.71, "bob", 0.69, "ambiguous"), threshold=0.5, margin=0.05)
+    >>> name, score = r
+    >>> name, score, r.unknown, r.reason, r.runner_up
+    (None, 0.71, True, 'ambiguous', 'bob')
+    """
+
+    def __new__(
+        cls,
+        answer: OpenSetAnswer,
+        threshold: float | None = None,
+        margin: float = 0.0,
+        llr: float | None = None,
+        probability: float | None = None,
+        prior: float | None = None,
+        threshold_source: str | None = None,
+        score_norm: str | None = None,
+    ) -> IdentificationResult:
+        obj = super().__new__(cls, (answer.name, float(answer.score)))
+        obj.reason = answer.reason
+        obj.unknown = answer.name is None
+        obj.runner_up = answer.runner_up
+        obj.runner_up_score = answer.runner_up_score
+        obj.threshold = None if threshold is None else float(threshold)
+        obj.margin = float(margin)
+        obj.llr = None if llr is None else float(llr)
+        obj.probability = None if probability is None else float(probability)
+        obj.prior = None if prior is None else float(prior)
+        obj.threshold_source = threshold_source
+        obj.score_norm = score_norm
+        return obj
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether a calibration produced :attr:`llr` and :attr:`probability`."""
+        return self.llr is not None
+
+    def __getnewargs__(self):
+        answer = OpenSetAnswer(self[0], self[1], self.runner_up, self.runner_up_score, self.reason)
+        return (answer, self.threshold, self.margin, self.llr, self.probability, self.prior, self.threshold_source,
+                self.score_norm)  # fmt: skip
 
 
 def _check_margin(margin: Any) -> float:

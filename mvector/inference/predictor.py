@@ -1,7 +1,9 @@
 """MVectorPredictor: embed recordings, compare two of them, enroll speakers and recognise them.
 
 The predictor reads everything it needs from the model folder: the weights, the configuration they were trained
-with (feature method, model, sizes) and the decision threshold found by evaluation (``result.json``). It loads a
+with (feature method, model, sizes), the score calibration (``calibration.json``, written by ``mvector calibrate``
+or ``eval.py --calibrate``: scores become log-likelihood ratios and probabilities) and the decision threshold with
+where it came from (the calibration's operating point, else ``result.json``). It loads a
 trainer checkpoint folder (``models/EcapaTdnn_Fbank/best_model``) or a folder written by ``export_model.py``
 (TorchScript ``model.ts`` and/or ONNX ``model.onnx`` with ``config.yml`` and ``meta.json``).
 
@@ -36,6 +38,15 @@ from mvector.embedding import embed_waveforms
 from mvector.embedding.backends import BACKENDS as _BACKEND_REGISTRY
 from mvector.embedding.backends import Embedder, open_backend
 from mvector.errors import AudioError, CheckpointError, ConfigError, SpeakerDBError
+from mvector.evaluation.calibration import (
+    Calibration,
+    ContrastResult,
+    duration_features,
+    load_calibration,
+    logit,
+    sigmoid,
+)
+from mvector.evaluation.openset import IdentificationResult, open_set_decision
 from mvector.inference.speaker_db import SpeakerDatabase, validate_name
 
 __all__ = [
@@ -75,6 +86,15 @@ class MVectorPredictor:
         backend: ``"auto"`` (the PyTorch checkpoint, else ONNX, else TorchScript — which is code, see
             :mod:`mvector.embedding.backends`), ``"torch"``, ``"onnx"`` or ``"torchscript"``.
         keep_audio: keep enrolled audio as WAV files in the database folder.
+        margin: identification answers *unknown* when the best and second-best enrolled speakers score closer
+            than this (0: off).
+        prior: prior probability of "same speaker" at which calibrated probabilities are stated (default: the
+            calibration's operating-point prior, else 0.5).
+
+    The threshold comes, in order, from ``threshold``, the operating point stored in ``calibration.json`` (how it
+    was chosen and on what data: :attr:`threshold_info`), the EER threshold in ``result.json`` / ``meta.json``, or
+    :data:`DEFAULT_THRESHOLD` with a warning; :attr:`threshold_source` says which in words. A calibration fitted
+    for another model (another fingerprint) is ignored with a warning.
 
     >>> import tempfile
     >>> from mvector.demo import tiny_checkpoint
@@ -92,6 +112,8 @@ class MVectorPredictor:
         threshold: float | None = None,
         backend: str = "auto",
         keep_audio: bool = False,
+        margin: float = 0.0,
+        prior: float | None = None,
     ):
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -121,10 +143,29 @@ class MVectorPredictor:
         self.max_duration = float(ds["eval_max_duration"])
         if threshold is not None and not np.isfinite(float(threshold)):
             raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+        self.calibration: Calibration | None = load_calibration(self.model_path, self.fingerprint)
+        op = (self.calibration.operating_point or {}) if self.calibration is not None else {}
+        self.prior = float(prior if prior is not None else op.get("prior") or 0.5)
+        if not 0.0 < self.prior < 1.0:
+            raise ConfigError(f"prior must be in (0, 1), got {prior!r}")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= float(margin) < np.inf:
+            raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
+        self.margin = float(margin)
+        self.threshold_info: dict[str, Any]
         if threshold is not None:
             self.threshold, self.threshold_source = float(threshold), "given by the caller"
+            self.threshold_info = {"rule": "given", "file": None}
+        elif op.get("threshold") is not None:
+            self.threshold = float(op["threshold"])
+            self.threshold_info = {**op, "file": str(self.model_path / "calibration.json")}
+            target = "" if op.get("target") is None else f" {op['rule']} target {op['target']:g}"
+            self.threshold_source = (
+                f"the operating point in {self.model_path / 'calibration.json'} (rule {op.get('rule')}{target}, "
+                f"chosen on {op.get('data') or 'unnamed data'})"
+            )
         else:
             self.threshold, self.threshold_source = self._read_threshold()
+            self.threshold_info = {"rule": "eer" if "EER" in self.threshold_source else "default"}
         self.audio_db_path = Path(audio_db_path)
         self.keep_audio = bool(keep_audio)
         self._db: SpeakerDatabase | None = None
@@ -221,8 +262,14 @@ class MVectorPredictor:
         na, nb = np.linalg.norm(a), np.linalg.norm(b)
         return float(np.dot(a, b) / max(na * nb, 1e-12))
 
-    def contrast(self, audio1: AudioInput, audio2: AudioInput, threshold: float | None = None) -> tuple[float, bool]:
+    def contrast(
+        self, audio1: AudioInput, audio2: AudioInput, threshold: float | None = None, prior: float | None = None
+    ) -> ContrastResult:
         """Score two recordings: ``(cosine score, same speaker?)`` at the model's threshold (or ``threshold``).
+
+        The result unpacks as that pair and, when the model folder holds a calibration, also carries ``.llr``
+        (the calibrated log-likelihood ratio) and ``.probability`` (of "same speaker" at ``prior``, default
+        :attr:`prior`), with ``.threshold`` and ``.threshold_source``.
 
         >>> import tempfile, numpy as np
         >>> from mvector.demo import tiny_checkpoint
@@ -231,10 +278,22 @@ class MVectorPredictor:
         >>> p.contrast(w, w, threshold=1.5)[1]
         False
         """
-        emb = self._embed_waves([self.load(audio1), self.load(audio2)])
+        waves = [self.load(audio1), self.load(audio2)]
+        emb = self._embed_waves(waves)
         score = self.similarity(emb[0], emb[1])
         limit = self.threshold if threshold is None else float(threshold)
-        return score, bool(score >= limit)
+        llr = probability = None
+        at = self.prior if prior is None else float(prior)
+        if not 0.0 < at < 1.0:
+            raise ConfigError(f"prior must be in (0, 1), got {prior!r}")
+        if self.calibration is not None:
+            quality = None
+            if self.calibration.needs_durations:
+                quality = duration_features(len(waves[0]) / self.sample_rate, len(waves[1]) / self.sample_rate)
+            llr = float(np.asarray(self.calibration.llr(np.array([score]), quality))[0])
+            probability = float(sigmoid(llr + logit(at)))
+        source = self.threshold_source if threshold is None else "given by the caller"
+        return ContrastResult(score, score >= limit, llr, probability, at if llr is not None else None, limit, source)
 
     # ------------------------------------------------------------------ identification
     @property
@@ -279,21 +338,44 @@ class MVectorPredictor:
         threshold: float | None = None,
         top_k: int = 1,
         sample_rate: int | None = None,
+        margin: float | None = None,
+        score_norm: str | None = None,
+        cohort_top_k: int = 300,
     ) -> Any:
-        """Who is speaking: ``(name, score)``, or ``(None, best score)`` when the best score is below the threshold.
+        """Who is speaking: ``(name, score)``, or ``(None, best score)`` for *unknown*.
 
-        With ``top_k > 1`` returns the ``top_k`` best ``[(name, score), ...]`` candidates instead (no threshold).
-        An empty database raises :class:`~mvector.errors.SpeakerDBError`.
+        The answer is *unknown* when the best score is below the threshold, or when the best and second-best
+        speakers score closer than ``margin`` (default :attr:`margin`). The result unpacks as ``(name, score)`` and
+        carries ``.reason`` (``accepted``, ``below_threshold``, ``ambiguous``), ``.runner_up``, and with a
+        calibration ``.llr`` / ``.probability`` of the best match. ``score_norm="as_norm"`` scores against the
+        database's stored cohort (:meth:`~mvector.speaker_db.SpeakerDatabase.set_cohort`); AS-norm scores live on
+        another scale, so a ``threshold`` must then be given. With ``top_k > 1`` returns the ``top_k`` best
+        ``[(name, score), ...]`` candidates instead (no decision). An empty database raises
+        :class:`~mvector.errors.SpeakerDBError`.
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+        if score_norm is not None and threshold is None and top_k == 1:
+            raise ConfigError(
+                "score_norm='as_norm' gives scores on another scale than the model's threshold; pass threshold= "
+                "(e.g. chosen on AS-normed trials)"
+            )
+        use_margin = self.margin if margin is None else float(margin)
         emb = self.embed(audio, sample_rate)
-        hits = self.db.search(emb, top_k=top_k)[0]
+        want = top_k if top_k > 1 else (2 if use_margin > 0 else 1)
+        hits = self.db.search(emb, top_k=want, score_norm=score_norm, cohort_top_k=cohort_top_k)[0]
         if top_k > 1:
             return [(n, float(s)) for n, s in hits]
-        name, score = hits[0]
         limit = self.threshold if threshold is None else float(threshold)
-        return (name, float(score)) if score >= limit else (None, float(score))
+        answer = open_set_decision(hits, limit, use_margin)
+        llr = probability = None
+        if self.calibration is not None and score_norm is None and not self.calibration.needs_durations:
+            llr = float(self.calibration.llr(answer.score))
+            probability = float(self.calibration.probability(answer.score, self.prior))
+        source = self.threshold_source if threshold is None else "given by the caller"
+        return IdentificationResult(
+            answer, limit, use_margin, llr, probability, self.prior if llr is not None else None, source, score_norm
+        )
 
     def remove(self, name: str) -> None:
         """Remove an enrolled speaker (an unknown name raises :class:`~mvector.errors.SpeakerDBError`)."""
