@@ -260,7 +260,7 @@ def test_sample_trial_pairs_enumerates_all_targets_exactly():
     assert pairs == sorted(pairs, key=lambda p: (p[1], p[2]))
 
 
-def test_sample_trial_pairs_large_set_uses_rejection_and_stays_valid():
+def test_sample_trial_pairs_large_set_stays_valid():
     labels = np.repeat(np.arange(300), 10)  # 3000 utterances -> 4.5 M pairs: rejection sampling
     pairs = sample_trial_pairs(labels, num_trials=3000, seed=1)
     assert len(pairs) == 3000 and len({(i, j) for _, i, j in pairs}) == 3000

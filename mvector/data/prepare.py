@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Sequence, Union
 import numpy as np
 import soundfile as sf
 
+from mvector.data.trials import generate_trials
 from mvector.errors import AudioError, ConfigError, DataListError
 from mvector.utils.files import atomic_open
 
@@ -328,87 +329,29 @@ def split_speakers(
     return train, test
 
 
-def _decode_triangular(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index p of the pair (a, b), a < b, in the order p = b(b-1)/2 + a  ->  (a, b)."""
-    b = np.floor((1.0 + np.sqrt(1.0 + 8.0 * local.astype(np.float64))) / 2.0).astype(np.int64)
-    b = np.where(b * (b - 1) // 2 > local, b - 1, b)  # guard against float rounding either way
-    b = np.where((b + 1) * b // 2 <= local, b + 1, b)
-    return local - b * (b - 1) // 2, b
-
-
 def sample_trial_pairs(
     labels: Sequence[int], num_trials: int | None = None, seed: int = 0
 ) -> list[tuple[int, int, int]]:
-    """Sample distinct utterance pairs as ``(target, i, j)`` with ``i < j`` indexes into ``labels``.
+    """Balanced distinct utterance pairs ``(target, i, j)`` with ``i < j`` for a trial list.
 
-    Balanced: ``num_trials // 2`` target (same label) pairs and the rest non-target, each drawn without
-    replacement; when either kind runs out the other is capped to match, so the result stays balanced.
-    The default count is ``min(2 * number of target pairs, 20000)``. Deterministic for a given ``seed``;
-    the pairs come back sorted by ``(i, j)``.
+    ``num_trials // 2`` target (same label) pairs and the rest non-target, drawn without replacement by
+    :func:`mvector.data.trials.generate_trials` with ``balanced=True``: when either kind runs out the other is
+    capped to match. The default count is ``min(2 * number of target pairs, 20000)``. Deterministic for a given
+    ``seed``; sorted by ``(i, j)``.
 
     >>> pairs = sample_trial_pairs([0, 0, 1, 1], seed=0)
     >>> [p for p in pairs if p[0] == 1], len(pairs)
     ([(1, 0, 1), (1, 2, 3)], 4)
     """
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    n = int(labels.size)
-    order = np.argsort(labels, kind="stable")
-    _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
-    per_speaker = counts * (counts - 1) // 2
-    total_target = int(per_speaker.sum())
-    total_pairs = n * (n - 1) // 2
-    total_non_target = total_pairs - total_target
     if num_trials is None:
-        num_trials = min(2 * total_target, DEFAULT_MAX_TRIALS)
+        _, counts = np.unique(labels, return_counts=True)
+        num_trials = min(2 * int((counts * (counts - 1) // 2).sum()), DEFAULT_MAX_TRIALS)
     if isinstance(num_trials, bool) or int(num_trials) != num_trials or num_trials < 0:
         raise ConfigError(f"num_trials must be a non-negative integer, got {num_trials!r}")
-    num_trials = int(num_trials)
-    half = num_trials // 2
-    n_target = min(half, total_target)
-    n_non = min(num_trials - half if n_target == half else n_target, total_non_target)
-    if n_non < n_target:
-        n_target = n_non
-    rng = np.random.default_rng(seed)
-    pairs: list[tuple[int, int, int]] = []
-    if n_target:
-        picks = rng.choice(total_target, size=n_target, replace=False)
-        ends = np.cumsum(per_speaker)
-        spk = np.searchsorted(ends, picks, side="right")
-        a, b = _decode_triangular(picks - (ends[spk] - per_speaker[spk]))
-        first, second = order[starts[spk] + a], order[starts[spk] + b]
-        pairs += [(1, int(i), int(j)) for i, j in zip(first, second)]
-    if n_non:
-        pairs += [(0, i, j) for i, j in _sample_non_target(labels, n_non, total_non_target, rng)]
-    pairs.sort(key=lambda t: (t[1], t[2]))
-    return pairs
-
-
-def _sample_non_target(
-    labels: np.ndarray, count: int, available: int, rng: np.random.Generator
-) -> list[tuple[int, int]]:
-    n = labels.size
-    if n * (n - 1) // 2 <= 1_000_000 or 2 * count > available:
-        first, second = np.triu_indices(n, 1)
-        keep = labels[first] != labels[second]
-        first, second = first[keep], second[keep]
-        picks = np.sort(rng.choice(first.size, size=count, replace=False))
-        return list(zip(first[picks].tolist(), second[picks].tolist()))
-    # Many utterances and a small request: rejection sampling of unordered pairs without replacement.
-    chosen: set[tuple[int, int]] = set()
-    result: list[tuple[int, int]] = []
-    while len(result) < count:
-        batch = max(1024, 2 * (count - len(result)))
-        i = rng.integers(0, n, size=batch)
-        j = rng.integers(0, n, size=batch)
-        keep = labels[i] != labels[j]
-        i, j = i[keep], j[keep]
-        for x, y in zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist()):
-            if (x, y) not in chosen:
-                chosen.add((x, y))
-                result.append((x, y))
-                if len(result) == count:
-                    break
-    return result
+    if int(num_trials) == 0 or labels.size < 2:
+        return []
+    return generate_trials(labels, int(num_trials), seed=seed, balanced=True)
 
 
 def generate_trial_lines(
