@@ -33,6 +33,19 @@ def build_parser(prog: str | None = None):
         "--set_threshold", type=str2bool, nargs="?", const=True, default=False,
         help="store the result as the model's operating point (result.json: the predictor's threshold)",
     )
+    parser.add_argument(
+        "--calibrate", type=str2bool, nargs="?", const=True, default=False,
+        help="fit a score calibration on these trials and store it in the model folder (calibration.json); "
+        "adds cllr, min_cllr, act_dcf to the JSON line; --save_image_path also gets a reliability plot",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration_rule", default="probability", choices=("far", "frr", "eer", "probability"),
+        help="how the stored operating point is chosen: target FAR, target FRR, the EER point or a minimum "
+        "probability of same speaker",
+    )  # fmt: skip
+    parser.add_argument("--calibration_target", type=float, default=None, help="the rule's target (probability: 0.5)")
+    parser.add_argument("--calibration_prior", type=float, default=0.5, help="prior of --calibration_rule probability")
+    parser.add_argument("--p_target", type=float, default=0.01, help="P_target of the actual DCF (act_dcf)")
     return parser
 
 
@@ -51,6 +64,11 @@ def _main(argv=None, prog=None) -> None:
         save_image_path=args.save_image_path,
         set_threshold=args.set_threshold,
         output=args.output,
+        calibrate=args.calibrate,
+        calibration_rule=args.calibration_rule,
+        calibration_target=args.calibration_target,
+        calibration_prior=args.calibration_prior,
+        p_target=args.p_target,
     )
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -62,6 +80,12 @@ def _main(argv=None, prog=None) -> None:
     )
     where = f"{run.written}" + (" and the model's result.json (operating point)" if run.operating_point_changed else "")
     print(f"results written to {where}")
+    if args.calibrate:
+        print(
+            f"calibration: Cllr {result['cllr']:.4f} (min {result['min_cllr']:.4f})  actual DCF({args.p_target:g}) "
+            f"{result['act_dcf']:.4f} vs min {result['min_dcf_calibration']:.4f}  stored in "
+            f"{result['calibration']['file']}"
+        )
     from mvector.utils.files import dumps_json
 
     print(dumps_json(result))

@@ -184,19 +184,23 @@ class Evaluator:
         asnorm_top_k: int = 300,
         save_image_path: PathLike | None = None,
         title: str = "",
+        keep_scores: bool = False,
     ) -> dict[str, Any]:
         """Metrics of the embedder on ``trials_list``, or on pairs of ``test_list`` utterances.
 
         With a trial list its trials are scored. Otherwise every pair of distinct test utterances is scored
         exactly in bounded memory, or ``num_eval_trials`` balanced pairs are drawn. Returns ``eer``, ``min_dcf``
         (P_target 0.01), ``min_dcf_0.05``, ``threshold`` (the EER threshold), ``tpr``/``fpr`` there,
-        ``num_trials``; ``save_image_path`` adds a DET plot and a score histogram (``images``).
+        ``num_trials``; ``save_image_path`` adds a DET plot and a score histogram (``images``). With
+        ``keep_scores`` the trial scores and labels stay in ``last_scores`` (for all pairs: a sample of up to
+        200,000 pairs), e.g. to fit a calibration.
         """
+        self.last_scores = None
         if trials_list:
             scores, labels, metrics, bad = self._trial_list_scores(trials_list, trials_root, cohort_list, asnorm_top_k)
         elif test_list:
             scores, labels, metrics, bad = self._test_list_scores(
-                test_list, num_eval_trials, cohort_list, asnorm_top_k, bool(save_image_path)
+                test_list, num_eval_trials, cohort_list, asnorm_top_k, bool(save_image_path) or keep_scores
             )
         else:
             raise DataListError("evaluation needs a test list or a trial list (dataset_conf.test_list / trials_list)")
@@ -207,6 +211,8 @@ class Evaluator:
         if save_image_path and scores is not None:
             source = Path(trials_list or test_list).name
             metrics["images"] = self._plots(scores, labels, metrics, Path(save_image_path), title, source)
+        if keep_scores and scores is not None:
+            self.last_scores = (np.asarray(scores, dtype=np.float64), np.asarray(labels))
         return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in metrics.items()}
 
     def _trial_list_scores(self, trials_list, trials_root, cohort_list, top_k):

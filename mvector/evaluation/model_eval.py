@@ -71,8 +71,20 @@ def evaluate_model_folder(
     set_threshold: bool = False,
     output: PathLike | None = None,
     progress: bool = True,
+    calibrate: bool = False,
+    calibration_rule: str = "probability",
+    calibration_target: float | None = None,
+    calibration_prior: float = 0.5,
+    p_target: float = 0.01,
 ) -> EvaluationRun:
-    """Evaluate ``model_path``; see the module docstring. ``output`` overrides where the metrics JSON goes."""
+    """Evaluate ``model_path``; see the module docstring. ``output`` overrides where the metrics JSON goes.
+
+    With ``calibrate`` a score calibration is fitted on the evaluation trials and stored in the model folder
+    (``calibration.json``, fingerprinted, with the operating point chosen by ``calibration_rule`` /
+    ``calibration_target``: see :func:`mvector.evaluation.calibration.choose_operating_point`); the metrics gain
+    ``cllr``, ``min_cllr``, ``act_dcf`` (at ``p_target``), ``cllr_cv`` (5-fold cross-validated) and
+    ``calibration``; ``save_image_path`` also gets a reliability plot.
+    """
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("use_gpu is set but no CUDA device is available; pass --use_gpu False")
     device = torch.device("cuda" if use_gpu else "cpu")
@@ -83,12 +95,73 @@ def evaluate_model_folder(
     evaluator = Evaluator(embedder, EvalSettings.from_dataset_conf(ds, default_num_workers(device)), progress)
     metrics = evaluator.evaluate(
         ds["test_list"], ds["trials_list"], ds["trials_root"], ds["num_eval_trials"], cohort_list, asnorm_top_k,
-        save_image_path, title=model_name(conf),
+        save_image_path, title=model_name(conf), keep_scores=calibrate,
     )
     source = ds["trials_list"] or ds["test_list"]
     metrics["evaluated_on"] = str(source)
+    if calibrate:
+        metrics.update(
+            _calibrate(
+                evaluator, embedder, str(source), cohort_list, calibration_rule, calibration_target,
+                calibration_prior, p_target, save_image_path,
+            )
+        )  # fmt: skip
     written = Path(output) if output else embedder.folder / "evaluations" / f"{Path(str(source)).stem}.json"
     atomic_write_json(written, metrics)
     if set_threshold:
         atomic_write_json(embedder.folder / "result.json", metrics)
     return EvaluationRun(metrics, written, set_threshold, conf, embedder, notes)
+
+
+def _calibrate(
+    evaluator: Evaluator,
+    embedder: Embedder,
+    source: str,
+    cohort_list: PathLike | None,
+    rule: str,
+    target: float | None,
+    prior: float,
+    p_target: float,
+    save_image_path: PathLike | None,
+) -> dict[str, Any]:
+    """Fit and store the calibration on the evaluation's scores; returns the measures that judge it."""
+    from mvector.evaluation.calibration import (
+        actual_dcf,
+        calibration_report,
+        choose_operating_point,
+        cllr,
+        cross_validated_llrs,
+        fit_calibration,
+        save_reliability_plot,
+    )
+
+    if evaluator.last_scores is None:
+        raise ConfigError("--calibrate needs trial scores, but the evaluation kept none")
+    scores, labels = evaluator.last_scores
+    if rule == "probability" and target is None:
+        target = 0.5
+    score_type = "as_norm" if cohort_list else "cosine"
+    cal = fit_calibration(scores, labels, model_fingerprint=embedder.fingerprint, data=source, score_type=score_type)
+    cal.operating_point = choose_operating_point(
+        scores, labels, rule, target, calibration=cal, prior=prior, data=source, score_type=score_type
+    )
+    report = calibration_report(scores, labels, cal, p_target=p_target)
+    out: dict[str, Any] = {k: report[k] for k in ("cllr", "min_cllr", "act_dcf", "cllr_raw")}
+    out["min_dcf_calibration"] = report["min_dcf"]
+    out["p_target_calibration"] = p_target
+    if int(min(labels.sum(), (1 - labels).sum())) >= 5:
+        cv = cross_validated_llrs(scores, labels, folds=5)
+        out["cllr_cv"] = cllr(cv, labels)
+        out["act_dcf_cv"] = actual_dcf(cv, labels, p_target=p_target)
+    cal.metrics = {**report, **out}
+    written = cal.save(embedder.folder)
+    out["calibration"] = {
+        "file": str(written),
+        "weights": cal.weights,
+        "bias": cal.bias,
+        "operating_point": cal.operating_point,
+    }
+    if save_image_path:
+        plot = save_reliability_plot(scores, labels, Path(save_image_path) / "reliability.png", cal)
+        out["reliability_plot"] = str(plot)
+    return out
