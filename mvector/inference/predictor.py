@@ -158,7 +158,7 @@ class MVectorPredictor:
         elif op.get("threshold") is not None:
             self.threshold = float(op["threshold"])
             self.threshold_info = {**op, "file": str(self.model_path / "calibration.json")}
-            target = "" if op.get("target") is None else f" {op['rule']} target {op['target']:g}"
+            target = "" if op.get("target") is None else f", target {op['target']:g}"
             self.threshold_source = (
                 f"the operating point in {self.model_path / 'calibration.json'} (rule {op.get('rule')}{target}, "
                 f"chosen on {op.get('data') or 'unnamed data'})"
