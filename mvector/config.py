@@ -520,20 +520,35 @@ def save_config(conf: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:
     return atomic_write_text(path, yaml.safe_dump(dict(conf), sort_keys=False, allow_unicode=True))
 
 
+def _registered_names() -> dict[str, str]:
+    """Docs of the keys that name a registered entry, listing what is registered now."""
+    from mvector.features import FEATURIZERS
+    from mvector.models import BACKBONES, HEADS
+
+    return {
+        "use_model": f"backbone: {', '.join(BACKBONES.names())}",
+        "use_loss": f"loss head: {', '.join(HEADS.names())}",
+        "preprocess_conf.feature_method": f"featurizer: {', '.join(sorted(FEATURIZERS))}",
+        "optimizer_conf.optimizer": f"optimiser: {', '.join(OPTIMIZERS.names())}",
+        "optimizer_conf.scheduler": f"learning-rate schedule, stepped per batch: {', '.join(SCHEDULERS.names())}",
+    }
+
+
 def describe_schema() -> str:
     """A markdown table of every fixed key, its default and meaning (the README's reference).
 
     >>> "| dataset_conf.batch_size | 64 |" in describe_schema()
     True
     """
+    named = _registered_names()
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for name in _SECTION_ORDER:
         spec = SCHEMA.get(name)
         if isinstance(spec, Key):
-            rows.append(f"| {name} | {spec.default} | {spec.doc} |")
+            rows.append(f"| {name} | {spec.default} | {named.get(name, spec.doc)} |")
         elif isinstance(spec, dict):
             for key, item in spec.items():
-                rows.append(f"| {name}.{key} | {item.default} | {item.doc} |")
+                rows.append(f"| {name}.{key} | {item.default} | {named.get(f'{name}.{key}', item.doc)} |")
         else:
             what = FREE_SECTION_DOCS.get(name, "arguments of the chosen featurizer / backbone / loss")
             rows.append(f"| {name}.* | — | {what} |")
