@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mvector.errors import AudioError, ConfigError, check_keys, unknown_name_error
+from mvector.errors import AudioError, ConfigError, check_keys
 from mvector.features.dsp import (
     CMVN_EPS,
     INT16_SCALE,
@@ -87,6 +87,7 @@ from mvector.features.dsp import (
     reflect_pad,
 )
 from mvector.features.specaugment import SpecAugment
+from mvector.registry import Registry
 
 __all__ = [
     "FEATURIZERS",
@@ -698,12 +699,11 @@ class FbankFeaturizer(_FastFilterbank, Featurizer):
 
 
 #: Featurizer classes by method name (looked up case-insensitively by :func:`build_featurizer`).
-FEATURIZERS: dict[str, type[Featurizer]] = {
-    "Spectrogram": SpectrogramFeaturizer,
-    "MelSpectrogram": MelSpectrogramFeaturizer,
-    "MFCC": MFCCFeaturizer,
-    "Fbank": FbankFeaturizer,
-}
+FEATURIZERS = Registry("feature method", section="feature_conf")
+FEATURIZERS.add("Spectrogram", SpectrogramFeaturizer, aliases=("Spec", "STFT"))
+FEATURIZERS.add("MelSpectrogram", MelSpectrogramFeaturizer, aliases=("Mel",))
+FEATURIZERS.add("MFCC", MFCCFeaturizer)
+FEATURIZERS.add("Fbank", FbankFeaturizer, aliases=("KaldiFbank", "fbank_kaldi"))
 
 
 def build_featurizer(
@@ -725,10 +725,7 @@ def build_featurizer(
     ...     print(err)
     unknown feature method 'Fbak'; did you mean 'Fbank'? Valid: Fbank, MFCC, MelSpectrogram, Spectrogram
     """
-    by_lower = {name.lower(): name for name in FEATURIZERS}
-    name = by_lower.get(str(feature_method).lower())
-    if name is None:
-        raise unknown_name_error("feature method", str(feature_method), FEATURIZERS)
+    name = FEATURIZERS.resolve(str(feature_method))
     conf = dict(feature_conf or {})
     where = f"feature_conf ({name})"
     if name == "Fbank":
