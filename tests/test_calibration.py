@@ -345,3 +345,57 @@ def test_resolve_threshold_prefers_the_calibrated_operating_point(tmp_path: Path
     (tmp_path / "result.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="damaged JSON"):
         resolve_threshold(tmp_path)
+
+
+def test_eval_calibrate_prints_the_measures_and_the_predictor_uses_the_calibration(
+    tiny_setup, tmp_path: Path, capsys
+) -> None:
+    import shutil
+    import warnings
+
+    from mvector.cli.evaluate import main as eval_main
+    from mvector.predictor import MVectorPredictor
+
+    model, trials = tiny_setup
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    args = ["--resume_model", str(folder), "--calibrate", f"--dataset_conf.trials_list={trials}"]
+    args += ["--calibration_rule", "far", "--calibration_target", "0.2", "--save_image_path", str(tmp_path)]
+    assert eval_main(args) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("cllr", "min_cllr", "act_dcf"):
+        assert isinstance(line[key], float) and line[key] >= 0, key
+    assert line["min_cllr"] <= line["cllr"] + 1e-9
+    assert (tmp_path / "reliability.png").is_file()
+    cal = Calibration.load(folder)
+    assert cal.operating_point["rule"] == "far" and cal.operating_point["data"] == str(trials)
+
+    wave = (np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
+    other = (np.random.default_rng(1).standard_normal(12000).astype("float32") * 0.1, 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = MVectorPredictor(model_path=folder, use_gpu=False, audio_db_path=tmp_path / "db")
+    assert p.threshold == cal.operating_point["threshold"]
+    assert "calibration.json" in p.threshold_source and "far" in p.threshold_source
+    result = p.contrast(wave, other)
+    score, same = result
+    assert result.llr == pytest.approx(cal.llr(score))
+    assert result.probability == pytest.approx(cal.probability(score, prior=0.5))
+    assert same == (score >= p.threshold) and result.calibrated
+    assert p.contrast(wave, other, prior=0.01).probability < result.probability
+
+
+def test_predictor_ignores_a_calibration_of_another_model(tiny_setup, tmp_path: Path) -> None:
+    import shutil
+
+    from mvector.predictor import MVectorPredictor
+
+    model, _ = tiny_setup
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    Calibration({"score": 3.0}, 0.0, model_fingerprint="0" * 64).save(folder)
+    with pytest.warns(UserWarning, match="another model"):
+        p = MVectorPredictor(model_path=folder, use_gpu=False, audio_db_path=tmp_path / "db")
+    assert p.calibration is None
+    wave = (np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
+    assert p.contrast(wave, wave).llr is None

@@ -121,3 +121,35 @@ def test_as_norm_makes_scores_independent_of_other_enrolled_speakers(tmp_path: P
         a = dict(small.search(query, top_k=3, score_norm="as_norm", cohort_top_k=20)[0])
         b = dict(big.search(query, top_k=23, score_norm="as_norm", cohort_top_k=20)[0])
         assert a["b1"] == pytest.approx(b["b1"], abs=1e-5)
+
+
+def test_predictor_recognize_answers_unknown(tmp_path: Path) -> None:
+    import warnings
+
+    from mvector.data.synthetic import make_voices, synthesize_utterance
+    from mvector.demo import tiny_checkpoint
+    from mvector.predictor import MVectorPredictor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = MVectorPredictor(tiny_checkpoint(tmp_path / "m"), audio_db_path=tmp_path / "db", use_gpu=False)
+    voices = make_voices(3, seed=0)
+    clip = [(synthesize_utterance(v, 1.0, rng=np.random.default_rng(i)), 16000) for i, v in enumerate(voices)]
+    p.register("ann", clip[0])
+    p.register("bob", clip[1])
+    stranger = clip[2]
+    top = p.recognize(stranger, top_k=2)
+    best, second = top[0][1], top[1][1]
+    name, score = p.recognize(stranger, threshold=best + 1e-6)  # below the threshold: unknown
+    assert name is None and score == pytest.approx(best)
+    r = p.recognize(stranger, threshold=-1.0, margin=(best - second) + 1e-6)  # best and second too close
+    assert r[0] is None and r.reason == "ambiguous" and r.unknown and r.runner_up == top[1][0]
+    r = p.recognize(stranger, threshold=-1.0, margin=0.0)
+    assert r[0] == top[0][0] and r.reason == "accepted"
+    assert p.recognize(clip[0], threshold=-1.0)[0] == "ann"
+    with pytest.raises(ConfigError, match="another scale"):
+        p.recognize(stranger, score_norm="as_norm")
+    p.db.set_cohort(p.embed_batch([stranger, clip[0], clip[1]]))
+    r = p.recognize(clip[0], threshold=-100.0, score_norm="as_norm", cohort_top_k=2)
+    assert r.score_norm == "as_norm" and r[0] is not None
+    p.close()
