@@ -44,6 +44,7 @@ import soundfile as sf
 
 from mvector.data.trials import generate_trials
 from mvector.errors import AudioError, ConfigError, DataListError
+from mvector.registry import Registry
 from mvector.utils.files import atomic_open
 
 __all__ = [
@@ -1015,12 +1016,12 @@ def _find_trials_file(trials_file: PathLike, roots: Sequence[Path]) -> Path:
 
 
 #: Corpus name -> preparation function (what ``create_data.py <corpus>`` calls).
-CORPORA: dict[str, Callable[..., PreparedData]] = {
-    "folder": prepare_folder,
-    "zhvoice": prepare_zhvoice,
-    "cnceleb": prepare_cnceleb,
-    "voxceleb": prepare_voxceleb,
-}
+#: Corpus layouts ``create_data.py`` knows: name -> preparer(root, output_dir, **options).
+CORPORA = Registry("corpus", section="create_data options")
+CORPORA.add("folder", prepare_folder)
+CORPORA.add("zhvoice", prepare_zhvoice)
+CORPORA.add("cnceleb", prepare_cnceleb, aliases=("cn-celeb",))
+CORPORA.add("voxceleb", prepare_voxceleb)
 
 
 def prepare_corpus(corpus: str, root: PathLike | Sequence[PathLike], output_dir: PathLike, **options) -> PreparedData:
@@ -1033,11 +1034,9 @@ def prepare_corpus(corpus: str, root: PathLike | Sequence[PathLike], output_dir:
     """
     import inspect
 
-    from mvector.errors import check_keys, unknown_name_error
+    from mvector.errors import check_keys
 
-    if corpus not in CORPORA:
-        raise unknown_name_error("corpus", corpus, CORPORA)
-    func = CORPORA[corpus]
+    func = CORPORA.get_entry(corpus)
     accepted = [p for p in inspect.signature(func).parameters if p not in ("root", "output_dir")]
     check_keys(options, accepted, f"options of {func.__name__}")
     if corpus in ("folder", "zhvoice"):
