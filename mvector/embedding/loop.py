@@ -23,6 +23,7 @@ length-masked; batching by length only saves padding work.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "embed_waveforms",
     "min_samples_of",
     "check_min_length",
+    "warn_silent",
 ]
 
 _BATCH_INDEX = re.compile(r"clip\(s\) at batch index \[([0-9, ]*)\]")
@@ -68,6 +70,37 @@ def min_samples_of(embedder: Any) -> int | None:
         except Exception:  # an unusual config: leave the check to the featurizer
             return None
     return None
+
+
+#: Peak amplitude below which a waveform counts as digital silence (all zeros, or below 16-bit resolution).
+SILENCE_PEAK = 1.0 / 65536
+
+
+def warn_silent(waves: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[int]:
+    """Warn (one ``UserWarning``) when waveforms are digital silence; returns their indices.
+
+    An all-zero recording still gets an embedding, but it says nothing about a speaker: enrolling or matching it
+    is almost certainly a mistake (a muted microphone, a failed conversion).
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_silent([np.ones(10, "float32"), np.zeros(10, "float32")], names=["a.wav", "b.wav"])
+    [1]
+    >>> str(caught[0].message)  # doctest: +ELLIPSIS
+    'input 1 (b.wav) is digital silence (all zeros): its embedding says nothing about the speaker...'
+    """
+    silent = [i for i, w in enumerate(waves) if len(w) == 0 or float(np.max(np.abs(w))) < SILENCE_PEAK]
+    if silent:
+        shown = ", ".join(_describe(i, names) for i in silent[:5]) + (" ..." if len(silent) > 5 else "")
+        verb = "is" if len(silent) == 1 else "are"
+        warnings.warn(
+            f"{shown} {verb} digital silence (all zeros): its embedding says nothing about the speaker; "
+            "check the recording",
+            UserWarning,
+            stacklevel=3,
+        )
+    return silent
 
 
 def _describe(index: int, names: Sequence[str] | None) -> str:
@@ -207,6 +240,7 @@ def embed_waveforms(
     check_min_length(
         [len(w) for w in waves], min_samples_of(embedder), int(getattr(embedder, "sample_rate", 16000)), names
     )
+    warn_silent(waves, names)
 
     def batches():
         for idx in length_batches([len(w) for w in waves], batch_size):
