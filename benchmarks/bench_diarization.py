@@ -23,11 +23,13 @@ loading excluded. Prints one JSON object.
     python benchmarks/bench_diarization.py --model_path /tmp/models/EcapaTdnn_Fbank/best_model
     python benchmarks/bench_diarization.py --model_path A --model_path B --sample_wav S.wav --sample_rttm S.rttm
     python benchmarks/bench_diarization.py --quick --model_path DIR        # one short conversation per count
+    python benchmarks/bench_diarization.py --model_path DIR --memory_only --memory_minutes 5 60   # peak RSS
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -160,6 +162,51 @@ def evaluate_model(model_path: str, items, collar: float) -> dict:
     return out
 
 
+def _memory_child(wav: str, model_path: str) -> None:
+    """Run in a subprocess: diarize ``wav`` and print the peak resident memory (MiB) and the seconds taken."""
+    import resource
+
+    predictor = MVectorPredictor(model_path, use_gpu=False)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    began = time.perf_counter()
+    result = Diarizer(PredictorEmbedder(predictor))(wav)
+    seconds = time.perf_counter() - began
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mib": round(peak, 1), "after_model_load_mib": round(before, 1),
+                      "seconds": round(seconds, 1), "windows": result.num_windows, "duration": result.duration}))
+
+
+def memory_scaling(model_path: str, source_wavs: list[Path], minutes: list[float], work: Path) -> list[dict]:
+    """Peak RSS of the whole pipeline on recordings of ``minutes`` made by repeating ``source_wavs`` end to end.
+
+    Each length runs in a fresh process (the peak of one process never hides another's).
+    """
+    import subprocess
+
+    import soundfile
+
+    out = []
+    for length in minutes:
+        path = work / f"long_{int(length)}min.wav"
+        if not path.exists():
+            with soundfile.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
+                written, target = 0, int(length * 60 * 16000)
+                while written < target:
+                    for wav in source_wavs:
+                        data, _ = soundfile.read(wav, dtype="float32")
+                        data = data[: target - written]
+                        f.write(data)
+                        written += len(data)
+                        if written >= target:
+                            break
+        child = subprocess.run(
+            [sys.executable, __file__, "--memory_child", str(path), "--model_path", model_path],
+            capture_output=True, text=True, check=True,
+        )
+        out.append({"minutes": length, **json.loads(child.stdout.strip().splitlines()[-1])})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_path", action="append", required=True, help="model folder (repeat for several)")
@@ -172,7 +219,15 @@ def main() -> None:
     parser.add_argument("--sample_rttm", default=None, help="pyannote-audio's sample.rttm")
     parser.add_argument("--work_dir", default=None, help="keep the generated conversations here")
     parser.add_argument("--quick", action="store_true", help="one 30 s conversation per speaker count")
+    parser.add_argument(
+        "--memory_minutes", type=float, nargs="*", default=[], help="also measure peak RSS on recordings this long"
+    )
+    parser.add_argument("--memory_only", action="store_true", help="only the memory measurement (no DER)")
+    parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        _memory_child(args.memory_child, args.model_path[0])
+        return
     dev_list = Path(args.corpus) / "dev_list.txt"
     if not dev_list.is_file():
         emit({"skipped": f"{dev_list} not found (the shared corpus is not on this machine)"})
@@ -199,7 +254,7 @@ def main() -> None:
     report = {
         "benchmark": "diarization",
         "material": {
-            "conversations": len(items),
+            "conversations": sum(1 for item in items if item[0].stem != "sample"),
             "speakers": args.speakers,
             "per_count": args.per_count,
             "duration_s": args.duration,
@@ -209,8 +264,14 @@ def main() -> None:
         },
         "collar": args.collar,
         "machine": machine_info(),
-        "results": [evaluate_model(m, items, args.collar) for m in args.model_path],
+        "results": [] if args.memory_only else [evaluate_model(m, items, args.collar) for m in args.model_path],
     }
+    if args.memory_minutes:
+        report["memory"] = {
+            "model": args.model_path[-1],
+            "made_of": "the generated conversations repeated end to end",
+            "runs": memory_scaling(args.model_path[-1], [w for w, _, _ in items], args.memory_minutes, work),
+        }
     emit(report)
 
 
