@@ -18,15 +18,12 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mvector.checkpoint import capture_rng_state, prune_epoch_checkpoints, save_checkpoint
 from mvector.errors import ConfigError
 from mvector.evaluation.evaluator import EvalSettings, Evaluator, default_num_workers
 from mvector.utils.files import atomic_write_json
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mvector.training.trainer import MVectorTrainer, StepInfo
 
 __all__ = [
     "Callback",
@@ -42,18 +39,19 @@ RUN_FOLDERS = ("last_model", "best_model")
 
 
 class Callback:
-    """Hooks the trainer calls; every method is optional."""
+    """Hooks the trainer calls; every method is optional. ``trainer`` is the :class:`~mvector.training.trainer.
+    MVectorTrainer`, ``info`` its :class:`~mvector.training.trainer.StepInfo`."""
 
-    def on_train_start(self, trainer: MVectorTrainer) -> None:
+    def on_train_start(self, trainer: Any) -> None:
         """Before the first epoch (after data, model, optimiser and restore)."""
 
-    def on_step_end(self, trainer: MVectorTrainer, info: StepInfo) -> None:
+    def on_step_end(self, trainer: Any, info: Any) -> None:
         """After each optimiser step (``info`` holds device tensors: reading them waits for the device)."""
 
-    def on_epoch_end(self, trainer: MVectorTrainer, epoch: int, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         """After each epoch; ``record`` (the epoch's history entry) may be extended, e.g. with metrics."""
 
-    def on_train_end(self, trainer: MVectorTrainer, history: list[dict[str, Any]]) -> None:
+    def on_train_end(self, trainer: Any, history: list[dict[str, Any]]) -> None:
         """After the last epoch."""
 
 
@@ -66,7 +64,7 @@ class ConsoleLogger(Callback):
         self.log_seconds = float(log_seconds)
         self._last_log = time.perf_counter()
 
-    def on_step_end(self, trainer: MVectorTrainer, info: StepInfo) -> None:
+    def on_step_end(self, trainer: Any, info: Any) -> None:
         now = time.perf_counter()
         due = info.step % self.log_interval == 0 or info.step == info.steps or now - self._last_log >= self.log_seconds
         if not due:
@@ -93,19 +91,19 @@ class ScalarLogger(Callback):
     def __init__(self, backend: str, log_dir: str | os.PathLike) -> None:
         self.writer = _make_writer(backend, str(log_dir))
 
-    def on_step_end(self, trainer: MVectorTrainer, info: StepInfo) -> None:
+    def on_step_end(self, trainer: Any, info: Any) -> None:
         if self.writer is None or not info.logged:
             return
         for key, tag in (("loss", "Loss"), ("accuracy", "Accuracy"), ("lr", "lr"), ("margin", "margin")):
             self.writer.add_scalar(f"Train/{tag}", info.logged[key], info.global_step)
 
-    def on_epoch_end(self, trainer: MVectorTrainer, epoch: int, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         if self.writer is None or "eer" not in record:
             return
         for key in ("eer", "min_dcf", "threshold"):
             self.writer.add_scalar(f"Test/{key}", record[key], epoch)
 
-    def on_train_end(self, trainer: MVectorTrainer, history: list[dict[str, Any]]) -> None:
+    def on_train_end(self, trainer: Any, history: list[dict[str, Any]]) -> None:
         if self.writer is not None:
             self.writer.close()
 
@@ -117,7 +115,7 @@ class EvaluationCallback(Callback):
         self.eval_interval = int(eval_interval)
         self.progress = progress
 
-    def on_epoch_end(self, trainer: MVectorTrainer, epoch: int, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         due = self.eval_interval > 0 and epoch % self.eval_interval == 0 or epoch == trainer.max_epoch
         if not due:
             return
@@ -154,7 +152,7 @@ class CheckpointCallback(Callback):
         self.keep_last = int(keep_last)
         self.overwrite = bool(overwrite)
 
-    def on_train_start(self, trainer: MVectorTrainer) -> None:
+    def on_train_start(self, trainer: Any) -> None:
         if trainer.resumed_from is not None:
             return
         existing = [p for p in self.model_dir.glob("*") if p.name in RUN_FOLDERS or p.name.startswith("epoch_")]
@@ -170,7 +168,7 @@ class CheckpointCallback(Callback):
             shutil.rmtree(path, ignore_errors=True)
         trainer.log(f"note: removed the previous run's checkpoints from {self.model_dir} (--overwrite)")
 
-    def on_epoch_end(self, trainer: MVectorTrainer, epoch: int, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         trainer.check_finite(None)
         evaluated = "eer" in record
         improved = evaluated and (trainer.best_eer is None or record["eer"] <= trainer.best_eer)
