@@ -22,6 +22,7 @@ import torch
 
 from mvector.config import load_config
 from mvector.data.synthetic import generate_corpus
+from mvector.utils.files import atomic_write_json
 
 __all__ = ["demo_config", "run_demo", "tiny_checkpoint"]
 
@@ -80,7 +81,7 @@ def tiny_checkpoint(directory: str | Path, threshold: float = 0.5, seed: int = 0
         step=0,
         best_eer=None,
     )
-    (path / "result.json").write_text(json.dumps({"threshold": threshold}))
+    atomic_write_json(path / "result.json", {"threshold": threshold})
     return path
 
 
@@ -93,7 +94,8 @@ def run_demo(
     use_gpu: bool = False,
 ) -> dict[str, Any]:
     """Synthesize a corpus under ``work_dir``, train, evaluate; returns untrained and trained metrics."""
-    from mvector.trainer import MVectorTrainer
+    from mvector.evaluation.evaluator import EvalSettings, Evaluator
+    from mvector.training.trainer import MVectorTrainer
 
     work = Path(work_dir)
     started = time.perf_counter()
@@ -104,9 +106,12 @@ def run_demo(
     print(f"synthesized {train_speakers} training and {test_speakers} test speakers in {work}", flush=True)
     trainer = MVectorTrainer(demo_config(str(train_list), str(test_list), max_epoch), use_gpu=use_gpu)
     torch.manual_seed(0)
-    untrained = trainer.evaluate_model(trainer.build_embedding_model().to(trainer.ctx.device), trainer.ctx.device)
+    untrained_model = trainer.build_embedding_model().to(trainer.ctx.device).eval()
+    settings = EvalSettings.from_dataset_conf(trainer.configs["dataset_conf"])
+    untrained = Evaluator(untrained_model, settings, progress=False).evaluate(test_list=test_list)
     print(f"untrained model: EER {untrained['eer']:.4f}", flush=True)
-    trained = trainer.train(save_model_path=work / "models")
+    # The demo owns its output folder: a second run replaces the first one's checkpoints.
+    trained = trainer.train(save_model_path=work / "models", overwrite=True)
     summary = {
         "untrained_eer": round(untrained["eer"], 4),
         "trained_eer": round(trained["eer"], 4),
