@@ -81,6 +81,8 @@ DEFAULT_THRESHOLD = 0.5
 
 PathLike = Union[str, os.PathLike]
 
+_FRAME_CHUNK = 2000  # re-segmentation frames handled at once (100 s at 50 ms)
+
 
 class Embedder(Protocol):
     """What the pipeline needs from a model: its sample rate and a batch embedding of waveforms."""
@@ -519,14 +521,25 @@ class Diarizer:
             grid = start_s + (np.arange(steps) + 0.5) * (end_s - start_s) / steps
             w_start, w_end = spans[members, 0] / rate, spans[members, 1] / rate
             centre, half = (w_start + w_end) / 2.0, np.maximum((w_end - w_start) / 2.0, 1e-6)
-            distance = np.abs(grid[:, None] - centre[None, :])  # [T, W]
+            frame_scores = np.zeros((steps, scores.shape[1]))
+            nearest = np.zeros(steps, dtype=np.int64)
+            for first in range(0, steps, _FRAME_CHUNK):  # [frames, windows] arrays stay small in long regions
+                g = grid[first : first + _FRAME_CHUNK]
+                near = np.flatnonzero((w_end >= g[0] - c.window) & (w_start <= g[-1] + c.window))
+                near = near if len(near) else np.arange(len(members))
+                distance = np.abs(g[:, None] - centre[near][None, :])  # [T, W]
+                nearest[first : first + len(g)] = near[np.argmin(distance, axis=1)]
+                if c.resegment:
+                    inside = distance <= half[near][None, :]
+                    weight = np.clip(1.0 - distance / half[near][None, :], 0.0, None) + 1e-6 * inside
+                    weight = np.where(weight.sum(axis=1, keepdims=True) > 0, weight, np.exp(-distance))
+                    frame_scores[first : first + len(g)] = (weight @ scores[members[near]]) / weight.sum(
+                        axis=1, keepdims=True
+                    )
             if c.resegment:
-                weight = np.clip(1.0 - distance / half[None, :], 0.0, None) + 1e-6 * (distance <= half[None, :])
-                weight = np.where(weight.sum(axis=1, keepdims=True) > 0, weight, np.exp(-distance))
-                frame_scores = (weight @ scores[members]) / weight.sum(axis=1, keepdims=True)
                 path = _viterbi(frame_scores, c.switch_penalty)
             else:  # each frame takes the label of the window whose centre is nearest
-                path = labels[members][np.argmin(distance, axis=1)]
+                path = labels[members][nearest]
             edges = np.flatnonzero(np.diff(path)) + 1
             cuts = np.concatenate(([0], edges, [steps]))
             step = (end_s - start_s) / steps
