@@ -55,7 +55,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from mvector.errors import SpeakerDBError
+from mvector.audio import load_audio, save_wav
+from mvector.errors import AudioError, SpeakerDBError
 
 __all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "SpeakerDatabase", "validate_name"]
 
@@ -204,22 +205,13 @@ def _top_k_stats(rows: np.ndarray, cohort: np.ndarray, top_k: int) -> tuple[np.n
 
 
 def _as_audio(wave: Any, sample_rate: int, what: str) -> np.ndarray:
-    """A finite mono float32 waveform at 16 kHz, for keeping on disk."""
-    arr = np.asarray(wave)
-    if arr.dtype.kind in "iu":
-        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
-    arr = arr.astype(np.float32, copy=False)
-    if arr.ndim == 2:  # [T, channels]
-        arr = arr.mean(axis=1)
-    if arr.ndim != 1 or arr.size == 0:
+    """A finite mono float32 waveform at 16 kHz, for keeping on disk (scaling, mono, resampling: mvector.audio)."""
+    if isinstance(wave, np.ndarray) and (wave.ndim not in (1, 2) or wave.size == 0):
         raise SpeakerDBError(f"{what}: audio must be a non-empty 1-D waveform, got shape {list(np.shape(wave))}")
-    if not np.isfinite(arr).all():
-        raise SpeakerDBError(f"{what}: audio contains NaN or infinite samples")
-    if sample_rate != SAMPLE_RATE:
-        import soxr
-
-        arr = soxr.resample(arr, sample_rate, SAMPLE_RATE).astype(np.float32)
-    return arr
+    try:
+        return load_audio(np.asarray(wave), SAMPLE_RATE, source_sample_rate=int(sample_rate))
+    except AudioError as err:
+        raise SpeakerDBError(f"{what}: {err}") from err
 
 
 #: Longest folder name (in UTF-8 bytes) used for a speaker's kept audio; file systems allow 255 bytes.
@@ -245,19 +237,8 @@ def _folder_name(name: str) -> str:
 
 
 def _write_wav(path: Path, wave: np.ndarray) -> None:
-    """Write a 16-bit 16 kHz WAV atomically: to a temporary file in the same folder, then rename."""
-    import soundfile
-
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            soundfile.write(fh, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write a 16-bit 16 kHz WAV atomically (:func:`mvector.audio.save_wav`)."""
+    save_wav(path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE)
 
 
 class _MeanCache:
