@@ -117,15 +117,15 @@ def test_item02_resume_with_more_epochs_replans_the_cosine(corpus, trained, tmp_
         def on_step_end(self, trainer, info):
             lrs.append(float(info.lr))
 
-    trainer, _ = train(corpus, tmp_path, [Record()], resume_model=trained / "last_model", **{"train_conf.max_epoch": 3})
+    trainer, _ = train(corpus, tmp_path, [Record()], resume_model=trained / "last_model", **{"train_conf.max_epoch": 2})
     peak = float(trainer.configs["optimizer_conf"]["learning_rate"])
     min_lr = float(trainer.configs["optimizer_conf"]["min_lr"])
-    assert lrs and min(lrs) >= min_lr
+    assert lrs and min(lrs) >= min_lr - 1e-12
     # The extra epochs follow a cosine re-planned over the new length: they start near the peak and decay to
     # min_lr at the new end, instead of training every step at min_lr (the end of the old plan).
-    assert len(lrs) == 2 * trainer.steps_per_epoch
-    assert lrs[0] > 0.5 * peak and lrs[-1] < 0.1 * peak
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert len(lrs) == trainer.steps_per_epoch >= 2
+    assert lrs[0] > 10 * min_lr and lrs[0] <= peak  # not stuck at min_lr, the end of the old plan
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # and decaying over the new length
 
 
 def test_item03_eval_keeps_the_operating_point_unless_asked(corpus, trained, tmp_path):
@@ -439,6 +439,7 @@ def test_item17_a_new_run_does_not_mix_with_another(corpus, trained, tmp_path):
 
 
 def test_item18_non_finite_config_and_loss(corpus, tmp_path, monkeypatch):
+    from mvector.checkpoint import load_checkpoint
     from mvector.config import load_config
     from mvector.trainer import MVectorTrainer, TrainingDiverged
 
@@ -448,13 +449,14 @@ def test_item18_non_finite_config_and_loss(corpus, tmp_path, monkeypatch):
     real_step = MVectorTrainer.train_step
 
     def poisoned(self, batch, info):
-        if self.global_step == 3:  # the 4th step's loss becomes NaN
+        if self.global_step == 2:  # 16 utterances in batches of 8: the first step of epoch 2 gets a NaN loss
             batch.waveforms[:] = float("nan")
         return real_step(self, batch, info)
 
     monkeypatch.setattr(MVectorTrainer, "train_step", poisoned)
-    with pytest.raises(TrainingDiverged, match="step 4"):
+    with pytest.raises(TrainingDiverged, match=r"step 3 \(epoch 2\)"):
         trainer.train(save_model_path=tmp_path)
+    assert load_checkpoint(tmp_path / "TDNN_Fbank" / "last_model").epoch == 1  # the last good checkpoint is kept
 
 
 def test_item19_a_label_typo_is_an_error_naming_the_line(corpus, tmp_path):

@@ -60,6 +60,9 @@ PathLike = Union[str, os.PathLike]
 RESUME_KEYS = EMBEDDING_KEYS + ("use_loss", "loss_conf", "optimizer_conf", "dataset_conf.num_speakers")
 
 
+_NO_BAD_STEP = 2**62  # "no non-finite loss yet" in StepInfo.first_bad_step
+
+
 class TrainingDiverged(MVectorError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -392,8 +395,10 @@ class MVectorTrainer:
         info.samples += n
         info.loss_sum = info.loss_sum + loss * n
         info.correct = info.correct + (logits.argmax(dim=1) == labels).sum() * (1 if n else 0)
-        bad = torch.where(torch.isfinite(loss), torch.tensor(-1, device=loss.device), info.global_step)
-        info.first_bad_step = bad if info.first_bad_step is None else torch.maximum(info.first_bad_step, bad)
+        # The first step whose loss was not finite (later steps are NaN too, once the weights are); _NO_BAD_STEP
+        # while all were finite. Kept on the device: no host sync per step.
+        bad = torch.where(torch.isfinite(loss), torch.tensor(_NO_BAD_STEP, device=loss.device), info.global_step)
+        info.first_bad_step = bad if info.first_bad_step is None else torch.minimum(info.first_bad_step, bad)
         info.lr = self.scheduler.get_last_lr()[0]
         info.margin = float(getattr(self.head, "margin", 0.0))
 
@@ -403,7 +408,7 @@ class MVectorTrainer:
         if info is None or info.first_bad_step is None:
             return
         bad = int(info.first_bad_step)
-        if bad >= 0:
+        if bad != _NO_BAD_STEP:
             raise TrainingDiverged(
                 f"the loss became NaN or infinite at step {bad} (epoch {info.epoch}); training stopped and the last "
                 "good checkpoint is kept. Likely causes: a learning rate too high "
