@@ -24,6 +24,7 @@ pytest.importorskip("fastapi", reason="the service needs the serve extra: pip in
 httpx = pytest.importorskip("httpx", reason="the service tests talk HTTP with httpx (in the test extra)")
 
 import soundfile  # noqa: E402
+import torch  # noqa: E402
 import uvicorn  # noqa: E402
 
 from mvector.checkpoint import model_fingerprint  # noqa: E402
@@ -36,6 +37,8 @@ from mvector.service.process import ServerProcess, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICES = make_voices(3, seed=11)
+# in-process servers keep this process's torch thread count (it is process-wide; the service would change it)
+SAME_THREADS = torch.get_num_threads()
 LIMITS = ["--threads", "1", "--max_upload_mb", "1", "--max_files", "3", "--max_duration", "8", "--min_duration", "0.5"]
 
 
@@ -107,7 +110,7 @@ def test_model_information_names_the_model_and_its_threshold(served, model_dir):
     assert info["threshold"]["value"] == 0.5 and "result.json" in info["threshold"]["source"]
     assert str(model_dir.parent) not in json.dumps(info)  # no server paths in answers
     assert info["limits"]["max_upload_mb"] == 1 and info["limits"]["max_files"] == 3
-    assert info["key"]["scope"] == "read"
+    assert info["key"]["scope"] == "read" and info["threads"] == 1  # --threads 1
 
 
 def test_enrol_verify_identify_list_delete(served, model_dir):
@@ -301,7 +304,7 @@ def test_the_database_written_by_the_service_is_read_by_infer_recognition(served
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    listed = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    listed = [line.split("\t")[0].strip() for line in out.stdout.splitlines() if line.strip()]
     assert "erin" in listed and set(names) <= set(listed)
 
 
@@ -348,7 +351,7 @@ def _slow_app(model_dir: Path, db: Path, gate: threading.Event | None = None, **
         p.started = started
         return p
 
-    app = create_app(ServiceConfig(audio_db_path=str(db), **settings), predictor_factory=factory)
+    app = create_app(ServiceConfig(audio_db_path=str(db), threads=SAME_THREADS, **settings), predictor_factory=factory)
     return app, started
 
 
@@ -413,7 +416,10 @@ def test_graceful_shutdown_finishes_requests_in_flight(model_dir, tmp_path):
 def test_cors_is_off_unless_configured(model_dir, tmp_path):
     origin = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     for origins, allowed in (((), False), (("https://app.example",), True)):
-        app = create_app(ServiceConfig(model_path=str(model_dir), audio_db_path=str(tmp_path), cors_origins=origins))
+        config = ServiceConfig(
+            model_path=str(model_dir), audio_db_path=str(tmp_path), cors_origins=origins, threads=SAME_THREADS
+        )
+        app = create_app(config)
         with running(app) as (_, url):
             resp = httpx.options(url + "/v1/verify", headers=origin, timeout=30)
             assert ("access-control-allow-origin" in resp.headers) is allowed
@@ -439,7 +445,7 @@ def test_a_model_that_fails_to_load_is_reported_not_hidden(tmp_path):
     def broken():
         raise CheckpointError("model.pt: damaged")
 
-    app = create_app(ServiceConfig(audio_db_path=str(tmp_path)), predictor_factory=broken)
+    app = create_app(ServiceConfig(audio_db_path=str(tmp_path), threads=SAME_THREADS), predictor_factory=broken)
     with running(app) as (_, url), httpx.Client(base_url=url, timeout=30) as client:
         app.state.worker.wait_ready(30)
         health = client.get("/health")

@@ -19,7 +19,12 @@ from typing import Sequence
 from mvector.cli.common import run_cli, str2bool
 from mvector.errors import ConfigError
 
-_NEEDED = ("fastapi", "uvicorn", "multipart")
+# (importable names, pip package): python-multipart is imported as python_multipart (older releases: multipart)
+_NEEDED = (
+    (("fastapi",), "fastapi"),
+    (("uvicorn",), "uvicorn"),
+    (("python_multipart", "multipart"), "python-multipart"),
+)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -55,7 +60,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--min_duration", type=float, default=0.5, help="seconds per recording at least")
     parser.add_argument("--max_queue", type=int, default=64, help="model jobs waiting at most (then 503 overloaded)")
     parser.add_argument("--max_batch", type=int, default=16, help="recordings embedded in one batch at most")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the model; None: one per core")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads of the model; None: the usable cores less one (>= 1)"
+    )
     parser.add_argument(
         "--cors_origins", nargs="*", default=[], help="origins allowed by CORS (none: CORS off), e.g. https://app.example"
     )
@@ -100,11 +107,15 @@ def _graceful_server_class(uvicorn):
 
 def _serve(args: argparse.Namespace) -> None:
     missing = []
-    for name in _NEEDED:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append("python-multipart" if name == "multipart" else name)
+    for names, package in _NEEDED:
+        for name in names:
+            try:
+                importlib.import_module(name)
+                break
+            except ImportError:
+                continue
+        else:
+            missing.append(package)
     if missing:
         raise ConfigError(
             f"mvector serve needs {', '.join(missing)}, which are not installed: pip install \"mvector[serve]\""

@@ -65,7 +65,7 @@ from mvector import __version__
 from mvector.errors import AudioError, ConfigError, MVectorError, SpeakerDBError
 from mvector.service.errors import ERROR_CODES, ServiceError, error_body
 from mvector.service.keys import KeyInfo, KeyStore, KeyStoreError, scope_allows
-from mvector.service.worker import ModelWorker
+from mvector.service.worker import ModelWorker, default_threads
 
 __all__ = ["ServiceConfig", "create_app", "decode_upload", "STATIC_DIR"]
 
@@ -638,6 +638,7 @@ def create_app(
                 "max_queue": config.max_queue,
             },
             "queue": {"waiting": worker.queued, "jobs_done": worker.jobs_done, "batches": worker.batches},
+            "threads": worker.threads or default_threads(),
             "uptime_s": round(time.time() - started, 1),
             "key": {"id": key.key_id, "scope": key.scope},
         }
