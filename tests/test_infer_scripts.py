@@ -129,10 +129,10 @@ def test_errors_are_one_line_with_status_2(setup, tmp_path):
                           "--model_path", model), "nope.wav: file not found"),
         "missing model": (("infer_contrast.py", "--audio_path1", a, "--audio_path2", a, "--model_path",
                            tmp_path / "no_model"), "no_model does not exist"),
-        "unknown speaker": (("infer_recognition.py", *db, "--remove", "carol"), "unknown speaker 'carol'"),
-        "empty database": (("infer_recognition.py", *db, "--recognize", a), "no speakers enrolled"),
+        # a database is created only by registering: a mistyped --audio_db_path is refused, not made empty
+        "remove without a database": (("infer_recognition.py", *db, "--remove", "carol"), "no speaker database"),
+        "recognize without a database": (("infer_recognition.py", *db, "--recognize", a), "--audio_db_path"),
         "bad name": (("infer_recognition.py", *db, "--register", "../evil", a), "bad speaker name '../evil'"),
-        "missing recording": (("infer_recognition.py", *db, "--recognize", tmp_path / "gone.wav"), "gone.wav"),
         "no terminal": (("infer_recognition.py", *db), "needs a terminal"),
         "export without a model": (("export_model.py", "--model_path", tmp_path / "none", "--output_dir",
                                     tmp_path / "out"), "does not exist"),
@@ -143,7 +143,7 @@ def test_errors_are_one_line_with_status_2(setup, tmp_path):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (what, err)
         assert "Traceback" not in err and out == "", what
-    assert not (tmp_path / "evil").exists()
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "empty_db").exists()
 
 
 def test_export_script_and_predicting_from_the_export(setup, tmp_path):
