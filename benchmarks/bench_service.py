@@ -16,6 +16,7 @@ Baseline, measured in the same run: the steady phase's requests (same kinds, sam
 ``throughput_ratio_vs_in_process`` is the service's request rate over it.
 
     python benchmarks/bench_service.py                      # tiny untrained TDNN, ~1-2 minutes on 2 cores
+    python benchmarks/bench_service.py --ecapa_channels 512 --reads 15 --enrols 10  # a real model's compute
     python benchmarks/bench_service.py --model_path models/EcapaTdnn_Fbank/best_model --readers 8
 
 Everything runs on 127.0.0.1; the request counts and a wall-clock limit (``--time_limit``) bound the run.
@@ -51,6 +52,34 @@ def _clip(voice, seconds: float, seed: int) -> bytes:
     buf = io.BytesIO()
     soundfile.write(buf, synthesize_utterance(voice, seconds, rng=np.random.default_rng(seed)), 16000, format="WAV")
     return buf.getvalue()
+
+
+def _untrained_ecapa(folder: Path, channels: int) -> Path:
+    """An untrained ECAPA-TDNN checkpoint folder of the bundled config (80-dim Fbank, 192-d embeddings): the
+    compute of a real model, for latency figures (its scores mean nothing)."""
+    import json
+
+    import torch
+
+    from mvector.build import build_embedding_model
+    from mvector.checkpoint import save_checkpoint
+    from mvector.config import load_config
+    from mvector.models import build_head
+
+    conf = load_config("ecapa_tdnn", overrides={"model_conf.channels": channels, "dataset_conf.num_speakers": 4})
+    torch.manual_seed(0)
+    model = build_embedding_model(conf)
+    path = save_checkpoint(
+        folder / "best_model",
+        model_state=model.backbone.state_dict(),
+        head_state=build_head("AAM", model.backbone.embd_dim, 4).state_dict(),
+        config=conf,
+        epoch=0,
+        step=0,
+        best_eer=None,
+    )
+    (path / "result.json").write_text(json.dumps({"threshold": 0.5}), encoding="utf-8")
+    return path
 
 
 def _percentiles(values: list[float]) -> dict[str, float | int]:
@@ -256,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--model_path", default=None, help="model folder (default: a tiny untrained TDNN)")
+    parser.add_argument(
+        "--ecapa_channels", type=int, default=0, help="without --model_path: an untrained ECAPA-TDNN of this width"
+    )
     parser.add_argument("--readers", type=int, default=6, help="verify/identify client threads")
     parser.add_argument("--reads", type=int, default=30, help="requests per reader")
     parser.add_argument("--writers", type=int, default=2, help="enrolling client threads")
@@ -267,14 +299,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_service_"))
-    model_path = Path(args.model_path) if args.model_path else tiny_checkpoint(work / "model")
+    if args.model_path:
+        model_path, model_name = Path(args.model_path), str(args.model_path)
+    elif args.ecapa_channels:
+        model_path = _untrained_ecapa(work / "model", args.ecapa_channels)
+        model_name = f"untrained ECAPA-TDNN, {args.ecapa_channels} channels, 80-dim Fbank, 192-d embeddings"
+    else:
+        model_path, model_name = tiny_checkpoint(work / "model"), "tiny untrained TDNN (mvector.demo.tiny_checkpoint)"
     voices = make_voices(12, seed=5)
     clips = [_clip(v, args.seconds, seed=i) for i, v in enumerate(voices)]
     report: dict = {
         "benchmark": "service",
         "machine": machine_info(),
         "config": {k: v for k, v in vars(args).items()},
-        "model": str(model_path) if args.model_path else "tiny untrained TDNN (mvector.demo.tiny_checkpoint)",
+        "model": model_name,
     }
     before = _baseline(model_path, clips, args)
     serve_args = ["--max_queue", "256", "--threads", str(args.threads)]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ import uvicorn  # noqa: E402
 from mvector.checkpoint import model_fingerprint  # noqa: E402
 from mvector.data.synthetic import make_voices, synthesize_utterance  # noqa: E402
 from mvector.demo import tiny_checkpoint  # noqa: E402
+from mvector.errors import AudioError  # noqa: E402
 from mvector.predictor import MVectorPredictor  # noqa: E402
 from mvector.service.app import ServiceConfig, create_app  # noqa: E402
 from mvector.service.keys import KeyStore  # noqa: E402
@@ -455,3 +457,32 @@ def test_a_model_that_fails_to_load_is_reported_not_hidden(tmp_path):
         body = assert_error(client.get("/v1/model", headers=bearer(key)), 503, "model_failed")
         assert "damaged" in body["message"]
         assert_error(client.post("/v1/embed", content=audio_bytes(1.0), headers=bearer(key)), 503, "model_failed")
+
+
+class Picky(MVectorPredictor):
+    """Stands for enrolment quality checks: one name warns, another is refused (both naming the server's folder)."""
+
+    def register(self, name, audio, sample_rate=None):
+        if name == "loud":
+            warnings.warn(f"{self.audio_db_path}/x.wav: recording 0 is clipped", UserWarning, stacklevel=2)
+        if name == "quiet":
+            raise AudioError(f"enrolment of {name!r} refused ({self.audio_db_path}): too little speech")
+        return super().register(name, audio, sample_rate)
+
+
+def test_enrolment_warnings_and_refusals_reach_the_client_without_server_paths(model_dir, tmp_path):
+    db = tmp_path / "db"
+    with KeyStore(db) as store:
+        _, key = store.create("write")
+    app = create_app(
+        ServiceConfig(audio_db_path=str(db), threads=SAME_THREADS),
+        predictor_factory=lambda: Picky(model_dir, audio_db_path=db, use_gpu=False),
+    )
+    with running(app) as (_, url), httpx.Client(base_url=url, timeout=30, headers=bearer(key)) as client:
+        app.state.worker.wait_ready(30)
+        loud = client.post("/v1/speakers?name=loud", content=audio_bytes(1.0))
+        assert loud.status_code == 201 and loud.json()["warnings"] == ["db/x.wav: recording 0 is clipped"]
+        body = assert_error(client.post("/v1/speakers?name=quiet", content=audio_bytes(1.0)), 400, "bad_audio")
+        assert "too little speech" in body["message"] and str(tmp_path) not in body["message"]
+        assert [s["name"] for s in client.get("/v1/speakers").json()] == ["loud"]
+        assert "warnings" not in client.get("/v1/speakers/loud").json()

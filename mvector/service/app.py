@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ except ImportError as _err:  # pragma: no cover - depends on the installed extra
     ) from _err
 
 from mvector import __version__
-from mvector.errors import AudioError, ConfigError, MVectorError, SpeakerDBError
+from mvector.errors import AudioError, CheckpointError, ConfigError, MVectorError, SpeakerDBError
 from mvector.service.errors import ERROR_CODES, ServiceError, error_body
 from mvector.service.keys import KeyInfo, KeyStore, KeyStoreError, scope_allows
 from mvector.service.worker import ModelWorker, default_threads
@@ -162,6 +163,7 @@ class Identification(BaseModel):
 class Speaker(BaseModel):
     name: str
     recordings: int
+    warnings: Optional[list[str]] = Field(None, description="enrolment warnings (e.g. quality checks), if any")
 
 
 class NewKey(BaseModel):
@@ -410,18 +412,29 @@ def create_app(
         message = f"parameter {field_name!r}: {first.get('msg', 'invalid value')}"
         return JSONResponse(error_body("invalid_parameter", message, field_name), status_code=400)
 
+    folders = [Path(base) for base in (config.audio_db_path, config.model_path) if base]
+    server_paths = sorted({str(p) for f in folders for p in (f, f.resolve())}, key=len, reverse=True)
+
+    def public(message: str) -> str:
+        """An error message without the server's folders (a client has no business knowing them)."""
+        for path in server_paths:
+            if path not in ("", "."):
+                message = message.replace(path, Path(path).name)
+        return message
+
     @app.exception_handler(MVectorError)
     async def _mvector_error(request: Request, err: MVectorError) -> JSONResponse:
-        if isinstance(err, AudioError):
-            return JSONResponse(error_body("bad_audio", str(err), "audio"), status_code=400)
-        if isinstance(err, SpeakerDBError) and "unknown speaker" in str(err):
-            return JSONResponse(error_body("unknown_speaker", str(err).split(" in /")[0], "name"), status_code=404)
-        if isinstance(err, (SpeakerDBError, KeyStoreError)) and "bad speaker name" in str(err):
-            return JSONResponse(error_body("invalid_name", str(err), "name"), status_code=400)
-        if isinstance(err, (ConfigError, KeyStoreError)):
-            return JSONResponse(error_body("invalid_parameter", str(err)), status_code=400)
-        log.error("service error: %s", err)
-        return JSONResponse(error_body("internal_error", "the server could not complete the request"), 500)
+        text = public(str(err))
+        if isinstance(err, AudioError):  # undecodable audio, a refused enrolment (quality checks)
+            return JSONResponse(error_body("bad_audio", text, "audio"), status_code=400)
+        if isinstance(err, SpeakerDBError) and "unknown speaker" in text:
+            return JSONResponse(error_body("unknown_speaker", text, "name"), status_code=404)
+        if isinstance(err, SpeakerDBError) and "bad speaker name" in text:
+            return JSONResponse(error_body("invalid_name", text, "name"), status_code=400)
+        if isinstance(err, CheckpointError):  # the server's model, not the request
+            log.error("model error: %s", err)
+            return JSONResponse(error_body("internal_error", "the server could not complete the request"), 500)
+        return JSONResponse(error_body("invalid_parameter", text), status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
@@ -731,6 +744,7 @@ def create_app(
         tags=["speakers"],
         summary="Enrolled speakers",
         response_model=list[Speaker],
+        response_model_exclude_none=True,
         responses=_errors(),
     )
     async def speakers(key: KeyInfo = read_key) -> list[dict[str, Any]]:
@@ -752,6 +766,7 @@ def create_app(
         tags=["speakers"],
         summary="One enrolled speaker",
         response_model=Speaker,
+        response_model_exclude_none=True,
         responses=_errors(400, 404),
     )
     async def speaker(name: str, key: KeyInfo = read_key) -> dict[str, Any]:
@@ -809,6 +824,7 @@ def create_app(
         summary="Enrol a new speaker from one or more recordings",
         status_code=201,
         response_model=Speaker,
+        response_model_exclude_none=True,
         responses=_errors(400, 403, 409, 413),
         openapi_extra=_audio_body(
             {"audio": "one or more recordings (repeat the field)"}, raw=True, text={"name": "the speaker's name"}
@@ -822,7 +838,7 @@ def create_app(
             name, audios = await enrol_recordings(request, None)
             target = name
 
-            def job(pr: Any) -> int:
+            def job(pr: Any) -> tuple[int, list[str]]:
                 if name in pr.db:
                     raise ServiceError(
                         409,
@@ -831,12 +847,11 @@ def create_app(
                         f"POST /v1/speakers/{{name}}/recordings or delete it first",
                         "name",
                     )
-                pr.register(name, audios)
-                return pr.db.num_utterances(name)
+                return _register(pr, name, audios)
 
-            count = await run_job(job)
+            count, notes = await run_job(job)
             status = 201
-            return {"name": name, "recordings": count}
+            return {"name": name, "recordings": count, **({"warnings": [public(n) for n in notes]} if notes else {})}
         except ServiceError as err:
             status = err.status
             raise
@@ -850,6 +865,7 @@ def create_app(
         tags=["speakers"],
         summary="Add recordings to an enrolled speaker",
         response_model=Speaker,
+        response_model_exclude_none=True,
         responses=_errors(400, 403, 404, 413),
         openapi_extra=_audio_body({"audio": "one or more recordings (repeat the field)"}, raw=True),
     )
@@ -863,15 +879,14 @@ def create_app(
             await known_speaker(p, name)
             name, audios = await enrol_recordings(request, name)
 
-            def job(pr: Any) -> int:
+            def job(pr: Any) -> tuple[int, list[str]]:
                 if name not in pr.db:
                     raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
-                pr.register(name, audios)
-                return pr.db.num_utterances(name)
+                return _register(pr, name, audios)
 
-            count = await run_job(job)
+            count, notes = await run_job(job)
             status = 200
-            return {"name": name, "recordings": count}
+            return {"name": name, "recordings": count, **({"warnings": [public(n) for n in notes]} if notes else {})}
         except ServiceError as err:
             status = err.status
             raise
@@ -960,6 +975,16 @@ def create_app(
         return [e.as_dict() for e in await anyio.to_thread.run_sync(lambda: store.audit_log(limit, action))]
 
     return app
+
+
+def _register(predictor: Any, name: str, audios: list) -> tuple[int, list[str]]:
+    """Enrol on the worker thread; returns the speaker's recording count and the warnings the enrolment raised
+    (e.g. quality checks set to warn), which the answer passes on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor.register(name, audios)
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    return predictor.db.num_utterances(name), notes
 
 
 def _printable(request: Request) -> str | None:
