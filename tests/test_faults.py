@@ -208,7 +208,9 @@ def test_item07_evaluation_progress_counts_rows(corpus, tmp_path):
 
 
 def test_item08_written_files_follow_the_umask(corpus, trained, tmp_path):
+    from mvector.checkpoint import save_checkpoint
     from mvector.cli.create_data import main as create_data
+    from mvector.data.prepare import convert_to_wav
     from mvector.export import export_checkpoint
 
     old = os.umask(0o027)
@@ -217,14 +219,16 @@ def test_item08_written_files_follow_the_umask(corpus, trained, tmp_path):
                                                 str(tmp_path / "lists"), "--test_speakers", "2"])
         assert status == 0, err
         export_checkpoint(trained / "best_model", tmp_path / "export", formats=("torchscript",))
-        files = [*(tmp_path / "lists").iterdir(), *(tmp_path / "export").iterdir()]
+        ckpt = save_checkpoint(tmp_path / "ckpt", model_state={"w": torch.ones(1)}, config={}, epoch=1, step=1,
+                               best_eer=None)
+        convert_to_wav(next(corpus["train"].parent.rglob("*.wav")), tmp_path / "conv" / "a.wav", 8000)
+        files = [*(tmp_path / "lists").iterdir(), *(tmp_path / "export").iterdir(), *ckpt.iterdir(),
+                 tmp_path / "conv" / "a.wav"]
     finally:
         os.umask(old)
+    assert len(files) > 8
     for path in files:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
-    for path in (trained / "best_model").iterdir():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        assert mode & 0o044 == 0o044 or mode == 0o666 & ~old, path  # checkpoints too (written under the default)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path  # 0666 & ~umask, not mkstemp's 0600
 
 
 def test_item09_lists_for_audio_outside_the_output_folder_survive_a_move(corpus, tmp_path):
