@@ -80,7 +80,7 @@ class MVectorPredictor:
             a given one that conflicts with it (another feature method, model, size or audio preprocessing) is a
             :class:`~mvector.errors.ConfigError`.
         audio_db_path: folder of the speaker database (created on first use).
-        use_gpu: run on CUDA (an error when no CUDA device is available).
+        use_gpu: run on CUDA (``True``: an error when no CUDA device is available); ``None``: CUDA when available.
         threshold: decision threshold; default: the one stored by evaluation (``result.json``, or the export's
             ``meta.json``), else :data:`DEFAULT_THRESHOLD` with a warning.
         backend: ``"auto"`` (the PyTorch checkpoint, else ONNX, else TorchScript — which is code, see
@@ -108,7 +108,7 @@ class MVectorPredictor:
         model_path: PathLike = "models/EcapaTdnn_Fbank/best_model",
         configs: Union[str, os.PathLike, Mapping[str, Any], None] = None,
         audio_db_path: PathLike = "audio_db/",
-        use_gpu: bool = True,
+        use_gpu: bool | None = None,
         threshold: float | None = None,
         backend: str = "auto",
         keep_audio: bool = False,
@@ -118,6 +118,8 @@ class MVectorPredictor:
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.model_path = resolve_model_dir(model_path)
+        if use_gpu is None:
+            use_gpu = torch.cuda.is_available()
         if use_gpu and not torch.cuda.is_available():
             raise ConfigError("use_gpu is set but no CUDA device is available; pass use_gpu=False (--use_gpu False)")
         self.device = torch.device("cuda" if use_gpu else "cpu")
