@@ -465,7 +465,7 @@ class MVectorTrainer:
             for callback in callbacks:
                 callback.on_epoch_end(self, epoch, record)
             self.history.append(record)
-            self.ctx.barrier()
+            self.ctx.barrier(f"the end of epoch {epoch}")
         for callback in callbacks:
             callback.on_train_end(self, self.history)
         return self.history
