@@ -123,10 +123,10 @@ def agglomerative_clustering(
     low, high = _speaker_range(n, num_speakers, min_speakers, max_speakers)
     if n == 1:
         return np.zeros(1, dtype=np.int64)
-    # condensed cosine distances of unit rows; clipped against rounding
-    sim = emb @ emb.T
-    iu = np.triu_indices(n, k=1)
-    tree = linkage(np.clip(1.0 - sim[iu], 0.0, 2.0), method="average")
+    from scipy.spatial.distance import pdist
+
+    # condensed cosine distances (N(N-1)/2 values, no N x N matrix); clipped against rounding
+    tree = linkage(np.clip(pdist(emb, "cosine"), 0.0, 2.0), method="average")
     if num_speakers is None and threshold is not None:
         labels = fcluster(tree, t=1.0 - float(threshold), criterion="distance")
         count = len(np.unique(labels))
