@@ -387,6 +387,17 @@ class MVectorPredictor:
         """Names of the enrolled speakers, in enrolment order."""
         return self.db.names()
 
+    def diarize(self, audio: AudioInput, sample_rate: int | None = None, **options: Any) -> Any:
+        """Who spoke when in ``audio``: a :class:`~mvector.inference.diarization.DiarizationResult`.
+
+        ``options`` are :class:`~mvector.inference.diarization.DiarizationConfig` fields (``num_speakers=2``,
+        ``min_speakers``, ``max_speakers``, ``window``, ``hop``, ``clustering`` ...); clusters matching a speaker
+        enrolled in this predictor's database get that name. ``result.save(folder, stem)`` writes RTTM and JSON.
+        """
+        from mvector.inference.diarization import diarize_with_predictor
+
+        return diarize_with_predictor(self, audio, sample_rate, **options)
+
     def import_folder(self, folder: PathLike | None = None, skip_existing: bool = True) -> dict[str, int]:
         """Enroll every ``<folder>/<name>/*.wav|flac|mp3|ogg`` (default: the database folder itself).
 
