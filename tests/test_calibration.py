@@ -399,3 +399,32 @@ def test_predictor_ignores_a_calibration_of_another_model(tiny_setup, tmp_path: 
     assert p.calibration is None
     wave = (np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
     assert p.contrast(wave, wave).llr is None
+
+
+def test_predictor_with_a_duration_calibration_decides_on_the_llr(tiny_setup, tmp_path: Path) -> None:
+    import shutil
+    import warnings
+
+    from mvector.checkpoint import model_fingerprint
+    from mvector.predictor import MVectorPredictor
+
+    model, _ = tiny_setup
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    weights = {"score": 10.0, "log_min_duration": 2.0, "log_max_duration": 0.0}
+    cal = Calibration(weights, -10.0, model_fingerprint=model_fingerprint(folder))
+    cal.operating_point = {"rule": "probability", "target": 0.5, "prior": 0.5, "llr_threshold": 0.0, "threshold": None}
+    cal.save(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = MVectorPredictor(model_path=folder, use_gpu=False, audio_db_path=tmp_path / "db")
+    assert p.llr_threshold == 0.0 and "LLR >= 0" in p.threshold_source
+    rng = np.random.default_rng(0)
+    long, short = rng.standard_normal(32000).astype("float32") * 0.1, rng.standard_normal(8000).astype("float32") * 0.1
+    r_long = p.contrast((long, 16000), (long, 16000))
+    r_short = p.contrast((short, 16000), (short, 16000))
+    # same score (1.0) on both, but the shorter pair carries less evidence: log(0.5 s) < log(2 s)
+    assert r_long.score == pytest.approx(r_short.score, abs=1e-5)
+    assert r_long.llr == pytest.approx(10.0 * r_long.score - 10.0 + 2.0 * np.log(2.0), abs=1e-4)
+    assert r_short.llr == pytest.approx(10.0 * r_short.score - 10.0 + 2.0 * np.log(0.5), abs=1e-4)
+    assert r_long.same is True and r_short.same is False  # the decision is on the LLR

@@ -154,6 +154,10 @@ class MVectorPredictor:
             raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
         self.margin = float(margin)
         self.threshold_info: dict[str, Any]
+        # A probability rule on a calibration with quality terms decides on the LLR (no single score threshold).
+        self.llr_threshold: float | None = None
+        if threshold is None and op.get("threshold") is None and op.get("llr_threshold") is not None:
+            self.llr_threshold = float(op["llr_threshold"])
         if threshold is not None:
             self.threshold, self.threshold_source = float(threshold), "given by the caller"
             self.threshold_info = {"rule": "given", "file": None}
@@ -168,6 +172,13 @@ class MVectorPredictor:
         else:
             self.threshold, self.threshold_source = self._read_threshold()
             self.threshold_info = {"rule": "eer" if "EER" in self.threshold_source else "default"}
+        if self.llr_threshold is not None:
+            self.threshold_info = {**op, "file": str(self.model_path / "calibration.json")}
+            self.threshold_source = (
+                f"the operating point in {self.model_path / 'calibration.json'} (rule probability, target "
+                f"{op.get('target')}, prior {op.get('prior')}: accept when the LLR >= {self.llr_threshold:.4g}); "
+                f"identification without durations uses {self.threshold_source}"
+            )
         self.audio_db_path = Path(audio_db_path)
         self.keep_audio = bool(keep_audio)
         self._db: SpeakerDatabase | None = None
@@ -295,7 +306,10 @@ class MVectorPredictor:
             llr = float(np.asarray(self.calibration.llr(np.array([score]), quality))[0])
             probability = float(sigmoid(llr + logit(at)))
         source = self.threshold_source if threshold is None else "given by the caller"
-        return ContrastResult(score, score >= limit, llr, probability, at if llr is not None else None, limit, source)
+        same = score >= limit
+        if threshold is None and self.llr_threshold is not None and llr is not None:
+            same = llr >= self.llr_threshold
+        return ContrastResult(score, same, llr, probability, at if llr is not None else None, limit, source)
 
     # ------------------------------------------------------------------ identification
     @property
