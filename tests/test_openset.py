@@ -153,3 +153,40 @@ def test_predictor_recognize_answers_unknown(tmp_path: Path) -> None:
     r = p.recognize(clip[0], threshold=-100.0, score_norm="as_norm", cohort_top_k=2)
     assert r.score_norm == "as_norm" and r[0] is not None
     p.close()
+
+
+def test_open_set_protocol_counts_and_checks() -> None:
+    from mvector.evaluation.openset import open_set_protocol
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((9, 24))
+    emb = np.repeat(centres, 6, axis=0) + 0.2 * rng.standard_normal((54, 24))
+    spk = np.repeat(np.arange(9), 6)
+    r = open_set_protocol(emb, spk, repeats=4, threshold=0.6, margin=0.0)
+    assert r["n_unknown_speakers"] == 3 and r["n_enrolled_speakers"] == 6
+    assert r["dir@far=0.01"] == pytest.approx(1.0) and r["decisions"]["far"] == 0.0
+    closed = open_set_protocol(emb, spk, repeats=4, threshold=-1.0)
+    assert closed["decisions"]["far"] == 1.0  # accepting everything names a speaker for every stranger
+    with pytest.raises(ConfigError, match="unknown_fraction"):
+        open_set_protocol(emb, spk, unknown_fraction=1.0)
+    with pytest.raises(ValueError, match="more than 6 recordings"):
+        open_set_protocol(emb, spk, enrol_per_speaker=6)
+
+
+def test_eval_open_set_reports_dir_at_far(tmp_path: Path, capsys) -> None:
+    import json
+
+    from mvector.cli.evaluate import main as eval_main
+    from mvector.data.synthetic import generate_corpus
+    from mvector.demo import tiny_checkpoint
+
+    model = tiny_checkpoint(tmp_path / "m")
+    listing = generate_corpus(tmp_path / "corpus", 4, 4, min_duration=0.8, max_duration=1.0)
+    args = ["--resume_model", str(model), "--open_set", "--open_set_repeats", "2", "--margin", "0.01"]
+    assert eval_main([*args, f"--dataset_conf.test_list={listing}"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])["open_set"]
+    assert result["n_enrolled_speakers"] + result["n_unknown_speakers"] == 4 and result["repeats"] == 2
+    for key in ("dir@far=0.01", "dir@far=0.05", "rank1"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["decisions"]["margin"] == 0.01 and "open set" in out

@@ -46,6 +46,15 @@ def build_parser(prog: str | None = None):
     parser.add_argument("--calibration_target", type=float, default=None, help="the rule's target (probability: 0.5)")
     parser.add_argument("--calibration_prior", type=float, default=0.5, help="prior of --calibration_rule probability")
     parser.add_argument("--p_target", type=float, default=0.01, help="P_target of the actual DCF (act_dcf)")
+    parser.add_argument(
+        "--open_set", type=str2bool, nargs="?", const=True, default=False,
+        help="also measure open-set identification on the test list: part of its speakers enrolled, the rest "
+        "unknown (DIR at FAR 1/5/10 %%, decisions at the model's threshold)",
+    )  # fmt: skip
+    parser.add_argument("--open_set_unknown", type=float, default=1 / 3, help="share of speakers left unknown")
+    parser.add_argument("--open_set_enrol", type=int, default=3, help="recordings per enrolled speaker")
+    parser.add_argument("--open_set_repeats", type=int, default=10, help="random enrolled/unknown splits averaged")
+    parser.add_argument("--margin", type=float, default=0.0, help="open set: unknown when best and second are closer")
     return parser
 
 
@@ -69,6 +78,11 @@ def _main(argv=None, prog=None) -> None:
         calibration_target=args.calibration_target,
         calibration_prior=args.calibration_prior,
         p_target=args.p_target,
+        open_set=args.open_set,
+        open_set_unknown=args.open_set_unknown,
+        open_set_enrol=args.open_set_enrol,
+        open_set_repeats=args.open_set_repeats,
+        margin=args.margin,
     )
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -80,6 +94,14 @@ def _main(argv=None, prog=None) -> None:
     )
     where = f"{run.written}" + (" and the model's result.json (operating point)" if run.operating_point_changed else "")
     print(f"results written to {where}")
+    if args.open_set:
+        o = result["open_set"]
+        print(
+            f"open set ({o['n_enrolled_speakers']} enrolled, {o['n_unknown_speakers']} unknown, "
+            f"{o['repeats']} splits): "
+            f"DIR@FAR1% {o['dir@far=0.01']:.4f}  DIR@FAR5% {o['dir@far=0.05']:.4f}  rank-1 {o['rank1']:.4f}  "
+            f"at the threshold: DIR {o['decisions']['dir']:.4f} FAR {o['decisions']['far']:.4f}"
+        )
     if args.calibrate:
         print(
             f"calibration: Cllr {result['cllr']:.4f} (min {result['min_cllr']:.4f})  actual DCF({args.p_target:g}) "

@@ -76,6 +76,11 @@ def evaluate_model_folder(
     calibration_target: float | None = None,
     calibration_prior: float = 0.5,
     p_target: float = 0.01,
+    open_set: bool = False,
+    open_set_unknown: float = 1 / 3,
+    open_set_enrol: int = 3,
+    open_set_repeats: int = 10,
+    margin: float = 0.0,
 ) -> EvaluationRun:
     """Evaluate ``model_path``; see the module docstring. ``output`` overrides where the metrics JSON goes.
 
@@ -84,6 +89,11 @@ def evaluate_model_folder(
     ``calibration_target``: see :func:`mvector.evaluation.calibration.choose_operating_point`); the metrics gain
     ``cllr``, ``min_cllr``, ``act_dcf`` (at ``p_target``), ``cllr_cv`` (5-fold cross-validated) and
     ``calibration``; ``save_image_path`` also gets a reliability plot.
+
+    With ``open_set`` the test list's speakers are split ``open_set_repeats`` times into enrolled speakers (from
+    ``open_set_enrol`` recordings each) and unknown ones (``open_set_unknown`` of them), and ``open_set`` in the
+    metrics holds the open-set identification measures: DIR at FAR 1 / 5 / 10 %, rank-1, and the decisions at the
+    model's threshold with ``margin`` (:func:`mvector.evaluation.openset.open_set_protocol`).
     """
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("use_gpu is set but no CUDA device is available; pass --use_gpu False")
@@ -106,6 +116,10 @@ def evaluate_model_folder(
                 calibration_prior, p_target, save_image_path,
             )
         )  # fmt: skip
+    if open_set:
+        metrics["open_set"] = _open_set(
+            evaluator, embedder, ds["test_list"], open_set_unknown, open_set_enrol, open_set_repeats, margin
+        )
     written = Path(output) if output else embedder.folder / "evaluations" / f"{Path(str(source)).stem}.json"
     atomic_write_json(written, metrics)
     if set_threshold:
@@ -164,4 +178,35 @@ def _calibrate(
     if save_image_path:
         plot = save_reliability_plot(scores, labels, Path(save_image_path) / "reliability.png", cal)
         out["reliability_plot"] = str(plot)
+    return out
+
+
+def _open_set(
+    evaluator: Evaluator,
+    embedder: Embedder,
+    test_list: PathLike | None,
+    unknown: float,
+    enrol: int,
+    repeats: int,
+    margin: float,
+) -> dict[str, Any]:
+    """Open-set identification measures on the test list, decisions at the model's current threshold."""
+    import numpy as np
+
+    from mvector.data.lists import load_utterances
+    from mvector.evaluation.calibration import load_calibration, resolve_threshold
+    from mvector.evaluation.openset import open_set_protocol
+
+    if not test_list:
+        raise ConfigError("--open_set needs a test list with speaker labels (dataset_conf.test_list)")
+    utts = load_utterances(test_list)
+    emb = evaluator.embed_paths([u.path for u in utts], desc="open-set")
+    speakers = np.array([u.label for u in utts])[emb.ok]
+    threshold, source = resolve_threshold(embedder.folder, load_calibration(embedder.folder, embedder.fingerprint))
+    out = open_set_protocol(
+        emb.vectors[emb.ok], speakers, unknown_fraction=unknown, enrol_per_speaker=enrol, repeats=repeats,
+        threshold=threshold, margin=margin,
+    )  # fmt: skip
+    out["threshold_source"] = source
+    out["test_list"] = str(test_list)
     return out

@@ -39,6 +39,7 @@ __all__ = [
     "open_set_metrics",
     "dir_at_far",
     "threshold_for_far",
+    "open_set_protocol",
 ]
 
 
@@ -255,4 +256,90 @@ def dir_at_far(
     out["n_known_probes"], out["n_unknown_probes"], out["n_enrolled"] = int((t >= 0).sum()), int((t < 0).sum()), int(
         s.shape[1]
     )
+    return out
+
+
+def open_set_protocol(
+    embeddings: Any,
+    speakers: Sequence[Any],
+    unknown_fraction: float = 1 / 3,
+    enrol_per_speaker: int = 3,
+    repeats: int = 10,
+    seed: int = 0,
+    fars: Sequence[float] = (0.01, 0.05, 0.1),
+    threshold: float | None = None,
+    margin: float = 0.0,
+) -> dict[str, Any]:
+    """Open-set identification measures on a labelled list of embeddings, averaged over random protocols.
+
+    Each repeat makes ``unknown_fraction`` of the speakers unknown (all their recordings are probes of strangers)
+    and enrols every other speaker from ``enrol_per_speaker`` random recordings (length-normalised mean; speakers
+    with no recording left to probe are unknown instead); the rest of their recordings are probes. Cosine scores.
+    Returns the mean DIR at each FAR in ``fars`` and rank-1 rate (:func:`dir_at_far`) and, with ``threshold``,
+    the mean decisions there (:func:`open_set_metrics` with ``margin``), with the protocol's counts.
+
+    >>> rng = np.random.default_rng(0)
+    >>> centres = rng.standard_normal((6, 16))
+    >>> emb = np.repeat(centres, 5, axis=0) + 0.3 * rng.standard_normal((30, 16))
+    >>> r = open_set_protocol(emb, np.repeat(np.arange(6), 5), repeats=3, threshold=0.5)
+    >>> r["n_unknown_speakers"], r["n_enrolled_speakers"], r["rank1"], r["decisions"]["dir"]
+    (2, 4, 1.0, 1.0)
+    """
+    e = np.asarray(embeddings, dtype=np.float64)
+    spk = np.asarray(speakers)
+    if e.ndim != 2 or e.shape[0] != spk.shape[0]:
+        raise ValueError(f"embeddings [N, D] and one speaker per row needed, got {e.shape} and {spk.shape}")
+    if not 0.0 < float(unknown_fraction) < 1.0:
+        raise ConfigError(f"unknown_fraction must be in (0, 1), got {unknown_fraction!r}")
+    for name, value in (("enrol_per_speaker", enrol_per_speaker), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    names, counts = np.unique(spk, return_counts=True)
+    probe_able = names[counts > enrol_per_speaker]
+    n_unknown = max(1, int(round(len(names) * float(unknown_fraction))))
+    if len(probe_able) < 2 or len(names) - n_unknown < 1:
+        raise ValueError(
+            f"open-set protocol needs speakers with more than {enrol_per_speaker} recordings to enrol and probe; "
+            f"{len(probe_able)} of {len(names)} speakers have them"
+        )
+    rng = np.random.default_rng(seed)
+    curves, decisions = [], []
+    n_enrolled = 0
+    for _ in range(repeats):
+        unknown = set(rng.choice(names, size=n_unknown, replace=False).tolist())
+        enrolled = [s for s in probe_able.tolist() if s not in unknown]
+        if not enrolled:  # every probe-able speaker drawn as unknown: swap one back
+            enrolled = [sorted(unknown & set(probe_able.tolist()))[0]]
+            unknown.discard(enrolled[0])
+        models, probes, truth = [], [], []
+        for col, s in enumerate(enrolled):
+            rows = rng.permutation(np.flatnonzero(spk == s))
+            mean = unit[rows[:enrol_per_speaker]].mean(axis=0)
+            models.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+            probes.extend(rows[enrol_per_speaker:].tolist())
+            truth.extend([col] * (len(rows) - enrol_per_speaker))
+        strangers = np.flatnonzero(~np.isin(spk, enrolled))
+        probes.extend(strangers.tolist())
+        truth.extend([-1] * len(strangers))
+        scores = unit[np.asarray(probes)] @ np.stack(models).T
+        curves.append(dir_at_far(scores, np.asarray(truth), fars=fars))
+        if threshold is not None:
+            decisions.append(open_set_metrics(scores, np.asarray(truth), threshold, margin))
+        n_enrolled = len(enrolled)
+    out: dict[str, Any] = {
+        "repeats": repeats,
+        "n_speakers": int(len(names)),
+        "n_unknown_speakers": int(len(names) - n_enrolled),
+        "n_enrolled_speakers": int(n_enrolled),
+        "enrol_per_speaker": enrol_per_speaker,
+    }
+    for key in curves[0]:
+        if key.startswith(("dir@", "rank1")):
+            out[key] = float(np.mean([c[key] for c in curves]))
+    if decisions:
+        out["decisions"] = {
+            k: float(np.mean([d[k] for d in decisions]))
+            for k in ("dir", "far", "misidentified", "false_reject", "accuracy", "threshold", "margin")
+        }
     return out
