@@ -131,6 +131,41 @@ def test_amp_training_steps_are_finite_and_learn(dtype: torch.dtype) -> None:
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
 
 
+def test_trainer_train_step_never_syncs_the_host(tmp_path: Path) -> None:
+    """A whole training step (featurizer, SpecAugment, bf16 forward/backward, optimiser, schedules, accounting)
+    queues its work without waiting for the GPU: the loop can run ahead and overlap the data pipeline."""
+    from mvector.data.synthetic import generate_corpus
+    from mvector.training.trainer import MVectorTrainer, StepInfo
+
+    lst = generate_corpus(tmp_path / "data", 4, 2, min_duration=1.0, max_duration=1.5)
+    pairs = [line.split("\t") for line in lst.read_text().splitlines()]
+    train = tmp_path / "train.txt"
+    train.write_text("".join(f"{lst.parent / rel}\t{label}\n" for rel, label in pairs))
+    overrides = {
+        "dataset_conf.train_list": str(train),
+        "dataset_conf.batch_size": "4",
+        "dataset_conf.num_workers": "0",
+        "model_conf.channels": "32",
+        "train_conf.amp": "true",
+        "train_conf.amp_dtype": "bfloat16",
+        "train_conf.log_backend": "none",
+    }
+    trainer = MVectorTrainer("ecapa_tdnn", use_gpu=True, overrides=overrides)
+    trainer.setup_data()
+    trainer.setup_model()
+    trainer.setup_optimizer()
+    batch = next(iter(trainer.loader))
+    info = StepInfo(1, 1, trainer.steps_per_epoch)
+    trainer.train_step(batch, info)  # warm-up: cuDNN / cuFFT plans, optimiser state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_step(batch, info)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer.check_finite(info)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
