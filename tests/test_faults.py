@@ -285,7 +285,10 @@ def test_item11_cli_messages_name_flags_and_refuse_a_mistyped_database(enrolled,
                                      str(good)])
     assert status == 0 and "already enrolled" in out and "now 2" in out
     status, out, _ = run_main(main, ["--model_path", str(model), "--audio_db_path", str(db), "--list"])
-    assert status == 0 and "alice\t2 recording(s)" in out
+    assert status == 0 and "alice\t2 recording(s)\tenrolled 20" in out
+    status, out, _ = run_main(main, ["--model_path", str(model), "--audio_db_path", str(db), "--list", "--json"])
+    row = strict_json(out)["details"][0]
+    assert row["name"] == "alice" and row["utterances"] == 2 and row["enrolled"] <= row["updated"]
     for command in (["--list"], ["--remove", "alice"], ["--recognize", str(good)]):
         typo = tmp_path / "dbb"
         status, _, err = run_main(main, ["--model_path", str(model), "--audio_db_path", str(typo), *command])

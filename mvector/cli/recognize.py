@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -65,6 +66,25 @@ def _interactive(predictor, seconds: float) -> None:
             raise
         except MVectorError as err:  # a bad name, an unknown speaker, an empty database: say so and go on
             print(f"error: {err}")
+
+
+def _when(stamp: float | None) -> str | None:
+    return None if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _listing(db, name: str) -> dict:
+    """One speaker of ``--list``: name, number of recordings, first enrolled and last added to (local time)."""
+    enrolled, updated = db.enrolment_times(name)
+    return {"name": name, "utterances": db.num_utterances(name), "enrolled": _when(enrolled), "updated": _when(updated)}
+
+
+def _listing_text(row: dict) -> str:
+    text = f"{row['name']}\t{row['utterances']} recording(s)"
+    if row["enrolled"]:
+        text += f"\tenrolled {row['enrolled']}"
+        if row["updated"] != row["enrolled"]:
+            text += f", last added {row['updated']}"
+    return text
 
 
 def _main(argv=None, prog=None) -> int:
@@ -183,10 +203,10 @@ def _main(argv=None, prog=None) -> int:
             emit({"removed": args.remove}, f"removed {args.remove}")
         elif args.list:
             names = predictor.speakers()
-            counts = {n: predictor.db.num_utterances(n) for n in names}
+            rows = [_listing(predictor.db, n) for n in names]
             emit(
-                {"speakers": names, "utterances": counts},
-                "\n".join(f"{n}\t{counts[n]} recording(s)" for n in names) if names else "(no speakers enrolled)",
+                {"speakers": names, "details": rows, "utterances": {r["name"]: r["utterances"] for r in rows}},
+                "\n".join(_listing_text(r) for r in rows) if names else "(no speakers enrolled)",
             )
         elif args.import_folder:
             counts = predictor.import_folder(args.import_folder)

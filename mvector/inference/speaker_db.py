@@ -102,6 +102,11 @@ CREATE INDEX IF NOT EXISTS utterances_speaker ON utterances (speaker_id);
 CREATE TABLE IF NOT EXISTS removed (version INTEGER NOT NULL, speaker_id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_version ON removed (version);
 CREATE TABLE IF NOT EXISTS cohort (id INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS speaker_times (
+    speaker_id INTEGER PRIMARY KEY,
+    enrolled REAL NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 #: Score normalisations :meth:`SpeakerDatabase.search` can apply.
@@ -212,6 +217,23 @@ def _as_audio(wave: Any, sample_rate: int, what: str) -> np.ndarray:
         return load_audio(np.asarray(wave), SAMPLE_RATE, source_sample_rate=int(sample_rate))
     except AudioError as err:
         raise SpeakerDBError(f"{what}: {err}") from err
+
+
+def _truncated(path: Path, wait: float = 2.0) -> bool:
+    """True when ``path`` is a 0-byte file that stays so: a truncated database, not one another process is
+    creating right now (SQLite creates the file empty and writes its header a moment later)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if path.stat().st_size > 0:
+                return False
+        except FileNotFoundError:
+            return False
+        if any(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-journal")):
+            return False  # an open (or being created) database
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.02)
 
 
 #: Longest folder name (in UTF-8 bytes) used for a speaker's kept audio; file systems allow 255 bytes.
@@ -356,7 +378,7 @@ class SpeakerDatabase:
             self.db_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SpeakerDBError(f"cannot create the database folder {self.db_dir}: {err}") from None
-        if self.path.is_file() and self.path.stat().st_size == 0:
+        if _truncated(self.path):
             raise SpeakerDBError(
                 f"{self.path}: the database file is empty (0 bytes: truncated or damaged); restore it from a backup, "
                 "or delete the file to start a new, empty database"
@@ -646,6 +668,12 @@ class SpeakerDatabase:
                 "UPDATE speakers SET mean = ?, n_utts = ?, updated = ? WHERE id = ?",
                 ((means[i].tobytes(), int(counts[i]), version, int(ids[i])) for i in np.flatnonzero(~is_new)),
             )
+            now = time.time()
+            conn.executemany(  # when each speaker was first enrolled and last added to (for listings)
+                "INSERT INTO speaker_times (speaker_id, enrolled, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (speaker_id) DO UPDATE SET updated = excluded.updated",
+                ((int(sid), now, now) for sid in ids),
+            )
             owners = np.repeat(ids, np.diff(np.append(starts, len(embs))))
             if waves is None:
                 conn.executemany(
@@ -709,8 +737,9 @@ class SpeakerDatabase:
                 ).fetchone()[0]
                 conn.execute("DELETE FROM utterances WHERE speaker_id = ?", (sid,))
                 conn.execute("DELETE FROM speakers WHERE id = ?", (sid,))
+                conn.execute("DELETE FROM speaker_times WHERE speaker_id = ?", (sid,))
                 conn.execute("INSERT INTO removed (version, speaker_id) VALUES (?, ?)", (version, sid))
-                folder = self.db_dir / name
+                folder = self.db_dir / _folder_name(name)
                 if (
                     kept and folder.is_dir()
                 ):  # only a folder of kept audio; moved aside while the write lock is held, deleted after the commit
@@ -721,8 +750,8 @@ class SpeakerDatabase:
             except BaseException as err:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if trash is not None and trash.exists() and not (self.db_dir / name).exists():
-                    os.replace(trash, self.db_dir / name)
+                if trash is not None and trash.exists() and not (self.db_dir / _folder_name(name)).exists():
+                    os.replace(trash, self.db_dir / _folder_name(name))
                 if isinstance(err, sqlite3.DatabaseError):
                     raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
                 raise
@@ -942,6 +971,28 @@ class SpeakerDatabase:
         """
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT name FROM speakers ORDER BY id")]
+
+    def enrolment_times(self, name: str) -> tuple[float | None, float | None]:
+        """``(first enrolled, last added to)`` of ``name`` as Unix times; None for a speaker enrolled by an mvector
+        that did not record them.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     db.add("a", np.array([1.0, 0.0]))
+        ...     first, last = db.enrolment_times("a")
+        ...     first is not None and first <= last
+        True
+        """
+        with self._lock:
+            self._refresh()
+            assert self._cache is not None
+            sid = self._cache.id_of.get(name)
+            if sid is None:
+                raise self._unknown(name)
+            row = self._db.execute(
+                "SELECT enrolled, updated FROM speaker_times WHERE speaker_id = ?", (int(sid),)
+            ).fetchone()
+            return (None, None) if row is None else (float(row[0]), float(row[1]))
 
     def __len__(self) -> int:
         """Number of enrolled speakers (``len(db)``)."""
