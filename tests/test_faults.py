@@ -543,6 +543,8 @@ def test_item23_long_cjk_emoji_name_with_keep_audio(tmp_path):
         assert p.speakers() == [name]
         files = p.db.audio_files(name)
         assert len(files) == 1 and files[0].is_file() and len(files[0].parent.name.encode()) <= 255
+        p.remove(name)
+        assert not files[0].parent.exists()  # its kept audio goes with it
 
 
 def test_item23_hash_speaker_folder_and_output_dir_naming_a_file(tmp_path):
