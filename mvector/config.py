@@ -29,7 +29,6 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import yaml
 
 from mvector.errors import ConfigError, check_keys, nearest
-from mvector.optim import OPTIMIZERS, SCHEDULERS
 from mvector.utils.files import atomic_write_text
 
 __all__ = [
@@ -503,6 +502,8 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     if tc["log_backend"] not in ("visualdl", "tensorboard", "none"):
         raise ConfigError(f"train_conf.log_backend must be visualdl, tensorboard or none, got {tc['log_backend']!r}")
     oc = conf["optimizer_conf"]
+    from mvector.optim import OPTIMIZERS, SCHEDULERS  # torch is imported only when a config is checked
+
     OPTIMIZERS.resolve(oc["optimizer"])
     SCHEDULERS.resolve(oc["scheduler"])
     if oc["learning_rate"] <= 0:
@@ -524,6 +525,7 @@ def _registered_names() -> dict[str, str]:
     """Docs of the keys that name a registered entry, listing what is registered now."""
     from mvector.features import FEATURIZERS
     from mvector.models import BACKBONES, HEADS
+    from mvector.optim import OPTIMIZERS, SCHEDULERS
 
     return {
         "use_model": f"backbone: {', '.join(BACKBONES.names())}",
