@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mvector"
 
 #: Top to bottom. A module may import from its own layer and from layers below it, never from one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("cli", ("mvector.cli",)),
+    ("cli", ("mvector.cli", "mvector.__main__")),
     ("service", ("mvector.service",)),
     ("demo", ("mvector.demo",)),
     ("training", ("mvector.training",)),

@@ -1,0 +1,8 @@
+"""``python -m mvector ...`` is the ``mvector`` command."""
+
+import sys
+
+from mvector.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
