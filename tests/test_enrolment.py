@@ -215,3 +215,19 @@ def test_a_database_written_before_the_cohort_still_opens(tmp_path: Path) -> Non
         db.remove_utterance("ann", 0)
         assert db.rebuild() == 1
         np.testing.assert_allclose(db.mean_embedding("ann"), combine_embeddings(embs[1:]), atol=1e-6)
+
+
+def test_enrol_reads_files_and_file_objects(predictor, takes, tmp_path: Path) -> None:
+    from mvector.audio import save_wav
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"take{i}.wav")
+        save_wav(paths[-1], takes[i + 2], SR)
+    with open(paths[1], "rb") as fh:
+        report = enrol(predictor, "erin", [str(paths[0]), fh], min_agreement=None)
+    assert report.issues == [] and predictor.db.num_utterances("erin") == 2
+    assert [round(m["duration"], 2) for m in report.measurements] == [2.5, 2.5]
+    with pytest.raises(AudioError):
+        enrol(predictor, "erin", [str(tmp_path / "missing.wav")])
+    assert predictor.db.num_utterances("erin") == 2  # a bad file enrols nothing
