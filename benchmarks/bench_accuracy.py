@@ -312,6 +312,48 @@ def step_seconds(trainer: MVectorTrainer, num_speakers: int, steps: int = 3) -> 
     return float(np.median(times[1:]))
 
 
+def step_time_ratios(names: list[str], batch: int, rounds: int, channels: int = 0) -> dict:
+    """Training-step time of each recipe's model (featurizer + backbone + head, Adam; no data loading), on the
+    same random 3 s waveforms, interleaved round by round so that a change of machine load hits every recipe
+    alike; median over ``rounds`` after one warm-up round, and each recipe's ratio to the first one."""
+    built = {}
+    for name in names:
+        overrides: dict[str, Any] = {"dataset_conf.batch_size": batch}
+        if channels:
+            overrides["model_conf.channels"] = channels
+        trainer = MVectorTrainer(recipe_config(RECIPES[name]), use_gpu=False, overrides=overrides)
+        trainer.num_speakers = 100
+        seed_everything(0)
+        trainer.setup_model()
+        built[name] = (trainer, torch.optim.Adam(trainer.model.parameters(), lr=1e-4))
+    ds = next(iter(built.values()))[0].configs["dataset_conf"]
+    samples = int(ds["max_duration"] * ds["sample_rate"])
+    gen = torch.Generator().manual_seed(0)
+    waves = 0.1 * torch.randn(batch, samples, generator=gen)
+    lengths = torch.full((batch,), samples)
+    labels = torch.randint(0, 100, (batch,), generator=gen)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds + 1):
+        for name, (trainer, opt) in built.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                feats, frames = trainer.embedding_model.featurizer(waves, lengths)
+            loss, _ = trainer.model(feats, frames, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+    medians = {name: float(np.median(t[1:])) for name, t in times.items()}
+    first = medians[names[0]]
+    return {
+        "batch": batch,
+        "crop_s": samples / ds["sample_rate"],
+        "rounds": rounds,
+        "step_s": {name: round(m, 3) for name, m in medians.items()},
+        "ratio_to_" + names[0]: {name: round(m / first, 3) for name, m in medians.items()},
+    }
+
+
 def untrained_metrics(trainer: MVectorTrainer) -> dict:
     seed_everything(int(trainer.configs["train_conf"]["seed"]))
     model = trainer.build_embedding_model().eval()
@@ -415,6 +457,22 @@ def corpus_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     unknown = [n for n in names if n != "mfcc" and n not in RECIPES]
     if unknown or not names:
         parser.error(f"--recipes: unknown {unknown or names}; choose from mfcc, {', '.join(RECIPES)}")
+    if args.step_times:
+        if args.step_times < 1 or "mfcc" in names or len(names) < 2:
+            parser.error("--step-times N needs N >= 1 and at least two trained recipes (not mfcc) in --recipes")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        load_start = machine_info(["load_average"])["load_average"]
+        result = step_time_ratios(names, args.step_batch, args.step_times, args.channels)
+        emit(
+            {
+                "benchmark": "bench_accuracy --step-times (training step of each recipe's model, interleaved)",
+                **result,
+                "channels": args.channels or "as in each recipe",
+                "machine": {**machine_info(), "load_average_at_start": load_start},
+            }
+        )
+        return
     if args.epochs < 0 or args.eval_every < 0 or args.channels < 0:
         parser.error("--epochs, --eval-every and --channels must be >= 0")
     epochs = args.epochs or 5
@@ -481,6 +539,15 @@ def main() -> None:
     parser.add_argument(
         "--channels", type=int, default=0, help="with --corpus: model_conf.channels for every recipe (0: the recipe's)"
     )
+    parser.add_argument(
+        "--step-times",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="with --corpus: only time a training step of each recipe's model (ROUNDS interleaved rounds, no "
+        "training run) and report ratios to the first recipe",
+    )
+    parser.add_argument("--step-batch", type=int, default=16, help="batch size of the --step-times steps")
     parser.add_argument("--list-recipes", action="store_true", help="print the recipe names and exit")
     parser.add_argument("overrides", nargs="*", help="more config overrides, key=value (e.g. model_conf.channels=128)")
     args = parser.parse_args()
