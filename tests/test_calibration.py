@@ -428,3 +428,18 @@ def test_predictor_with_a_duration_calibration_decides_on_the_llr(tiny_setup, tm
     assert r_long.llr == pytest.approx(10.0 * r_long.score - 10.0 + 2.0 * np.log(2.0), abs=1e-4)
     assert r_short.llr == pytest.approx(10.0 * r_short.score - 10.0 + 2.0 * np.log(0.5), abs=1e-4)
     assert r_long.same is True and r_short.same is False  # the decision is on the LLR
+
+
+def test_predictor_ignores_a_calibration_of_as_norm_scores(tiny_setup, tmp_path: Path) -> None:
+    import shutil
+
+    from mvector.checkpoint import model_fingerprint
+    from mvector.predictor import MVectorPredictor
+
+    model, _ = tiny_setup
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    Calibration({"score": 1.0}, 0.0, score_type="as_norm", model_fingerprint=model_fingerprint(folder)).save(folder)
+    with pytest.warns(UserWarning, match="as_norm scores"):
+        p = MVectorPredictor(model_path=folder, use_gpu=False, audio_db_path=tmp_path / "db")
+    assert p.calibration is None

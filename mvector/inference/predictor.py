@@ -146,6 +146,13 @@ class MVectorPredictor:
         if threshold is not None and not np.isfinite(float(threshold)):
             raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
         self.calibration: Calibration | None = load_calibration(self.model_path, self.fingerprint)
+        if self.calibration is not None and self.calibration.score_type != "cosine":
+            warnings.warn(
+                f"{self.model_path / 'calibration.json'} calibrates {self.calibration.score_type} scores, but the "
+                "predictor scores with plain cosine; ignoring it (fit one without a cohort: mvector calibrate)",
+                stacklevel=2,
+            )
+            self.calibration = None
         op = (self.calibration.operating_point or {}) if self.calibration is not None else {}
         self.prior = float(prior if prior is not None else op.get("prior") or 0.5)
         if not 0.0 < self.prior < 1.0:
@@ -229,10 +236,14 @@ class MVectorPredictor:
             crop_mode="leading",
         )
 
-    def _embed_waves(self, waves: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    def _embed_waves(
+        self, waves: Sequence[np.ndarray], batch_size: int = 32, sources: Sequence[Any] | None = None
+    ) -> np.ndarray:
         if not waves:
             return np.zeros((0, self.embd_dim), dtype=np.float32)
-        return embed_waveforms(self.embedder, waves, batch_size=batch_size)
+        # A too-short or silent recording is named by its path (or kind) and its position in the caller's order.
+        names = None if sources is None else [_source_label(a) for a in sources]
+        return embed_waveforms(self.embedder, waves, batch_size=batch_size, names=names)
 
     def embed(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """The embedding (float32 ``[embd_dim]``) of one recording: path, bytes, file object or (array, rate).
@@ -243,7 +254,7 @@ class MVectorPredictor:
         >>> p.embed(np.zeros(8000, "float32") + 0.01, sample_rate=16000).shape
         (32,)
         """
-        return self._embed_waves([self.load(audio, sample_rate)])[0]
+        return self._embed_waves([self.load(audio, sample_rate)], sources=[audio])[0]
 
     def embed_batch(
         self, audios: Sequence[AudioInput], sample_rate: int | None = None, batch_size: int = 32
@@ -261,7 +272,7 @@ class MVectorPredictor:
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return self._embed_waves([self.load(a, sample_rate) for a in audios], batch_size)
+        return self._embed_waves([self.load(a, sample_rate) for a in audios], batch_size, sources=audios)
 
     # ------------------------------------------------------------------ verification
     @staticmethod
@@ -292,7 +303,7 @@ class MVectorPredictor:
         False
         """
         waves = [self.load(audio1), self.load(audio2)]
-        emb = self._embed_waves(waves)
+        emb = self._embed_waves(waves, sources=[audio1, audio2])
         score = self.similarity(emb[0], emb[1])
         limit = self.threshold if threshold is None else float(threshold)
         llr = probability = None
@@ -345,7 +356,7 @@ class MVectorPredictor:
         if not items:
             raise AudioError(f"speaker {name!r}: no recordings given")
         waves = [self.load(a, sample_rate) for a in items]
-        emb = self._embed_waves(waves)
+        emb = self._embed_waves(waves, sources=items)
         self.db.add(name, emb, audio=waves if self.keep_audio else None, sample_rate=self.sample_rate)
 
     def recognize(
@@ -440,6 +451,17 @@ class MVectorPredictor:
                 self.db.add(name, self._embed_waves(waves), audio=audio, sample_rate=self.sample_rate)
                 counts[name] = len(waves)
         return counts
+
+
+def _source_label(audio: Any) -> str:
+    """How a recording is named in messages: its path, or its kind (``<array>``, ``<bytes>``, ``<file object>``)."""
+    if isinstance(audio, tuple) and audio:
+        audio = audio[0]
+    if isinstance(audio, (str, os.PathLike)):
+        return os.fspath(audio)
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return "<file object>" if hasattr(audio, "read") else "<array>"
 
 
 def iter_audio_files(paths: Iterable[PathLike], must_exist: bool = False) -> list[Path]:
