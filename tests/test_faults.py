@@ -418,6 +418,19 @@ def test_item15_direct_call_names_the_input_in_the_callers_order(tmp_path):
         embed_waveforms(embedder, waves, batch_size=4)
 
 
+def test_item15_contrast_and_embed_batch_name_the_short_recording(tmp_path):
+    from mvector.demo import tiny_checkpoint
+    from mvector.predictor import MVectorPredictor
+
+    save_wav(tmp_path / "short.wav", np.full(100, 0.1, "float32"), 16000)
+    good = (np.full(16000, 0.1, "float32"), 16000)
+    with MVectorPredictor(tiny_checkpoint(tmp_path / "m"), use_gpu=False) as p:
+        with pytest.raises(AudioError, match=r"input 1 \(.*short\.wav\) is 100 samples"):
+            p.contrast(good, tmp_path / "short.wav")
+        with pytest.raises(AudioError, match=r"input 2 \(.*short\.wav\)"):
+            p.embed_batch([good, good, str(tmp_path / "short.wav"), good])
+
+
 def test_item15_featurizer_batch_positions_are_mapped_back():
     from mvector.embedding.loop import embed_batches
 
