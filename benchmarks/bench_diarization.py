@@ -24,6 +24,7 @@ loading excluded. Prints one JSON object.
     python benchmarks/bench_diarization.py --model_path A --model_path B --sample_wav S.wav --sample_rttm S.rttm
     python benchmarks/bench_diarization.py --quick --model_path DIR        # one short conversation per count
     python benchmarks/bench_diarization.py --model_path DIR --memory_only --memory_minutes 5 60   # peak RSS
+    python benchmarks/bench_diarization.py --model_path DIR --memory_only --rtf_repeats 3 --speakers 3  # speed
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, add_repo_to_path, emit, machine_info
+from common import ROOT, add_repo_to_path, emit, machine_info, stats
 
 add_repo_to_path()
 
@@ -162,6 +163,32 @@ def evaluate_model(model_path: str, items, collar: float) -> dict:
     return out
 
 
+def speed(model_path: str, wav: Path, num_speakers: int, repeats: int) -> dict:
+    """Median real-time factor of the whole pipeline and of the baseline, interleaved on one recording."""
+    from mvector.audio import audio_duration
+
+    predictor = MVectorPredictor(model_path, use_gpu=False)
+    embedder = PredictorEmbedder(predictor)
+    duration = audio_duration(wav)
+    ours_s, base_s = [], []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        Diarizer(embedder)(wav)
+        ours_s.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        baseline(embedder, wav, num_speakers)
+        base_s.append(time.perf_counter() - began)
+    ours_rtf, base_rtf = float(np.median(ours_s)) / duration, float(np.median(base_s)) / duration
+    return {
+        "model": model_path,
+        "file": wav.name,
+        "seconds_of_audio": round(duration, 1),
+        "mvector_rtf": stats([t / duration for t in ours_s], 4),
+        "baseline_rtf": stats([t / duration for t in base_s], 4),
+        "ratio_mvector_to_baseline": round(ours_rtf / base_rtf, 3),
+    }
+
+
 def _memory_child(wav: str, model_path: str) -> None:
     """Run in a subprocess: diarize ``wav`` and print the peak resident memory (MiB) and the seconds taken."""
     import resource
@@ -222,7 +249,10 @@ def main() -> None:
     parser.add_argument(
         "--memory_minutes", type=float, nargs="*", default=[], help="also measure peak RSS on recordings this long"
     )
-    parser.add_argument("--memory_only", action="store_true", help="only the memory measurement (no DER)")
+    parser.add_argument("--memory_only", action="store_true", help="only the memory / speed measurements (no DER)")
+    parser.add_argument(
+        "--rtf_repeats", type=int, default=0, help="also time pipeline and baseline N times on the first recording"
+    )
     parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -266,6 +296,9 @@ def main() -> None:
         "machine": machine_info(),
         "results": [] if args.memory_only else [evaluate_model(m, items, args.collar) for m in args.model_path],
     }
+    if args.rtf_repeats:
+        wav, _, n = items[0]
+        report["speed"] = [speed(m, wav, n, args.rtf_repeats) for m in args.model_path]
     if args.memory_minutes:
         report["memory"] = {
             "model": args.model_path[-1],
