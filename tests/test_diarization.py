@@ -291,6 +291,10 @@ def test_predictor_entry_point_options(tiny_model):
     with MVectorPredictor(tiny_model, use_gpu=False) as p:
         with pytest.raises(ConfigError, match="did you mean 'num_speakers'"):
             diarize_with_predictor(p, (np.zeros(SR, "float32"), SR), num_speaker=2)
+        with pytest.raises(ConfigError, match="bad diarization option"):
+            diarize_with_predictor(p, (np.zeros(SR, "float32"), SR), vad={"no_such_key": 1})
+        with pytest.raises(ConfigError, match="min_speakers <= max_speakers"):
+            diarize_with_predictor(p, (np.zeros(SR, "float32"), SR), min_speakers=3, max_speakers=2)
 
 
 def test_command_line_end_to_end(tiny_model, tmp_path, capsys):

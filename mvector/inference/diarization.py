@@ -642,9 +642,14 @@ def diarize_with_predictor(
         hint = nearest(unknown[0], DiarizationConfig.keys())
         raise ConfigError(f"unknown diarization option {unknown[0]!r}{f'; did you mean {hint!r}?' if hint else ''}")
     base = config or DiarizationConfig()
-    if options.get("vad") is not None and isinstance(options["vad"], Mapping):
-        options["vad"] = VADConfig(**options["vad"])
-    conf = replace(base, **options)
+    try:
+        if isinstance(options.get("vad"), Mapping):
+            options["vad"] = VADConfig(**options["vad"])
+        conf = replace(base, **options)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"bad diarization option: {err}") from err
     db = None
     if use_database or use_database is None:
         folder = Path(predictor.audio_db_path)
