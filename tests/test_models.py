@@ -146,7 +146,8 @@ def test_training_step_lowers_loss(name):
 
 
 def test_unknown_names_and_keys():
-    with pytest.raises(ConfigError, match="did you mean 'EcapaTdnn'.*Valid: EcapaTdnn, Res2Net, ResNetSE, TDNN"):
+    valid = "Valid: CAMPPlus, EcapaTdnn, Res2Net, ResNetSE, TDNN"
+    with pytest.raises(ConfigError, match=f"did you mean 'EcapaTdnn'.*{valid}"):
         build_backbone("EcapaTDN", 80)
     with pytest.raises(
         ConfigError, match="unknown key 'chanels' in model_conf \\(EcapaTdnn\\); did you mean 'channels'"

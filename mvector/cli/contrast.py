@@ -10,7 +10,6 @@ Errors (a missing file or model folder, unreadable audio) print one line and exi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
@@ -27,7 +26,13 @@ def _main(argv=None, prog=None) -> None:
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
     )
-    parser.add_argument("--json", action="store_true", help='print one JSON object: {"score", "same"}')
+    parser.add_argument(
+        "--prior", type=float, default=None, help="prior probability of 'same speaker' for the calibrated probability"
+    )
+    parser.add_argument(
+        "--json", action="store_true",
+        help='print one JSON object: {"score", "same", "llr", "probability", "prior", "threshold", "threshold_source"}',
+    )
     args = parser.parse_args(argv)
     from mvector.predictor import MVectorPredictor, iter_audio_files
 
@@ -35,15 +40,29 @@ def _main(argv=None, prog=None) -> None:
     predictor = MVectorPredictor(
         model_path=args.model_path, use_gpu=args.use_gpu, threshold=args.threshold, backend=args.backend
     )
-    score, same = predictor.contrast(args.audio_path1, args.audio_path2)
+    result = predictor.contrast(args.audio_path1, args.audio_path2, prior=args.prior)
+    score, same = result
     if args.json:
-        print(json.dumps({"score": round(score, 6), "same": same}))
-    else:
-        verdict = "the same speaker" if same else "different speakers"
-        print(
-            f"{args.audio_path1} vs {args.audio_path2}: score {score:.5f} -> {verdict} "
-            f"(threshold {predictor.threshold:.5f})"
-        )
+        from mvector.utils.files import dumps_json
+
+        print(dumps_json({**result.to_dict(), "score": round(score, 6)}))
+        return
+    verdict = "the same speaker" if same else "different speakers"
+    pair = f"{args.audio_path1} vs {args.audio_path2}"
+    line = f"{pair}: score {score:.5f} -> {verdict} (threshold {result.threshold:.5f})"
+    if result.llr is not None:
+        line += f"; calibrated LLR {result.llr:+.2f}, P(same) {result.probability:.3f} at prior {result.prior:g}"
+    print(line)
+    print(f"threshold: {_describe(result.threshold_source)}")
+
+
+def _describe(source) -> str:
+    """The threshold's origin in words (the predictor gives a sentence or a dict with rule, target, data)."""
+    if isinstance(source, dict):
+        parts = [f"{k} {v}" for k, v in source.items() if v is not None and k != "file"]
+        where = f" ({source['file']})" if source.get("file") else ""
+        return ", ".join(parts) + where
+    return str(source)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -267,13 +267,16 @@ class MVectorTrainer:
             warnings.warn("loss_conf.margin_scheduler has no effect with the CE loss", stacklevel=2)
         elif self.margin_conf:
             m, steps = self.margin_conf, self.steps_per_epoch
-            self.margin_scheduler = MarginScheduler(
-                self.head,
-                initial_margin=float(m.get("initial_margin", 0.0)),
-                final_margin=float(m.get("final_margin", self.head.margin)),
-                start_step=int(round(float(m.get("start_epoch", 0)) * steps)),
-                end_step=int(round(float(m.get("end_epoch", 0)) * steps)),
-            )
+            try:
+                self.margin_scheduler = MarginScheduler(
+                    self.head,
+                    initial_margin=float(m.get("initial_margin", 0.0)),
+                    final_margin=float(m.get("final_margin", self.head.margin)),
+                    start_step=int(round(float(m.get("start_epoch", 0)) * steps)),
+                    end_step=int(round(float(m.get("end_epoch", 0)) * steps)),
+                )
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"loss_conf.margin_scheduler: {err}") from err
         self.use_amp = bool(tc["amp"]) and self.ctx.device.type == "cuda"
         if tc["amp"] and not self.use_amp:
             warnings.warn("train_conf.amp applies on CUDA only; training on the CPU in float32", stacklevel=2)
