@@ -1,5 +1,8 @@
 """The "who spoke when" picture: one row per speaker, a bar per turn; optionally the reference above it.
 
+With a reference, each hypothesis speaker takes the colour of the reference speaker it is mapped to (the DER
+mapping), so confusions stand out as colour changes.
+
 >>> import tempfile, os
 >>> from mvector.evaluation.der import Segment
 >>> path = plot_timeline([Segment(0, 2, "alice"), Segment(2.5, 4, "bob")], os.path.join(tempfile.mkdtemp(), "t.png"),
@@ -21,9 +24,8 @@ __all__ = ["plot_timeline"]
 PathLike = Union[str, os.PathLike]
 
 
-def _rows(ax, turns: Sequence[Segment], label: str, end: float) -> None:
+def _rows(ax, turns: Sequence[Segment], label: str, end: float, colours: dict[str, str]) -> None:
     speakers = list(dict.fromkeys(t.speaker for t in sorted(turns)))
-    colours = {s: f"C{i % 10}" for i, s in enumerate(speakers)}
     for row, speaker in enumerate(speakers):
         spans = [(t.start, t.end - t.start) for t in turns if t.speaker == speaker]
         ax.broken_barh(spans, (row - 0.4, 0.8), facecolors=colours[speaker])
@@ -58,13 +60,28 @@ def plot_timeline(
     ends = [t.end for t in turns] + [t.end for t in ref or []]
     end = float(duration) if duration is not None else (max(ends) if ends else 1.0)
     panels = [(ref, "reference"), (turns, "hypothesis")] if ref is not None else [(turns, "speaker")]
+    # one colour per speaker; a hypothesis speaker mapped to a reference speaker (DER mapping) shares its colour
+    order = list(dict.fromkeys(t.speaker for t in sorted(ref if ref is not None else turns)))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(order)}
+    hyp_colours = dict(colours) if ref is None else {}
+    if ref is not None:
+        from mvector.evaluation.der import diarization_error
+
+        mapping = diarization_error(ref, turns).mapping
+        spare = len(order)
+        for name in dict.fromkeys(t.speaker for t in sorted(turns)):
+            if name in mapping:
+                hyp_colours[name] = colours[mapping[name]]
+            else:
+                hyp_colours[name] = f"C{spare % 10}"
+                spare += 1
     heights = [max(1, len({t.speaker for t in p})) for p, _ in panels]
     fig, axes = plt.subplots(
         len(panels), 1, sharex=True, figsize=(12, 1.0 + 0.45 * sum(heights)), height_ratios=heights, squeeze=False
     )
     try:
         for ax, (items, label) in zip(axes[:, 0], panels):
-            _rows(ax, items, label, end)
+            _rows(ax, items, label, end, colours if label == "reference" else hyp_colours)
         axes[-1, 0].set_xlabel("time (s)")
         if title:
             axes[0, 0].set_title(title)
