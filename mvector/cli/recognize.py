@@ -87,14 +87,22 @@ def _listing_text(row: dict) -> str:
     return text
 
 
-def _main(argv=None, prog=None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``mvector recognize`` / ``infer_recognition.py``."""
     parser = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
+        prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
     )
     parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="model or export folder")
     parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
+    parser.add_argument(
+        "--margin", type=float, default=None,
+        help="answer unknown when the best two speakers score closer than this (default: the predictor's)",
+    )
+    parser.add_argument(
+        "--checks", default="warn", choices=["warn", "refuse", "off"],
+        help="--register: enrolment quality checks (speech, clipping, level, SNR, bandwidth, agreement)",
+    )
     parser.add_argument("--use_gpu", type=str2bool, default=False, help="run on CUDA")
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
@@ -109,14 +117,16 @@ def _main(argv=None, prog=None) -> int:
     group.add_argument("--remove", metavar="NAME", help="remove an enrolled speaker")
     group.add_argument("--list", action="store_true", help="list enrolled speakers")
     group.add_argument("--import_folder", metavar="DIR", help="enroll every DIR/<name>/<audio files>")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check_before_loading(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Everything that can be checked without the model, so mistakes fail fast; returns the audio files."""
     if args.register is not None and len(args.register) < 2:
         parser.error("--register needs a NAME and at least one FILE")
     if args.top_k < 1:
         parser.error("--top_k must be at least 1")
-    interactive = not (args.register or args.recognize or args.remove or args.list or args.import_folder)
-    # Everything that can be checked without the model is checked first, so mistakes fail fast.
-    if interactive:
+    if not (args.register or args.recognize or args.remove or args.list or args.import_folder):
         if not sys.stdin.isatty():
             raise MVectorError(
                 "the interactive loop needs a terminal (stdin is not one); "
@@ -125,7 +135,7 @@ def _main(argv=None, prog=None) -> int:
         from mvector.record import require_pyaudio
 
         require_pyaudio()
-    from mvector.predictor import MVectorPredictor, iter_audio_files
+    from mvector.predictor import iter_audio_files
     from mvector.speaker_db import DB_FILENAME, validate_name
 
     files = []
@@ -136,13 +146,80 @@ def _main(argv=None, prog=None) -> int:
         files = [str(f) for f in iter_audio_files(args.recognize)]  # a missing file is reported in the loop
         if not files:
             raise MVectorError(f"--recognize: no audio files in {' '.join(args.recognize)}")
-    if args.recognize or args.remove or args.list:
-        db_file = Path(args.audio_db_path) / DB_FILENAME
-        if not db_file.is_file():
-            raise SpeakerDBError(
-                f"no speaker database in {args.audio_db_path} (no {DB_FILENAME}); check --audio_db_path, "
-                "or create one with --register NAME FILE... or --import_folder DIR"
+    if (args.recognize or args.remove or args.list) and not (Path(args.audio_db_path) / DB_FILENAME).is_file():
+        raise SpeakerDBError(
+            f"no speaker database in {args.audio_db_path} (no {DB_FILENAME}); check --audio_db_path, "
+            "or create one with --register NAME FILE... or --import_folder DIR"
+        )
+    return files
+
+
+def _register(predictor, args, files, emit) -> None:
+    from mvector.inference.enrolment import QualityConfig, enrol
+    from mvector.speaker_db import validate_name
+
+    name = validate_name(args.register[0])
+    before = predictor.db.num_utterances(name) if name in predictor.db else 0
+    if args.checks == "off":
+        predictor.register(name, files)
+        issues = []
+    else:
+        report = enrol(predictor, name, files, QualityConfig(policy=args.checks))
+        issues = [issue.message for issue in report.warnings]
+    info = {"registered": name, "files": len(files), "warnings": issues}
+    if before:
+        total = before + len(files)
+        emit(
+            {**info, "added_to_existing": True, "utterances": total},
+            f"{name} was already enrolled: added {len(files)} recording(s) to it "
+            f"(now {total}); use --remove {name} first to replace it",
+        )
+    else:
+        emit(info, f"registered {name} from {len(files)} file(s)")
+
+
+def _recognize(predictor, args, files, emit) -> int:
+    if len(predictor.db) == 0:
+        raise SpeakerDBError(
+            f"no speakers enrolled in {args.audio_db_path}; register speakers first with "
+            "--register NAME FILE... or --import_folder DIR"
+        )
+    failed = 0
+    for path in files:
+        try:
+            result = predictor.recognize(path, top_k=args.top_k, margin=args.margin)
+        except MVectorError as err:  # one bad file: say so on its own line and go on with the others
+            failed += 1
+            message = str(err) if path in str(err) else f"{path}: {err}"
+            if args.json:
+                emit({"file": path, "error": message}, "")
+            else:
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            continue
+        if args.top_k > 1:
+            emit(
+                {"file": path, "candidates": [{"name": n, "score": round(s, 6)} for n, s in result]},
+                f"{path}: " + ", ".join(f"{n} ({s:.4f})" for n, s in result),
             )
+            continue
+        name, score = result
+        extra = {k: getattr(result, k, None) for k in ("reason", "runner_up", "llr", "probability", "threshold")}
+        text = f"{path}: {name or 'unknown speaker'} (score {score:.4f}"
+        if extra["llr"] is not None:
+            text += f", LLR {extra['llr']:+.2f}, P(same) {extra['probability']:.3f}"
+        if name is None and extra["reason"] == "ambiguous":
+            text += f"; too close to tell from {extra['runner_up']}"
+        emit({"file": path, "name": name, "score": round(score, 6), **extra}, text + ")")
+    if failed and not args.json:
+        print(f"{failed} of {len(files)} file(s) could not be recognised", file=sys.stderr)
+    return failed
+
+
+def _main(argv=None, prog=None) -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    files = _check_before_loading(parser, args)
+    from mvector.predictor import MVectorPredictor
 
     predictor = MVectorPredictor(
         model_path=args.model_path,
@@ -156,48 +233,9 @@ def _main(argv=None, prog=None) -> int:
     failed = 0
     with predictor:
         if args.register:
-            name = validate_name(args.register[0])
-            before = predictor.db.num_utterances(name) if name in predictor.db else 0
-            predictor.register(name, files)
-            if before:
-                total = before + len(files)
-                emit(
-                    {"registered": name, "files": len(files), "added_to_existing": True, "utterances": total},
-                    f"{name} was already enrolled: added {len(files)} recording(s) to it "
-                    f"(now {before + len(files)}); use --remove {name} first to replace it",
-                )
-            else:
-                emit({"registered": name, "files": len(files)}, f"registered {name} from {len(files)} file(s)")
+            _register(predictor, args, files, emit)
         elif args.recognize:
-            if len(predictor.db) == 0:
-                raise SpeakerDBError(
-                    f"no speakers enrolled in {args.audio_db_path}; register speakers first with "
-                    "--register NAME FILE... or --import_folder DIR"
-                )
-            for path in files:
-                try:
-                    result = predictor.recognize(path, top_k=args.top_k)
-                except MVectorError as err:  # one bad file: say so on its own line and go on with the others
-                    failed += 1
-                    message = str(err) if path in str(err) else f"{path}: {err}"
-                    if args.json:
-                        emit({"file": path, "error": message}, "")
-                    else:
-                        print(f"error: {message}", file=sys.stderr, flush=True)
-                    continue
-                if args.top_k > 1:
-                    emit(
-                        {"file": path, "candidates": [{"name": n, "score": round(s, 6)} for n, s in result]},
-                        f"{path}: " + ", ".join(f"{n} ({s:.4f})" for n, s in result),
-                    )
-                else:
-                    name, score = result
-                    emit(
-                        {"file": path, "name": name, "score": round(score, 6)},
-                        f"{path}: {name or 'unknown speaker'} (score {score:.4f})",
-                    )
-            if failed and not args.json:
-                print(f"{failed} of {len(files)} file(s) could not be recognised", file=sys.stderr)
+            failed = _recognize(predictor, args, files, emit)
         elif args.remove:
             predictor.remove(args.remove)
             emit({"removed": args.remove}, f"removed {args.remove}")
