@@ -36,9 +36,10 @@ from typing import Iterator, Protocol, Sequence, Union
 import numpy as np
 
 from mvector.audio import load_audio, normalize_db, vad_trim
+from mvector.data.rttm import Segment, format_rttm
 from mvector.data.synthetic import Voice, make_voices, synthesize_utterance
 from mvector.errors import ConfigError, DataListError
-from mvector.evaluation.der import Segment, atomic_write_text, format_rttm
+from mvector.utils.files import atomic_write_text
 
 __all__ = [
     "Conversation",

@@ -61,9 +61,10 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence, Union
 import numpy as np
 
 from mvector.audio.vad import FrameAnalyzer, VADConfig, speech_segments
+from mvector.data.rttm import Segment, format_rttm
 from mvector.errors import AudioError, ConfigError
-from mvector.evaluation.der import Segment, atomic_write_text, format_rttm
 from mvector.inference.clustering import METHODS, cluster_centroids, cluster_embeddings, normalize_rows, relabel
+from mvector.utils.files import atomic_write_text
 
 __all__ = [
     "Embedder",
