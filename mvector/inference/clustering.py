@@ -355,7 +355,7 @@ def cluster_embeddings(
     ``"auto"``: spectral when the number of speakers is fixed (``num_speakers``, or ``min_speakers ==
     max_speakers``) and there are at least 8 points, agglomerative with ``threshold`` otherwise (on short
     recordings of generated conversations and a real one, this measured better than the eigengap estimate; see
-    docs/diarization-results.md). ``merge_threshold`` (spectral with an open count) joins clusters whose
+    benchmarks/RESULTS.md). ``merge_threshold`` (spectral with an open count) joins clusters whose
     centroids are more similar than it. Clusters under ``min_cluster_size`` points then go to the nearest larger
     cluster. Above ``max_points`` points, an evenly spaced subsample is clustered and every point goes to its
     nearest centroid.

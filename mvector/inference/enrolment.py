@@ -20,7 +20,7 @@ agreement  recordings of one speaker that do not agree: a recording whose mean s
 Each check's action is ``"warn"`` (reported, enrolled anyway), ``"refuse"`` (nothing is enrolled:
 :class:`EnrolmentRefused`) or ``"off"``. The speaker's model is the length-normalised mean of the normalised
 recording embeddings (:func:`combine_embeddings`), the rule the speaker database uses; a plain mean of raw
-embeddings lets one loud-normed recording dominate (measured in ``docs/calibration-results.md``).
+embeddings lets one loud-normed recording dominate (measured in ``benchmarks/RESULTS.md``).
 
 >>> import numpy as np
 >>> from mvector.data.synthetic import make_voices, synthesize_utterance
