@@ -41,7 +41,9 @@ alice 1.0
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import hashlib
 import os
 import re
@@ -51,7 +53,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -261,6 +263,12 @@ def _folder_name(name: str) -> str:
 def _write_wav(path: Path, wave: np.ndarray) -> None:
     """Write a 16-bit 16 kHz WAV atomically (:func:`mvector.audio.save_wav`)."""
     save_wav(path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE)
+
+
+def _move_back(moved: Path, original: Path) -> None:
+    """Undo a file move made inside a write that is rolled back (unless something took the place meanwhile)."""
+    if moved.exists() and not original.exists():
+        os.replace(moved, original)
 
 
 class _MeanCache:
@@ -540,6 +548,26 @@ class SpeakerDatabase:
             _before_commit()
         conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[tuple[sqlite3.Connection, int, list[Callable[[], None]]]]:
+        """One write: ``BEGIN IMMEDIATE`` ... ``COMMIT``. Yields ``(connection, version, undo)``; on any error the
+        transaction is rolled back, the ``undo`` actions (file moves to take back) run newest first, and an SQLite
+        error becomes a :class:`SpeakerDBError` naming the database."""
+        conn = self._db
+        version = self._begin_write()
+        undo: list[Callable[[], None]] = []
+        try:
+            yield conn, version, undo
+            self._commit(version)
+        except BaseException as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for action in reversed(undo):
+                action()
+            if isinstance(err, sqlite3.DatabaseError):
+                raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
+            raise
+
     def _unknown(self, name: str) -> SpeakerDBError:
         known = [r[0] for r in self._db.execute("SELECT name FROM speakers ORDER BY id LIMIT 1000")]
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
@@ -625,14 +653,11 @@ class SpeakerDatabase:
         self, names: list[str], embs: np.ndarray, counts: np.ndarray, waves: list[list[np.ndarray]] | None
     ) -> None:
         """One write transaction: ``counts[i]`` rows of ``embs`` (in order) belong to ``names[i]``."""
-        conn = self._db
-        version = self._begin_write()
-        cache = self._cache
-        assert cache is not None
-        written_files: list[Path] = []
         dim = self.embd_dim
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        try:
+        with self._transaction() as (conn, version, undo):
+            cache = self._cache  # brought up to date by the transaction's start
+            assert cache is not None
             # Brand-new speakers: their mean is the normalised mean of the given utterances (vectorised).
             is_new = np.fromiter((n not in cache.id_of for n in names), dtype=bool, count=len(names))
             new_idx = np.flatnonzero(is_new)
@@ -691,17 +716,9 @@ class SpeakerDatabase:
                         utt_id = int(cur.lastrowid)
                         relative = f"{folder.name}/{utt_id}-{uuid.uuid4().hex[:8]}.wav"
                         _write_wav(self.db_dir / relative, wave)
-                        written_files.append(self.db_dir / relative)
+                        # the audio of a write that does not happen is deleted again
+                        undo.append(functools.partial((self.db_dir / relative).unlink, missing_ok=True))
                         conn.execute("UPDATE utterances SET audio = ? WHERE id = ?", (relative, utt_id))
-            self._commit(version)
-        except BaseException as err:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for path in written_files:  # audio of a write that did not happen
-                path.unlink(missing_ok=True)
-            if isinstance(err, sqlite3.DatabaseError):
-                raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
-            raise
         if len(new_idx) == len(names):
             cache.append_block(ids, names, means)
         else:
@@ -723,12 +740,10 @@ class SpeakerDatabase:
                 name = validate_name(name)
             except SpeakerDBError:
                 raise self._unknown(str(name)) from None
-            conn = self._db
-            version = self._begin_write()
-            cache = self._cache
-            assert cache is not None
             trash: Path | None = None
-            try:
+            with self._transaction() as (conn, version, undo):
+                cache = self._cache  # brought up to date by the transaction's start
+                assert cache is not None
                 sid = cache.id_of.get(name)
                 if sid is None:
                     raise self._unknown(name)
@@ -746,15 +761,7 @@ class SpeakerDatabase:
                     trash = self.db_dir / _TRASH_DIR / uuid.uuid4().hex
                     trash.parent.mkdir(exist_ok=True)
                     os.replace(folder, trash)
-                self._commit(version)
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if trash is not None and trash.exists() and not (self.db_dir / _folder_name(name)).exists():
-                    os.replace(trash, self.db_dir / _folder_name(name))
-                if isinstance(err, sqlite3.DatabaseError):
-                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
-                raise
+                    undo.append(functools.partial(_move_back, trash, folder))
             cache.remove(sid)
             self._version = version
             if trash is not None:
@@ -780,13 +787,10 @@ class SpeakerDatabase:
                 name = validate_name(name)
             except SpeakerDBError:
                 raise self._unknown(str(name)) from None
-            conn = self._db
-            version = self._begin_write()
-            cache = self._cache
-            assert cache is not None
             trash: Path | None = None
-            original: Path | None = None
-            try:
+            with self._transaction() as (conn, version, undo):
+                cache = self._cache  # brought up to date by the transaction's start
+                assert cache is not None
                 sid = cache.id_of.get(name)
                 if sid is None:
                     raise self._unknown(name)
@@ -817,15 +821,7 @@ class SpeakerDatabase:
                     trash = self.db_dir / _TRASH_DIR / f"{uuid.uuid4().hex}.wav"
                     trash.parent.mkdir(exist_ok=True)
                     os.replace(original, trash)
-                self._commit(version)
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if trash is not None and original is not None and trash.exists():
-                    os.replace(trash, original)
-                if isinstance(err, sqlite3.DatabaseError):
-                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
-                raise
+                    undo.append(functools.partial(_move_back, trash, original))
             cache.upsert([sid], [name], mean[None])
             self._version = version
             if trash is not None:
@@ -844,11 +840,9 @@ class SpeakerDatabase:
         2
         """
         with self._lock:
-            conn = self._db
-            version = self._begin_write()
-            cache = self._cache
-            assert cache is not None
-            try:
+            with self._transaction() as (conn, version, _):
+                cache = self._cache  # brought up to date by the transaction's start
+                assert cache is not None
                 if name is None:
                     targets = list(cache.id_of.items())
                 else:
@@ -870,13 +864,6 @@ class SpeakerDatabase:
                     names.append(spk)
                     ids.append(sid)
                     means.append(mean)
-                self._commit(version)
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(err, sqlite3.DatabaseError):
-                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
-                raise
             if ids:
                 cache.upsert(ids, names, np.stack(means))
             self._version = version
@@ -905,9 +892,7 @@ class SpeakerDatabase:
 
     def _replace_cohort(self, arr: np.ndarray | None, source: str | None) -> None:
         with self._lock:
-            conn = self._db
-            version = self._begin_write()
-            try:
+            with self._transaction() as (conn, version, _):
                 conn.execute("DELETE FROM cohort")
                 if arr is not None:
                     conn.executemany("INSERT INTO cohort (embedding) VALUES (?)", ((row.tobytes(),) for row in arr))
@@ -915,13 +900,6 @@ class SpeakerDatabase:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('cohort_source', ?)",
                     ("" if source is None else str(source),),
                 )
-                self._commit(version)
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(err, sqlite3.DatabaseError):
-                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
-                raise
             self._version = version
 
     # ------------------------------------------------------------------ reads
