@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from model_helpers import randomise_batch_norm
 
 from mvector.errors import ConfigError
 from mvector.models import BACKBONES, HEADS, EmbeddingModel, build_backbone, build_head
@@ -19,20 +19,6 @@ TINY = {"fcm_channels": 4, "init_channels": 16, "growth_rate": 8, "bn_size": 2, 
 def tiny(input_size: int = 40, embd_dim: int = 12, **extra) -> CAMPPlus:
     torch.manual_seed(0)
     return build_backbone("CAMPPlus", input_size, embd_dim=embd_dim, **{**TINY, **extra})
-
-
-def randomise(model: nn.Module) -> nn.Module:
-    """Non-trivial batch-norm statistics (and affine parameters where there are any), eval mode."""
-    gen = torch.Generator().manual_seed(1)
-    for mod in model.modules():
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
-            mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            if mod.affine:
-                mod.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-                mod.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
-    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------ the real shape
@@ -118,7 +104,7 @@ def reference_forward(state: dict, feats: torch.Tensor, num_layers, dilations, s
 
 @pytest.mark.parametrize("frames", [37, 250])
 def test_matches_the_channels_first_reference(frames):
-    model = randomise(tiny(40, seg_len=20, dilations=(1, 2, 3)))
+    model = randomise_batch_norm(tiny(40, seg_len=20, dilations=(1, 2, 3)))
     state = model.state_dict()
     x = torch.randn(2, frames, 40)
     with torch.no_grad():
@@ -131,7 +117,7 @@ def test_matches_the_channels_first_reference(frames):
 @pytest.mark.parametrize("pooling", ["TSP", "ASP", "TAP", "SAP"])
 def test_padding_invariance_with_partial_segments(pooling):
     extra = {"attention_channels": 8} if pooling in ("ASP", "SAP") else {}
-    model = randomise(tiny(40, pooling_type=pooling, seg_len=7, **extra))
+    model = randomise_batch_norm(tiny(40, pooling_type=pooling, seg_len=7, **extra))
     gen = torch.Generator().manual_seed(2)
     short = torch.randn(1, 45, 40, generator=gen)
     long = torch.randn(1, 80, 40, generator=gen)
@@ -156,7 +142,7 @@ def test_any_feature_size(feat):
 
 
 def test_single_frame_and_float_lengths():
-    model = randomise(tiny())
+    model = randomise_batch_norm(tiny())
     x = torch.randn(3, 20, 40)
     with torch.no_grad():
         a = model(x)
@@ -205,7 +191,7 @@ def _embedding_model() -> EmbeddingModel:
     from mvector.features import build_featurizer
 
     fbank = build_featurizer("Fbank", {"num_mel_bins": 40, "dither": 0.0}, "mean")
-    return EmbeddingModel(fbank, randomise(tiny(40, seg_len=30))).eval()
+    return EmbeddingModel(fbank, randomise_batch_norm(tiny(40, seg_len=30))).eval()
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomise_batch_norm
 from torch import nn
 
 from mvector.errors import ConfigError
@@ -35,20 +36,6 @@ def small(name: str, input_size: int, pooling: str = "ASP", embd_dim: int = 12, 
     torch.manual_seed(0)
     widths = {**SMALL.get(name, {}), **extra}
     return build_backbone(name, input_size, embd_dim=embd_dim, pooling_type=pooling, **widths)
-
-
-def randomise_batch_norm(model: nn.Module) -> nn.Module:
-    """Non-trivial running statistics, so eval-mode batch norm maps zero padding to non-zero values."""
-    gen = torch.Generator().manual_seed(1)
-    for mod in model.modules():
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
-            mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            if mod.affine:  # CAM++'s embedding batch norm has no weights
-                mod.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-                mod.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
-    return model.eval()
 
 
 def test_registries():
