@@ -1,4 +1,4 @@
-"""MVectorPredictor.diarize: the library's diarization from Python, with names from the predictor's database."""
+"""MVectorPredictor: diarization from Python (names from the database) and identification with candidates."""
 
 from __future__ import annotations
 
@@ -17,3 +17,16 @@ def test_predictor_diarize_returns_overlap_free_turns_and_writes_rttm(tmp_path):
     result.save(tmp_path / "out", "conv")
     lines = (tmp_path / "out" / "conv.rttm").read_text().splitlines()
     assert len(lines) == len(result.turns) and all(line.startswith("SPEAKER conv 1 ") for line in lines)
+
+
+def test_recognize_lists_candidates_with_the_decision_from_one_search(tmp_path):
+    import numpy as np
+
+    predictor = MVectorPredictor(tiny_checkpoint(tmp_path / "model"), audio_db_path=tmp_path / "db", use_gpu=False)
+    rng = np.random.default_rng(0)
+    clips = {name: (rng.standard_normal(16000).astype("float32") * 0.1, 16000) for name in ("ann", "bob", "cat")}
+    for name, clip in clips.items():
+        predictor.register(name, clip)
+    result = predictor.recognize(clips["bob"], candidates=3)
+    assert result[0] == "bob" and [n for n, _ in result.candidates][0] == "bob" and len(result.candidates) == 3
+    assert result.candidates == predictor.recognize(clips["bob"], top_k=3)  # the same list as a top-k search

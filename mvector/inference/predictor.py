@@ -380,8 +380,12 @@ class MVectorPredictor:
         margin: float | None = None,
         score_norm: str | None = None,
         cohort_top_k: int = 300,
+        candidates: int = 0,
     ) -> Any:
         """Who is speaking: ``(name, score)``, or ``(None, best score)`` for *unknown*.
+
+        ``candidates=k`` also lists the ``k`` best ``(name, score)`` pairs in ``.candidates`` (one embedding and
+        one search for the decision and the list).
 
         The answer is *unknown* when the best score is below the threshold, or when the best and second-best
         speakers score closer than ``margin`` (default :attr:`margin`). The result unpacks as ``(name, score)`` and
@@ -401,7 +405,7 @@ class MVectorPredictor:
             )
         use_margin = self.margin if margin is None else float(margin)
         emb = self.embed(audio, sample_rate)
-        want = top_k if top_k > 1 else (2 if use_margin > 0 else 1)
+        want = top_k if top_k > 1 else max(2 if use_margin > 0 else 1, int(candidates))
         hits = self.db.search(emb, top_k=want, score_norm=score_norm, cohort_top_k=cohort_top_k)[0]
         if top_k > 1:
             return [(n, float(s)) for n, s in hits]
@@ -412,9 +416,11 @@ class MVectorPredictor:
             llr = float(self.calibration.llr(answer.score))
             probability = float(self.calibration.probability(answer.score, self.prior))
         source = self.threshold_source if threshold is None else "given by the caller"
-        return IdentificationResult(
+        result = IdentificationResult(
             answer, limit, use_margin, llr, probability, self.prior if llr is not None else None, source, score_norm
         )
+        result.candidates = [(n, float(sc)) for n, sc in hits[: int(candidates)]]
+        return result
 
     def remove(self, name: str) -> None:
         """Remove an enrolled speaker (an unknown name raises :class:`~mvector.errors.SpeakerDBError`)."""

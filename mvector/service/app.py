@@ -718,9 +718,8 @@ def create_app(
             count = len(pr.db)
             if count == 0:
                 return None, [], 0
-            best = pr.recognize(audio, threshold=limit)
-            hits = pr.recognize(audio, top_k=top_k) if top_k > 1 else None
-            return best, hits, count
+            best = pr.recognize(audio, threshold=limit, candidates=top_k if top_k > 1 else 0)
+            return best, (best.candidates if top_k > 1 else None), count
 
         best, hits, count = await run_job(job)
         if best is None:
