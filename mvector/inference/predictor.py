@@ -316,16 +316,34 @@ class MVectorPredictor:
         """
         waves = [self.load(audio1), self.load(audio2)]
         emb = self._embed_waves(waves, sources=[audio1, audio2])
-        score = self.similarity(emb[0], emb[1])
+        seconds = (len(waves[0]) / self.sample_rate, len(waves[1]) / self.sample_rate)
+        return self.decide(self.similarity(emb[0], emb[1]), threshold, prior, seconds)
+
+    def decide(
+        self,
+        score: float,
+        threshold: float | None = None,
+        prior: float | None = None,
+        seconds: tuple[float, float] | None = None,
+    ) -> ContrastResult:
+        """The verification answer for a raw ``score``: the decision at the threshold and, with a calibration, the
+        LLR and the probability of "same speaker" at ``prior``. ``seconds`` (the two recordings' durations) feed a
+        calibration fitted with duration terms.
+
+        >>> import tempfile
+        >>> from mvector.demo import tiny_checkpoint
+        >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), use_gpu=False)
+        >>> tuple(p.decide(0.7, threshold=0.5)), p.decide(0.7).llr is None
+        ((0.7, True), True)
+        """
+        score = float(score)
         limit = self.threshold if threshold is None else float(threshold)
         llr = probability = None
         at = self.prior if prior is None else float(prior)
         if not 0.0 < at < 1.0:
             raise ConfigError(f"prior must be in (0, 1), got {prior!r}")
-        if self.calibration is not None:
-            quality = None
-            if self.calibration.needs_durations:
-                quality = duration_features(len(waves[0]) / self.sample_rate, len(waves[1]) / self.sample_rate)
+        if self.calibration is not None and (seconds is not None or not self.calibration.needs_durations):
+            quality = duration_features(*seconds) if self.calibration.needs_durations else None
             llr = float(np.asarray(self.calibration.llr(np.array([score]), quality))[0])
             probability = float(sigmoid(llr + logit(at)))
         source = self.threshold_source if threshold is None else "given by the caller"

@@ -798,9 +798,15 @@ def create_app(
             mean = await anyio.to_thread.run_sync(p.db.mean_embedding, name)
         except SpeakerDBError:  # removed while the recording was embedded
             raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name") from None
-        score = float(p.similarity(emb, mean))
-        limit = p.threshold if threshold is None else _finite(threshold, "threshold")
-        return {"score": score, "same_speaker": score >= limit, "threshold": float(limit), "speaker": name}
+        limit = None if threshold is None else _finite(threshold, "threshold")
+        result = p.decide(float(p.similarity(emb, mean)), limit)  # calibrated LLR / probability when available
+        return {
+            "score": result.score,
+            "same_speaker": result.same,
+            "threshold": float(result.threshold),
+            "speaker": name,
+            **_extras(result),
+        }
 
     # ------------------------------------------------------------------ write routes
     async def enrol_recordings(request: Request, name_from_path: str | None) -> tuple[str, list]:
