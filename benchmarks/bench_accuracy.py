@@ -236,6 +236,39 @@ RECIPES: dict[str, Recipe] = {
         ),
         _changed(SEED_AUGMENT, {"speed": None}),
     ),
+    "seed_fbank80_win64": Recipe(
+        "(b) with Kaldi Fbank 80 bins, 64 ms window (1024-point FFT), 20 ms shift",
+        _changed(
+            SEED_CONFIG,
+            {
+                "preprocess_conf.feature_method": "Fbank",
+                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 64, "frame_shift": 20},
+            },
+        ),
+        SEED_AUGMENT,
+    ),
+    "seed_fbank64_win64": Recipe(
+        "(b) with Kaldi Fbank 64 bins, 64 ms window (1024-point FFT), 20 ms shift",
+        _changed(
+            SEED_CONFIG,
+            {
+                "preprocess_conf.feature_method": "Fbank",
+                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 64, "frame_length": 64, "frame_shift": 20},
+            },
+        ),
+        SEED_AUGMENT,
+    ),
+    "v2_candidate": Recipe(
+        "(b) with Kaldi Fbank 80 bins (64 ms window, 20 ms shift) and without speed perturbation",
+        _changed(
+            SEED_CONFIG,
+            {
+                "preprocess_conf.feature_method": "Fbank",
+                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 64, "frame_shift": 20},
+            },
+        ),
+        _changed(SEED_AUGMENT, {"speed": None}),
+    ),
     "v0_hop20": Recipe(
         "(a) with a 20 ms frame shift (50 frames/s)", _changed(V0_CONFIG, {"feature_conf.frame_shift": 20}), V0_AUGMENT
     ),
