@@ -14,7 +14,8 @@ Steps (each with its own time limit; the whole run is planned for under 6 minute
    (:class:`~mvector.audio.gpu_augment.GpuAugmenter`: workers only decode and crop) or in the workers (the CPU
    augmenter), with N loader workers; plus the compute-only ceiling (the same batches preloaded on the GPU and
    replayed) and each run's ratio to it, and the share of wall time the loop waited for data;
-7. ``trainer``  - ``bench_train.py --device cuda --quick`` (the real ``MVectorTrainer`` loop), if time is left.
+7. ``trainer``  - ``bench_train.py --device cuda --steps 4`` (the real ``MVectorTrainer`` loop vs its compute-only
+   ceiling, C=512, bf16, batch 128), if time is left.
 
 Results go to ``OUT/device_check.json`` after every step (a run cut short keeps what it measured), logs to
 ``OUT/device_check.log`` and ``OUT/cuda_tests.log``. ``--dry-run`` only plans (prints the steps, checks every
@@ -431,7 +432,9 @@ def step_e2e(ctx: dict) -> dict:
 
 
 def step_trainer(ctx: dict) -> dict:
-    cmd = [sys.executable, str(HERE / "bench_train.py"), "--device", ctx["sizes"]["device"], "--quick"]
+    cmd = [sys.executable, str(HERE / "bench_train.py"), "--device", ctx["sizes"]["device"]]
+    # The real trainer loop at full size on CUDA (C=512, bf16, batch 128), 4 steps x 2 epochs; toy sizes otherwise.
+    cmd += ["--quick"] if ctx["smoke"] else ["--steps", "4", "--epochs", "2", "--timeout", str(int(ctx["limit"]))]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=ctx["limit"])
     except subprocess.TimeoutExpired:
