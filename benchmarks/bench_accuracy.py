@@ -190,15 +190,18 @@ def _changed(base: dict, changes: Mapping[str, Any]) -> dict:
 @dataclass(frozen=True)
 class Recipe:
     """One row of the comparison: a complete config (``None``: the bundled ``ecapa_tdnn.yml`` as it is now) and
-    an augmentation mapping (``"bundled"``: ``mvector/configs/augmentation.yml``; ``None``: no augmentation)."""
+    an augmentation mapping (``"config"``: the config's own ``augment_conf`` section, or the bundled
+    ``augmentation.yml`` when it has none; ``None``: no augmentation). A string config names a bundled config."""
 
     description: str
-    config: dict | None
+    config: dict | str | None
     augmentation: dict | str | None
 
 
 RECIPES: dict[str, Recipe] = {
-    "default": Recipe("the bundled ecapa_tdnn.yml + augmentation.yml (whatever they are now)", None, "bundled"),
+    "default": Recipe(
+        "the bundled ecapa_tdnn.yml with its augment_conf, else augmentation.yml (as they are now)", None, "config"
+    ),
     "v0_default": Recipe("(a) the bundled default before issue 16", V0_CONFIG, V0_AUGMENT),
     "seed_like": Recipe("(b) the seed's recipe run through mvector", SEED_CONFIG, SEED_AUGMENT),
     "seed_no_speed": Recipe(
@@ -277,16 +280,18 @@ RECIPES: dict[str, Recipe] = {
 
 def recipe_config(recipe: Recipe) -> dict:
     """The complete configuration mapping of ``recipe`` (the bundled ``ecapa_tdnn.yml`` for ``config=None``)."""
-    if recipe.config is not None:
+    if isinstance(recipe.config, dict):
         return copy.deepcopy(recipe.config)
     import yaml
 
-    return yaml.safe_load((ROOT / "mvector" / "configs" / "ecapa_tdnn.yml").read_text())
+    return yaml.safe_load((ROOT / "mvector" / "configs" / f"{recipe.config or 'ecapa_tdnn'}.yml").read_text())
 
 
 def recipe_augmentation(recipe: Recipe) -> dict | None:
-    """The augmentation mapping of ``recipe`` (the bundled ``augmentation.yml`` for ``"bundled"``)."""
-    if recipe.augmentation == "bundled":
+    """The augmentation mapping of ``recipe`` (``None`` for ``"config"``: the config's ``augment_conf`` is used)."""
+    if recipe.augmentation == "config":
+        if recipe_config(recipe).get("augment_conf"):
+            return None
         import yaml
 
         return yaml.safe_load((ROOT / "mvector" / "configs" / "augmentation.yml").read_text())
@@ -475,7 +480,7 @@ def run_recipe(
         },
         "optimizer_conf": fc["optimizer_conf"],
         "loss_conf": fc["loss_conf"],
-        "augmentation": aug,
+        "augmentation": fc.get("augment_conf") or None,
     }
 
 
@@ -668,6 +673,8 @@ def main() -> None:
     untrained_s = time.perf_counter() - t0
 
     trainer = TimedTrainer("ecapa_tdnn", use_gpu=False, overrides=overrides, augment_conf_path=aug_path)
+    if aug_path is None:  # --no-augment: not even the bundled config's own augment_conf
+        trainer.configs["augment_conf"] = {}
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         result = trainer.train(save_model_path=str(tmp / "models"))
