@@ -117,6 +117,7 @@ SCHEMA: dict[str, Any] = {
         "log_seconds": Key(30.0, float, "also log at least this often (s), whatever log_interval says"),
         "freeze_backbone_epochs": Key(0, int, "train only the head for this many first epochs (fine-tuning)"),
         "dist_timeout_minutes": Key(30.0, float, "how long ranks wait for each other before failing (torchrun)"),
+        "gpu_augment": Key("auto", (bool, str), "waveform augmentation as batched ops on the device: auto (on CUDA)"),
     },
 }
 
@@ -497,6 +498,8 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     tc = conf["train_conf"]
     if tc["max_epoch"] < 1:
         raise ConfigError(f"train_conf.max_epoch must be >= 1, got {tc['max_epoch']}")
+    if tc["gpu_augment"] not in (True, False, "auto"):
+        raise ConfigError(f"train_conf.gpu_augment must be true, false or auto, got {tc['gpu_augment']!r}")
     if tc["amp_dtype"] not in ("bfloat16", "float16"):
         raise ConfigError(f"train_conf.amp_dtype must be bfloat16 or float16, got {tc['amp_dtype']!r}")
     if tc["log_backend"] not in ("visualdl", "tensorboard", "none"):

@@ -209,12 +209,16 @@ class MVectorTrainer:
         check_num_speakers(utts, self.num_speakers)
         ds["num_speakers"] = self.num_speakers
         augment = self.configs.get("augment_conf") or None
+        self.gpu_aug = self._device_augmenter(augment)
+        # With augmentation on the device, workers only decode and crop: a little longer, so a sped-up clip still
+        # fills the crop.
+        crop = ds["max_duration"] * (self.gpu_aug.max_speed if self.gpu_aug is not None else 1.0)
         self.dataset = TrainDataset(
             utts,
             sample_rate=ds["sample_rate"],
-            max_duration=ds["max_duration"],
+            max_duration=crop,
             min_duration=ds["min_duration"],
-            augmenter=build_augmenter(augment) if augment else None,
+            augmenter=build_augmenter(augment) if augment and self.gpu_aug is None else None,
             normalize=ds["use_dB_normalization"],
             target_db=ds["target_dB"],
             vad=ds["vad"],
@@ -232,6 +236,16 @@ class MVectorTrainer:
                 f"{ds['train_list']}: {len(self.dataset)} usable utterances are too few to train on "
                 f"({self.ctx.world_size} processes need at least 2 each)"
             )
+
+    def _device_augmenter(self, augment: Mapping[str, Any] | None) -> Any:
+        """The batched augmenter that runs on the training device (``train_conf.gpu_augment``), or None."""
+        mode = self.configs["train_conf"]["gpu_augment"]
+        if not augment or mode is False or (mode == "auto" and self.ctx.device.type != "cuda"):
+            return None
+        from mvector.audio.gpu_augment import GpuAugmenter
+
+        aug = GpuAugmenter.from_config(augment, int(self.configs["dataset_conf"]["sample_rate"]))
+        return aug.to(self.ctx.device) if aug.enabled else None
 
     def _train_loader(self, seed: int):
         ds, ctx = self.configs["dataset_conf"], self.ctx
@@ -391,6 +405,10 @@ class MVectorTrainer:
         lengths = lengths.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with torch.no_grad():
+            if self.gpu_aug is not None:
+                ds = self.configs["dataset_conf"]
+                out = int(round(ds["max_duration"] * ds["sample_rate"]))
+                waves, lengths = self.gpu_aug(waves, lengths, self.aug_generator, out_samples=out)
             feats, frame_lengths = self.embedding_model.featurizer(waves, lengths)
             if self.spec_aug is not None:
                 feats = self.spec_aug(feats, frame_lengths)
@@ -458,6 +476,9 @@ class MVectorTrainer:
             self.sampler.set_epoch(epoch)
         if self.generator is not None:
             self.generator.manual_seed(seed * 1000 + epoch)
+        if self.gpu_aug is not None:  # the device augmentation's draws: reproducible per epoch and rank
+            device = self.ctx.device
+            self.aug_generator = torch.Generator(device=device).manual_seed(seed * 1000 + epoch + 7919 * self.ctx.rank)
         freeze = epoch <= int(self.configs["train_conf"]["freeze_backbone_epochs"])
         self.model.backbone.requires_grad_(not freeze)
         self.model.train()
