@@ -1,6 +1,6 @@
 """The embedded default: synthesize speakers, train a small model on the CPU, evaluate, print the EER.
 
-Run it with ``python -m mvector.demo`` (about 3-5 minutes on 2 CPU cores). It needs no downloaded data: the
+Run it with ``python -m mvector.demo`` (under a minute on 2 CPU cores). It needs no downloaded data: the
 speakers come from :mod:`mvector.data.synthetic`. The untrained model's EER on the same trials is printed next
 to the trained one.
 
