@@ -25,7 +25,7 @@ Recipe comparison on a generated corpus (``../shared/tools/corpus``: ``train_lis
 
 trains every named recipe for the same number of epochs on the same data and reports, per recipe, EER / minDCF
 on the dev trials after each epoch, the training wall time (evaluation excluded) and the evaluation time. The
-recipes (:data:`RECIPES`) are complete settings, so a row of ``docs/accuracy-results.md`` stays reproducible when
+recipes (:data:`RECIPES`) are complete settings, so a row of ``benchmarks/RESULTS.md`` stays reproducible when
 the bundled default changes; ``default`` is the bundled ``ecapa_tdnn.yml`` + ``augmentation.yml`` as they are now.
 ``mfcc`` is the untrained MFCC mean+std baseline. In this mode ``--tts DIR`` is not used.
 """
