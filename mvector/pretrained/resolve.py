@@ -14,8 +14,9 @@ removed), a download is checked on the fly, and its size is bounded. The verifie
 the cache. :func:`pretrained_model_dir` imports it once into ``<cache>/<name>/model`` (an ordinary mvector model
 folder) and returns that folder on later calls.
 
->>> import tempfile
->>> fetch_checkpoint("campplus_zh_en", cache=tempfile.mkdtemp(), download=False, search_dirs=[])
+>>> import os, tempfile, unittest.mock
+>>> with unittest.mock.patch.dict(os.environ, {"MVECTOR_WHEEL_DIRS": ""}):  # nowhere to look, no download
+...     fetch_checkpoint("campplus_zh_en", cache=tempfile.mkdtemp(), download=False, search_dirs=[])
 Traceback (most recent call last):
 ...
 mvector.errors.CheckpointError: pretrained model campplus_zh_en (campplus_cn_en_common.pt) not found ...
@@ -78,8 +79,10 @@ def cache_dir(cache: PathLike | None = None) -> Path:
 def wheel_search_dirs(cache: PathLike | None = None, search_dirs: Sequence[PathLike] | None = None) -> list[Path]:
     """Folders searched for wheel files: the cache, ``$MVECTOR_WHEEL_DIRS``, then ``search_dirs`` (default: cwd).
 
-    >>> wheel_search_dirs("/c", ["/w"])
-    [PosixPath('/c'), PosixPath('/w')]
+    >>> import os, unittest.mock
+    >>> with unittest.mock.patch.dict(os.environ, {"MVECTOR_WHEEL_DIRS": "/e"}):
+    ...     wheel_search_dirs("/c", ["/w"])
+    [PosixPath('/c'), PosixPath('/e'), PosixPath('/w')]
     """
     dirs = [cache_dir(cache)]
     dirs += [Path(p).expanduser() for p in os.environ.get("MVECTOR_WHEEL_DIRS", "").split(os.pathsep) if p]
