@@ -22,7 +22,6 @@ trainer checkpoint folder (``models/EcapaTdnn_Fbank/best_model``) or a folder wr
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -44,6 +43,7 @@ from mvector.evaluation.calibration import (
     duration_features,
     load_calibration,
     logit,
+    resolve_threshold,
     sigmoid,
 )
 from mvector.evaluation.openset import IdentificationResult, open_set_decision
@@ -79,6 +79,26 @@ def _catalogued_or_path(model_path: PathLike) -> PathLike:
 
         return resolve_model_or_name(model_path)
     return model_path
+
+
+def describe_threshold(info: Mapping[str, Any]) -> str:
+    """Where a threshold came from, in words, from :func:`~mvector.evaluation.calibration.resolve_threshold`'s
+    source record.
+
+    >>> describe_threshold({"rule": "far", "target": 0.01, "data": "t.txt", "file": "m/calibration.json"})
+    'the operating point in m/calibration.json (rule far, target 0.01, chosen on t.txt)'
+    >>> describe_threshold({"rule": "default", "file": None})
+    'the default (the model folder holds no evaluation result or calibration)'
+    """
+    rule, file = info.get("rule"), info.get("file")
+    if rule == "given":
+        return "given by the caller"
+    if rule == "default":
+        return "the default (the model folder holds no evaluation result or calibration)"
+    if rule == "eer":
+        return f"the EER threshold stored in {file}"
+    target = "" if info.get("target") is None else f", target {info['target']:g}"
+    return f"the operating point in {file} (rule {rule}{target}, chosen on {info.get('data') or 'unnamed data'})"
 
 
 class MVectorPredictor:
@@ -178,19 +198,17 @@ class MVectorPredictor:
         if threshold is None and op.get("threshold") is None and op.get("llr_threshold") is not None:
             self.llr_threshold = float(op["llr_threshold"])
         if threshold is not None:
-            self.threshold, self.threshold_source = float(threshold), "given by the caller"
-            self.threshold_info = {"rule": "given", "file": None}
-        elif op.get("threshold") is not None:
-            self.threshold = float(op["threshold"])
-            self.threshold_info = {**op, "file": str(self.model_path / "calibration.json")}
-            target = "" if op.get("target") is None else f", target {op['target']:g}"
-            self.threshold_source = (
-                f"the operating point in {self.model_path / 'calibration.json'} (rule {op.get('rule')}{target}, "
-                f"chosen on {op.get('data') or 'unnamed data'})"
-            )
-        else:
-            self.threshold, self.threshold_source = self._read_threshold()
-            self.threshold_info = {"rule": "eer" if "EER" in self.threshold_source else "default"}
+            self.threshold, self.threshold_info = float(threshold), {"rule": "given", "file": None}
+        else:  # the calibration's operating point, else the evaluation's EER threshold, else the default
+            found = resolve_threshold(self.model_path, self.calibration, DEFAULT_THRESHOLD)
+            self.threshold, self.threshold_info = found
+            if self.threshold_info["rule"] == "default":
+                warnings.warn(
+                    f"{self.model_path} holds no evaluation result (result.json) and no calibration; using threshold "
+                    f"{DEFAULT_THRESHOLD}. Run eval.py or mvector calibrate on it, or pass a threshold.",
+                    stacklevel=2,
+                )
+        self.threshold_source = describe_threshold(self.threshold_info)
         if self.llr_threshold is not None:
             self.threshold_info = {**op, "file": str(self.model_path / "calibration.json")}
             self.threshold_source = (
@@ -203,22 +221,6 @@ class MVectorPredictor:
         self._db: SpeakerDatabase | None = None
 
     # ------------------------------------------------------------------ loading
-    def _read_threshold(self) -> tuple[float, str]:
-        for path in (self.model_path / "result.json", self.model_path / "meta.json"):
-            if path.is_file():
-                try:
-                    value = json.loads(path.read_text(encoding="utf-8")).get("threshold")
-                except (ValueError, AttributeError) as err:
-                    raise CheckpointError(f"{path}: damaged JSON ({err})") from err
-                if value is not None:
-                    return float(value), f"the EER threshold stored in {path}"
-        warnings.warn(
-            f"{self.model_path} holds no evaluation result (result.json); using threshold {DEFAULT_THRESHOLD}. "
-            "Run eval.py on it, or pass a threshold.",
-            stacklevel=3,
-        )
-        return DEFAULT_THRESHOLD, "the default (the model folder holds no evaluation result)"
-
     @property
     def embd_dim(self) -> int:
         """Size of the embeddings this model produces (read from the model itself or the export's metadata)."""
