@@ -260,8 +260,8 @@ def _onnx_export(*args: Any, **kwargs: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- model folders
 
-#: Files of a model folder that travel with it into an export when present (calibration, threshold provenance).
-CARRIED_FILES = ("calibration.json", "operating_point.json")
+#: Files of a model folder that travel with it into an export when present: its calibration and operating point.
+CARRIED_FILES = ("calibration.json",)
 
 #: Formats :func:`export_checkpoint` writes, and the file each one becomes in the output folder.
 EXPORT_FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}

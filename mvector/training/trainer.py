@@ -117,9 +117,7 @@ def resolve_num_workers(configured: int | None, device: torch.device) -> int:
     >>> resolve_num_workers(None, torch.device("cpu")), resolve_num_workers(3, torch.device("cpu"))
     (0, 3)
     """
-    if configured is not None:
-        return int(configured)
-    return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+    return int(configured) if configured is not None else default_num_workers(device)
 
 
 @dataclass
