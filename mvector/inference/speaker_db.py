@@ -568,6 +568,23 @@ class SpeakerDatabase:
                 raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
             raise
 
+    def _known_name(self, name: Any) -> str:
+        """``name`` checked as a speaker name; an invalid one is reported as unknown (it cannot be enrolled)."""
+        try:
+            return validate_name(name)
+        except SpeakerDBError:
+            raise self._unknown(str(name)) from None
+
+    def _speaker_id(self, name: str) -> tuple[_MeanCache, int]:
+        """Inside a write: the (refreshed) cache and the id of enrolled speaker ``name``, or an unknown-speaker
+        error."""
+        cache = self._cache  # brought up to date by the transaction's start
+        assert cache is not None
+        sid = cache.id_of.get(name)
+        if sid is None:
+            raise self._unknown(name)
+        return cache, sid
+
     def _unknown(self, name: str) -> SpeakerDBError:
         known = [r[0] for r in self._db.execute("SELECT name FROM speakers ORDER BY id LIMIT 1000")]
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
@@ -736,17 +753,10 @@ class SpeakerDatabase:
         0 False
         """
         with self._lock:
-            try:
-                name = validate_name(name)
-            except SpeakerDBError:
-                raise self._unknown(str(name)) from None
+            name = self._known_name(name)
             trash: Path | None = None
             with self._transaction() as (conn, version, undo):
-                cache = self._cache  # brought up to date by the transaction's start
-                assert cache is not None
-                sid = cache.id_of.get(name)
-                if sid is None:
-                    raise self._unknown(name)
+                cache, sid = self._speaker_id(name)
                 kept = conn.execute(
                     "SELECT COUNT(*) FROM utterances WHERE speaker_id = ? AND audio IS NOT NULL", (sid,)
                 ).fetchone()[0]
@@ -783,17 +793,10 @@ class SpeakerDatabase:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise SpeakerDBError(f"index must be an integer (the recording's position), got {index!r}")
         with self._lock:
-            try:
-                name = validate_name(name)
-            except SpeakerDBError:
-                raise self._unknown(str(name)) from None
+            name = self._known_name(name)
             trash: Path | None = None
             with self._transaction() as (conn, version, undo):
-                cache = self._cache  # brought up to date by the transaction's start
-                assert cache is not None
-                sid = cache.id_of.get(name)
-                if sid is None:
-                    raise self._unknown(name)
+                cache, sid = self._speaker_id(name)
                 rows = conn.execute(
                     "SELECT id, embedding, audio FROM utterances WHERE speaker_id = ? ORDER BY id", (sid,)
                 ).fetchall()
