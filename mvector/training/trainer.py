@@ -35,7 +35,6 @@ from mvector.build import (
     build_optimizer,
     build_scheduler,
     config_differences,
-    merge_model_config,
     model_name,
 )
 from mvector.checkpoint import load_checkpoint, load_matching_weights, restore_rng_state
@@ -43,13 +42,12 @@ from mvector.config import load_config
 from mvector.data.dataset import TrainDataset, collate_batch
 from mvector.data.lists import check_num_speakers, infer_num_speakers, load_utterances
 from mvector.errors import CheckpointError, ConfigError, DataListError, MVectorError
-from mvector.evaluation.evaluator import EvalSettings, Evaluator, default_num_workers
+from mvector.evaluation.evaluator import default_num_workers
 from mvector.features import SpecAugment
 from mvector.models import EmbeddingModel
 from mvector.models.heads import CEHead, MarginScheduler
 from mvector.training.callbacks import Callback, CheckpointCallback, ConsoleLogger, EvaluationCallback, ScalarLogger
 from mvector.training.distributed import DistContext
-from mvector.utils.files import atomic_write_json
 from mvector.utils.seeding import seed_everything
 
 __all__ = ["MVectorTrainer", "SpeakerModel", "StepInfo", "TrainingDiverged", "RESUME_KEYS", "resolve_num_workers"]
@@ -573,23 +571,26 @@ class MVectorTrainer:
         asnorm_top_k: int = 300,
         write_result: bool = False,
     ) -> dict[str, Any]:
-        """Evaluate a checkpoint folder with this trainer's data lists (see :mod:`mvector.evaluation.evaluator`).
+        """Evaluate a checkpoint folder with this trainer's data lists: :func:`mvector.evaluation.model_eval.
+        evaluate_model_folder`, which ``eval.py`` runs too.
 
-        The checkpoint's model configuration is used; ``write_result`` stores the metrics as the folder's
-        ``result.json`` (its operating point).
+        The checkpoint's model configuration is used; the metrics go to ``MODEL/evaluations/``, and
+        ``write_result`` also stores them as the folder's ``result.json`` (its operating point).
         """
-        from mvector.embedding.backends import TorchBackend
+        from mvector.evaluation.model_eval import evaluate_model_folder
 
         if resume_model is None:
             raise ConfigError("evaluate needs resume_model: a model folder such as models/EcapaTdnn_Fbank/best_model")
-        backend = TorchBackend(resume_model, self.ctx.device)
-        merged, _ = merge_model_config(self.configs, backend.config)
-        ds = merged["dataset_conf"]
-        settings = EvalSettings.from_dataset_conf(ds, default_num_workers(self.ctx.device))
-        metrics = Evaluator(backend, settings, log=self.log).evaluate(
-            ds["test_list"], ds["trials_list"], ds["trials_root"], ds["num_eval_trials"], cohort_list, asnorm_top_k,
-            save_image_path, title=self.model_name,
+        run = evaluate_model_folder(
+            resume_model,
+            configs=self.configs,
+            use_gpu=self.ctx.device.type == "cuda",
+            backend="torch",
+            cohort_list=cohort_list,
+            asnorm_top_k=asnorm_top_k,
+            save_image_path=save_image_path,
+            set_threshold=write_result,
         )
-        if write_result:
-            atomic_write_json(Path(resume_model) / "result.json", metrics)
-        return metrics
+        for note in run.notes:
+            self.log(f"note: {note}")
+        return run.metrics

@@ -1,0 +1,21 @@
+"""MVectorTrainer.evaluate is the same evaluation as eval.py (mvector.evaluation.model_eval), with the trainer's lists."""
+
+from __future__ import annotations
+
+import json
+
+from mvector.data.synthetic import generate_corpus
+from mvector.demo import tiny_checkpoint
+from mvector.training.trainer import MVectorTrainer
+
+
+def test_trainer_evaluate_uses_its_lists_and_keeps_the_operating_point_unless_asked(tmp_path):
+    test_list = generate_corpus(tmp_path / "test", num_speakers=3, utterances_per_speaker=2, max_duration=1.5)
+    model = tiny_checkpoint(tmp_path / "model", threshold=0.123)
+    trainer = MVectorTrainer("tdnn", use_gpu=False, overrides={"dataset_conf.test_list": str(test_list)})
+    metrics = trainer.evaluate(resume_model=model)
+    assert metrics["num_trials"] == 15 and 0.0 <= metrics["eer"] <= 1.0
+    assert json.loads((model / "evaluations" / "list.json").read_text())["eer"] == metrics["eer"]
+    assert json.loads((model / "result.json").read_text())["threshold"] == 0.123  # not moved
+    trainer.evaluate(resume_model=model, write_result=True)
+    assert json.loads((model / "result.json").read_text())["threshold"] == metrics["threshold"]
