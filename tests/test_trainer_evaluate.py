@@ -1,4 +1,4 @@
-"""MVectorTrainer.evaluate is the same evaluation as eval.py (mvector.evaluation.model_eval), with the trainer's lists."""
+"""MVectorTrainer.evaluate is the evaluation eval.py runs (mvector.evaluation.model_eval), with the trainer's lists."""
 
 from __future__ import annotations
 
