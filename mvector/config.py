@@ -63,6 +63,9 @@ OptStr = (str, type(None))
 OptInt = (int, type(None))
 OptFloat = (float, type(None))
 
+#: Where the bundled default recipe (``ecapa_tdnn``) saves its best model: the commands' default model folder.
+DEFAULT_MODEL_PATH = "models/EcapaTdnn_MelSpectrogram/best_model"
+
 #: The fixed sections and their keys. Free sections (:data:`FREE_SECTIONS`) are checked against the
 #: featurizer, backbone and loss they configure.
 SCHEMA: dict[str, Any] = {
@@ -77,6 +80,7 @@ SCHEMA: dict[str, Any] = {
         "num_speakers": Key(None, OptInt, "speakers in train_list; None: taken from the list"),
         "sample_rate": Key(16000, int, "audio is resampled to this rate (Hz)"),
         "max_duration": Key(3.0, float, "training crop length (s); shorter clips are used whole"),
+        "short_clips": Key("pad", str, "training clips shorter than max_duration: pad (zeros, masked) or repeat"),
         "min_duration": Key(0.5, float, "training clips shorter than this (s) are left out and counted"),
         "eval_max_duration": Key(20.0, float, "evaluation/inference utterances are cut to this length (s)"),
         "batch_size": Key(64, int, "training utterances per batch (per process under torchrun)"),
@@ -486,6 +490,8 @@ def _check_consistency(conf: dict[str, Any]) -> None:
         raise ConfigError(
             f"dataset_conf.min_duration ({ds['min_duration']}) is larger than max_duration ({ds['max_duration']})"
         )
+    if ds["short_clips"] not in ("pad", "repeat"):
+        raise ConfigError(f"dataset_conf.short_clips must be pad or repeat, got {ds['short_clips']!r}")
     if ds["num_speakers"] is not None and ds["num_speakers"] < 2:
         raise ConfigError(f"dataset_conf.num_speakers must be at least 2, got {ds['num_speakers']}")
     fc = conf.get("feature_conf") or {}

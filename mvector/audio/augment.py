@@ -37,6 +37,8 @@ __all__ = [
     "WaveAugmenter",
     "build_augmenter",
     "spec_augment_kwargs",
+    "speed_label_factors",
+    "speed_label_groups",
 ]
 
 #: The bundled configuration file.
@@ -46,15 +48,47 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "augm
 
 #: Every section and key with its default; a key left out of a section takes this value.
 AUGMENTATION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "speed": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1]},
+    "speed": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1], "speaker_per_speed": False},
     "volume": {"prob": 0.3, "min_gain_db": -6.0, "max_gain_db": 6.0},
     "noise": {"prob": 0.3, "noise_dir": "dataset/noise", "min_snr_db": 5.0, "max_snr_db": 20.0},
     "reverb": {"prob": 0.2, "rir_dir": "dataset/rir"},
+    "equalizer": {"prob": 0.0, "max_bands": 2, "max_gain_db": 8.0, "band_limit_prob": 0.3},
+    "colored_noise": {"prob": 0.0, "min_snr_db": 10.0, "max_snr_db": 30.0, "min_exponent": 0.0, "max_exponent": 2.0},
     "shift": {"prob": 0.0, "max_shift_ms": 100.0},
     "spec_aug": {"prob": 0.5, "freq_masks": 1, "freq_mask_width": 8, "time_masks": 1, "time_mask_width": 10},
 }
 
-_INT_KEYS = {"freq_masks", "freq_mask_width", "time_masks", "time_mask_width"}
+_INT_KEYS = {"freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "max_bands"}
+
+#: The waveform augmentations, in the order they run (SpecAugment runs later, on the features).
+WAVE_AUGMENTATIONS = ("speed", "reverb", "equalizer", "noise", "colored_noise", "volume", "shift")
+
+#: Equalizer draws: peak centres log-uniform in this range (Hz), widths in octaves, band-limit cut-offs (Hz).
+EQ_CENTRE_HZ = (150.0, 5000.0)
+EQ_OCTAVES = (0.5, 2.0)
+EQ_LOWPASS_HZ = (3000.0, 7000.0)
+EQ_HIGHPASS_HZ = (100.0, 400.0)
+
+
+def equalizer_gain_db(freqs: Any, centres: Any, octaves: Any, gains_db: Any, lowpass: Any, highpass: Any, xp: Any = np):
+    """The equalizer's gain in dB at ``freqs``: peaks plus optional 2nd-order low/high-pass roll-offs.
+
+    Each peak is a bell in log frequency (``gains_db`` at ``centres``, ``octaves`` wide at half height); the
+    band limits follow a Butterworth magnitude, ``-10·log10(1 + (f/lowpass)^4)`` and ``-10·log10(1 +
+    (highpass/f)^4)`` (``inf`` / 0 turn them off). Works on numpy arrays or torch tensors (``xp`` is the
+    module), with peak parameters shaped ``[..., bands]`` and ``freqs`` ``[bins]``; the result is ``[..., bins]``.
+
+    >>> f = np.array([100.0, 1000.0, 8000.0])
+    >>> np.round(equalizer_gain_db(f, np.array([1000.0]), np.array([1.0]), np.array([6.0]), np.inf, 0.0), 2).tolist()
+    [0.0, 6.0, 0.0]
+    >>> float(np.round(equalizer_gain_db(f, np.zeros(0), np.ones(0), np.zeros(0), 1000.0, 0.0)[1], 2))
+    -3.01
+    """
+    f = xp.clip(freqs, 1.0, None)
+    distance = xp.log2(f / centres[..., :, None]) / (octaves[..., :, None] / 2.0)
+    peaks = (gains_db[..., :, None] * 2.0 ** (-(distance**2))).sum(-2)
+    limits = -10.0 * xp.log10(1.0 + (f / lowpass) ** 4) - 10.0 * xp.log10(1.0 + (highpass / f) ** 4)
+    return peaks + limits
 _STR_KEYS = {"noise_dir", "rir_dir"}
 
 
@@ -64,6 +98,62 @@ def _number(value: Any, where: str) -> float:
     if not math.isfinite(float(value)):
         raise ConfigError(f"{where} must be finite, got {value!r}")
     return float(value)
+
+
+def speed_label_factors(conf: Mapping[str, Any]) -> list[float]:
+    """The speed factors that count as speakers of their own, in label order (empty: labels are kept).
+
+    With ``speed.speaker_per_speed`` on and speed perturbation enabled, a clip played at the ``k``-th factor
+    of this list (1-based) is trained as speaker ``label + k × num_speakers`` (speed moves pitch and formants
+    together, so the field's recipes treat a sped-up voice as another voice); factor 1.0 keeps the label. The
+    classifier then has ``(1 + len(factors)) × num_speakers`` classes (:func:`speed_label_groups`).
+
+    >>> speed_label_factors({"speed": {"prob": 0.6, "speeds": [1.1, 1.0, 0.9], "speaker_per_speed": True}})
+    [0.9, 1.1]
+    >>> speed_label_factors({"speed": {"prob": 0.6, "speeds": [0.9, 1.0, 1.1]}})
+    []
+    """
+    speed = (conf or {}).get("speed") or {}
+    if not speed.get("speaker_per_speed") or not speed.get("prob", AUGMENTATION_DEFAULTS["speed"]["prob"]) > 0:
+        return []
+    return sorted({float(f) for f in speed.get("speeds", AUGMENTATION_DEFAULTS["speed"]["speeds"])} - {1.0})
+
+
+def speed_label_groups(conf: Mapping[str, Any] | None) -> int:
+    """How many label groups the classifier holds: 1, or 1 + the speeds with labels of their own.
+
+    >>> speed_label_groups({"speed": {"prob": 0.6, "speeds": [0.9, 1.0, 1.1], "speaker_per_speed": True}})
+    3
+    >>> speed_label_groups(None)
+    1
+    """
+    return 1 + len(speed_label_factors(conf or {}))
+
+
+def draw_equalizer(conf: Mapping[str, Any], rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], float, float]:
+    """Random equalizer settings for one clip from an ``equalizer`` section: ``(centres, octaves, gains_db)``
+    of 0 to ``max_bands`` peaks, and the low-pass / high-pass cut-offs (``inf`` / 0: none).
+
+    With probability ``band_limit_prob`` the clip is band-limited: a low-pass, a high-pass or both (a
+    telephone-like band), cut-offs drawn in :data:`EQ_LOWPASS_HZ` and :data:`EQ_HIGHPASS_HZ`.
+
+    >>> (centres, octaves, gains), low, high = draw_equalizer(
+    ...     {"max_bands": 2, "max_gain_db": 8.0, "band_limit_prob": 1.0}, np.random.default_rng(0))
+    >>> len(centres) <= 2 and bool(np.all(np.abs(gains) <= 8.0)), low > 3000.0 or high >= 100.0
+    (True, True)
+    """
+    count = int(rng.integers(0, int(conf["max_bands"]) + 1))
+    centres = np.exp(rng.uniform(math.log(EQ_CENTRE_HZ[0]), math.log(EQ_CENTRE_HZ[1]), count))
+    octaves = rng.uniform(EQ_OCTAVES[0], EQ_OCTAVES[1], count)
+    gains = rng.uniform(-conf["max_gain_db"], conf["max_gain_db"], count)
+    lowpass, highpass = math.inf, 0.0
+    if rng.random() < conf["band_limit_prob"]:
+        kind = int(rng.integers(3))  # 0 low-pass, 1 high-pass, 2 both
+        if kind != 1:
+            lowpass = float(rng.uniform(*EQ_LOWPASS_HZ))
+        if kind != 0:
+            highpass = float(rng.uniform(*EQ_HIGHPASS_HZ))
+    return (centres, octaves, gains), lowpass, highpass
 
 
 def _check_section(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,6 +172,9 @@ def _check_section(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{at} must be an integer >= 0, got {value!r}")
+        elif key == "speaker_per_speed":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{at} must be true or false, got {value!r}")
         elif key == "speeds":
             if not isinstance(value, (list, tuple)) or not value:
                 raise ConfigError(f"{at} must be a non-empty list of speed factors, got {value!r}")
@@ -93,14 +186,19 @@ def _check_section(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
             section[key] = _number(value, at)
     if not 0.0 <= section["prob"] <= 1.0:
         raise ConfigError(f"{name}.prob in the augmentation config must be in [0, 1], got {section['prob']}")
-    for low, high in (("min_gain_db", "max_gain_db"), ("min_snr_db", "max_snr_db")):
+    for low, high in (("min_gain_db", "max_gain_db"), ("min_snr_db", "max_snr_db"), ("min_exponent", "max_exponent")):
         if low in section and section[low] > section[high]:
             raise ConfigError(
                 f"{name}.{low} ({section[low]}) is larger than {name}.{high} ({section[high]}) "
                 "in the augmentation config"
             )
-    if name == "shift" and section["max_shift_ms"] < 0:
-        raise ConfigError(f"shift.max_shift_ms in the augmentation config must be >= 0, got {section['max_shift_ms']}")
+    if name == "equalizer" and not 0.0 <= section["band_limit_prob"] <= 1.0:
+        raise ConfigError(
+            f"equalizer.band_limit_prob in the augmentation config must be in [0, 1], got {section['band_limit_prob']}"
+        )
+    for key in ("max_gain_db", "max_shift_ms"):
+        if name in ("equalizer", "shift") and key in section and section[key] < 0:
+            raise ConfigError(f"{name}.{key} in the augmentation config must be >= 0, got {section[key]}")
     return section
 
 
@@ -201,12 +299,12 @@ class _FileCache:
 class WaveAugmenter:
     """Applies the enabled waveform augmentations to a 1-D float32 clip.
 
-    Order: speed → reverb → noise → volume → shift, each with its own probability; every random draw comes
-    from the ``rng`` given to :meth:`__call__`. A configured noise or impulse-response folder that is missing
-    or holds no audio issues one warning naming it, and that augmentation is turned off. Noise and response
-    files are decoded at the clip's sample rate on first use and kept in a bounded per-process cache
-    (``max_cached_files`` files, ``max_cached_seconds`` of audio at 16 kHz). An unreadable one is skipped with a
-    warning (that clip just gets no noise / reverb).
+    Order: speed → reverb → equalizer → noise → colored_noise → volume → shift (:data:`WAVE_AUGMENTATIONS`),
+    each with its own probability; every random draw comes from the ``rng`` given to :meth:`__call__`. A configured
+    noise or impulse-response folder that is missing or holds no audio issues one warning naming it, and that
+    augmentation is turned off. Noise and response files are decoded at the clip's sample rate on first use and kept
+    in a bounded per-process cache (``max_cached_files`` files, ``max_cached_seconds`` of audio at 16 kHz). An
+    unreadable one is skipped with a warning (that clip just gets no noise / reverb).
 
     ``max_speed`` is the largest speed factor: a clip shrinks by up to that factor, so the dataset crops that
     much extra before augmenting.
@@ -233,7 +331,7 @@ class WaveAugmenter:
             self.rir_files = self._folder_files(c["reverb"]["rir_dir"], "reverb")
         self.speeds = list(c["speed"]["speeds"])
         self.enabled: list[str] = []
-        for name in ("speed", "reverb", "noise", "volume", "shift"):
+        for name in WAVE_AUGMENTATIONS:
             if c[name]["prob"] <= 0:
                 continue
             if name == "noise" and not self.noise_files or name == "reverb" and not self.rir_files:
@@ -244,8 +342,13 @@ class WaveAugmenter:
                 continue
             if name == "shift" and c[name]["max_shift_ms"] == 0.0:
                 continue
+            if name == "equalizer" and (c[name]["max_bands"] == 0 or c[name]["max_gain_db"] == 0.0):
+                if c[name]["band_limit_prob"] == 0.0:
+                    continue
             self.enabled.append(name)
         self.max_speed = max(self.speeds) if "speed" in self.enabled else 1.0
+        #: Speeds trained as speakers of their own (``speed.speaker_per_speed``), in label-group order.
+        self.label_speeds = speed_label_factors(c) if "speed" in self.enabled else []
         self._cache = _FileCache(max_cached_files, int(max_cached_seconds * 16000))
 
     @staticmethod
@@ -266,23 +369,43 @@ class WaveAugmenter:
 
     def __call__(self, samples: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         """Augment one clip; returns a new float32 array (the input is not modified)."""
+        return self.augment(samples, sample_rate, rng)[0]
+
+    def augment(self, samples: np.ndarray, sample_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """Augment one clip; returns the new float32 array and its speed label group.
+
+        The group is 0 unless ``speed.speaker_per_speed`` is on and the clip was played at a factor other than
+        1.0; then it is that factor's 1-based place in :attr:`label_speeds` (the dataset adds
+        ``group × num_speakers`` to the label).
+
+        >>> aug = WaveAugmenter({"speed": {"prob": 1.0, "speeds": [1.1], "speaker_per_speed": True}})
+        >>> wave, group = aug.augment(np.ones(1100, dtype=np.float32), 16000, np.random.default_rng(0))
+        >>> wave.shape, group
+        ((1000,), 1)
+        """
         out = np.asarray(samples, dtype=np.float32)
+        group = 0
         for name in self.enabled:
             if rng.random() >= self.conf[name]["prob"]:
                 continue
+            if name == "speed":
+                out, factor = self._speed(out, int(sample_rate), rng)
+                if factor in self.label_speeds:
+                    group = 1 + self.label_speeds.index(factor)
+                continue
             out = getattr(self, f"_{name}")(out, int(sample_rate), rng)
-        return out if out is not samples else out.copy()
+        return (out if out is not samples else out.copy()), group
 
     # ---------------------------------------------------------------- single augmentations
-    def _speed(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    def _speed(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
         factor = float(self.speeds[int(rng.integers(len(self.speeds)))])
         if factor == 1.0 or x.shape[0] < 2:
-            return x
+            return x, factor
         from mvector.audio import resample
 
         # Read the clip as if it had been recorded at factor × the rate: played back at the true rate it is
         # factor × faster, with len / factor samples.
-        return resample(x, int(round(sample_rate * factor)), sample_rate)
+        return resample(x, int(round(sample_rate * factor)), sample_rate), factor
 
     def _volume(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         c = self.conf["volume"]
@@ -309,6 +432,29 @@ class WaveAugmenter:
             return x
         scale = math.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
         return (x + noise * np.float32(scale)).astype(np.float32, copy=False)
+
+    def _equalizer(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        bands, lowpass, highpass = draw_equalizer(self.conf["equalizer"], rng)
+        if x.shape[0] < 2:
+            return x
+        freqs = np.fft.rfftfreq(x.shape[0], 1.0 / sample_rate)
+        gain = equalizer_gain_db(freqs, bands[0], bands[1], bands[2], lowpass, highpass)
+        spectrum = np.fft.rfft(x) * 10.0 ** (gain / 20.0)
+        return np.fft.irfft(spectrum, x.shape[0]).astype(np.float32)
+
+    def _colored_noise(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        c = self.conf["colored_noise"]
+        snr_db = rng.uniform(c["min_snr_db"], c["max_snr_db"])
+        exponent = rng.uniform(c["min_exponent"], c["max_exponent"])
+        n = x.shape[0]
+        signal_power = float(np.mean(np.square(x, dtype=np.float64))) if n else 0.0
+        if n < 2 or signal_power <= 0.0:
+            return x
+        freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+        freqs[0] = freqs[1]
+        noise = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * freqs ** (-exponent / 2.0), n)
+        scale = math.sqrt(signal_power / (float(np.mean(noise**2)) * 10.0 ** (snr_db / 10.0)))
+        return (x + (noise * scale).astype(np.float32)).astype(np.float32, copy=False)
 
     def _reverb(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         path = self.rir_files[int(rng.integers(len(self.rir_files)))]

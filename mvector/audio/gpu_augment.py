@@ -1,22 +1,29 @@
-"""Batched waveform augmentation on the training device: speed, reverb, noise at an SNR, gain and shift on a
-padded batch ``[B, T]`` with its lengths, in a handful of tensor operations and without host synchronisation.
+"""Batched waveform augmentation on the training device: speed, reverb, equalizer, noise at an SNR, generated
+coloured noise, gain and shift on a padded batch ``[B, T]`` with its lengths, in a handful of tensor operations
+and without host synchronisation.
 
 :class:`GpuAugmenter` reads the same configuration as the CPU augmenter (``mvector/configs/augmentation.yml``:
-sections ``speed``, ``reverb``, ``noise``, ``volume``, ``shift``, same keys, same order, same probabilities) so
-the data-loading workers only decode and crop, and the GPU does the rest:
+sections ``speed``, ``reverb``, ``equalizer``, ``noise``, ``colored_noise``, ``volume``, ``shift``, same keys,
+same order, same probabilities) so the data-loading workers only decode and crop, and the GPU does the rest:
 
 * **speed** by band-limited resampling (polyphase windowed-sinc as one strided ``conv1d`` per speed factor):
   factor ``s`` plays the clip ``s`` times faster, ``len / s`` samples long (tempo and pitch change together, like
   ``sox speed``). Each clip of the batch draws its factor; every factor runs on the whole batch and each clip
-  takes its own result (no host round trip to group clips).
+  takes its own result (no host round trip to group clips). With ``speed.speaker_per_speed`` and
+  ``with_groups=True`` the call also returns each clip's speed label group (0: label kept; ``k``: the ``k``-th
+  factor of :attr:`GpuAugmenter.label_speeds`), as the CPU augmenter's ``augment`` does.
 * **reverb** by FFT convolution with a room impulse response from a bank held on the device; the response's
   direct-path peak stays at time 0 with gain 1 (as on the CPU).
 * **noise** from a bank of noise recordings (looped when shorter than the clip, random offset) scaled to an SNR
   drawn in ``[min_snr_db, max_snr_db]``, powers measured over each clip's valid samples.
+* **equalizer**: the CPU augmenter's random peaks and band limits (same distributions), one zero-phase FFT
+  filter per padded row. **colored_noise**: Gaussian noise shaped to ``1/f^exponent`` by FFT, added at an SNR.
 * **volume**: a gain drawn in ``[min_gain_db, max_gain_db]`` dB. **shift**: zero-filled time shift.
 
-Every random draw comes from one ``torch.rand`` call with the ``generator`` given (deterministic), padding never
-changes a result (samples past each clip's length are ignored and returned as 0), and lengths are updated for
+Every random draw comes from the ``generator`` given (deterministic: one ``torch.rand`` call, plus the
+equalizer's peaks and the coloured noise when they are on), samples past each clip's length are ignored and
+returned as 0 (the equalizer's FFT filter alone spans the padded row, so its edge effects depend on the padding
+width), and lengths are updated for
 the speed change. With ``out_samples`` the output has that many columns: longer clips (slowed down, or loaded
 longer on purpose, e.g. ``max_duration × max(speeds)``) are cropped at a random offset.
 
@@ -41,13 +48,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mvector.audio.augment import _find_audio_files, load_augmentation_config
+from mvector.audio.augment import (
+    EQ_CENTRE_HZ,
+    EQ_HIGHPASS_HZ,
+    EQ_LOWPASS_HZ,
+    EQ_OCTAVES,
+    WAVE_AUGMENTATIONS,
+    _find_audio_files,
+    equalizer_gain_db,
+    load_augmentation_config,
+    speed_label_factors,
+)
 from mvector.errors import AudioError, ConfigError
 
 __all__ = ["GpuAugmenter", "SpeedResampler", "build_gpu_augmenter"]
 
-#: Random draws per clip (columns of the one ``torch.rand`` call).
-_DRAWS = 13
+#: Random draws per clip (columns of the one ``torch.rand`` call; the equalizer's peaks draw their own).
+_DRAWS = 22
 #: Zero crossings of the windowed-sinc kernel on each side (quality of the speed resampler).
 SINC_ZEROS = 8
 
@@ -199,7 +216,7 @@ class GpuAugmenter(nn.Module):
         self.resamplers = nn.ModuleList(SpeedResampler(s) for s in sorted(set(self.speeds)) if s != 1.0)
         self.register_buffer("speed_table", torch.tensor(self.speeds or [1.0]), persistent=False)
         self.enabled: list[str] = []
-        for name in ("speed", "reverb", "noise", "volume", "shift"):
+        for name in WAVE_AUGMENTATIONS:
             if c[name]["prob"] <= 0:
                 continue
             if name == "noise" and noise_bank.shape[0] == 0 or name == "reverb" and rir_bank.shape[0] == 0:
@@ -210,8 +227,13 @@ class GpuAugmenter(nn.Module):
                 continue
             if name == "shift" and c[name]["max_shift_ms"] == 0.0:
                 continue
+            if name == "equalizer" and (c[name]["max_bands"] == 0 or c[name]["max_gain_db"] == 0.0):
+                if c[name]["band_limit_prob"] == 0.0:
+                    continue
             self.enabled.append(name)
         self.max_speed = max(self.speeds) if "speed" in self.enabled else 1.0
+        #: Speeds trained as speakers of their own (``speed.speaker_per_speed``), in label-group order.
+        self.label_speeds = speed_label_factors(c) if "speed" in self.enabled else []
         self._rir_spectra: dict[tuple[int, str, torch.dtype], Tensor] = {}
 
     @classmethod
@@ -274,7 +296,8 @@ class GpuAugmenter(nn.Module):
         lengths: Tensor,
         generator: torch.Generator | None = None,
         out_samples: int | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        with_groups: bool = False,
+    ) -> tuple[Tensor, ...]:
         if not torch.is_tensor(waveforms) or waveforms.dim() != 2 or not waveforms.is_floating_point():
             got = tuple(waveforms.shape) if torch.is_tensor(waveforms) else type(waveforms).__name__
             raise AudioError(f"GpuAugmenter: expected float waveforms [batch, samples], got {got}")
@@ -290,22 +313,30 @@ class GpuAugmenter(nn.Module):
         u = torch.rand(batch, _DRAWS, device=device, generator=generator)
         x = x * _valid_mask(lengths, total)
         c = self.conf
+        groups = torch.zeros(batch, dtype=torch.long, device=device)
         with torch.autocast(device_type=device.type, enabled=False):
             if "speed" in self.enabled:
-                x, lengths = self._speed(x, lengths, u[:, 0] < c["speed"]["prob"], u[:, 1])
+                x, lengths, factors = self._speed(x, lengths, u[:, 0] < c["speed"]["prob"], u[:, 1])
+                for k, factor in enumerate(self.label_speeds, start=1):
+                    groups = torch.where(factors == factor, torch.full_like(groups, k), groups)
             if "reverb" in self.enabled:
                 x = self._reverb(x, lengths, u[:, 2] < c["reverb"]["prob"], u[:, 3])
+            if "equalizer" in self.enabled:
+                x = self._equalizer(x, lengths, u[:, 13] < c["equalizer"]["prob"], u[:, 14:19], generator)
             if "noise" in self.enabled:
                 x = self._noise(x, lengths, u[:, 4] < c["noise"]["prob"], u[:, 5], u[:, 6], u[:, 7])
+            if "colored_noise" in self.enabled:
+                apply = u[:, 19] < c["colored_noise"]["prob"]
+                x = self._colored_noise(x, lengths, apply, u[:, 20], u[:, 21], generator)
             if "volume" in self.enabled:
                 x = self._volume(x, u[:, 8] < c["volume"]["prob"], u[:, 9])
             if "shift" in self.enabled:
                 x = self._shift(x, lengths, u[:, 10] < c["shift"]["prob"], u[:, 11])
             x, lengths = self._crop(x, lengths, out_samples, u[:, 12])
-        return x, lengths
+        return (x, lengths, groups) if with_groups else (x, lengths)
 
     # ---------------------------------------------------------------------------------------- augmentations
-    def _speed(self, x: Tensor, lengths: Tensor, apply: Tensor, draw: Tensor) -> tuple[Tensor, Tensor]:
+    def _speed(self, x: Tensor, lengths: Tensor, apply: Tensor, draw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch, total = x.shape
         index = (draw * len(self.speeds)).long().clamp_max(len(self.speeds) - 1)
         choice = self.speed_table[index]
@@ -318,7 +349,7 @@ class GpuAugmenter(nn.Module):
             pick = choice == r.factor
             out = torch.where(pick[:, None], y, out)
             new_lengths = torch.where(pick, n, new_lengths)
-        return out, new_lengths
+        return out, new_lengths, choice
 
     def _rir_spectrum(self, size: int, device: torch.device) -> Tensor:
         """``rfft`` of every aligned response, circularly shifted so the direct path sits at index 0."""
@@ -340,6 +371,41 @@ class GpuAugmenter(nn.Module):
         wet = torch.fft.irfft(spec, n=size)[:, :total] * _valid_mask(lengths, total)
         return torch.where(apply[:, None], wet, x)
 
+    def _equalizer(self, x: Tensor, lengths: Tensor, apply: Tensor, draw: Tensor, generator) -> Tensor:
+        """The CPU augmenter's equalizer (same draws' distributions), filtering each padded row by FFT."""
+        batch, total = x.shape
+        c = self.conf["equalizer"]
+        bands = int(c["max_bands"])
+        peaks = torch.rand(batch, 3, bands, device=x.device, generator=generator)
+        count = (draw[:, 0] * (bands + 1)).long().clamp_max(bands)
+        log_lo, log_hi = math.log(EQ_CENTRE_HZ[0]), math.log(EQ_CENTRE_HZ[1])
+        centres = torch.exp(log_lo + peaks[:, 0] * (log_hi - log_lo))
+        octaves = EQ_OCTAVES[0] + peaks[:, 1] * (EQ_OCTAVES[1] - EQ_OCTAVES[0])
+        used = torch.arange(bands, device=x.device)[None, :] < count[:, None]
+        gains = (2.0 * peaks[:, 2] - 1.0) * c["max_gain_db"] * used
+        limited = draw[:, 1] < c["band_limit_prob"]
+        kind = (draw[:, 2] * 3).long().clamp_max(2)  # 0 low-pass, 1 high-pass, 2 both
+        lowpass = EQ_LOWPASS_HZ[0] + draw[:, 3] * (EQ_LOWPASS_HZ[1] - EQ_LOWPASS_HZ[0])
+        highpass = EQ_HIGHPASS_HZ[0] + draw[:, 4] * (EQ_HIGHPASS_HZ[1] - EQ_HIGHPASS_HZ[0])
+        lowpass = torch.where(limited & (kind != 1), lowpass, torch.full_like(lowpass, math.inf))
+        highpass = torch.where(limited & (kind != 0), highpass, torch.zeros_like(highpass))
+        freqs = torch.fft.rfftfreq(total, 1.0 / self.sample_rate, device=x.device)
+        gain_db = equalizer_gain_db(freqs, centres, octaves, gains, lowpass[:, None], highpass[:, None], xp=torch)
+        filtered = torch.fft.irfft(torch.fft.rfft(x) * torch.pow(10.0, gain_db / 20.0), n=total)
+        return torch.where(apply[:, None], filtered * _valid_mask(lengths, total), x)
+
+    def _colored_noise(
+        self, x: Tensor, lengths: Tensor, apply: Tensor, snr: Tensor, exponent: Tensor, generator
+    ) -> Tensor:
+        batch, total = x.shape
+        c = self.conf["colored_noise"]
+        freqs = torch.fft.rfftfreq(total, 1.0 / self.sample_rate, device=x.device)
+        freqs[0] = freqs[1] if total > 2 else 1.0
+        alpha = c["min_exponent"] + exponent * (c["max_exponent"] - c["min_exponent"])
+        white = torch.randn(batch, total, device=x.device, generator=generator)
+        noise = torch.fft.irfft(torch.fft.rfft(white) * freqs[None, :] ** (-alpha[:, None] / 2.0), n=total)
+        return self._add_at_snr(x, noise, lengths, apply, snr, c)
+
     def _noise(self, x: Tensor, lengths: Tensor, apply: Tensor, pick: Tensor, start: Tensor, snr: Tensor) -> Tensor:
         batch, total = x.shape
         c = self.conf["noise"]
@@ -350,7 +416,12 @@ class GpuAugmenter(nn.Module):
         offset = (start * (n_len - lengths).clamp_min(0).to(torch.float32)).long()
         pos = (offset[:, None] + torch.arange(total, device=x.device)[None, :]) % n_len[:, None]
         noise = self.noise_bank.to(torch.float32).flatten()[which[:, None] * width + pos]
-        valid = _valid_mask(lengths, total)
+        return self._add_at_snr(x, noise, lengths, apply, snr, c)
+
+    @staticmethod
+    def _add_at_snr(x: Tensor, noise: Tensor, lengths: Tensor, apply: Tensor, snr: Tensor, c: Mapping) -> Tensor:
+        """``x + noise`` scaled to an SNR drawn in ``[min_snr_db, max_snr_db]``, powers over valid samples."""
+        valid = _valid_mask(lengths, x.shape[1])
         noise = noise * valid
         count_valid = lengths.clamp_min(1).to(torch.float32)
         p_signal = x.square().sum(1) / count_valid

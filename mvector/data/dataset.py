@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 #: Errors from decoding (or augmenting) one file that turn into an :class:`Unreadable` marker instead of stopping
+#: How :class:`TrainDataset` fills a crop from a clip shorter than it: zero padding in the batch, or repetition.
+SHORT_CLIP_MODES = ("pad", "repeat")
+
 #: training: any per-file failure, including a MemoryError from a hostile file; only interrupts propagate.
 _LOAD_ERRORS = (Exception,)
 
@@ -92,9 +95,13 @@ class TrainDataset(torch.utils.data.Dataset):
     ``(float32 waveform, label)`` or, when the file fails to load, an :class:`Unreadable` marker.
 
     Crops: a clip longer than ``max_duration`` is cut at a random offset to ``max_duration``; a shorter one is
-    returned whole, and :func:`collate_batch` pads it and records its length. With speed perturbation the clip
+    returned whole, and :func:`collate_batch` pads it and records its length (``short_clips="pad"``), or it is
+    repeated end to end up to ``max_duration`` (``short_clips="repeat"``), so every crop of a batch is full speech
+    and no batch statistic sees padding. With speed perturbation the clip
     is first cropped ``augmenter.max_speed`` times longer, augmented, then cropped to ``max_duration``, so fast
-    speeds still fill the crop.
+    speeds still fill the crop. With ``speed_label_stride`` (the number of speakers) and an augmenter that
+    trains speeds as speakers of their own (``speed.speaker_per_speed``), a clip played at the ``k``-th such
+    speed is returned with label ``label + k × speed_label_stride``.
 
     Randomness: each item draws from its own ``np.random.Generator`` seeded from ``(seed, epoch, index)``, so an
     epoch gives the same clips whatever the number of DataLoader workers. Call :meth:`set_epoch` before each
@@ -122,9 +129,13 @@ class TrainDataset(torch.utils.data.Dataset):
         target_db: float = -20.0,
         vad: bool = False,
         seed: int = 0,
+        short_clips: str = "pad",
+        speed_label_stride: int = 0,
     ):
         if max_duration is None or not max_duration > 0:
             raise ConfigError(f"max_duration must be > 0 seconds, got {max_duration!r}")
+        if short_clips not in SHORT_CLIP_MODES:
+            raise ConfigError(f"short_clips must be one of {', '.join(SHORT_CLIP_MODES)}, got {short_clips!r}")
         min_duration = float(min_duration or 0.0)
         if min_duration > max_duration:
             raise ConfigError(f"min_duration ({min_duration}) is larger than max_duration ({max_duration})")
@@ -136,6 +147,8 @@ class TrainDataset(torch.utils.data.Dataset):
         self.target_db = float(target_db)
         self.vad = bool(vad)
         self.seed = int(seed)
+        self.short_clips = short_clips
+        self.speed_label_stride = int(speed_label_stride)
         self.epoch = 0
         self.num_filtered_short = 0
         self.num_unreadable = 0
@@ -183,12 +196,18 @@ class TrainDataset(torch.utils.data.Dataset):
                 crop_mode="random",
                 rng=rng,
             )
+            group = 0
             if self.augmenter is not None:
-                wave = self.augmenter(wave, self.sample_rate, rng)
+                if self.speed_label_stride and hasattr(self.augmenter, "augment"):
+                    wave, group = self.augmenter.augment(wave, self.sample_rate, rng)
+                else:
+                    wave = self.augmenter(wave, self.sample_rate, rng)
                 wave = crop(wave, crop_samples, mode="random", rng=rng)
         except _LOAD_ERRORS as err:
             return Unreadable(utt.path, _reason(err))
-        return np.ascontiguousarray(wave, dtype=np.float32), int(utt.label)
+        if self.short_clips == "repeat" and 0 < len(wave) < crop_samples:
+            wave = np.tile(wave, -(-crop_samples // len(wave)))[:crop_samples]
+        return np.ascontiguousarray(wave, dtype=np.float32), int(utt.label) + group * self.speed_label_stride
 
 
 class EvalDataset(torch.utils.data.Dataset):

@@ -8,7 +8,7 @@ Logging, evaluation and checkpointing are callbacks (:mod:`mvector.training.call
 
 >>> trainer = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides={"model_conf.channels": "64"})
 >>> trainer.model_name
-'EcapaTdnn_Fbank'
+'EcapaTdnn_MelSpectrogram'
 
 Evaluation lives in :mod:`mvector.evaluation.evaluator`; ``trainer.evaluate(resume_model=...)`` is kept as a
 shortcut to it.
@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence, Union
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from mvector.audio.augment import build_augmenter, load_augmentation_config, spec_augment_kwargs
+from mvector.audio.augment import build_augmenter, load_augmentation_config, spec_augment_kwargs, speed_label_groups
 from mvector.build import (
     EMBEDDING_KEYS,
     build_embedding_model,
@@ -205,6 +205,8 @@ class MVectorTrainer:
         check_num_speakers(utts, self.num_speakers)
         ds["num_speakers"] = self.num_speakers
         augment = self.configs.get("augment_conf") or None
+        #: Classifier outputs: one per speaker, times the speeds trained as speakers of their own.
+        self.num_classes = self.num_speakers * speed_label_groups(augment)
         self.gpu_aug = self._device_augmenter(augment)
         # With augmentation on the device, workers only decode and crop: a little longer, so a sped-up clip still
         # fills the crop.
@@ -219,6 +221,8 @@ class MVectorTrainer:
             target_db=ds["target_dB"],
             vad=ds["vad"],
             seed=seed,
+            short_clips=ds["short_clips"],
+            speed_label_stride=self.num_speakers if self.gpu_aug is None else 0,
         )
         if self.dataset.num_filtered_short or self.dataset.num_unreadable:
             self.log(
@@ -278,12 +282,12 @@ class MVectorTrainer:
 
     # ------------------------------------------------------------------ phase: model
     def setup_model(self) -> None:
-        """Featurizer + backbone, the classifier head for ``num_speakers``, SpecAugment; DDP under torchrun."""
+        """Featurizer + backbone, the classifier head for ``num_classes``, SpecAugment; DDP under torchrun."""
         device = self.ctx.device
         if device.type == "cpu" and os.environ.get("MVECTOR_CPU_KEEP_FREED_MEMORY", "1") != "0":
             keep_freed_memory()
         self.embedding_model = self.build_embedding_model().to(device)
-        self.head, self.margin_conf = build_head(self.configs, self.embedding_model.embd_dim, self.num_speakers)
+        self.head, self.margin_conf = build_head(self.configs, self.embedding_model.embd_dim, self.num_classes)
         self.model = SpeakerModel(self.embedding_model.backbone, self.head).to(device)
         augment = self.configs.get("augment_conf") or None
         spec_kwargs = spec_augment_kwargs(augment) if augment else None
@@ -404,7 +408,10 @@ class MVectorTrainer:
             if self.gpu_aug is not None:
                 ds = self.configs["dataset_conf"]
                 out = int(round(ds["max_duration"] * ds["sample_rate"]))
-                waves, lengths = self.gpu_aug(waves, lengths, self.aug_generator, out_samples=out)
+                waves, lengths, groups = self.gpu_aug(
+                    waves, lengths, self.aug_generator, out_samples=out, with_groups=True
+                )
+                labels = labels + groups * self.num_speakers
             feats, frame_lengths = self.embedding_model.featurizer(waves, lengths)
             if self.spec_aug is not None:
                 feats = self.spec_aug(feats, frame_lengths)
@@ -506,8 +513,9 @@ class MVectorTrainer:
         """Train from ``start_epoch`` to ``max_epoch``, calling ``callbacks``; returns the history."""
         for callback in callbacks:
             callback.on_train_start(self)
+        classes = f" ({self.num_classes} classes: speeds as speakers)" if self.num_classes != self.num_speakers else ""
         self.log(
-            f"training {self.model_name}: {len(self.dataset)} utterances, {self.num_speakers} speakers, "
+            f"training {self.model_name}: {len(self.dataset)} utterances, {self.num_speakers} speakers{classes}, "
             f"{self.steps_per_epoch} steps/epoch × {self.max_epoch - self.start_epoch + 1} epochs on "
             f"{self.ctx.device} (world size {self.ctx.world_size})"
         )
@@ -580,7 +588,9 @@ class MVectorTrainer:
         from mvector.evaluation.model_eval import evaluate_model_folder
 
         if resume_model is None:
-            raise ConfigError("evaluate needs resume_model: a model folder such as models/EcapaTdnn_Fbank/best_model")
+            raise ConfigError(
+                "evaluate needs resume_model: a model folder such as models/EcapaTdnn_MelSpectrogram/best_model"
+            )
         run = evaluate_model_folder(
             resume_model,
             configs=self.configs,
