@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,30 @@ def test_equalizer_and_colored_noise_validate_their_keys():
         WaveAugmenter({"equalizer": {"prob": 1.0, "max_bands": -1}})
     off = {"equalizer": {"prob": 1.0, "max_bands": 0, "band_limit_prob": 0.0}}
     assert WaveAugmenter(off).enabled == [] and GpuAugmenter(off).enabled == []
+
+
+def test_resuming_with_another_speed_grouping_is_refused_by_name(tmp_path):
+    import contextlib
+    import io
+
+    from mvector.errors import CheckpointError
+
+    train = generate_corpus(tmp_path / "train", 3, 2, min_duration=1.0, max_duration=1.2)
+    conf = load_config("tdnn", validate=False)
+    conf["model_conf"] = {"channels": 16, "stats_channels": 32, "embd_dim": 8}
+    conf["augment_conf"] = {"speed": {"prob": 1.0, "speeds": [0.9, 1.1], "speaker_per_speed": True}}
+    overrides = {
+        "dataset_conf.train_list": str(train),
+        "dataset_conf.test_list": str(train),
+        "dataset_conf.batch_size": 3,
+        "dataset_conf.max_duration": 1.0,
+        "feature_conf.num_mel_bins": 24,
+        "train_conf.max_epoch": 1,
+        "train_conf.log_backend": "none",
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = MVectorTrainer(load_config(conf, overrides), use_gpu=False).train(save_model_path=tmp_path / "m")
+    conf["augment_conf"] = {"speed": {"prob": 1.0, "speeds": [0.9, 1.1]}}  # labels kept: 3 classes, not 9
+    again = MVectorTrainer(load_config(conf, {**overrides, "train_conf.max_epoch": 2}), use_gpu=False)
+    with pytest.raises(CheckpointError, match=r"9 classes, this run 3 .*speaker_per_speed"):
+        again.train(save_model_path=tmp_path / "m2", resume_model=Path(result["model_dir"]) / "last_model")

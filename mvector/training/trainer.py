@@ -354,6 +354,13 @@ class MVectorTrainer:
             )
         if ckpt.head_state is None:
             raise CheckpointError(f"{folder}: no head.pt, cannot resume training from it")
+        rows = {int(t.shape[0]) for t in ckpt.head_state.values() if torch.is_tensor(t) and t.dim() == 2}
+        if rows and self.num_classes not in rows:
+            raise CheckpointError(
+                f"{folder}: its classifier has {sorted(rows)[0]} classes, this run {self.num_classes} "
+                f"({self.num_speakers} speakers × {self.num_classes // self.num_speakers} speed groups); resuming "
+                "needs the same augment_conf.speed.speaker_per_speed and speeds"
+            )
         try:
             self.model.backbone.load_state_dict(ckpt.model_state)
             self.head.load_state_dict(ckpt.head_state)
