@@ -1,6 +1,7 @@
 """Verification accuracy on the shared TTS corpus: train for a fixed CPU budget, report EER / minDCF on dev trials.
 
-Trains the bundled ``ecapa_tdnn`` config (with the overrides below, chosen for a ~10-minute CPU budget) on
+Trains the bundled ``ecapa_tdnn_fbank`` config (the default before issue 16, so the published figures reproduce;
+with the overrides below, chosen for a ~10-minute CPU budget) on
 ``../shared/data/tts/train_list.txt`` (64 speakers, 768 clips) and scores ``dev_trials.txt`` (2,640 trials over 20
 unseen speakers). Baselines measured in the same run on the same trials:
 
@@ -20,6 +21,7 @@ Numbers taken while other jobs load the CPU get fewer epochs into the budget; th
 Recipe comparison on a generated corpus (``../shared/tools/corpus``: ``train_list.txt`` and ``dev_trials.txt``)::
 
     python benchmarks/bench_accuracy.py --corpus CORPUS                      # default, seed_like, mfcc; 5 epochs
+    python benchmarks/bench_accuracy.py --corpus CORPUS --recipes default,seed_like --seed 7   # another seed
     python benchmarks/bench_accuracy.py --corpus CORPUS --recipes v0_default --epochs 3
     python benchmarks/bench_accuracy.py --list-recipes
 
@@ -63,7 +65,10 @@ from mvector.utils.seeding import seed_everything  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tts"
 
-#: Overrides of the bundled ecapa_tdnn config used by default (see the module docstring / --help for why).
+#: The config of the shared-corpus mode: the default before issue 16, which the published figures were measured on.
+TTS_MODE_CONFIG = "ecapa_tdnn_fbank"
+
+#: Overrides of the bundled ecapa_tdnn_fbank config used by default (see the module docstring / --help for why).
 DEFAULT_OVERRIDES = {
     "model_conf.channels": 256,
     "dataset_conf.max_duration": 2.0,
@@ -187,6 +192,13 @@ def _changed(base: dict, changes: Mapping[str, Any]) -> dict:
     return out
 
 
+def _seed_variant(
+    description: str, config: Mapping[str, Any] | None = None, augment: Mapping[str, Any] | None = None
+) -> Recipe:
+    """A recipe that changes the seed-like recipe (b): dotted ``config`` and ``augment`` keys set (see _changed)."""
+    return Recipe(description, _changed(SEED_CONFIG, config or {}), _changed(SEED_AUGMENT, augment or {}))
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One row of the comparison: a complete config (``None``: the bundled ``ecapa_tdnn.yml`` as it is now) and
@@ -271,6 +283,56 @@ RECIPES: dict[str, Recipe] = {
             },
         ),
         _changed(SEED_AUGMENT, {"speed": None}),
+    ),
+    "seed_speed_labels": _seed_variant(
+        "(b) with each speed trained as a speaker of its own (3 x 100 classes)",
+        augment={"speed.speaker_per_speed": True},
+    ),
+    "seed_repeat": _seed_variant(
+        "(b) with short training clips repeated to fill the 3 s crop instead of zero-padded",
+        {"dataset_conf.short_clips": "repeat"},
+    ),
+    "seed_batch32": _seed_variant(
+        "(b) with batches of 32 (twice the optimiser steps per epoch)", {"dataset_conf.batch_size": 32}
+    ),
+    "seed_batch16": _seed_variant(
+        "(b) with batches of 16 (four times the optimiser steps per epoch)", {"dataset_conf.batch_size": 16}
+    ),
+    "seed_lr2e3": _seed_variant(
+        "(b) with a peak learning rate of 2e-3 (cosine to 5e-4)",
+        {"optimizer_conf.learning_rate": 0.002, "optimizer_conf.min_lr": 5.0e-4},
+    ),
+    "seed_cmn": _seed_variant(
+        "(b) with per-utterance mean normalisation only (no variance normalisation)",
+        {"preprocess_conf.normalize": "mean"},
+    ),
+    "seed_low_floor": _seed_variant(
+        "(b) with the cosine schedule ending at 1e-5 instead of 2.5e-4", {"optimizer_conf.min_lr": 1.0e-5}
+    ),
+    "seed_margin03": _seed_variant("(b) with an AAM margin of 0.3", {"loss_conf.margin": 0.3}),
+    "seed_adamw": _seed_variant(
+        "(b) with AdamW, decoupled weight decay 0.05",
+        {"optimizer_conf.optimizer": "AdamW", "optimizer_conf.weight_decay": 0.05},
+    ),
+    "seed_channel": _seed_variant(
+        "(b) with a random equalizer (p 0.5) and generated coloured noise at 10-30 dB SNR (p 0.5)",
+        augment={"equalizer": {"prob": 0.5}, "colored_noise": {"prob": 0.5}},
+    ),
+    "seed_crop2": _seed_variant("(b) with 2 s training crops", {"dataset_conf.max_duration": 2.0}),
+    "v3_a": _seed_variant(
+        "(b) with batches of 32 and each speed trained as a speaker of its own",
+        {"dataset_conf.batch_size": 32},
+        {"speed.speaker_per_speed": True},
+    ),
+    "v3_c": _seed_variant(
+        "v3_a with the cosine schedule ending at 1e-5 (the default since issue 16)",
+        {"dataset_conf.batch_size": 32, "optimizer_conf.min_lr": 1.0e-5},
+        {"speed.speaker_per_speed": True},
+    ),
+    "v3_d": _seed_variant(
+        "v3_c with batches of 16",
+        {"dataset_conf.batch_size": 16, "optimizer_conf.min_lr": 1.0e-5},
+        {"speed.speaker_per_speed": True},
     ),
     "v0_hop20": Recipe(
         "(a) with a 20 ms frame shift (50 frames/s)", _changed(V0_CONFIG, {"feature_conf.frame_shift": 20}), V0_AUGMENT
@@ -437,14 +499,24 @@ def frames_per_second(conf: Mapping[str, Any]) -> float:
 
 
 def run_recipe(
-    name: str, recipe: Recipe, corpus: Path, epochs: int, eval_every: int, tmp: Path, channels: int = 0
+    name: str,
+    recipe: Recipe,
+    corpus: Path,
+    epochs: int,
+    eval_every: int,
+    tmp: Path,
+    channels: int = 0,
+    seed: int | None = None,
 ) -> dict:
     """Train ``recipe`` on ``corpus/train_list.txt`` for ``epochs`` and score ``corpus/dev_trials.txt``.
 
-    ``channels`` > 0 replaces the recipe's ``model_conf.channels`` (a cheaper proxy of the same recipe).
+    ``channels`` > 0 replaces the recipe's ``model_conf.channels`` (a cheaper proxy of the same recipe);
+    ``seed`` replaces its ``train_conf.seed`` (initialisation, data order, augmentation draws).
     """
     conf = recipe_config(recipe)
     overrides: dict[str, Any] = {"model_conf.channels": channels} if channels else {}
+    if seed is not None:
+        overrides["train_conf.seed"] = seed
     overrides |= {
         "dataset_conf.train_list": str(corpus / "train_list.txt"),
         "dataset_conf.trials_list": str(corpus / "dev_trials.txt"),
@@ -529,7 +601,9 @@ def corpus_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                 best = min(mfcc.values(), key=lambda m: m["eer"])
                 rows[name] = {"description": "MFCC mean+std, untrained (best of 20 / 40 MFCC)", **best, **mfcc}
             else:
-                rows[name] = run_recipe(name, RECIPES[name], corpus, epochs, args.eval_every, tmp, args.channels)
+                rows[name] = run_recipe(
+                    name, RECIPES[name], corpus, epochs, args.eval_every, tmp, args.channels, args.seed
+                )
             rows[name]["wall_s"] = round(time.perf_counter() - t0, 1)
             print(f"{name}: EER {rows[name]['eer']:.4f} in {rows[name]['wall_s']} s", file=sys.stderr, flush=True)
     finally:
@@ -538,6 +612,7 @@ def corpus_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         "benchmark": f"bench_accuracy --corpus (dev_trials.txt of {corpus})",
         "epochs": epochs,
         "channels": args.channels or "as in each recipe",
+        "seed": args.seed if args.seed is not None else "as in each recipe",
         "recipes": rows,
     }
     if "default" in rows and "seed_like" in rows:
@@ -573,6 +648,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--eval-every", type=int, default=1, help="with --corpus: evaluate every N epochs (0: only at the end)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="with --corpus: train_conf.seed for every recipe (default: the recipe's)"
     )
     parser.add_argument(
         "--channels", type=int, default=0, help="with --corpus: model_conf.channels for every recipe (0: the recipe's)"
@@ -657,7 +735,7 @@ def main() -> None:
 
     utts = load_utterances(str(train_list))
     num_speakers = len({u.label for u in utts})
-    probe = TimedTrainer("ecapa_tdnn", use_gpu=False, overrides=overrides)
+    probe = TimedTrainer(TTS_MODE_CONFIG, use_gpu=False, overrides=overrides)
     steps_per_epoch = len(utts) // int(probe.configs["dataset_conf"]["batch_size"])
     step_s = step_seconds(probe, num_speakers)
     if args.epochs:
@@ -672,7 +750,7 @@ def main() -> None:
     untrained = _short(untrained_metrics(probe))
     untrained_s = time.perf_counter() - t0
 
-    trainer = TimedTrainer("ecapa_tdnn", use_gpu=False, overrides=overrides, augment_conf_path=aug_path)
+    trainer = TimedTrainer(TTS_MODE_CONFIG, use_gpu=False, overrides=overrides, augment_conf_path=aug_path)
     if aug_path is None:  # --no-augment: not even the bundled config's own augment_conf
         trainer.configs["augment_conf"] = {}
     t0 = time.perf_counter()
