@@ -153,8 +153,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, conf: Mapping[str, Any], s
 def resolve_model_dir(model_path: PathLike) -> Path:
     """The model folder for ``model_path``: the folder itself, or its ``best_model`` when given the parent.
 
-    ``models/EcapaTdnn_Fbank`` (which the trainer fills with ``best_model``, ``last_model``, ``epoch_N``)
-    resolves to ``models/EcapaTdnn_Fbank/best_model``; a path to ``model.pt`` resolves to its folder. A save
+    ``models/EcapaTdnn_MelSpectrogram`` (which the trainer fills with ``best_model``, ``last_model``,
+    ``epoch_N``) resolves to ``models/EcapaTdnn_MelSpectrogram/best_model``; a path to ``model.pt`` resolves to
+    its folder. A save
     that was interrupted between its two renames is recovered first (the same rule for every reader). A missing
     folder raises :class:`~mvector.errors.CheckpointError`.
 

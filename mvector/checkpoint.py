@@ -331,7 +331,7 @@ def load_checkpoint(directory: PathLike, map_location: Any = "cpu", need_trainin
             else:
                 raise CheckpointError(
                     f"{directory}: checkpoint folder not found (expected a folder such as "
-                    "models/EcapaTdnn_Fbank/best_model holding model.pt, state.json and config.yml)"
+                    "models/EcapaTdnn_MelSpectrogram/best_model holding model.pt, state.json and config.yml)"
                 )
         before = _state_bytes(folder)
         try:

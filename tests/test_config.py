@@ -37,9 +37,9 @@ def test_bundled_configs_load_and_validate():
     assert set(bundled_configs()) >= {"ecapa_tdnn", "tdnn", "res2net", "resnet_se"}
     for name in bundled_configs():
         conf = load_config(name)
-        assert conf["preprocess_conf"]["feature_method"] in FEATURIZERS  # Fbank, or the mel recipe of issue 16
+        assert conf["preprocess_conf"]["feature_method"] in FEATURIZERS
         assert conf["dataset_conf"]["sample_rate"] == 16000
-    assert load_config("ecapa_tdnn")["preprocess_conf"]["feature_method"] == "Fbank"
+    assert load_config("ecapa_tdnn")["preprocess_conf"]["feature_method"] == "MelSpectrogram"  # issue 16
 
 
 def test_original_readme_snippets_load(tmp_path):

@@ -74,7 +74,7 @@ def trained(tmp_path_factory) -> dict:
         "dataset_conf.max_duration": 1.2,
         "dataset_conf.min_duration": 0.3,
         "dataset_conf.eval_batch_size": 8,
-        "feature_conf.num_mel_bins": 40,
+        "feature_conf.n_mels": 40,
         "model_conf.channels": 32,
         "model_conf.embd_dim": 24,
         "train_conf.max_epoch": 2,

@@ -63,12 +63,13 @@ def small_config(corpus, name: str, model_conf: dict, **extra) -> dict:
     train, test = corpus
     conf = load_config(name, validate=False)
     conf["model_conf"] = dict(model_conf)
+    mel_key = "n_mels" if conf["preprocess_conf"]["feature_method"] == "MelSpectrogram" else "num_mel_bins"
     overrides = {
         "dataset_conf.train_list": str(train),
         "dataset_conf.test_list": str(test),
         "dataset_conf.batch_size": 4,
         "dataset_conf.max_duration": 1.0,
-        "feature_conf.num_mel_bins": 24,
+        f"feature_conf.{mel_key}": 24,
         "train_conf.max_epoch": 1,
         "train_conf.log_backend": "none",
         **extra,

@@ -26,7 +26,7 @@ SMALL = {
     "dataset_conf.max_duration": "1.0",
     "dataset_conf.min_duration": "0.3",
     "dataset_conf.eval_batch_size": "8",
-    "feature_conf.num_mel_bins": "40",
+    "feature_conf.n_mels": "40",
     "model_conf.channels": "32",
     "model_conf.embd_dim": "32",
     "train_conf.max_epoch": "2",
@@ -84,7 +84,7 @@ def test_train_and_eval_scripts_end_to_end(corpus, tmp_path):
         tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    model_dir = save / "EcapaTdnn_Fbank"
+    model_dir = save / "EcapaTdnn_MelSpectrogram"
     for name in ("best_model", "last_model", "epoch_1", "epoch_2"):
         assert (model_dir / name / "model.pt").is_file(), name
     assert "samples/s" in proc.stdout and "ETA" in proc.stdout
@@ -108,20 +108,21 @@ def test_train_and_eval_scripts_end_to_end(corpus, tmp_path):
     for key in ("eer", "min_dcf", "min_dcf_0.05", "threshold", "tpr", "fpr", "num_trials"):
         assert key in result
     assert 0.0 <= result["eer"] <= 1.0 and result["num_trials"] == 16 * 15 // 2
-    assert (tmp_path / "img" / "EcapaTdnn_Fbank_det.png").stat().st_size > 1000
+    assert (tmp_path / "img" / "EcapaTdnn_MelSpectrogram_det.png").stat().st_size > 1000
 
 
 def test_resume_continues_exactly(corpus, tmp_path):
     full = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=_overrides(corpus))
     full.train(save_model_path=tmp_path / "full")
     resumed = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=_overrides(corpus))
-    resumed.train(save_model_path=tmp_path / "resumed", resume_model=tmp_path / "full" / "EcapaTdnn_Fbank" / "epoch_1")
-    a = torch.load(tmp_path / "full" / "EcapaTdnn_Fbank" / "last_model" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "EcapaTdnn_Fbank" / "last_model" / "model.pt", weights_only=True)
+    full_dir = tmp_path / "full" / "EcapaTdnn_MelSpectrogram"
+    resumed.train(save_model_path=tmp_path / "resumed", resume_model=full_dir / "epoch_1")
+    a = torch.load(tmp_path / "full" / "EcapaTdnn_MelSpectrogram" / "last_model" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "EcapaTdnn_MelSpectrogram" / "last_model" / "model.pt", weights_only=True)
     assert a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel())
     assert worst <= 1e-6
-    state = json.loads((tmp_path / "resumed" / "EcapaTdnn_Fbank" / "last_model" / "state.json").read_text())
+    state = json.loads((tmp_path / "resumed" / "EcapaTdnn_MelSpectrogram" / "last_model" / "state.json").read_text())
     assert state["epoch"] == 2
 
 
@@ -131,7 +132,7 @@ def test_resume_refuses_other_model_config(corpus, tmp_path):
     )
     other = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=_overrides(corpus, **{"model_conf.channels": 48}))
     with pytest.raises(CheckpointError, match="channels"):
-        other.train(save_model_path=tmp_path / "x", resume_model=tmp_path / "EcapaTdnn_Fbank" / "last_model")
+        other.train(save_model_path=tmp_path / "x", resume_model=tmp_path / "EcapaTdnn_MelSpectrogram" / "last_model")
 
 
 def test_torchrun_two_processes_gloo(corpus, tmp_path):
@@ -157,7 +158,7 @@ def test_torchrun_two_processes_gloo(corpus, tmp_path):
     assert "world size 2" in proc.stdout
     # 36 utterances / 2 ranks = 18 each → 2 batches of 8 per rank
     assert "step 2/2" in proc.stdout
-    assert (tmp_path / "EcapaTdnn_Fbank" / "last_model" / "model.pt").is_file()
+    assert (tmp_path / "EcapaTdnn_MelSpectrogram" / "last_model" / "model.pt").is_file()
 
 
 def _absolute_rows(corpus) -> list[str]:
@@ -249,7 +250,8 @@ def test_pretrained_model_lists_skipped_weights_and_augmentation_runs(corpus, tm
         augment_conf_path=aug,
     )
     with pytest.warns(UserWarning, match="no_noise_here"):
-        second.train(save_model_path=tmp_path / "b", pretrained_model=tmp_path / "a" / "EcapaTdnn_Fbank" / "last_model")
+        pretrained = tmp_path / "a" / "EcapaTdnn_MelSpectrogram" / "last_model"
+        second.train(save_model_path=tmp_path / "b", pretrained_model=pretrained)
     out = capsys.readouterr().out
     assert "pretrained" in out and "loaded" in out
     assert re.search(r"loaded [1-9][0-9]* backbone tensors", out)

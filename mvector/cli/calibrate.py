@@ -1,6 +1,6 @@
 """``mvector calibrate``: fit a score calibration from labelled trials and store it in the model folder.
 
-    mvector calibrate --model_path models/EcapaTdnn_Fbank/best_model --trials my_pairs.txt
+    mvector calibrate --model_path models/EcapaTdnn_MelSpectrogram/best_model --trials my_pairs.txt
     mvector calibrate --model_path DIR --trials trials.txt --rule far --target 0.01 --save_image_path out/
 
 The trial list is ``label enroll test`` per line (``1`` = same speaker), paths relative to the list's folder (or

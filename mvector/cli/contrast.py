@@ -1,7 +1,8 @@
 """Are two recordings the same speaker? Prints the cosine score and the verdict.
 
 Example:
-    python infer_contrast.py --audio_path1 a.wav --audio_path2 b.wav --model_path models/EcapaTdnn_Fbank/best_model
+    python infer_contrast.py --audio_path1 a.wav --audio_path2 b.wav \
+        --model_path models/EcapaTdnn_MelSpectrogram/best_model
     python infer_contrast.py --audio_path1 a.wav --audio_path2 b.wav --json     # {"score": 0.81, "same": true}
 
 Errors (a missing file or model folder, unreadable audio) print one line and exit with status 2.
@@ -14,13 +15,14 @@ import sys
 from typing import Sequence
 
 from mvector.cli.common import HelpFormatter, run_cli, str2bool
+from mvector.config import DEFAULT_MODEL_PATH
 
 
 def _main(argv=None, prog=None) -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--audio_path1", required=True, help="first recording")
     parser.add_argument("--audio_path2", required=True, help="second recording")
-    parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="model or export folder")
+    parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
     parser.add_argument("--use_gpu", type=str2bool, default=False, help="run on CUDA")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """``mvector diarize``: who spoke when in a recording; writes ``OUT/<stem>.rttm`` and ``OUT/<stem>.json``.
 
 Examples:
-    mvector diarize meeting.wav --model_path models/EcapaTdnn_Fbank/best_model --output_dir out
+    mvector diarize meeting.wav --model_path models/EcapaTdnn_MelSpectrogram/best_model --output_dir out
     mvector diarize meeting.wav --model_path DIR --output_dir out --num_speakers 3 --plot
     mvector diarize meeting.wav --model_path DIR --output_dir out --audio_db_path audio_db   # enrolled names
     mvector diarize meeting.wav --model_path DIR --output_dir out --reference meeting.rttm  # prints the DER
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mvector.cli.common import run_cli, str2bool
+from mvector.config import DEFAULT_MODEL_PATH
 
 __all__ = ["main", "build_parser"]
 
@@ -39,7 +40,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("audio", nargs="+", help="recordings (wav, flac, mp3, ogg); each gives OUT/<stem>.rttm/.json")
-    parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="model or export folder")
+    parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
     parser.add_argument("--output_dir", default="output/diarization", help="where the RTTM, JSON and PNG files go")
     parser.add_argument("--num_speakers", type=int, default=None, help="the number of speakers, when known")
     parser.add_argument("--min_speakers", type=int, default=1, help="fewest speakers to consider")

@@ -6,8 +6,9 @@ to MODEL/evaluations/<list>.json; the model's operating point (result.json, whos
 changes only with --set_threshold.
 
 Example:
-    python eval.py --use_gpu False --resume_model models/EcapaTdnn_Fbank/best_model
-    python eval.py --resume_model models/EcapaTdnn_Fbank/best_model --dataset_conf.trials_list=dataset/trials.txt
+    python eval.py --use_gpu False --resume_model models/EcapaTdnn_MelSpectrogram/best_model
+    python eval.py --resume_model models/EcapaTdnn_MelSpectrogram/best_model \
+        --dataset_conf.trials_list=dataset/trials.txt
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from typing import Sequence
 
 from mvector.cli.common import base_parser, parse_args, run_cli, str2bool
+from mvector.config import DEFAULT_MODEL_PATH
 
 
 def build_parser(prog: str | None = None):
@@ -23,7 +25,7 @@ def build_parser(prog: str | None = None):
     parser = base_parser(__doc__.splitlines()[0], prog=prog, default_configs=None)
     parser.description = __doc__
     parser.set_defaults(use_gpu=False)
-    parser.add_argument("--resume_model", default="models/EcapaTdnn_Fbank/best_model", help="model folder")
+    parser.add_argument("--resume_model", default=DEFAULT_MODEL_PATH, help="model folder")
     parser.add_argument("--backend", default="auto", help="auto, torch, onnx or torchscript")
     parser.add_argument("--save_image_path", default=None, help="folder for the DET plot and score histogram")
     parser.add_argument("--cohort_list", default=None, help="path<TAB>label list of cohort utterances for AS-norm")

@@ -1,8 +1,9 @@
 """Export a trained checkpoint to a waveform-to-embedding inference folder (TorchScript and/or ONNX).
 
 Example:
-    python export_model.py --model_path models/EcapaTdnn_Fbank/best_model --output_dir exported/EcapaTdnn_Fbank
-    python infer_contrast.py --model_path exported/EcapaTdnn_Fbank --audio_path1 a.wav --audio_path2 b.wav
+    python export_model.py --model_path models/EcapaTdnn_MelSpectrogram/best_model \
+        --output_dir exported/EcapaTdnn_MelSpectrogram
+    python infer_contrast.py --model_path exported/EcapaTdnn_MelSpectrogram --audio_path1 a.wav --audio_path2 b.wav
 
 The folder holds model.ts, model.onnx, config.yml (the checkpoint's) and meta.json (fingerprint, threshold,
 embd_dim, sample_rate, library_version). ONNX needs: pip install "mvector[export]".
@@ -16,6 +17,7 @@ import sys
 from typing import Sequence
 
 from mvector.cli.common import HelpFormatter, run_cli
+from mvector.config import DEFAULT_MODEL_PATH
 
 
 def _main(argv=None, prog=None) -> None:
@@ -23,7 +25,7 @@ def _main(argv=None, prog=None) -> None:
         prog=prog,
         description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
     )
-    parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="trainer checkpoint folder")
+    parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="trainer checkpoint folder")
     parser.add_argument("--output_dir", required=True, help="folder to write the exported model into")
     parser.add_argument(
         "--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"], help="what to write"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mvector.cli.common import HelpFormatter, run_cli, str2bool
+from mvector.config import DEFAULT_MODEL_PATH
 from mvector.errors import MVectorError, SpeakerDBError
 from mvector.utils.files import dumps_json
 
@@ -92,7 +93,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
     )
-    parser.add_argument("--model_path", default="models/EcapaTdnn_Fbank/best_model", help="model or export folder")
+    parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
     parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """``mvector serve``: run the HTTP verification service (FastAPI app served by uvicorn).
 
     mvector keys create --audio_db_path audio_db --scope admin      # the key is on the last line
-    mvector serve --model_path models/EcapaTdnn_Fbank/best_model --audio_db_path audio_db --port 8000
+    mvector serve --model_path models/EcapaTdnn_MelSpectrogram/best_model --audio_db_path audio_db --port 8000
     curl -H "Authorization: Bearer $KEY" http://127.0.0.1:8000/v1/model
 
 It binds to 127.0.0.1 unless ``--host`` says otherwise (put it behind a reverse proxy with TLS to expose it).

@@ -6,7 +6,7 @@ lists, augmentation and schedule), with any --section.key=value overrides on top
 
 Examples:
     python train.py --configs ecapa_tdnn --use_gpu False --train_conf.max_epoch=2
-    python train.py --resume_model models/EcapaTdnn_Fbank/last_model --train_conf.max_epoch=10
+    python train.py --resume_model models/EcapaTdnn_MelSpectrogram/last_model --train_conf.max_epoch=10
     torchrun --nproc_per_node=4 train.py --configs ecapa_tdnn
 """
 

@@ -313,7 +313,7 @@ def save_det_plot(scores: Any, labels: Any, path: PathLike, title: str = "") -> 
 
     Both axes run from the smallest rate the trial counts can show (at least 0.01 %) to 99.9 %, so a weak
     model's curve is not cut off; tick labels never overlap; the legend sits below the axes, off the curve.
-    ``title`` (e.g. ``"EcapaTdnn_Fbank on trials.txt"``) heads the plot, with the trial counts.
+    ``title`` (e.g. ``"EcapaTdnn_MelSpectrogram on trials.txt"``) heads the plot, with the trial counts.
 
     >>> import os, tempfile
     >>> out = os.path.join(tempfile.mkdtemp(), "det.png")

@@ -4,7 +4,7 @@ The predictor reads everything it needs from the model folder: the weights, the 
 with (feature method, model, sizes), the score calibration (``calibration.json``, written by ``mvector calibrate``
 or ``eval.py --calibrate``: scores become log-likelihood ratios and probabilities) and the decision threshold with
 where it came from (the calibration's operating point, else ``result.json``). It loads a
-trainer checkpoint folder (``models/EcapaTdnn_Fbank/best_model``) or a folder written by ``export_model.py``
+trainer checkpoint folder (``models/EcapaTdnn_MelSpectrogram/best_model``) or a folder written by ``export_model.py``
 (TorchScript ``model.ts`` and/or ONNX ``model.onnx`` with ``config.yml`` and ``meta.json``).
 
 >>> import numpy as np, tempfile
@@ -32,7 +32,7 @@ import torch
 
 from mvector.audio import AUDIO_EXTENSIONS, load_audio
 from mvector.build import config_differences, model_from_checkpoint, resolve_model_dir
-from mvector.config import load_config
+from mvector.config import DEFAULT_MODEL_PATH, load_config
 from mvector.embedding import embed_waveforms
 from mvector.embedding.backends import BACKENDS as _BACKEND_REGISTRY
 from mvector.embedding.backends import Embedder, open_backend
@@ -137,7 +137,7 @@ class MVectorPredictor:
 
     def __init__(
         self,
-        model_path: PathLike = "models/EcapaTdnn_Fbank/best_model",
+        model_path: PathLike = DEFAULT_MODEL_PATH,
         configs: Union[str, os.PathLike, Mapping[str, Any], None] = None,
         audio_db_path: PathLike = "audio_db/",
         use_gpu: bool | None = None,
