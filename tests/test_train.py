@@ -255,4 +255,5 @@ def test_pretrained_model_lists_skipped_weights_and_augmentation_runs(corpus, tm
     out = capsys.readouterr().out
     assert "pretrained" in out and "loaded" in out
     assert re.search(r"loaded [1-9][0-9]* backbone tensors", out)
-    assert "skipped head.weight: shape (6, 32) != (8, 32)" in out
+    # 6 speakers × 3 speed groups (the default trains speeds as speakers) against 8 speakers (labels kept here)
+    assert "skipped head.weight: shape (18, 32) != (8, 32)" in out
