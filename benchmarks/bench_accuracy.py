@@ -199,6 +199,12 @@ def _seed_variant(
     return Recipe(description, _changed(SEED_CONFIG, config or {}), _changed(SEED_AUGMENT, augment or {}))
 
 
+def _fbank(bins: int, window_ms: int) -> dict:
+    """Config changes that put Kaldi Fbank (``bins`` bins, ``window_ms`` window, 20 ms shift) in (b)'s place."""
+    conf = {"sample_rate": 16000, "num_mel_bins": bins, "frame_length": window_ms, "frame_shift": 20}
+    return {"preprocess_conf.feature_method": "Fbank", "feature_conf": conf}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One row of the comparison: a complete config (``None``: the bundled ``ecapa_tdnn.yml`` as it is now) and
@@ -219,16 +225,9 @@ RECIPES: dict[str, Recipe] = {
     "seed_no_speed": Recipe(
         "(b) without speed perturbation (volume only)", SEED_CONFIG, _changed(SEED_AUGMENT, {"speed": None})
     ),
-    "seed_fbank80": Recipe(
+    "seed_fbank80": _seed_variant(
         "(b) with Kaldi Fbank 80 bins, 25 ms window, 20 ms shift instead of the 64-bin mel spectrogram",
-        _changed(
-            SEED_CONFIG,
-            {
-                "preprocess_conf.feature_method": "Fbank",
-                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 25, "frame_shift": 20},
-            },
-        ),
-        SEED_AUGMENT,
+        _fbank(80, 25),
     ),
     "seed_specaug": Recipe(
         "(b) with v0's SpecAugment (p 0.5, one 8-bin and one 10-frame mask)",
@@ -240,49 +239,21 @@ RECIPES: dict[str, Recipe] = {
         _changed(SEED_CONFIG, {"loss_conf": V0_CONFIG["loss_conf"], "optimizer_conf": V0_CONFIG["optimizer_conf"]}),
         SEED_AUGMENT,
     ),
-    "v1_candidate": Recipe(
+    "v1_candidate": _seed_variant(
         "(b) with Kaldi Fbank 80 bins (25 ms window, 20 ms shift) and without speed perturbation",
-        _changed(
-            SEED_CONFIG,
-            {
-                "preprocess_conf.feature_method": "Fbank",
-                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 25, "frame_shift": 20},
-            },
-        ),
-        _changed(SEED_AUGMENT, {"speed": None}),
+        _fbank(80, 25), augment={"speed": None},
     ),
-    "seed_fbank80_win64": Recipe(
+    "seed_fbank80_win64": _seed_variant(
         "(b) with Kaldi Fbank 80 bins, 64 ms window (1024-point FFT), 20 ms shift",
-        _changed(
-            SEED_CONFIG,
-            {
-                "preprocess_conf.feature_method": "Fbank",
-                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 64, "frame_shift": 20},
-            },
-        ),
-        SEED_AUGMENT,
+        _fbank(80, 64),
     ),
-    "seed_fbank64_win64": Recipe(
+    "seed_fbank64_win64": _seed_variant(
         "(b) with Kaldi Fbank 64 bins, 64 ms window (1024-point FFT), 20 ms shift",
-        _changed(
-            SEED_CONFIG,
-            {
-                "preprocess_conf.feature_method": "Fbank",
-                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 64, "frame_length": 64, "frame_shift": 20},
-            },
-        ),
-        SEED_AUGMENT,
+        _fbank(64, 64),
     ),
-    "v2_candidate": Recipe(
+    "v2_candidate": _seed_variant(
         "(b) with Kaldi Fbank 80 bins (64 ms window, 20 ms shift) and without speed perturbation",
-        _changed(
-            SEED_CONFIG,
-            {
-                "preprocess_conf.feature_method": "Fbank",
-                "feature_conf": {"sample_rate": 16000, "num_mel_bins": 80, "frame_length": 64, "frame_shift": 20},
-            },
-        ),
-        _changed(SEED_AUGMENT, {"speed": None}),
+        _fbank(80, 64), augment={"speed": None},
     ),
     "seed_speed_labels": _seed_variant(
         "(b) with each speed trained as a speaker of its own (3 x 100 classes)",
