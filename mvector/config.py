@@ -490,8 +490,12 @@ def _check_consistency(conf: dict[str, Any]) -> None:
         raise ConfigError(
             f"dataset_conf.min_duration ({ds['min_duration']}) is larger than max_duration ({ds['max_duration']})"
         )
-    if ds["short_clips"] not in ("pad", "repeat"):
-        raise ConfigError(f"dataset_conf.short_clips must be pad or repeat, got {ds['short_clips']!r}")
+    from mvector.data.dataset import SHORT_CLIP_MODES  # torch is imported only when a config is checked
+
+    if ds["short_clips"] not in SHORT_CLIP_MODES:
+        raise ConfigError(
+            f"dataset_conf.short_clips must be one of {', '.join(SHORT_CLIP_MODES)}, got {ds['short_clips']!r}"
+        )
     if ds["num_speakers"] is not None and ds["num_speakers"] < 2:
         raise ConfigError(f"dataset_conf.num_speakers must be at least 2, got {ds['num_speakers']}")
     fc = conf.get("feature_conf") or {}

@@ -36,3 +36,24 @@ def test_device_augmentation_replaces_the_workers_augmentation_and_trains(tmp_pa
     auto = MVectorTrainer(load_config(conf, {**overrides, "train_conf.gpu_augment": "auto"}), use_gpu=False)
     auto.setup_data()
     assert auto.gpu_aug is None and auto.dataset.augmenter is not None  # auto: on CUDA only
+
+
+def test_a_step_before_any_epoch_runs_with_device_augmentation(tmp_path):
+    train = generate_corpus(tmp_path / "train", num_speakers=2, utterances_per_speaker=2, max_duration=1.5)
+    conf = load_config("tdnn", validate=False)
+    conf["model_conf"] = {"channels": 16, "stats_channels": 32, "embd_dim": 8}
+    conf["augment_conf"] = {"speed": {"prob": 1.0, "speeds": [0.9, 1.1]}}
+    overrides = {
+        "dataset_conf.train_list": str(train),
+        "dataset_conf.batch_size": 2,
+        "dataset_conf.max_duration": 1.0,
+        "feature_conf.num_mel_bins": 24,
+        "train_conf.gpu_augment": True,
+    }
+    trainer = MVectorTrainer(load_config(conf, overrides), use_gpu=False)
+    trainer.setup_data()
+    trainer.setup_model()
+    trainer.setup_optimizer()
+    info = StepInfo(epoch=1, max_epoch=1, steps=trainer.steps_per_epoch)
+    trainer.train_step(next(iter(trainer.loader)), info)  # benchmarks call train_step without train_epoch
+    assert info.step == 1

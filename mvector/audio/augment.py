@@ -59,6 +59,7 @@ AUGMENTATION_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 _INT_KEYS = {"freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "max_bands"}
+_STR_KEYS = {"noise_dir", "rir_dir"}
 
 #: The waveform augmentations, in the order they run (SpecAugment runs later, on the features).
 WAVE_AUGMENTATIONS = ("speed", "reverb", "equalizer", "noise", "colored_noise", "volume", "shift")
@@ -89,7 +90,6 @@ def equalizer_gain_db(freqs: Any, centres: Any, octaves: Any, gains_db: Any, low
     peaks = (gains_db[..., :, None] * 2.0 ** (-(distance**2))).sum(-2)
     limits = -10.0 * xp.log10(1.0 + (f / lowpass) ** 4) - 10.0 * xp.log10(1.0 + (highpass / f) ** 4)
     return peaks + limits
-_STR_KEYS = {"noise_dir", "rir_dir"}
 
 
 def _number(value: Any, where: str) -> float:
@@ -128,6 +128,16 @@ def speed_label_groups(conf: Mapping[str, Any] | None) -> int:
     1
     """
     return 1 + len(speed_label_factors(conf or {}))
+
+
+def equalizer_changes_anything(section: Mapping[str, Any]) -> bool:
+    """Whether an ``equalizer`` section can alter a clip: it has peaks with a gain, or band limits.
+
+    >>> equalizer_changes_anything({"max_bands": 0, "max_gain_db": 8.0, "band_limit_prob": 0.0})
+    False
+    """
+    peaks = section["max_bands"] > 0 and section["max_gain_db"] > 0.0
+    return peaks or section["band_limit_prob"] > 0.0
 
 
 def draw_equalizer(conf: Mapping[str, Any], rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], float, float]:
@@ -247,6 +257,16 @@ def load_augmentation_config(source: Union[str, os.PathLike, Mapping[str, Any], 
     return conf
 
 
+def _add_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``x + noise`` with the noise scaled to ``snr_db`` (powers over the whole clip); ``x`` if either is silent."""
+    signal_power = float(np.mean(np.square(x, dtype=np.float64)))
+    noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
+    if signal_power <= 0.0 or noise_power <= 0.0:
+        return x
+    scale = math.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return (x + noise * np.float32(scale)).astype(np.float32, copy=False)
+
+
 def _find_audio_files(folder: str) -> list[str]:
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -342,9 +362,8 @@ class WaveAugmenter:
                 continue
             if name == "shift" and c[name]["max_shift_ms"] == 0.0:
                 continue
-            if name == "equalizer" and (c[name]["max_bands"] == 0 or c[name]["max_gain_db"] == 0.0):
-                if c[name]["band_limit_prob"] == 0.0:
-                    continue
+            if name == "equalizer" and not equalizer_changes_anything(c[name]):
+                continue
             self.enabled.append(name)
         self.max_speed = max(self.speeds) if "speed" in self.enabled else 1.0
         #: Speeds trained as speakers of their own (``speed.speaker_per_speed``), in label-group order.
@@ -426,12 +445,7 @@ class WaveAugmenter:
         else:
             start = int(offset_draw * (noise.shape[0] - n + 1))
             noise = noise[start : start + n]
-        signal_power = float(np.mean(np.square(x, dtype=np.float64)))
-        noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
-        if signal_power <= 0.0 or noise_power <= 0.0:
-            return x
-        scale = math.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
-        return (x + noise * np.float32(scale)).astype(np.float32, copy=False)
+        return _add_at_snr(x, noise, snr_db)
 
     def _equalizer(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         bands, lowpass, highpass = draw_equalizer(self.conf["equalizer"], rng)
@@ -447,14 +461,12 @@ class WaveAugmenter:
         snr_db = rng.uniform(c["min_snr_db"], c["max_snr_db"])
         exponent = rng.uniform(c["min_exponent"], c["max_exponent"])
         n = x.shape[0]
-        signal_power = float(np.mean(np.square(x, dtype=np.float64))) if n else 0.0
-        if n < 2 or signal_power <= 0.0:
+        if n < 2:
             return x
         freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
         freqs[0] = freqs[1]
         noise = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * freqs ** (-exponent / 2.0), n)
-        scale = math.sqrt(signal_power / (float(np.mean(noise**2)) * 10.0 ** (snr_db / 10.0)))
-        return (x + (noise * scale).astype(np.float32)).astype(np.float32, copy=False)
+        return _add_at_snr(x, noise.astype(np.float32), snr_db)
 
     def _reverb(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         path = self.rir_files[int(rng.integers(len(self.rir_files)))]

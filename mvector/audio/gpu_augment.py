@@ -55,6 +55,7 @@ from mvector.audio.augment import (
     EQ_OCTAVES,
     WAVE_AUGMENTATIONS,
     _find_audio_files,
+    equalizer_changes_anything,
     equalizer_gain_db,
     load_augmentation_config,
     speed_label_factors,
@@ -227,9 +228,8 @@ class GpuAugmenter(nn.Module):
                 continue
             if name == "shift" and c[name]["max_shift_ms"] == 0.0:
                 continue
-            if name == "equalizer" and (c[name]["max_bands"] == 0 or c[name]["max_gain_db"] == 0.0):
-                if c[name]["band_limit_prob"] == 0.0:
-                    continue
+            if name == "equalizer" and not equalizer_changes_anything(c[name]):
+                continue
             self.enabled.append(name)
         self.max_speed = max(self.speeds) if "speed" in self.enabled else 1.0
         #: Speeds trained as speakers of their own (``speed.speaker_per_speed``), in label-group order.

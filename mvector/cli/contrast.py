@@ -55,16 +55,7 @@ def _main(argv=None, prog=None) -> None:
     if result.llr is not None:
         line += f"; calibrated LLR {result.llr:+.2f}, P(same) {result.probability:.3f} at prior {result.prior:g}"
     print(line)
-    print(f"threshold: {_describe(result.threshold_source)}")
-
-
-def _describe(source) -> str:
-    """The threshold's origin in words (the predictor gives a sentence or a dict with rule, target, data)."""
-    if isinstance(source, dict):
-        parts = [f"{k} {v}" for k, v in source.items() if v is not None and k != "file"]
-        where = f" ({source['file']})" if source.get("file") else ""
-        return ", ".join(parts) + where
-    return str(source)
+    print(f"threshold: {result.threshold_source}")
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -37,10 +37,10 @@ __all__ = [
     "header_durations",
 ]
 
-#: Errors from decoding (or augmenting) one file that turn into an :class:`Unreadable` marker instead of stopping
 #: How :class:`TrainDataset` fills a crop from a clip shorter than it: zero padding in the batch, or repetition.
 SHORT_CLIP_MODES = ("pad", "repeat")
 
+#: Errors from decoding (or augmenting) one file that turn into an :class:`Unreadable` marker instead of stopping
 #: training: any per-file failure, including a MemoryError from a hostile file; only interrupts propagate.
 _LOAD_ERRORS = (Exception,)
 
@@ -198,7 +198,7 @@ class TrainDataset(torch.utils.data.Dataset):
             )
             group = 0
             if self.augmenter is not None:
-                if self.speed_label_stride and hasattr(self.augmenter, "augment"):
+                if self.speed_label_stride:  # the augmenter says which speed group the clip fell in
                     wave, group = self.augmenter.augment(wave, self.sample_rate, rng)
                 else:
                     wave = self.augmenter(wave, self.sample_rate, rng)

@@ -208,9 +208,11 @@ class MVectorTrainer:
         #: Classifier outputs: one per speaker, times the speeds trained as speakers of their own.
         self.num_classes = self.num_speakers * speed_label_groups(augment)
         self.gpu_aug = self._device_augmenter(augment)
+        self.aug_generator: torch.Generator | None = None  # seeded per epoch by train_epoch (None: global RNG)
         # With augmentation on the device, workers only decode and crop: a little longer, so a sped-up clip still
         # fills the crop.
         crop = ds["max_duration"] * (self.gpu_aug.max_speed if self.gpu_aug is not None else 1.0)
+        cpu_stride = self.num_speakers if self.gpu_aug is None and self.num_classes > self.num_speakers else 0
         self.dataset = TrainDataset(
             utts,
             sample_rate=ds["sample_rate"],
@@ -222,7 +224,8 @@ class MVectorTrainer:
             vad=ds["vad"],
             seed=seed,
             short_clips=ds["short_clips"],
-            speed_label_stride=self.num_speakers if self.gpu_aug is None else 0,
+            # speeds as speakers: the CPU augmenter reports each clip's speed group (the device one, in train_step)
+            speed_label_stride=cpu_stride,
         )
         if self.dataset.num_filtered_short or self.dataset.num_unreadable:
             self.log(
