@@ -40,6 +40,18 @@ class SpeakerDBError(MVectorError, RuntimeError):
     """A speaker-database problem: bad name, unknown speaker, database from another model."""
 
 
+class InvalidNameError(SpeakerDBError, ValueError):
+    """A speaker name the database refuses (see :func:`mvector.inference.speaker_names.validate_name`)."""
+
+
+class UnknownSpeakerError(SpeakerDBError, LookupError):
+    """A write or lookup of a speaker who is not enrolled."""
+
+
+class SpeakerExistsError(SpeakerDBError):
+    """An enrolment of a new speaker under a name that is already enrolled."""
+
+
 def nearest(name: str, valid: Iterable[str]) -> str | None:
     """The valid name closest to ``name``, or None when nothing is close.
 

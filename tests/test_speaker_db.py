@@ -17,10 +17,12 @@ import pytest
 import soundfile
 
 from mvector.errors import MVectorError, SpeakerDBError
+from mvector.inference.speaker_files import folder_name
 from mvector.speaker_db import DB_FILENAME, SpeakerDatabase, validate_name
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 16
+SIDE_FILES = [DB_FILENAME + "-shm", DB_FILENAME + "-wal"]  # while a connection is open
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -213,18 +215,19 @@ def test_keep_audio_writes_wavs(tmp_path: Path, rng: np.random.Generator) -> Non
         db.add("carol", rng.standard_normal((2, DIM)), audio=[tone, tone[:4000]], sample_rate=8000)
         db.add("carol", rng.standard_normal(DIM), audio=[np.zeros(16000, np.float32)])
         files = db.audio_files("carol")
-        assert len(files) == 3 and all(f.parent == folder / "carol" and f.exists() for f in files)
+        carol = folder / folder_name("carol")
+        assert len(files) == 3 and all(f.parent == carol and f.exists() for f in files)
         wave, sr = soundfile.read(str(files[0]), dtype="float32")
         assert sr == 16000 and abs(len(wave) - 16000) <= 2 and 0.45 < np.abs(wave).max() < 0.55
         assert soundfile.info(str(files[1])).frames == pytest.approx(8000, abs=2)
-        assert not [p for p in (folder / "carol").iterdir() if p.suffix != ".wav"]  # no temporary files left
+        assert not [p for p in carol.iterdir() if p.suffix != ".wav"]  # no temporary files left
         with pytest.raises(SpeakerDBError, match="one waveform per embedding"):
             db.add("dave", rng.standard_normal((2, DIM)), audio=[tone])
         with pytest.raises(SpeakerDBError, match="NaN"):
             db.add("dave", rng.standard_normal(DIM), audio=[np.full(100, np.nan)])
-        assert "dave" not in db and not (folder / "dave").exists()
+        assert "dave" not in db and not (folder / folder_name("dave")).exists()
         db.remove("carol")
-        assert not (folder / "carol").exists()
+        assert not carol.exists() and sorted(p.name for p in folder.iterdir()) == [DB_FILENAME, *SIDE_FILES]
     with SpeakerDatabase(tmp_path / "db2", "fp", DIM) as plain:  # keep_audio=False: no files
         plain.add("erin", rng.standard_normal(DIM), audio=[tone])
         assert plain.audio_files("erin") == [] and not (tmp_path / "db2" / "erin").exists()

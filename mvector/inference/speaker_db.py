@@ -21,8 +21,19 @@ brings it up to date before a search by fetching only the rows changed since its
 another process is found on the next search. A process killed during a write leaves the database as it was before
 that write (SQLite's atomic commit).
 
-With ``keep_audio=True`` the enrolled audio is also kept as 16 kHz WAV files under ``<db_dir>/<name>/``, each written
-to a temporary file and renamed into place.
+A write's checks and the write are one transaction: :meth:`SpeakerDatabase.add` with ``mode="append"`` (add to an
+enrolled speaker) or ``mode="create"`` (a new speaker only) checks the speaker's existence after ``BEGIN IMMEDIATE``,
+so an addition and a removal of one speaker, in one process or several, happen one after the other: a removal
+during an addition wins or loses as a whole, and a removed speaker is never brought back by a late addition.
+Embedding (the slow part) is done by the caller before the write. A write may carry an idempotency record
+(:mod:`mvector.inference.idempotency`), stored in the same transaction.
+
+Names follow one rule (:func:`mvector.inference.speaker_names.validate_name`: NFKC, no invisible or bidirectional
+characters, no look-alike script mixes). With ``keep_audio=True`` the enrolled audio is also kept as 16 kHz WAV files
+under ``<db_dir>/<folder>/`` (layout and folder names: :mod:`mvector.inference.speaker_files`), each written to a
+temporary file and renamed into place inside the transaction that records it. The folder and every file the
+database creates are private (0700 / 0600) whatever the umask. Opening a folder removes what a killed writer left
+(``.trash``, temporary WAVs, WAVs no committed row names).
 
 >>> import tempfile, numpy as np
 >>> rng = np.random.default_rng(0)
@@ -44,9 +55,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import hashlib
 import os
-import re
 import shutil
 import sqlite3
 import threading
@@ -57,32 +66,37 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from mvector.audio import load_audio, save_wav
-from mvector.errors import AudioError, SpeakerDBError
+from mvector.audio import load_audio
+from mvector.errors import AudioError, InvalidNameError, SpeakerDBError, SpeakerExistsError, UnknownSpeakerError
+from mvector.inference import idempotency
+from mvector.inference.idempotency import IdempotentWrite, Replayed, StoredAnswer  # noqa: F401 (re-exported)
+from mvector.inference.speaker_files import TRASH_DIR, clean_leftovers, folder_name, make_folder, write_wav
+from mvector.inference.speaker_names import MAX_NAME_LENGTH, normalise_name, validate_name  # noqa: F401
+from mvector.utils.files import create_private_file, private_mkdir
 
-__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "SpeakerDatabase", "validate_name"]
+__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "WRITE_MODES", "SpeakerDatabase", "validate_name"]
 
 DB_FILENAME = "speakers.sqlite"
 SAMPLE_RATE = 16000
-MAX_NAME_LENGTH = 100
 SCHEMA_VERSION = 1
-_TRASH_DIR = ".trash"
-# Names that would clash with the database's own files and folders in db_dir.
-_RESERVED_NAMES = {
-    DB_FILENAME,
-    DB_FILENAME + "-wal",
-    DB_FILENAME + "-shm",
-    DB_FILENAME + "-journal",
-    _TRASH_DIR,
-}
-_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+#: What :meth:`SpeakerDatabase.add` does with a name: ``any`` (create or add to), ``create`` (refuse an enrolled
+#: name), ``append`` (refuse a name that is not enrolled).
+WRITE_MODES = ("any", "create", "append")
 _LOAD_CHUNK = 65536
 _SCORE_BLOCK = 1 << 24  # at most this many scores ([queries, speakers]) are held at once in a batch search
 
 PathLike = Union[str, os.PathLike]
 
-# Test hook: called inside every write transaction just before COMMIT (lets a test kill a process mid-write).
+# Test hooks: _before_commit is called inside every write transaction just before COMMIT; _test_hook(point) at the
+# points "wav_tmp" (a kept WAV's temporary file is complete), "wav_written", "trash_moved", "before_commit" and
+# "after_commit" (lets a test kill a process there).
 _before_commit: Callable[[], None] | None = None
+_test_hook: Callable[[str], None] | None = None
+
+
+def _hook(point: str) -> None:
+    if _test_hook is not None:
+        _test_hook(point)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
@@ -113,45 +127,6 @@ CREATE TABLE IF NOT EXISTS speaker_times (
 
 #: Score normalisations :meth:`SpeakerDatabase.search` can apply.
 SCORE_NORMS = (None, "as_norm")
-
-
-def validate_name(name: str) -> str:
-    """Check a speaker name and return it stripped of surrounding white space.
-
-    A name is also a folder name (when audio is kept), so it must be non-empty, at most 100 characters, and free of
-    ``/``, ``\\``, NUL and other control characters; ``.`` and ``..`` are refused. Anything else raises
-    :class:`~mvector.errors.SpeakerDBError` naming the problem.
-
-    >>> validate_name("  Alice Smith ")
-    'Alice Smith'
-    >>> validate_name("../x")
-    Traceback (most recent call last):
-    ...
-    mvector.errors.SpeakerDBError: bad speaker name '../x': it must not contain '/' or '\\\\'
-    """
-    if not isinstance(name, str):
-        raise SpeakerDBError(f"bad speaker name {name!r}: it must be a string, not {type(name).__name__}")
-    stripped = name.strip()
-    if not stripped:
-        raise SpeakerDBError(f"bad speaker name {name!r}: it is empty")
-    if len(stripped) > MAX_NAME_LENGTH:
-        raise SpeakerDBError(
-            f"bad speaker name {stripped[:20]!r}...: it has {len(stripped)} characters, at most {MAX_NAME_LENGTH}"
-        )
-    if "/" in stripped or "\\" in stripped:
-        raise SpeakerDBError(f"bad speaker name {name!r}: it must not contain '/' or '\\\\'")
-    if "\x00" in stripped:
-        raise SpeakerDBError(f"bad speaker name {name!r}: it must not contain a NUL character")
-    bad = _CONTROL_CHARS.search(stripped)
-    if bad:
-        raise SpeakerDBError(
-            f"bad speaker name {name!r}: it must not contain control characters (found {bad.group()!r})"
-        )
-    if stripped in (".", ".."):
-        raise SpeakerDBError(f"bad speaker name {name!r}: '.' and '..' are not allowed")
-    if stripped.lower() in _RESERVED_NAMES:
-        raise SpeakerDBError(f"bad speaker name {name!r}: it is reserved for the database's own files")
-    return stripped
 
 
 def _as_embeddings(value: Any, embd_dim: int, what: str) -> np.ndarray:
@@ -238,31 +213,10 @@ def _truncated(path: Path, wait: float = 2.0) -> bool:
         time.sleep(0.02)
 
 
-#: Longest folder name (in UTF-8 bytes) used for a speaker's kept audio; file systems allow 255 bytes.
-_MAX_FOLDER_BYTES = 120
-
-
-def _folder_name(name: str) -> str:
-    """The folder a speaker's kept audio goes in: the name itself, or, when its UTF-8 form is longer than
-    ``_MAX_FOLDER_BYTES`` (100 CJK or emoji characters are 300-400 bytes), its beginning plus a short hash.
-
-    >>> _folder_name("alice")
-    'alice'
-    >>> name = _folder_name("語" * 100)
-    >>> len(name.encode()) <= _MAX_FOLDER_BYTES, name.startswith("語" * 30)
-    (True, True)
-    """
-    raw = name.encode("utf-8")
-    if len(raw) <= _MAX_FOLDER_BYTES:
-        return name
-    digest = hashlib.sha256(raw).hexdigest()[:12]
-    head = raw[: _MAX_FOLDER_BYTES - len(digest) - 1].decode("utf-8", errors="ignore").rstrip()
-    return f"{head}-{digest}"
-
-
-def _write_wav(path: Path, wave: np.ndarray) -> None:
-    """Write a 16-bit 16 kHz WAV atomically (:func:`mvector.audio.save_wav`)."""
-    save_wav(path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE)
+def _remove_empty(folder: Path) -> None:
+    """Remove ``folder`` when it is empty (and exists)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _move_back(moved: Path, original: Path) -> None:
@@ -383,7 +337,7 @@ class SpeakerDatabase:
         self._cohort_cache: tuple[int, np.ndarray | None] | None = None
         self._speaker_stats: tuple[int, int, np.ndarray, np.ndarray] | None = None
         try:
-            self.db_dir.mkdir(parents=True, exist_ok=True)
+            private_mkdir(self.db_dir)
         except OSError as err:
             raise SpeakerDBError(f"cannot create the database folder {self.db_dir}: {err}") from None
         if _truncated(self.path):
@@ -391,6 +345,10 @@ class SpeakerDatabase:
                 f"{self.path}: the database file is empty (0 bytes: truncated or damaged); restore it from a backup, "
                 "or delete the file to start a new, empty database"
             )
+        try:  # a new database file is private (SQLite gives its -wal and -shm files the same permissions)
+            create_private_file(self.path)
+        except OSError as err:
+            raise SpeakerDBError(f"cannot create the speaker database {self.path}: {err}") from None
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 60000")
@@ -399,6 +357,7 @@ class SpeakerDatabase:
             _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
             self._conn.execute("PRAGMA synchronous = NORMAL")
             _retry_while_locked(self._init_schema)
+            _retry_while_locked(self._clean_leftovers)
         except sqlite3.DatabaseError as err:
             self.close()
             raise SpeakerDBError(f"{self.path}: cannot open the speaker database ({err})") from None
@@ -415,6 +374,7 @@ class SpeakerDatabase:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            idempotency.create_table(conn)
             defaults = {
                 "schema": SCHEMA_VERSION,
                 "model_fingerprint": self.model_fingerprint,
@@ -441,6 +401,20 @@ class SpeakerDatabase:
                 f"embedding size {self.embd_dim}. Use the matching model, or a new database folder "
                 f"for this model"
             )
+
+    def _clean_leftovers(self) -> None:
+        """Remove what an earlier kill left (``.trash``, temporary and orphan WAVs, expired idempotency records)
+        while holding the write lock, so the files of another process's write in progress are never taken."""
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            referenced = [r[0] for r in conn.execute("SELECT audio FROM utterances WHERE audio IS NOT NULL")]
+            clean_leftovers(self.db_dir, referenced)
+            idempotency.purge(conn, time.time())
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -546,7 +520,9 @@ class SpeakerDatabase:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version,))
         if _before_commit is not None:
             _before_commit()
+        _hook("before_commit")
         conn.execute("COMMIT")
+        _hook("after_commit")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[tuple[sqlite3.Connection, int, list[Callable[[], None]]]]:
@@ -560,20 +536,36 @@ class SpeakerDatabase:
             yield conn, version, undo
             self._commit(version)
         except BaseException as err:
+            for action in reversed(undo):  # files first, while the write lock is still held
+                action()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for action in reversed(undo):
-                action()
             if isinstance(err, sqlite3.DatabaseError):
                 raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
             raise
 
     def _known_name(self, name: Any) -> str:
-        """``name`` checked as a speaker name; an invalid one is reported as unknown (it cannot be enrolled)."""
+        """``name`` checked as a speaker name; an invalid one is reported as unknown (it cannot be enrolled), unless
+        a database written before the name rule holds it exactly (so such a speaker can still be removed)."""
         try:
             return validate_name(name)
-        except SpeakerDBError:
+        except InvalidNameError:
+            if isinstance(name, str) and self._db.execute(
+                "SELECT 1 FROM speakers WHERE name = ?", (name.strip(),)
+            ).fetchone():
+                return name.strip()
             raise self._unknown(str(name)) from None
+
+    def _lookup(self, name: Any) -> str:
+        """The stored form of ``name`` for a read: normalised as enrolment normalises, or as given when a database
+        written before the name rule holds it that way."""
+        if not isinstance(name, str):
+            return str(name)
+        clean = normalise_name(name)
+        if clean == name.strip():
+            return clean
+        found = self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (clean,)).fetchone()
+        return clean if found else name.strip()
 
     def _speaker_id(self, name: str) -> tuple[_MeanCache, int]:
         """Inside a write: the (refreshed) cache and the id of enrolled speaker ``name``, or an unknown-speaker
@@ -591,7 +583,7 @@ class SpeakerDatabase:
         shown = close or known[:5]
         total = len(self)
         hint = f"; known speakers include: {', '.join(shown)}" if shown else "; the database is empty"
-        return SpeakerDBError(f"unknown speaker {name!r} in {self.path} ({total} enrolled){hint}")
+        return UnknownSpeakerError(f"unknown speaker {name!r} in {self.path} ({total} enrolled){hint}")
 
     # ------------------------------------------------------------------ writes
     def add(
@@ -600,11 +592,17 @@ class SpeakerDatabase:
         embeddings: np.ndarray,
         audio: list[np.ndarray] | None = None,
         sample_rate: int = SAMPLE_RATE,
+        mode: str = "any",
+        record: IdempotentWrite | None = None,
     ) -> None:
         """Enrol ``name`` with one ``[D]`` or several ``[n, D]`` utterance embeddings.
 
         Adding to an existing speaker appends the utterances and recomputes its mean. With ``keep_audio=True``,
         ``audio`` may hold one waveform per embedding (at ``sample_rate``); they are stored as 16 kHz WAVs.
+        ``mode="create"`` refuses an enrolled name (:class:`~mvector.errors.SpeakerExistsError`), ``"append"`` a
+        name that is not enrolled (:class:`~mvector.errors.UnknownSpeakerError`); the check and the write are one
+        transaction. ``record`` is stored in that transaction (:mod:`mvector.inference.idempotency`); when its key
+        is stored already nothing is written and :class:`~mvector.inference.idempotency.Replayed` is raised.
 
         >>> import tempfile, numpy as np
         >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
@@ -613,8 +611,10 @@ class SpeakerDatabase:
         ...     print(np.round(db.mean_embedding("a"), 3))
         [0.707 0.707]
         """
+        if mode not in WRITE_MODES:
+            raise SpeakerDBError(f"mode must be one of {', '.join(WRITE_MODES)}, got {mode!r}")
         with self._lock:
-            name = validate_name(name)
+            name = validate_name(name) if mode != "append" else self._known_name(name)
             arr = _as_embeddings(embeddings, self.embd_dim, f"speaker {name!r}")
             waves = None
             if audio is not None:
@@ -625,7 +625,8 @@ class SpeakerDatabase:
                     )
                 if self.keep_audio:
                     waves = [_as_audio(w, sample_rate, f"speaker {name!r} audio {i}") for i, w in enumerate(audio)]
-            self._write([name], arr, np.array([len(arr)], dtype=np.int64), None if waves is None else [waves])
+            counts = np.array([len(arr)], dtype=np.int64)
+            self._write([name], arr, counts, None if waves is None else [waves], mode, record)
 
     def add_many(self, items: Mapping[str, np.ndarray]) -> None:
         """Enrol many speakers in one transaction: ``{name: [D] or [n, D] embeddings}``.
@@ -666,15 +667,55 @@ class SpeakerDatabase:
                 )  # raises the detailed value error
             self._write(names, np.ascontiguousarray(embs), counts, None)
 
+    def _check_record(self, conn: sqlite3.Connection, record: IdempotentWrite | None) -> None:
+        """Inside a write: raise :class:`Replayed` when ``record``'s key is stored already."""
+        if record is not None:
+            stored = idempotency.lookup(conn, record.owner, record.key, time.time())
+            if stored is not None:
+                raise Replayed(stored)
+
+    def _store_record(self, conn: sqlite3.Connection, record: IdempotentWrite | None, count: int) -> None:
+        if record is not None:
+            now = time.time()
+            idempotency.purge(conn, now)
+            idempotency.store(conn, record, count, now)
+
+    def idempotent_answer(self, owner: str, key: str) -> StoredAnswer | None:
+        """The unexpired answer stored for idempotency key ``key`` of ``owner``, or None.
+
+        >>> import tempfile, numpy as np
+        >>> from mvector.inference.idempotency import IdempotentWrite
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
+        ...     record = IdempotentWrite("me", "k1", "hash", 201, lambda n: {"recordings": n})
+        ...     db.add("a", np.ones((2, 2)), record=record)
+        ...     db.idempotent_answer("me", "k1").answer
+        {'recordings': 2}
+        """
+        with self._lock:
+            return idempotency.lookup(self._db, owner, key, time.time())
+
     def _write(
-        self, names: list[str], embs: np.ndarray, counts: np.ndarray, waves: list[list[np.ndarray]] | None
+        self,
+        names: list[str],
+        embs: np.ndarray,
+        counts: np.ndarray,
+        waves: list[list[np.ndarray]] | None,
+        mode: str = "any",
+        record: IdempotentWrite | None = None,
     ) -> None:
-        """One write transaction: ``counts[i]`` rows of ``embs`` (in order) belong to ``names[i]``."""
+        """One write transaction: ``counts[i]`` rows of ``embs`` (in order) belong to ``names[i]``; afterwards
+        ``counts[i]`` is the speaker's total recording count."""
         dim = self.embd_dim
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         with self._transaction() as (conn, version, undo):
             cache = self._cache  # brought up to date by the transaction's start
             assert cache is not None
+            self._check_record(conn, record)
+            for name in names:  # the existence checks, in the write's transaction
+                if mode == "create" and name in cache.id_of:
+                    raise SpeakerExistsError(f"speaker {name!r} is already enrolled in {self.path}")
+                if mode == "append" and name not in cache.id_of:
+                    raise self._unknown(name)
             # Brand-new speakers: their mean is the normalised mean of the given utterances (vectorised).
             is_new = np.fromiter((n not in cache.id_of for n in names), dtype=bool, count=len(names))
             new_idx = np.flatnonzero(is_new)
@@ -724,26 +765,32 @@ class SpeakerDatabase:
                 )
             else:  # audio is kept: one row at a time, each with its WAV file written before the commit
                 for i, name in enumerate(names):
-                    folder = self.db_dir / _folder_name(name)
-                    folder.mkdir(exist_ok=True)
+                    folder = folder_name(name)
+                    created = not (self.db_dir / folder).exists()
+                    make_folder(self.db_dir, folder)
+                    if created:  # an empty folder of a write that does not happen goes too
+                        undo.append(functools.partial(_remove_empty, self.db_dir / folder))
                     for row, wave in zip(embs[starts[i] : starts[i] + len(waves[i])], waves[i]):
                         cur = conn.execute(
                             "INSERT INTO utterances (speaker_id, embedding) VALUES (?, ?)", (int(ids[i]), row.tobytes())
                         )
                         utt_id = int(cur.lastrowid)
-                        relative = f"{folder.name}/{utt_id}-{uuid.uuid4().hex[:8]}.wav"
-                        _write_wav(self.db_dir / relative, wave)
+                        relative = f"{folder}/{utt_id}-{uuid.uuid4().hex[:8]}.wav"
                         # the audio of a write that does not happen is deleted again
                         undo.append(functools.partial((self.db_dir / relative).unlink, missing_ok=True))
+                        write_wav(self.db_dir / relative, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, hook=_hook)
+                        _hook("wav_written")
                         conn.execute("UPDATE utterances SET audio = ? WHERE id = ?", (relative, utt_id))
+            if record is not None:
+                self._store_record(conn, record, int(counts[0]) if len(names) == 1 else len(names))
         if len(new_idx) == len(names):
             cache.append_block(ids, names, means)
         else:
             cache.upsert(ids.tolist(), names, means)
         self._version = version
 
-    def remove(self, name: str) -> None:
-        """Remove a speaker, its utterances and any kept audio.
+    def remove(self, name: str, record: IdempotentWrite | None = None) -> None:
+        """Remove a speaker, its utterances and any kept audio (``record``: an idempotency record stored with it).
 
         >>> import tempfile, numpy as np
         >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
@@ -756,26 +803,49 @@ class SpeakerDatabase:
             name = self._known_name(name)
             trash: Path | None = None
             with self._transaction() as (conn, version, undo):
+                self._check_record(conn, record)
                 cache, sid = self._speaker_id(name)
-                kept = conn.execute(
-                    "SELECT COUNT(*) FROM utterances WHERE speaker_id = ? AND audio IS NOT NULL", (sid,)
-                ).fetchone()[0]
+                kept = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT audio FROM utterances WHERE speaker_id = ? AND audio IS NOT NULL", (sid,)
+                    )
+                ]
                 conn.execute("DELETE FROM utterances WHERE speaker_id = ?", (sid,))
                 conn.execute("DELETE FROM speakers WHERE id = ?", (sid,))
                 conn.execute("DELETE FROM speaker_times WHERE speaker_id = ?", (sid,))
                 conn.execute("INSERT INTO removed (version, speaker_id) VALUES (?, ?)", (version, sid))
-                folder = self.db_dir / _folder_name(name)
-                if (
-                    kept and folder.is_dir()
-                ):  # only a folder of kept audio; moved aside while the write lock is held, deleted after the commit
-                    trash = self.db_dir / _TRASH_DIR / uuid.uuid4().hex
-                    trash.parent.mkdir(exist_ok=True)
-                    os.replace(folder, trash)
-                    undo.append(functools.partial(_move_back, trash, folder))
+                self._store_record(conn, record, 0)
+                if kept:  # moved aside while the write lock is held, deleted after the commit
+                    trash = self.db_dir / TRASH_DIR / uuid.uuid4().hex
+                    self._move_to_trash(name, kept, trash, undo)
+                    _hook("trash_moved")
             cache.remove(sid)
             self._version = version
             if trash is not None:
                 shutil.rmtree(trash, ignore_errors=True)
+                _remove_empty(trash.parent)
+
+    def _move_to_trash(self, name: str, files: list[str], trash: Path, undo: list[Callable[[], None]]) -> None:
+        """Move a speaker's kept audio into ``trash``: its own folder whole, and from a folder of the layout before
+        hashed folder names (which another speaker's files may share) only the files its rows name."""
+        private_mkdir(trash)
+        own = folder_name(name)
+        folders = sorted({Path(f).parts[0] for f in files if len(Path(f).parts) == 2})
+        for folder in folders:
+            source = self.db_dir / folder
+            if folder == own and source.is_dir():
+                os.replace(source, trash / folder)
+                undo.append(functools.partial(_move_back, trash / folder, source))
+                continue
+            for relative in files:
+                original = self.db_dir / relative
+                if Path(relative).parts[0] == folder and original.is_file():
+                    moved = trash / relative.replace("/", "~")
+                    os.replace(original, moved)
+                    undo.append(functools.partial(_move_back, moved, original))
+            undo.append(functools.partial(private_mkdir, source))  # a rollback finds the folder it left
+            _remove_empty(source)
 
     def remove_utterance(self, name: str, index: int) -> None:
         """Remove one enrolled recording of ``name`` (``index`` in enrolment order, negative from the end) and
@@ -821,8 +891,8 @@ class SpeakerDatabase:
                 )
                 if audio and (self.db_dir / audio).is_file():  # moved aside now, deleted after the commit
                     original = self.db_dir / audio
-                    trash = self.db_dir / _TRASH_DIR / f"{uuid.uuid4().hex}.wav"
-                    trash.parent.mkdir(exist_ok=True)
+                    trash = self.db_dir / TRASH_DIR / f"{uuid.uuid4().hex}.wav"
+                    private_mkdir(trash.parent)
                     os.replace(original, trash)
                     undo.append(functools.partial(_move_back, trash, original))
             cache.upsert([sid], [name], mean[None])
@@ -849,7 +919,7 @@ class SpeakerDatabase:
                 if name is None:
                     targets = list(cache.id_of.items())
                 else:
-                    clean = name.strip() if isinstance(name, str) else str(name)
+                    clean = self._lookup(name)
                     if clean not in cache.id_of:
                         raise self._unknown(clean)
                     targets = [(clean, cache.id_of[clean])]
@@ -967,9 +1037,9 @@ class SpeakerDatabase:
         with self._lock:
             self._refresh()
             assert self._cache is not None
-            sid = self._cache.id_of.get(name)
+            sid = self._cache.id_of.get(self._lookup(name))
             if sid is None:
-                raise self._unknown(name)
+                raise self._unknown(str(name))
             row = self._db.execute(
                 "SELECT enrolled, updated FROM speaker_times WHERE speaker_id = ?", (int(sid),)
             ).fetchone()
@@ -985,7 +1055,7 @@ class SpeakerDatabase:
         if not isinstance(name, str):
             return False
         with self._lock:
-            row = self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (name.strip(),)).fetchone()
+            row = self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (self._lookup(name),)).fetchone()
             return row is not None
 
     def num_utterances(self, name: str) -> int:
@@ -998,7 +1068,7 @@ class SpeakerDatabase:
         3
         """
         with self._lock:
-            row = self._db.execute("SELECT n_utts FROM speakers WHERE name = ?", (str(name).strip(),)).fetchone()
+            row = self._db.execute("SELECT n_utts FROM speakers WHERE name = ?", (self._lookup(name),)).fetchone()
             if row is None:
                 raise self._unknown(str(name))
             return int(row[0])
@@ -1016,7 +1086,7 @@ class SpeakerDatabase:
             rows = self._db.execute(
                 "SELECT u.embedding FROM utterances u JOIN speakers s ON s.id = u.speaker_id "
                 "WHERE s.name = ? ORDER BY u.id",
-                (str(name).strip(),),
+                (self._lookup(name),),
             ).fetchall()
             if not rows:
                 raise self._unknown(str(name))
@@ -1037,7 +1107,7 @@ class SpeakerDatabase:
             rows = self._db.execute(
                 "SELECT u.audio FROM utterances u JOIN speakers s ON s.id = u.speaker_id "
                 "WHERE s.name = ? AND u.audio IS NOT NULL ORDER BY u.id",
-                (str(name).strip(),),
+                (self._lookup(name),),
             ).fetchall()
             return [self.db_dir / r[0] for r in rows]
 
@@ -1051,7 +1121,7 @@ class SpeakerDatabase:
         [0.6000000238418579, 0.800000011920929]
         """
         with self._lock:
-            row = self._db.execute("SELECT mean FROM speakers WHERE name = ?", (str(name).strip(),)).fetchone()
+            row = self._db.execute("SELECT mean FROM speakers WHERE name = ?", (self._lookup(name),)).fetchone()
             if row is None:
                 raise self._unknown(str(name))
             return np.frombuffer(row[0], dtype=np.float32).copy()

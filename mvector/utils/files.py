@@ -2,7 +2,9 @@
 
 A file is written under a unique temporary name in its own folder, flushed and fsync'ed, then moved into place with
 ``os.replace``; a reader never sees a half-written file, and a crash leaves the old file (or none). The new file
-gets the permissions the user's umask gives any new file (``tempfile.mkstemp`` would give 0600).
+gets the permissions the user's umask gives any new file (``tempfile.mkstemp`` would give 0600), unless it holds
+private data: ``private=True`` (and :func:`private_mkdir` / :func:`create_private_file`) give 0600 files and 0700
+folders whatever the umask, for the speaker and key databases and kept voice recordings.
 
 JSON written by mvector is standard JSON: ``NaN`` and infinities become ``null`` (strict parsers reject
 ``Infinity``), numpy scalars and arrays become numbers and lists.
@@ -20,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
@@ -34,7 +37,16 @@ __all__ = [
     "dumps_json",
     "json_safe",
     "fsync_dir",
+    "private_mkdir",
+    "create_private_file",
+    "PRIVATE_FILE_MODE",
+    "PRIVATE_DIR_MODE",
+    "is_atomic_temp",
 ]
+
+#: Permissions of files and folders that hold private data (voice recordings, embeddings, key hashes).
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 
 PathLike = Union[str, os.PathLike]
 
@@ -53,9 +65,70 @@ def fsync_dir(folder: PathLike) -> None:
         os.close(fd)
 
 
+# The temporary names atomic_open gives: ".<name>.<pid>.<8 hex>.tmp".
+_TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
+
+
+def is_atomic_temp(name: str) -> bool:
+    """Whether a file name is one :func:`atomic_open` uses while writing (left behind only by a killed writer).
+
+    >>> is_atomic_temp(".3-ab12cd34.wav.4242.0f1e2d3c.tmp"), is_atomic_temp("notes.tmp")
+    (True, False)
+    """
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def private_mkdir(folder: PathLike) -> Path:
+    """Create ``folder`` (and missing parents) as 0700 whatever the umask; an existing folder is left as it is.
+
+    >>> import tempfile, os, stat
+    >>> path = private_mkdir(os.path.join(tempfile.mkdtemp(), "a", "b"))
+    >>> oct(stat.S_IMODE(path.stat().st_mode)), oct(stat.S_IMODE(path.parent.stat().st_mode))
+    ('0o700', '0o700')
+    """
+    target = Path(folder)
+    missing = []
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # made by another process meanwhile: its permissions are its maker's
+        os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have taken bits away; never adds any
+    if not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder")
+    return target
+
+
+def create_private_file(path: PathLike) -> bool:
+    """Create an empty 0600 file at ``path`` (whatever the umask) unless it exists; True when it was created here.
+
+    >>> import tempfile, os, stat
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.sqlite")
+    >>> create_private_file(p), create_private_file(p), oct(stat.S_IMODE(os.stat(p).st_mode))
+    (True, False, '0o600')
+    """
+    try:
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+    return True
+
+
 @contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: PathLike, mode: str = "w", encoding: str | None = "utf-8", private: bool = False
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on success it replaces ``path``, on error it is removed.
+
+    ``private=True`` creates the file 0600 (and missing folders 0700) whatever the umask.
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "list.txt")
@@ -65,11 +138,19 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8")
     'a\\t0\\n'
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        private_mkdir(target.parent)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     binary = "b" in mode
-    # "x": create exclusively with the default permissions (0666 & ~umask).
-    fh = open(tmp, mode.replace("w", "x"), encoding=None if binary else encoding)
+    if private:
+        fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        fh = os.fdopen(fd, mode.replace("x", "w"), encoding=None if binary else encoding)
+    else:
+        # "x": create exclusively with the default permissions (0666 & ~umask).
+        fh = open(tmp, mode.replace("w", "x"), encoding=None if binary else encoding)
     try:
         with fh:
             yield fh
