@@ -462,12 +462,12 @@ def test_a_model_that_fails_to_load_is_reported_not_hidden(tmp_path):
 class Picky(MVectorPredictor):
     """Stands for enrolment quality checks: one name warns, another is refused (both naming the server's folder)."""
 
-    def register(self, name, audio, sample_rate=None):
+    def register(self, name, audio, sample_rate=None, **write_options):
         if name == "loud":
             warnings.warn(f"{self.audio_db_path}/x.wav: recording 0 is clipped", UserWarning, stacklevel=2)
         if name == "quiet":
             raise AudioError(f"enrolment of {name!r} refused ({self.audio_db_path}): too little speech")
-        return super().register(name, audio, sample_rate)
+        return super().register(name, audio, sample_rate, **write_options)
 
 
 def test_enrolment_warnings_and_refusals_reach_the_client_without_server_paths(model_dir, tmp_path):

@@ -459,6 +459,8 @@ def enrol(
     config: QualityConfig | None = None,
     min_agreement: float | str | None = "threshold",
     sample_rate: int | None = None,
+    mode: str = "any",
+    record: Any = None,
 ) -> EnrolmentReport:
     """Check and enrol ``name`` from several recordings with an :class:`~mvector.predictor.MVectorPredictor`.
 
@@ -467,7 +469,9 @@ def enrol(
     verification threshold as the agreement limit (a number sets it, ``None`` skips the check). A refused
     enrolment raises :class:`EnrolmentRefused` and writes nothing; warnings are issued with
     :func:`warnings.warn`; otherwise every recording is added to the database in one transaction (the speaker's
-    model is the normalised mean of all its recordings). Returns the report.
+    model is the normalised mean of all its recordings). ``mode`` (``"any"``, ``"create"``, ``"append"``) and
+    ``record`` (an idempotency record) are passed to :meth:`~mvector.speaker_db.SpeakerDatabase.add`, which checks
+    the name's existence in the write's transaction. Returns the report.
     """
     import warnings
 
@@ -489,7 +493,7 @@ def enrol(
     for issue in report.warnings:
         warnings.warn(f"enrolment of {name!r}: {issue.message}", stacklevel=2)
     waves = [predictor.load((x, sr)) for x, sr in raw] if getattr(predictor, "keep_audio", False) else None
-    predictor.db.add(name, emb, audio=waves, sample_rate=int(predictor.sample_rate))
+    predictor.db.add(name, emb, audio=waves, sample_rate=int(predictor.sample_rate), mode=mode, record=record)
     return report
 
 

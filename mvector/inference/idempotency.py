@@ -17,7 +17,7 @@ other's keys) and kept :data:`RETENTION_SECONDS` (24 hours); older ones are purg
 >>> create_table(conn)
 >>> record = IdempotentWrite("key1", "retry-7", request_hash("POST", "/v1/speakers", [b"alice"]), 201,
 ...                          lambda count: {"name": "alice", "recordings": count})
->>> store(conn, record, 2, now=1000.0)
+>>> store(conn, record, record.answer(2), now=1000.0)
 >>> found = lookup(conn, "key1", "retry-7", now=1000.0 + 60)
 >>> found.status, found.answer, found.matches(record.request_hash)
 (201, {'name': 'alice', 'recordings': 2}, True)
@@ -76,10 +76,11 @@ class StoredAnswer:
 @dataclass(frozen=True)
 class IdempotentWrite:
     """What a write stores with itself: ``answer(count)`` builds the answer from the speaker's recording count
-    after the write (0 after a removal)."""
+    after the write (0 after a removal), inside the write's transaction. With ``key=None`` the answer is built
+    but nothing is stored (a caller that wants the count as the write saw it, without a key)."""
 
     owner: str
-    key: str
+    key: str | None
     request_hash: str
     status: int
     answer: Callable[[int], dict[str, Any]]
@@ -123,13 +124,15 @@ def lookup(conn: sqlite3.Connection, owner: str, key: str, now: float) -> Stored
     return StoredAnswer(str(row[0]), int(row[1]), json.loads(row[2]), float(row[3]))
 
 
-def store(conn: sqlite3.Connection, record: IdempotentWrite, count: int, now: float) -> None:
-    """Store ``record``'s answer (inside the write's transaction), replacing an expired record of the same key."""
-    answer = json.dumps(record.answer(int(count)), ensure_ascii=False, allow_nan=False)
+def store(conn: sqlite3.Connection, record: IdempotentWrite, answer: dict[str, Any], now: float) -> None:
+    """Store ``answer`` under ``record``'s key (inside the write's transaction), replacing an expired record."""
+    if record.key is None:
+        return
+    text = json.dumps(answer, ensure_ascii=False, allow_nan=False)
     conn.execute(
         "INSERT OR REPLACE INTO idempotency (owner, key, request_hash, status, answer, created) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        (record.owner, record.key, record.request_hash, int(record.status), answer, now),
+        (record.owner, record.key, record.request_hash, int(record.status), text, now),
     )
 
 

@@ -375,13 +375,20 @@ class MVectorPredictor:
         self.close()
 
     def register(
-        self, name: str, audio: Union[AudioInput, Sequence[AudioInput]], sample_rate: int | None = None
+        self,
+        name: str,
+        audio: Union[AudioInput, Sequence[AudioInput]],
+        sample_rate: int | None = None,
+        mode: str = "any",
+        record: Any = None,
     ) -> None:
         """Enroll one recording, or a list of recordings, under ``name`` (added to its earlier recordings).
 
-        The name is checked first (no ``/``, ``\\``, ``..``, control characters; see
-        :func:`mvector.speaker_db.validate_name`), then every recording is decoded, then all are written in one
-        transaction: a bad file enrolls nothing.
+        The name is checked first (NFKC-normalised; no ``/``, ``\\``, ``..``, control, invisible or bidirectional
+        characters, no look-alike script mixes; see :func:`mvector.speaker_db.validate_name`), then every recording
+        is decoded and embedded, then all are written in one transaction: a bad file enrolls nothing.
+        ``mode="create"`` / ``"append"`` refuse an enrolled / a missing name, checked in the write's transaction;
+        ``record`` is an idempotency record stored with the write (:meth:`SpeakerDatabase.add`).
         """
         name = validate_name(name)
         items = list(audio) if isinstance(audio, list) else [audio]
@@ -389,7 +396,8 @@ class MVectorPredictor:
             raise AudioError(f"speaker {name!r}: no recordings given")
         waves = [self.load(a, sample_rate) for a in items]
         emb = self._embed_waves(waves, sources=items)
-        self.db.add(name, emb, audio=waves if self.keep_audio else None, sample_rate=self.sample_rate)
+        audio_kept = waves if self.keep_audio else None
+        self.db.add(name, emb, audio=audio_kept, sample_rate=self.sample_rate, mode=mode, record=record)
 
     def recognize(
         self,
@@ -442,9 +450,10 @@ class MVectorPredictor:
         result.candidates = [(n, float(sc)) for n, sc in hits[: int(candidates)]]
         return result
 
-    def remove(self, name: str) -> None:
-        """Remove an enrolled speaker (an unknown name raises :class:`~mvector.errors.SpeakerDBError`)."""
-        self.db.remove(name)
+    def remove(self, name: str, record: Any = None) -> None:
+        """Remove an enrolled speaker (an unknown name raises :class:`~mvector.errors.UnknownSpeakerError`);
+        ``record``: an idempotency record stored with the removal (:meth:`SpeakerDatabase.remove`)."""
+        self.db.remove(name, record=record)
 
     def speakers(self) -> list[str]:
         """Names of the enrolled speakers, in enrolment order."""
@@ -474,7 +483,10 @@ class MVectorPredictor:
             raise SpeakerDBError(f"{root} is not a folder of <name>/<recordings>")
         counts: dict[str, int] = {}
         enrolled = set(self.speakers())
+        own = self.db.audio_folders() if root.resolve() == self.audio_db_path.resolve() else set()
         for speaker_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if speaker_dir.name in own:  # this database's own kept audio
+                continue
             name = validate_name(speaker_dir.name)
             if skip_existing and name in enrolled:
                 continue

@@ -72,7 +72,7 @@ from mvector.inference import idempotency
 from mvector.inference.idempotency import IdempotentWrite, Replayed, StoredAnswer  # noqa: F401 (re-exported)
 from mvector.inference.speaker_files import TRASH_DIR, clean_leftovers, folder_name, make_folder, write_wav
 from mvector.inference.speaker_names import MAX_NAME_LENGTH, normalise_name, validate_name  # noqa: F401
-from mvector.utils.files import create_private_file, private_mkdir
+from mvector.utils.files import PRIVATE_FILE_MODE, private_mkdir
 
 __all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "WRITE_MODES", "SpeakerDatabase", "validate_name"]
 
@@ -345,12 +345,11 @@ class SpeakerDatabase:
                 f"{self.path}: the database file is empty (0 bytes: truncated or damaged); restore it from a backup, "
                 "or delete the file to start a new, empty database"
             )
-        try:  # a new database file is private (SQLite gives its -wal and -shm files the same permissions)
-            create_private_file(self.path)
-        except OSError as err:
-            raise SpeakerDBError(f"cannot create the speaker database {self.path}: {err}") from None
+        new = not self.path.exists()
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+            if new:  # private before anything is written to it; SQLite gives its -wal and -shm files the same mode
+                os.chmod(self.path, PRIVATE_FILE_MODE)
             self._conn.execute("PRAGMA busy_timeout = 60000")
             # Switching a new file to WAL needs an exclusive lock, and SQLite may answer "locked" there without
             # waiting on the busy timeout when another process opens the same new database at that moment.
@@ -358,7 +357,7 @@ class SpeakerDatabase:
             self._conn.execute("PRAGMA synchronous = NORMAL")
             _retry_while_locked(self._init_schema)
             _retry_while_locked(self._clean_leftovers)
-        except sqlite3.DatabaseError as err:
+        except (sqlite3.DatabaseError, OSError) as err:
             self.close()
             raise SpeakerDBError(f"{self.path}: cannot open the speaker database ({err})") from None
         except SpeakerDBError:
@@ -669,16 +668,18 @@ class SpeakerDatabase:
 
     def _check_record(self, conn: sqlite3.Connection, record: IdempotentWrite | None) -> None:
         """Inside a write: raise :class:`Replayed` when ``record``'s key is stored already."""
-        if record is not None:
+        if record is not None and record.key is not None:
             stored = idempotency.lookup(conn, record.owner, record.key, time.time())
             if stored is not None:
                 raise Replayed(stored)
 
     def _store_record(self, conn: sqlite3.Connection, record: IdempotentWrite | None, count: int) -> None:
         if record is not None:
-            now = time.time()
-            idempotency.purge(conn, now)
-            idempotency.store(conn, record, count, now)
+            answer = record.answer(count)
+            if record.key is not None:
+                now = time.time()
+                idempotency.purge(conn, now)
+                idempotency.store(conn, record, answer, now)
 
     def idempotent_answer(self, owner: str, key: str) -> StoredAnswer | None:
         """The unexpired answer stored for idempotency key ``key`` of ``owner``, or None.
@@ -1110,6 +1111,19 @@ class SpeakerDatabase:
                 (self._lookup(name),),
             ).fetchall()
             return [self.db_dir / r[0] for r in rows]
+
+    def audio_folders(self) -> set[str]:
+        """Names of the folders in ``db_dir`` that hold this database's kept audio.
+
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2, keep_audio=True) as db:
+        ...     db.add("a", np.ones(2), audio=[np.zeros(1600, "float32")])
+        ...     db.audio_folders() == {folder_name("a")}
+        True
+        """
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT audio FROM utterances WHERE audio IS NOT NULL").fetchall()
+            return {Path(r[0]).parts[0] for r in rows if Path(r[0]).parts}
 
     def mean_embedding(self, name: str) -> np.ndarray:
         """The speaker's unit-length mean embedding (float32 ``[D]``).

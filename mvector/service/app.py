@@ -49,7 +49,7 @@ import numpy as np
 
 try:
     import anyio
-    from fastapi import Depends, FastAPI, Query, Request
+    from fastapi import Depends, FastAPI, Header, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -63,7 +63,17 @@ except ImportError as _err:  # pragma: no cover - depends on the installed extra
     ) from _err
 
 from mvector import __version__
-from mvector.errors import AudioError, CheckpointError, ConfigError, MVectorError, SpeakerDBError
+from mvector.errors import (
+    AudioError,
+    CheckpointError,
+    ConfigError,
+    InvalidNameError,
+    MVectorError,
+    SpeakerDBError,
+    SpeakerExistsError,
+    UnknownSpeakerError,
+)
+from mvector.inference.idempotency import RETENTION_SECONDS, IdempotentWrite, Replayed, StoredAnswer, request_hash
 from mvector.service.errors import ERROR_CODES, ServiceError, error_body
 from mvector.service.keys import KeyInfo, KeyStore, KeyStoreError, scope_allows
 from mvector.service.worker import ModelWorker, default_threads
@@ -173,7 +183,7 @@ class NewKey(BaseModel):
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": ", ".join(c for c, (s, _) in ERROR_CODES.items() if s == status)}
-    for status in (400, 401, 403, 404, 409, 413, 503)
+    for status in (400, 401, 403, 404, 409, 413, 422, 503)
 }
 
 
@@ -427,10 +437,12 @@ def create_app(
         text = public(str(err))
         if isinstance(err, AudioError):  # undecodable audio, a refused enrolment (quality checks)
             return JSONResponse(error_body("bad_audio", text, "audio"), status_code=400)
-        if isinstance(err, SpeakerDBError) and "unknown speaker" in text:
+        if isinstance(err, UnknownSpeakerError) or (isinstance(err, SpeakerDBError) and "unknown speaker" in text):
             return JSONResponse(error_body("unknown_speaker", text, "name"), status_code=404)
-        if isinstance(err, SpeakerDBError) and "bad speaker name" in text:
+        if isinstance(err, InvalidNameError):
             return JSONResponse(error_body("invalid_name", text, "name"), status_code=400)
+        if isinstance(err, SpeakerExistsError):
+            return JSONResponse(error_body("speaker_exists", text, "name"), status_code=409)
         if isinstance(err, CheckpointError):  # the server's model, not the request
             log.error("model error: %s", err)
             return JSONResponse(error_body("internal_error", "the server could not complete the request"), 500)
@@ -809,7 +821,61 @@ def create_app(
         }
 
     # ------------------------------------------------------------------ write routes
-    async def enrol_recordings(request: Request, name_from_path: str | None) -> tuple[str, list]:
+    idempotency_header = Header(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description=(
+            "a client-chosen key (1-255 visible ASCII characters, e.g. a UUID) that makes this write idempotent: "
+            "a retry with the same key and the same request gets the first answer (header Idempotent-Replayed: "
+            f"true) and writes nothing again; the same key with another request gets 422. Kept "
+            f"{RETENTION_SECONDS // 3600} h, per API key"
+        ),
+    )
+
+    def not_enrolled(name: str) -> ServiceError:
+        return ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
+
+    def replay_or_refuse(stored: StoredAnswer, digest: str) -> JSONResponse:
+        """The answer a retry gets: the stored one, or 422 when the key was used for another request."""
+        if not stored.matches(digest):
+            raise ServiceError(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with another request (another method, path or body); "
+                "use a new key for a new request",
+                "Idempotency-Key",
+            )
+        return JSONResponse(stored.answer, status_code=stored.status, headers={"Idempotent-Replayed": "true"})
+
+    async def stored_answer(p: Any, key: KeyInfo, idem: str | None, digest: str) -> JSONResponse | None:
+        """Before any work: the replayed answer (or 422) when ``idem`` was stored with a committed write."""
+        if idem is None:
+            return None
+        stored = await anyio.to_thread.run_sync(p.db.idempotent_answer, key.key_id, idem)
+        return None if stored is None else replay_or_refuse(stored, digest)
+
+    def write_record(key: KeyInfo, idem: str | None, digest: str, status: int, answer: Callable[[int], dict]):
+        """The record a write carries: its answer is built in the write's transaction (and stored with a key)."""
+        built: dict[str, Any] = {}
+
+        def build(count: int) -> dict[str, Any]:
+            built.update(answer(count))
+            return dict(built)
+
+        return IdempotentWrite(key.key_id, idem, digest, status, build), built
+
+    def speaker_answer(name: str, notes: Callable[[], list[str]]) -> Callable[[int], dict[str, Any]]:
+        def answer(count: int) -> dict[str, Any]:
+            warned = [public(n) for n in notes()]
+            return {"name": name, "recordings": count, **({"warnings": warned} if warned else {})}
+
+        return answer
+
+    async def enrol_recordings(request: Request, name_from_path: str | None) -> tuple[str, list[bytes]]:
+        """The speaker's name (checked) and the uploaded recordings (not decoded yet)."""
         got, fields = await read_uploads(request, {"audio": config.max_files}, text=("name",), raw_field="audio")
         raw_name = name_from_path
         if raw_name is None:
@@ -818,10 +884,57 @@ def create_app(
         name = checked_name(raw_name)
         if not got.get("audio"):
             raise ServiceError(400, "missing_field", "field 'audio' (one or more recordings) is required", "audio")
+        return name, got["audio"]
+
+    async def decode_all(uploads: list[bytes]) -> list:
         audios = []
-        for i, data in enumerate(got["audio"]):
-            audios.append(await decode(data, "audio" if len(got["audio"]) == 1 else f"audio[{i}]"))
-        return name, audios
+        for i, data in enumerate(uploads):
+            audios.append(await decode(data, "audio" if len(uploads) == 1 else f"audio[{i}]"))
+        return audios
+
+    async def write_speaker(
+        p: Any, key: KeyInfo, idem: str | None, name: str, uploads: list[bytes], path: str, mode: str, status: int
+    ) -> JSONResponse | dict[str, Any]:
+        """Enrol (``mode="create"``) or add recordings (``"append"``): replay a stored answer, else decode, embed
+        and write, with the existence check and the idempotency record in the write's transaction."""
+        digest = request_hash("POST", path, [name.encode("utf-8"), *uploads])
+        replay = await stored_answer(p, key, idem, digest)
+        if replay is not None:
+            return replay
+        audios = await decode_all(uploads)
+
+        def job(pr: Any) -> dict[str, Any]:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+
+                def notes() -> list[str]:
+                    return list(dict.fromkeys(str(w.message) for w in caught))
+
+                record, built = write_record(key, idem, digest, status, speaker_answer(name, notes))
+                pr.register(name, audios, mode=mode, record=record)
+            return built
+
+        try:
+            return await run_job(job)
+        except Replayed as replayed:  # a retry with this key committed while this one was embedding
+            return replay_or_refuse(replayed.stored, digest)
+        except SpeakerExistsError:
+            raise ServiceError(
+                409,
+                "speaker_exists",
+                f"speaker {name!r} is already enrolled; add recordings with "
+                f"POST /v1/speakers/{{name}}/recordings or delete it first",
+                "name",
+            ) from None
+        except UnknownSpeakerError:  # removed before this write could take the lock
+            raise not_enrolled(name) from None
+
+    def answered(result: JSONResponse | dict[str, Any], request: Request) -> int | None:
+        """The status of a replayed answer (for the audit log), or None for a fresh write."""
+        if isinstance(result, JSONResponse):
+            request.state.replayed = True
+            return result.status_code
+        return None
 
     @app.post(
         "/v1/speakers",
@@ -830,39 +943,30 @@ def create_app(
         status_code=201,
         response_model=Speaker,
         response_model_exclude_none=True,
-        responses=_errors(400, 403, 409, 413),
+        responses=_errors(400, 403, 409, 413, 422),
         openapi_extra=_audio_body(
             {"audio": "one or more recordings (repeat the field)"}, raw=True, text={"name": "the speaker's name"}
         ),
     )
-    async def enrol(request: Request, key: KeyInfo = enrol_key) -> dict[str, Any]:
+    async def enrol(
+        request: Request, key: KeyInfo = enrol_key, idempotency_key: Optional[str] = idempotency_header
+    ) -> Any:
         target = None
         status = 500
         try:
-            await ready_predictor()
-            name, audios = await enrol_recordings(request, None)
+            p = await ready_predictor()
+            name, uploads = await enrol_recordings(request, None)
             target = name
-
-            def job(pr: Any) -> tuple[int, list[str]]:
-                if name in pr.db:
-                    raise ServiceError(
-                        409,
-                        "speaker_exists",
-                        f"speaker {name!r} is already enrolled; add recordings with "
-                        f"POST /v1/speakers/{{name}}/recordings or delete it first",
-                        "name",
-                    )
-                return _register(pr, name, audios)
-
-            count, notes = await run_job(job)
-            status = 201
-            return {"name": name, "recordings": count, **({"warnings": [public(n) for n in notes]} if notes else {})}
+            result = await write_speaker(p, key, idempotency_key, name, uploads, "/v1/speakers", "create", 201)
+            status = answered(result, request) or 201
+            return result
         except ServiceError as err:
             status = err.status
             raise
         finally:
+            detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
             await anyio.to_thread.run_sync(
-                lambda: _audit(request, key, "enrol", target or _printable(request), status)
+                lambda: _audit(request, key, "enrol", target or _printable(request), status, detail)
             )
 
     @app.post(
@@ -871,66 +975,73 @@ def create_app(
         summary="Add recordings to an enrolled speaker",
         response_model=Speaker,
         response_model_exclude_none=True,
-        responses=_errors(400, 403, 404, 413),
+        responses=_errors(400, 403, 404, 413, 422),
         openapi_extra=_audio_body({"audio": "one or more recordings (repeat the field)"}, raw=True),
     )
     async def add_recordings(
-        name: str, request: Request, key: KeyInfo = add_key
-    ) -> dict[str, Any]:
+        name: str,
+        request: Request,
+        key: KeyInfo = add_key,
+        idempotency_key: Optional[str] = idempotency_header,
+    ) -> Any:
         status = 500
         try:
             p = await ready_predictor()
             name = checked_name(name)
-            await known_speaker(p, name)
-            name, audios = await enrol_recordings(request, name)
-
-            def job(pr: Any) -> tuple[int, list[str]]:
-                if name not in pr.db:
-                    raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
-                return _register(pr, name, audios)
-
-            count, notes = await run_job(job)
-            status = 200
-            return {"name": name, "recordings": count, **({"warnings": [public(n) for n in notes]} if notes else {})}
+            if idempotency_key is None:  # a fast 404 (a retry of a committed write may find the speaker removed)
+                await known_speaker(p, name)
+            name, uploads = await enrol_recordings(request, name)
+            path = f"/v1/speakers/{name}/recordings"
+            result = await write_speaker(p, key, idempotency_key, name, uploads, path, "append", 200)
+            status = answered(result, request) or 200
+            return result
         except ServiceError as err:
             status = err.status
             raise
         finally:
-            await anyio.to_thread.run_sync(lambda: _audit(request, key, "add_recordings", name, status))
+            detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
+            await anyio.to_thread.run_sync(lambda: _audit(request, key, "add_recordings", name, status, detail))
 
     @app.delete(
         "/v1/speakers/{name}",
         tags=["speakers"],
         summary="Remove an enrolled speaker",
-        responses=_errors(400, 403, 404),
+        responses=_errors(400, 403, 404, 422),
     )
     async def delete_speaker(
-        name: str, request: Request, key: KeyInfo = delete_key
-    ) -> dict[str, Any]:
+        name: str,
+        request: Request,
+        key: KeyInfo = delete_key,
+        idempotency_key: Optional[str] = idempotency_header,
+    ) -> Any:
         status = 500
         request_name = name
         try:
             p = await ready_predictor()
             name = checked_name(name)
+            digest = request_hash("DELETE", f"/v1/speakers/{name}", [])
+            result = await stored_answer(p, key, idempotency_key, digest)
+            if result is None:
+                record, built = write_record(key, idempotency_key, digest, 200, lambda _: {"removed": name})
 
-            def remove() -> None:
-                if name not in p.db:
-                    raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
+                def remove() -> dict[str, Any]:
+                    p.remove(name, record=record)
+                    return built
+
                 try:
-                    p.remove(name)
-                except SpeakerDBError as err:
-                    if "unknown speaker" in str(err):  # removed by another request meanwhile
-                        raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}", "name") from None
-                    raise
-
-            await anyio.to_thread.run_sync(remove)
-            status = 200
-            return {"removed": name}
+                    result = await anyio.to_thread.run_sync(remove)
+                except Replayed as replayed:
+                    result = replay_or_refuse(replayed.stored, digest)
+                except UnknownSpeakerError:
+                    raise not_enrolled(name) from None
+            status = answered(result, request) or 200
+            return result
         except ServiceError as err:
             status = err.status
             raise
         finally:
-            await anyio.to_thread.run_sync(lambda: _audit(request, key, "delete", request_name, status))
+            detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
+            await anyio.to_thread.run_sync(lambda: _audit(request, key, "delete", request_name, status, detail))
 
     # ------------------------------------------------------------------ admin routes
     @app.get("/v1/keys", tags=["keys"], summary="List API keys (never the keys themselves)", responses=_errors(403))
@@ -980,16 +1091,6 @@ def create_app(
         return [e.as_dict() for e in await anyio.to_thread.run_sync(lambda: store.audit_log(limit, action))]
 
     return app
-
-
-def _register(predictor: Any, name: str, audios: list) -> tuple[int, list[str]]:
-    """Enrol on the worker thread; returns the speaker's recording count and the warnings the enrolment raised
-    (e.g. quality checks set to warn), which the answer passes on."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        predictor.register(name, audios)
-    notes = list(dict.fromkeys(str(w.message) for w in caught))
-    return predictor.db.num_utterances(name), notes
 
 
 def _printable(request: Request) -> str | None:

@@ -19,7 +19,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "bad_request": (400, "the request cannot be parsed (e.g. a damaged multipart body)"),
     "missing_field": (400, "a required field or upload is missing"),
     "invalid_parameter": (400, "a parameter has a wrong type or value"),
-    "invalid_name": (400, "a speaker name is empty, too long, or holds '/', '\\\\', '..' or control characters"),
+    "invalid_name": (
+        400,
+        "a speaker name is empty, too long, holds '/', '\\\\', '..', control, invisible or bidirectional characters, "
+        "or mixes look-alike scripts (e.g. Latin with Cyrillic); names are NFKC-normalised",
+    ),
     "bad_audio": (400, "an upload cannot be decoded as audio"),
     "audio_too_short": (400, "a recording is shorter than the server's minimum duration"),
     "unauthorized": (401, "no API key, or an unknown or revoked one (send 'Authorization: Bearer KEY')"),
@@ -29,6 +33,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unknown_key": (404, "no API key with this id"),
     "method_not_allowed": (405, "the route does not accept this HTTP method"),
     "speaker_exists": (409, "a speaker with this name is already enrolled (add recordings to it instead)"),
+    "idempotency_key_reused": (422, "the Idempotency-Key was already used with another request (method, path or body)"),
     "upload_too_large": (413, "an upload or the request body is over the size limit"),
     "audio_too_long": (413, "a recording is longer than the server's duration limit"),
     "too_many_files": (413, "more recordings in one request than the server accepts"),

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from mvector.errors import ConfigError, MVectorError
+from mvector.utils.files import create_private_file, private_mkdir
 
 __all__ = ["KeyStore", "KeyInfo", "AuditEntry", "SCOPES", "SERVICE_DB", "KeyStoreError", "scope_allows"]
 
@@ -181,8 +182,9 @@ class KeyStore:
                 f"{self.path} does not exist: no keys were created for this database yet "
                 f"(mvector keys create --audio_db_path {self.folder} --scope admin)"
             )
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+        try:  # private whatever the umask: the file holds key hashes and the audit log (-wal/-shm follow its mode)
+            private_mkdir(self.folder)
+            create_private_file(self.path)
         except OSError as err:
             raise KeyStoreError(f"cannot create the folder {self.folder}: {err}") from None
         self._lock = threading.RLock()
