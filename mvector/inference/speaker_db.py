@@ -32,8 +32,8 @@ Names follow one rule (:func:`mvector.inference.speaker_names.validate_name`: NF
 characters, no look-alike script mixes). With ``keep_audio=True`` the enrolled audio is also kept as 16 kHz WAV files
 under ``<db_dir>/<folder>/`` (layout and folder names: :mod:`mvector.inference.speaker_files`), each written to a
 temporary file and renamed into place inside the transaction that records it. The folder and every file the
-database creates are private (0700 / 0600) whatever the umask. Opening a folder removes what a killed writer left
-(``.trash``, temporary WAVs, WAVs no committed row names).
+database creates are private (0700 / 0600) whatever the umask. A removal deletes its files after its commit; opening a
+folder removes what a killed writer left (temporary WAVs, WAVs no committed row names, an old ``.trash``).
 
 >>> import tempfile, numpy as np
 >>> rng = np.random.default_rng(0)
@@ -56,7 +56,6 @@ import contextlib
 import difflib
 import functools
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -70,7 +69,7 @@ from mvector.audio import load_audio
 from mvector.errors import AudioError, InvalidNameError, SpeakerDBError, SpeakerExistsError, UnknownSpeakerError
 from mvector.inference import idempotency
 from mvector.inference.idempotency import IdempotentWrite, Replayed, StoredAnswer  # noqa: F401 (re-exported)
-from mvector.inference.speaker_files import TRASH_DIR, clean_leftovers, folder_name, make_folder, write_wav
+from mvector.inference.speaker_files import clean_leftovers, folder_name, make_folder, write_wav
 from mvector.inference.speaker_names import MAX_NAME_LENGTH, normalise_name, validate_name  # noqa: F401
 from mvector.utils.files import PRIVATE_FILE_MODE, private_mkdir
 
@@ -88,8 +87,8 @@ _SCORE_BLOCK = 1 << 24  # at most this many scores ([queries, speakers]) are hel
 PathLike = Union[str, os.PathLike]
 
 # Test hooks: _before_commit is called inside every write transaction just before COMMIT; _test_hook(point) at the
-# points "wav_tmp" (a kept WAV's temporary file is complete), "wav_written", "trash_moved", "before_commit" and
-# "after_commit" (lets a test kill a process there).
+# points "wav_tmp" (a kept WAV's temporary file is complete), "wav_written", "before_commit", "after_commit" and
+# "files_deleting" (a removal committed, its files not yet deleted), so a test can kill a process there.
 _before_commit: Callable[[], None] | None = None
 _test_hook: Callable[[str], None] | None = None
 
@@ -217,12 +216,6 @@ def _remove_empty(folder: Path) -> None:
     """Remove ``folder`` when it is empty (and exists)."""
     with contextlib.suppress(OSError):
         folder.rmdir()
-
-
-def _move_back(moved: Path, original: Path) -> None:
-    """Undo a file move made inside a write that is rolled back (unless something took the place meanwhile)."""
-    if moved.exists() and not original.exists():
-        os.replace(moved, original)
 
 
 class _MeanCache:
@@ -802,8 +795,7 @@ class SpeakerDatabase:
         """
         with self._lock:
             name = self._known_name(name)
-            trash: Path | None = None
-            with self._transaction() as (conn, version, undo):
+            with self._transaction() as (conn, version, _):
                 self._check_record(conn, record)
                 cache, sid = self._speaker_id(name)
                 kept = [
@@ -817,36 +809,31 @@ class SpeakerDatabase:
                 conn.execute("DELETE FROM speaker_times WHERE speaker_id = ?", (sid,))
                 conn.execute("INSERT INTO removed (version, speaker_id) VALUES (?, ?)", (version, sid))
                 self._store_record(conn, record, 0)
-                if kept:  # moved aside while the write lock is held, deleted after the commit
-                    trash = self.db_dir / TRASH_DIR / uuid.uuid4().hex
-                    self._move_to_trash(name, kept, trash, undo)
-                    _hook("trash_moved")
             cache.remove(sid)
             self._version = version
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
-                _remove_empty(trash.parent)
+            self._delete_files(kept)
 
-    def _move_to_trash(self, name: str, files: list[str], trash: Path, undo: list[Callable[[], None]]) -> None:
-        """Move a speaker's kept audio into ``trash``: its own folder whole, and from a folder of the layout before
-        hashed folder names (which another speaker's files may share) only the files its rows name."""
-        private_mkdir(trash)
-        own = folder_name(name)
-        folders = sorted({Path(f).parts[0] for f in files if len(Path(f).parts) == 2})
-        for folder in folders:
-            source = self.db_dir / folder
-            if folder == own and source.is_dir():
-                os.replace(source, trash / folder)
-                undo.append(functools.partial(_move_back, trash / folder, source))
-                continue
-            for relative in files:
-                original = self.db_dir / relative
-                if Path(relative).parts[0] == folder and original.is_file():
-                    moved = trash / relative.replace("/", "~")
-                    os.replace(original, moved)
-                    undo.append(functools.partial(_move_back, moved, original))
-            undo.append(functools.partial(private_mkdir, source))  # a rollback finds the folder it left
-            _remove_empty(source)
+    def _delete_files(self, relative: list[str]) -> None:
+        """Delete the kept audio of a committed removal, and the folders it leaves empty.
+
+        The files are deleted after the commit (a kill before the commit must leave them for the rows that still
+        name them), in a second transaction that only holds the write lock, so no other writer is putting a new
+        file into a folder being removed. A kill in between leaves orphans, which the next open removes. Only the
+        files the rows named are deleted, so a folder shared in the layout before hashed names keeps the others.
+        """
+        if not relative:
+            return
+        _hook("files_deleting")
+        conn = self._db
+        _retry_while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            for path in relative:
+                (self.db_dir / path).unlink(missing_ok=True)
+            for folder in sorted({(self.db_dir / path).parent for path in relative}):
+                if folder != self.db_dir:
+                    _remove_empty(folder)
+        finally:
+            conn.execute("COMMIT")
 
     def remove_utterance(self, name: str, index: int) -> None:
         """Remove one enrolled recording of ``name`` (``index`` in enrolment order, negative from the end) and
@@ -865,8 +852,7 @@ class SpeakerDatabase:
             raise SpeakerDBError(f"index must be an integer (the recording's position), got {index!r}")
         with self._lock:
             name = self._known_name(name)
-            trash: Path | None = None
-            with self._transaction() as (conn, version, undo):
+            with self._transaction() as (conn, version, _):
                 cache, sid = self._speaker_id(name)
                 rows = conn.execute(
                     "SELECT id, embedding, audio FROM utterances WHERE speaker_id = ? ORDER BY id", (sid,)
@@ -890,16 +876,9 @@ class SpeakerDatabase:
                     "UPDATE speakers SET mean = ?, n_utts = ?, updated = ? WHERE id = ?",
                     (mean.tobytes(), n - 1, version, sid),
                 )
-                if audio and (self.db_dir / audio).is_file():  # moved aside now, deleted after the commit
-                    original = self.db_dir / audio
-                    trash = self.db_dir / TRASH_DIR / f"{uuid.uuid4().hex}.wav"
-                    private_mkdir(trash.parent)
-                    os.replace(original, trash)
-                    undo.append(functools.partial(_move_back, trash, original))
             cache.upsert([sid], [name], mean[None])
             self._version = version
-            if trash is not None:
-                trash.unlink(missing_ok=True)
+            self._delete_files([audio] if audio else [])
 
     def rebuild(self, name: str | None = None) -> int:
         """Recompute the model (normalised mean) of ``name``, or of every speaker, from its stored recordings.

@@ -5,7 +5,7 @@ Layout (with ``keep_audio``)::
 
     <db_dir>/speakers.sqlite         (+ -wal, -shm)       0600
     <db_dir>/<folder>/<utt id>-<8 hex>.wav                 0600, folders 0700
-    <db_dir>/.trash/                                       folders and WAVs of a removal, deleted after its commit
+    <db_dir>/.trash/                                       left by removals of earlier versions (removed on open)
 
 Every folder name carries a hash of the (normalised) speaker name: ``<beginning of the name>-<16 hex>``, so two
 names never share a folder (a short name cannot equal another's shortened name: the hash ends every folder name).
@@ -13,10 +13,10 @@ Databases written before this layout store plain folder names (``alice``, or a l
 hash); every utterance row records its file's path, so those files still open, and removal moves exactly the files
 the rows name. New recordings always go to the new folder.
 
-A WAV is written under a temporary name and renamed into place inside the write transaction that records it; the
-temporary file, a WAV whose transaction never committed (an *orphan*: no row names it) and ``.trash`` are what a
-kill can leave. :func:`clean_leftovers` removes them; the database calls it while holding its write lock, so it never
-takes the files of a write in progress.
+A WAV is written under a temporary name and renamed into place inside the write transaction that records it; a
+removal deletes its files after its commit. So a kill can leave a temporary file, or a WAV no committed row names
+(an *orphan*: its enrolment never committed, or its removal did); :func:`clean_leftovers` removes them (and an old
+``.trash``). The database calls it while holding its write lock, so it never takes the files of a write in progress.
 
 >>> folder_name("alice")
 'alice-2bd806c97f0e00af'
@@ -45,6 +45,7 @@ TRASH_DIR = ".trash"
 WAV_NAME = re.compile(r"\d+-[0-9a-f]{8}\.wav")
 _MAX_FOLDER_BYTES = 120  # file systems allow 255 bytes per name; 100 CJK characters are 300
 _HASH_CHARS = 16
+_FOLDER_NAME = re.compile(rf"(?:.*-)?[0-9a-f]{{{_HASH_CHARS}}}")
 
 
 def folder_name(name: str) -> str:
@@ -88,7 +89,8 @@ def clean_leftovers(db_dir: Path, referenced: Iterable[str]) -> dict[str, int]:
     WAVs that no committed row names (``referenced``: the rows' relative paths). Folders left empty by this go too.
 
     Only files this module names are touched (``<digits>-<8 hex>.wav`` and atomic-write temporaries), so a user's
-    own recordings in the folder (e.g. an ``audio_db/<name>/*.wav`` tree to import) stay. Returns counts of what
+    own recordings in the folder (e.g. an ``audio_db/<name>/*.wav`` tree to import) stay; empty folders go when
+    this removed something from them or their name has the form of :func:`folder_name`. Returns counts of what
     was removed. Call it only while holding the database's write lock.
 
     >>> import tempfile
@@ -129,7 +131,7 @@ def clean_leftovers(db_dir: Path, referenced: Iterable[str]) -> dict[str, int]:
             elif WAV_NAME.fullmatch(item.name) and f"{entry.name}/{item.name}" not in keep:
                 counts["orphan"] += _unlink(item.path)
                 removed = True
-        if removed:
+        if removed or _FOLDER_NAME.fullmatch(entry.name):  # a folder of ours, maybe made by a write killed early
             try:
                 os.rmdir(entry.path)  # only when nothing else is in it
             except OSError:
