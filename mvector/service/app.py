@@ -49,7 +49,7 @@ import numpy as np
 
 try:
     import anyio
-    from fastapi import Depends, FastAPI, Header, Query, Request
+    from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -73,8 +73,10 @@ from mvector.errors import (
     SpeakerExistsError,
     UnknownSpeakerError,
 )
-from mvector.inference.idempotency import RETENTION_SECONDS, IdempotentWrite, Replayed, StoredAnswer, request_hash
+from mvector.inference.idempotency import Replayed, request_hash
 from mvector.service.errors import ERROR_CODES, ServiceError, error_body
+from mvector.service.idempotent import idempotency_header as idempotency_header_param
+from mvector.service.idempotent import replay_or_refuse, stored_answer, write_record
 from mvector.service.keys import KeyInfo, KeyStore, KeyStoreError, scope_allows
 from mvector.service.worker import ModelWorker, default_threads
 
@@ -821,51 +823,10 @@ def create_app(
         }
 
     # ------------------------------------------------------------------ write routes
-    idempotency_header = Header(
-        None,
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        pattern=r"^[!-~]+$",
-        description=(
-            "a client-chosen key (1-255 visible ASCII characters, e.g. a UUID) that makes this write idempotent: "
-            "a retry with the same key and the same request gets the first answer (header Idempotent-Replayed: "
-            f"true) and writes nothing again; the same key with another request gets 422. Kept "
-            f"{RETENTION_SECONDS // 3600} h, per API key"
-        ),
-    )
+    idempotency_header = idempotency_header_param()
 
     def not_enrolled(name: str) -> ServiceError:
         return ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
-
-    def replay_or_refuse(stored: StoredAnswer, digest: str) -> JSONResponse:
-        """The answer a retry gets: the stored one, or 422 when the key was used for another request."""
-        if not stored.matches(digest):
-            raise ServiceError(
-                422,
-                "idempotency_key_reused",
-                "this Idempotency-Key was already used with another request (another method, path or body); "
-                "use a new key for a new request",
-                "Idempotency-Key",
-            )
-        return JSONResponse(stored.answer, status_code=stored.status, headers={"Idempotent-Replayed": "true"})
-
-    async def stored_answer(p: Any, key: KeyInfo, idem: str | None, digest: str) -> JSONResponse | None:
-        """Before any work: the replayed answer (or 422) when ``idem`` was stored with a committed write."""
-        if idem is None:
-            return None
-        stored = await anyio.to_thread.run_sync(p.db.idempotent_answer, key.key_id, idem)
-        return None if stored is None else replay_or_refuse(stored, digest)
-
-    def write_record(key: KeyInfo, idem: str | None, digest: str, status: int, answer: Callable[[int], dict]):
-        """The record a write carries: its answer is built in the write's transaction (and stored with a key)."""
-        built: dict[str, Any] = {}
-
-        def build(count: int) -> dict[str, Any]:
-            built.update(answer(count))
-            return dict(built)
-
-        return IdempotentWrite(key.key_id, idem, digest, status, build), built
 
     def speaker_answer(name: str, notes: Callable[[], list[str]]) -> Callable[[int], dict[str, Any]]:
         def answer(count: int) -> dict[str, Any]:
@@ -898,7 +859,7 @@ def create_app(
         """Enrol (``mode="create"``) or add recordings (``"append"``): replay a stored answer, else decode, embed
         and write, with the existence check and the idempotency record in the write's transaction."""
         digest = request_hash("POST", path, [name.encode("utf-8"), *uploads])
-        replay = await stored_answer(p, key, idem, digest)
+        replay = await stored_answer(p.db, key.key_id, idem, digest)
         if replay is not None:
             return replay
         audios = await decode_all(uploads)
@@ -910,7 +871,7 @@ def create_app(
                 def notes() -> list[str]:
                     return list(dict.fromkeys(str(w.message) for w in caught))
 
-                record, built = write_record(key, idem, digest, status, speaker_answer(name, notes))
+                record, built = write_record(key.key_id, idem, digest, status, speaker_answer(name, notes))
                 pr.register(name, audios, mode=mode, record=record)
             return built
 
@@ -1020,9 +981,9 @@ def create_app(
             p = await ready_predictor()
             name = checked_name(name)
             digest = request_hash("DELETE", f"/v1/speakers/{name}", [])
-            result = await stored_answer(p, key, idempotency_key, digest)
+            result = await stored_answer(p.db, key.key_id, idempotency_key, digest)
             if result is None:
-                record, built = write_record(key, idempotency_key, digest, 200, lambda _: {"removed": name})
+                record, built = write_record(key.key_id, idempotency_key, digest, 200, lambda _: {"removed": name})
 
                 def remove() -> dict[str, Any]:
                     p.remove(name, record=record)
