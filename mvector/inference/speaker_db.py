@@ -825,10 +825,14 @@ class SpeakerDatabase:
             return
         _hook("files_deleting")
         conn = self._db
-        _retry_while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            _retry_while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error:  # the removal has committed; its files are orphans the next open removes
+            return
         try:
             for path in relative:
-                (self.db_dir / path).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (self.db_dir / path).unlink(missing_ok=True)
             for folder in sorted({(self.db_dir / path).parent for path in relative}):
                 if folder != self.db_dir:
                     _remove_empty(folder)
