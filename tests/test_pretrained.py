@@ -222,7 +222,7 @@ def test_import_fake_checkpoint_gives_a_working_model_folder(fake_file, tmp_path
 
     voice = make_voices(1, seed=3)[0]
     wave = synthesize_utterance(voice, 2.5, rng=np.random.default_rng(4)).astype("float32")
-    with pytest.warns(UserWarning, match="no evaluation result"):
+    with pytest.warns(UserWarning, match="no calibration"):
         predictor = MVectorPredictor(model_path=out, use_gpu=False)
     emb = predictor.embed((wave, 16000))
     assert emb.shape[-1] == 192 and np.isfinite(emb).all()

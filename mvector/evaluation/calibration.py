@@ -274,6 +274,9 @@ class Calibration:
         fitted_on: where the trials came from and how many there were.
         metrics: measures on the fitting data (``cllr``, ``min_cllr``, ...).
         operating_point: the decision threshold and how it was chosen (see :func:`choose_operating_point`).
+        nontarget: the upper tail of the non-target score distribution of the fitting trials
+            (:meth:`mvector.evaluation.gallery.NonTargetTail.to_dict`), which identification needs to keep a
+            false-positive identification rate at any gallery size; ``None`` when not stored.
 
     >>> cal = Calibration(weights={"score": 10.0}, bias=-5.0)
     >>> cal.llr([0.5, 0.8]).tolist(), round(float(cal.probability(0.8, prior=0.5)), 4)
@@ -290,6 +293,7 @@ class Calibration:
     fitted_on: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     operating_point: dict[str, Any] | None = None
+    nontarget: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, Mapping) or "score" not in self.weights:
@@ -369,6 +373,7 @@ class Calibration:
             "fitted_on": dict(self.fitted_on),
             "metrics": dict(self.metrics),
             "operating_point": None if self.operating_point is None else dict(self.operating_point),
+            "nontarget": None if self.nontarget is None else dict(self.nontarget),
         }
 
     @classmethod
@@ -395,6 +400,13 @@ class Calibration:
         if op is not None and not isinstance(op, Mapping):
             raise ConfigError(f"{where}: field 'operating_point' must be an object or null")
         fp = data.get("model_fingerprint")
+        nontarget = data.get("nontarget")
+        if nontarget is not None:
+            from mvector.evaluation.gallery import NonTargetTail
+
+            if not isinstance(nontarget, Mapping):
+                raise ConfigError(f"{where}: field 'nontarget' must be an object or null")
+            NonTargetTail.from_dict(nontarget, where=f"{where}: field 'nontarget'")  # checked now, not when used
         try:
             return cls(
                 weights=dict(weights),
@@ -405,6 +417,7 @@ class Calibration:
                 fitted_on=dict(data.get("fitted_on") or {}),
                 metrics=dict(data.get("metrics") or {}),
                 operating_point=None if op is None else dict(op),
+                nontarget=None if nontarget is None else dict(nontarget),
             )
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
@@ -900,6 +913,10 @@ def fit_from_trials(
     cal.operating_point = choose_operating_point(
         scores, labels, rule, target, calibration=cal, prior=threshold_prior, data=data
     )
+    if int((labels == 0).sum()) >= 100:  # what identification needs to keep an FPIR at any gallery size
+        from mvector.evaluation.gallery import NonTargetTail
+
+        cal.nontarget = NonTargetTail.from_scores(scores[labels == 0], data=data).to_dict()
     report = calibration_report(scores, labels, cal, quality=quality, p_target=p_target)
     n_min = int(min(labels.sum(), (1 - labels).sum()))
     if n_min >= folds:

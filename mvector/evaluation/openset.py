@@ -72,6 +72,9 @@ class IdentificationResult(tuple):
     """The answer of ``recognize``: unpacks as ``(name, score)`` (``name`` is ``None`` for *unknown*) and carries
     ``reason``, ``unknown``, ``margin``, the ``runner_up`` and its score, the ``threshold`` and its
     ``threshold_source``, and, with a calibration, the ``llr`` and ``probability`` of the best match at ``prior``.
+    Keyword extras of a decision over a gallery (:meth:`MVectorPredictor.recognize`) become attributes too:
+    ``rule``, ``promise``, ``gallery_size``, ``expected_fpir``, ``posteriors``, ``p_unknown``, ``unknown_prior``,
+    ``fpir`` (``None`` when not given).
 
     >>> r = IdentificationResult(OpenSetAnswer(None, 0.71, "bob", 0.69, "ambiguous"), threshold=0.5, margin=0.05)
     >>> name, score = r
@@ -89,8 +92,14 @@ class IdentificationResult(tuple):
         prior: float | None = None,
         threshold_source: str | None = None,
         score_norm: str | None = None,
+        **extras: Any,
     ) -> IdentificationResult:
+        unknown_keys = sorted(set(extras) - set(_EXTRAS))
+        if unknown_keys:
+            raise TypeError(f"IdentificationResult: unknown field(s) {unknown_keys}; known: {', '.join(_EXTRAS)}")
         obj = super().__new__(cls, (answer.name, float(answer.score)))
+        for key in _EXTRAS:
+            setattr(obj, key, extras.get(key))
         obj.reason = answer.reason
         obj.unknown = answer.name is None
         obj.runner_up = answer.runner_up
@@ -109,10 +118,25 @@ class IdentificationResult(tuple):
         """Whether a calibration produced :attr:`llr` and :attr:`probability`."""
         return self.llr is not None
 
-    def __getnewargs__(self):
+    def __getnewargs_ex__(self):
         answer = OpenSetAnswer(self[0], self[1], self.runner_up, self.runner_up_score, self.reason)
-        return (answer, self.threshold, self.margin, self.llr, self.probability, self.prior, self.threshold_source,
+        args = (answer, self.threshold, self.margin, self.llr, self.probability, self.prior, self.threshold_source,
                 self.score_norm)  # fmt: skip
+        return args, {k: getattr(self, k) for k in _EXTRAS if getattr(self, k, None) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``name``, ``score`` and every attribute that is set."""
+        out: dict[str, Any] = {"name": self[0], "score": self[1]}
+        for key in ("unknown", "reason", "runner_up", "runner_up_score", "threshold", "margin", "llr",
+                    "probability", "prior", "threshold_source", "score_norm", *_EXTRAS):  # fmt: skip
+            value = getattr(self, key, None)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+#: Attributes a decision over a gallery adds to an :class:`IdentificationResult`.
+_EXTRAS = ("rule", "promise", "gallery_size", "expected_fpir", "posteriors", "p_unknown", "unknown_prior", "fpir")
 
 
 def _check_margin(margin: Any) -> float:

@@ -46,7 +46,17 @@ from mvector.evaluation.calibration import (
     resolve_threshold,
     sigmoid,
 )
-from mvector.evaluation.openset import IdentificationResult, open_set_decision
+from mvector.evaluation.gallery import (
+    DEFAULT_FPIR,
+    DEFAULT_UNKNOWN_PRIOR,
+    OPEN_SET_RULES,
+    NonTargetTail,
+    expected_fpir,
+    fpir_threshold,
+    gallery_posterior,
+    posterior_llr_bar,
+)
+from mvector.evaluation.openset import IdentificationResult, OpenSetAnswer, open_set_decision
 from mvector.inference.speaker_db import SpeakerDatabase, validate_name
 
 __all__ = [
@@ -101,6 +111,20 @@ def describe_threshold(info: Mapping[str, Any]) -> str:
     return f"the operating point in {file} (rule {rule}{target}, chosen on {info.get('data') or 'unnamed data'})"
 
 
+def default_threshold_warning(model_path: PathLike) -> str:
+    """The warning given when a model folder holds nothing that sets a threshold, naming the commands that fix it.
+
+    >>> "mvector calibrate --model_path m" in default_threshold_warning("m")
+    True
+    """
+    return (
+        f"{model_path} holds no calibration (calibration.json) and no evaluation threshold (result.json): using "
+        f"{DEFAULT_THRESHOLD}, which means nothing for this model. Fix it with: mvector calibrate --model_path "
+        f"{model_path} --trials PAIRS.txt --rule far --target 0.01 (labelled pairs of your own speakers), or "
+        f"python eval.py --resume_model {model_path} --set_threshold; or pass a threshold"
+    )
+
+
 class MVectorPredictor:
     """Speaker embeddings, verification and identification from a trained (or exported) model folder.
 
@@ -122,6 +146,14 @@ class MVectorPredictor:
             than this (0: off).
         prior: prior probability of "same speaker" at which calibrated probabilities are stated (default: the
             calibration's operating-point prior, else 0.5).
+        open_set_rule: how :meth:`recognize` decides over the gallery: ``"posterior"`` (needs a calibration: the
+            posterior over the enrolled speakers and "someone else"), ``"fpir"`` (a threshold for a target
+            false-positive identification rate at the current gallery size, from the non-target distribution
+            ``mvector calibrate`` stores), ``"threshold"`` (one score threshold whatever the gallery size), or
+            ``"auto"`` (default): ``threshold`` when a threshold was given, else ``posterior`` with a
+            calibration, else ``fpir`` with a stored non-target distribution, else ``threshold``.
+        unknown_prior: the ``posterior`` rule's prior that a voice belongs to nobody enrolled (default 0.5).
+        fpir: the ``fpir`` rule's target share of strangers given a name (default 0.05).
 
     The threshold comes, in order, from ``threshold``, the operating point stored in ``calibration.json`` (how it
     was chosen and on what data: :attr:`threshold_info`), the EER threshold in ``result.json`` / ``meta.json``, or
@@ -146,7 +178,16 @@ class MVectorPredictor:
         keep_audio: bool = False,
         margin: float = 0.0,
         prior: float | None = None,
+        open_set_rule: str = "auto",
+        unknown_prior: float = DEFAULT_UNKNOWN_PRIOR,
+        fpir: float = DEFAULT_FPIR,
     ):
+        if open_set_rule not in OPEN_SET_RULES:
+            raise ConfigError(f"open_set_rule must be one of {', '.join(OPEN_SET_RULES)}, got {open_set_rule!r}")
+        for what, value in (("unknown_prior", unknown_prior), ("fpir", fpir)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+                raise ConfigError(f"{what} must be a number in (0, 1), got {value!r}")
+        self.unknown_prior, self.fpir = float(unknown_prior), float(fpir)
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.model_path = resolve_model_dir(_catalogued_or_path(model_path))
@@ -203,11 +244,7 @@ class MVectorPredictor:
             found = resolve_threshold(self.model_path, self.calibration, DEFAULT_THRESHOLD)
             self.threshold, self.threshold_info = found
             if self.threshold_info["rule"] == "default":
-                warnings.warn(
-                    f"{self.model_path} holds no evaluation result (result.json) and no calibration; using threshold "
-                    f"{DEFAULT_THRESHOLD}. Run eval.py or mvector calibrate on it, or pass a threshold.",
-                    stacklevel=2,
-                )
+                warnings.warn(default_threshold_warning(self.model_path), stacklevel=2)
         self.threshold_source = describe_threshold(self.threshold_info)
         if self.llr_threshold is not None:
             self.threshold_info = {**op, "file": str(self.model_path / "calibration.json")}
@@ -216,6 +253,10 @@ class MVectorPredictor:
                 f"{op.get('target')}, prior {op.get('prior')}: accept when the LLR >= {self.llr_threshold:.4g}); "
                 f"identification without durations uses {self.threshold_source}"
             )
+        self.nontarget: NonTargetTail | None = None
+        if self.calibration is not None and self.calibration.nontarget is not None:
+            self.nontarget = NonTargetTail.from_dict(self.calibration.nontarget)
+        self.open_set_rule = self._resolve_rule(open_set_rule, threshold is not None)
         self.audio_db_path = Path(audio_db_path)
         self.keep_audio = bool(keep_audio)
         self._db: SpeakerDatabase | None = None
@@ -399,6 +440,29 @@ class MVectorPredictor:
         audio_kept = waves if self.keep_audio else None
         self.db.add(name, emb, audio=audio_kept, sample_rate=self.sample_rate, mode=mode, record=record)
 
+    def _resolve_rule(self, rule: str, threshold_given: bool) -> str:
+        """The open-set rule ``rule`` stands for here (``auto`` resolved), or a ConfigError saying what is missing."""
+        posterior_ok = (
+            self.calibration is not None
+            and not self.calibration.needs_durations
+            and self.calibration.weights["score"] > 0
+        )
+        if rule == "auto":
+            if threshold_given:
+                return "threshold"
+            return "posterior" if posterior_ok else "fpir" if self.nontarget is not None else "threshold"
+        fix = f"fit one with: mvector calibrate --model_path {self.model_path} --trials PAIRS.txt"
+        if rule == "posterior" and not posterior_ok:
+            raise ConfigError(
+                f"open-set rule 'posterior' needs a calibration of the score alone in {self.model_path}; {fix}"
+            )
+        if rule == "fpir" and self.nontarget is None:
+            raise ConfigError(
+                f"open-set rule 'fpir' needs the model's non-target score distribution (stored in calibration.json "
+                f"by mvector calibrate); {fix}"
+            )
+        return rule
+
     def recognize(
         self,
         audio: AudioInput,
@@ -409,20 +473,36 @@ class MVectorPredictor:
         score_norm: str | None = None,
         cohort_top_k: int = 300,
         candidates: int = 0,
+        rule: str | None = None,
+        unknown_prior: float | None = None,
+        fpir: float | None = None,
     ) -> Any:
-        """Who is speaking: ``(name, score)``, or ``(None, best score)`` for *unknown*.
+        """Who is speaking: ``(name, score)``, or ``(None, best score)`` for *unknown*, decided over the gallery.
 
-        ``candidates=k`` also lists the ``k`` best ``(name, score)`` pairs in ``.candidates`` (one embedding and
-        one search for the decision and the list).
+        The decision follows ``rule`` (default :attr:`open_set_rule`; a ``threshold`` given here means
+        ``"threshold"``):
 
-        The answer is *unknown* when the best score is below the threshold, or when the best and second-best
-        speakers score closer than ``margin`` (default :attr:`margin`). The result unpacks as ``(name, score)`` and
-        carries ``.reason`` (``accepted``, ``below_threshold``, ``ambiguous``), ``.runner_up``, and with a
-        calibration ``.llr`` / ``.probability`` of the best match. ``score_norm="as_norm"`` scores against the
-        database's stored cohort (:meth:`~mvector.speaker_db.SpeakerDatabase.set_cohort`); AS-norm scores live on
-        another scale, so a ``threshold`` must then be given. With ``top_k > 1`` returns the ``top_k`` best
-        ``[(name, score), ...]`` candidates instead (no decision). An empty database raises
-        :class:`~mvector.errors.SpeakerDBError`.
+        * ``"posterior"``: the posterior over every enrolled speaker and "someone else" from the calibrated LLRs,
+          with prior ``unknown_prior`` (default :attr:`unknown_prior`) for "someone else"; *unknown* when that is
+          the most probable answer;
+        * ``"fpir"``: *unknown* below the score threshold that names at most a share ``fpir`` (default
+          :attr:`fpir`) of strangers at the current number of enrolled speakers;
+        * ``"threshold"``: *unknown* below one score threshold (the model's, or ``threshold``).
+
+        Any rule also answers *unknown* when the best and second-best speakers score closer than ``margin``
+        (default :attr:`margin`). The result unpacks as ``(name, score)`` (the cosine score of the best match)
+        and carries ``.rule`` (which rule decided), ``.promise`` (what it promises, in words), ``.reason``
+        (``accepted``, ``below_threshold``, ``someone_else_more_probable``, ``ambiguous``), ``.threshold`` (the
+        score a speaker needed), ``.gallery_size``, ``.expected_fpir`` (the share of strangers this decision
+        names at this gallery size, when the model's non-target distribution is stored), ``.runner_up``, with a
+        calibration ``.llr`` / ``.probability`` of the best match, and with the posterior rule ``.posteriors``
+        (``{name: posterior}`` of the best ten speakers) and ``.p_unknown``.
+
+        ``candidates=k`` also lists the ``k`` best ``(name, score)`` pairs in ``.candidates``.
+        ``score_norm="as_norm"`` scores against the database's stored cohort
+        (:meth:`~mvector.speaker_db.SpeakerDatabase.set_cohort`); AS-norm scores live on another scale, so a
+        ``threshold`` must then be given. With ``top_k > 1`` returns the ``top_k`` best ``[(name, score), ...]``
+        candidates instead (no decision). An empty database raises :class:`~mvector.errors.SpeakerDBError`.
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
@@ -431,24 +511,85 @@ class MVectorPredictor:
                 "score_norm='as_norm' gives scores on another scale than the model's threshold; pass threshold= "
                 "(e.g. chosen on AS-normed trials)"
             )
+        if threshold is not None:
+            chosen = "threshold"
+        elif rule is not None:
+            if rule not in OPEN_SET_RULES:
+                raise ConfigError(f"rule must be one of {', '.join(OPEN_SET_RULES)}, got {rule!r}")
+            chosen = self._resolve_rule(rule, self.threshold_info.get("rule") == "given")
+        else:
+            chosen = self.open_set_rule
+        p0 = self.unknown_prior if unknown_prior is None else float(unknown_prior)
+        target = self.fpir if fpir is None else float(fpir)
+        for what, value in (("unknown_prior", p0), ("fpir", target)):
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"{what} must be in (0, 1), got {value!r}")
         use_margin = self.margin if margin is None else float(margin)
         emb = self.embed(audio, sample_rate)
         want = top_k if top_k > 1 else max(2 if use_margin > 0 else 1, int(candidates))
-        hits = self.db.search(emb, top_k=want, score_norm=score_norm, cohort_top_k=cohort_top_k)[0]
+        n = len(self.db)
+        if chosen == "posterior" and top_k == 1:
+            want = max(want, n)  # every enrolled speaker takes part in the posterior
+        hits = self.db.search(emb, top_k=max(want, 1), score_norm=score_norm, cohort_top_k=cohort_top_k)[0]
         if top_k > 1:
-            return [(n, float(s)) for n, s in hits]
-        limit = self.threshold if threshold is None else float(threshold)
-        answer = open_set_decision(hits, limit, use_margin)
+            return [(nm, float(sc)) for nm, sc in hits]
+        n = max(n, len(hits))
+        extras: dict[str, Any] = {"rule": chosen, "gallery_size": n}
+        if chosen == "posterior":
+            assert self.calibration is not None
+            llrs = np.asarray(self.calibration.llr(np.array([sc for _, sc in hits])), dtype=np.float64)
+            post = gallery_posterior(llrs, p0)
+            bar = posterior_llr_bar(n, p0)
+            limit = self.calibration.score_for_llr(bar)
+            answer = open_set_decision(hits, -np.inf, use_margin)
+            if post.best is None:
+                answer = OpenSetAnswer(None, answer.score, answer.runner_up, answer.runner_up_score,
+                                       "someone_else_more_probable")  # fmt: skip
+            extras["posteriors"] = {hits[i][0]: float(post.posteriors[i]) for i in range(min(10, len(hits)))}
+            extras["p_unknown"] = post.p_unknown
+            extras["unknown_prior"] = p0
+            source = f"the posterior rule (calibration {self.model_path / 'calibration.json'})"
+        elif chosen == "fpir":
+            assert self.nontarget is not None
+            limit = fpir_threshold(self.nontarget, target, n)
+            answer = open_set_decision(hits, limit, use_margin)
+            extras["fpir"] = target
+            source = f"the FPIR rule (non-target distribution of {self.nontarget.data or 'the calibration trials'})"
+        else:
+            limit = self.threshold if threshold is None else float(threshold)
+            answer = open_set_decision(hits, limit, use_margin)
+            source = self.threshold_source if threshold is None else "given by the caller"
+        if self.nontarget is not None and score_norm is None and limit is not None:
+            extras["expected_fpir"] = expected_fpir(self.nontarget, limit, n)
+        extras["promise"] = self._promise(chosen, n, limit, p0, target, extras.get("expected_fpir"), source)
         llr = probability = None
         if self.calibration is not None and score_norm is None and not self.calibration.needs_durations:
             llr = float(self.calibration.llr(answer.score))
             probability = float(self.calibration.probability(answer.score, self.prior))
-        source = self.threshold_source if threshold is None else "given by the caller"
         result = IdentificationResult(
-            answer, limit, use_margin, llr, probability, self.prior if llr is not None else None, source, score_norm
-        )
-        result.candidates = [(n, float(sc)) for n, sc in hits[: int(candidates)]]
+            answer, limit, use_margin, llr, probability, self.prior if llr is not None else None, source, score_norm,
+            **extras,
+        )  # fmt: skip
+        result.candidates = [(nm, float(sc)) for nm, sc in hits[: int(candidates)]]
         return result
+
+    def _promise(
+        self, rule: str, n: int, limit: float | None, p0: float, target: float, efpir: float | None, source: str
+    ) -> str:
+        """What a decision of ``rule`` promises, in one sentence."""
+        strangers = "" if efpir is None else f"; at {n} enrolled a stranger is named with probability about {efpir:.1%}"
+        if rule == "posterior":
+            return (
+                f"names the most probable of {n} enrolled speakers and 'someone else' (prior {p0:g} for someone "
+                f"else), from calibrated LLRs{strangers}"
+            )
+        if rule == "fpir":
+            return (
+                f"names at most {target:.1%} of strangers at {n} enrolled speakers (score threshold {limit:.4f} "
+                f"from {source.split('(', 1)[-1].rstrip(')')})"
+            )
+        per_pair = "its error rates hold per comparison, not per search"
+        return f"one score threshold ({source}): {per_pair}{strangers}"
 
     def remove(self, name: str, record: Any = None) -> None:
         """Remove an enrolled speaker (an unknown name raises :class:`~mvector.errors.UnknownSpeakerError`);
