@@ -277,6 +277,176 @@ def enrolment(predictor, emb, spk, raw, threshold: float, seed: int) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ gallery (issue 21)
+def embed_list(predictor, rows: list[tuple[str, int]], cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of a list's files (cached in ``cache`` as .npz, keyed by the model fingerprint and the files)."""
+    import hashlib
+
+    key = hashlib.sha256((predictor.fingerprint + "\n".join(p for p, _ in rows)).encode()).hexdigest()[:16]
+    path = None if cache is None else cache / f"emb_{key}.npz"
+    if path is not None and path.is_file():
+        got = np.load(path)
+        return got["emb"], got["spk"]
+    emb = predictor.embed_batch([p for p, _ in rows], batch_size=16)
+    spk = np.array([label for _, label in rows])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, emb=emb, spk=spk)
+    return emb, spk
+
+
+def gallery_split(spk: np.ndarray, n_enrol: int, per_model: int, rng: np.random.Generator):
+    """Enrol ``n_enrol`` random speakers from ``per_model`` recordings; their other recordings and every recording
+    of the rest are probes. Returns (models [N, D] rows as index lists, probe rows, truth per probe (-1 stranger),
+    speaker of each probe)."""
+    names = rng.permutation(np.unique(spk))
+    enrolled, models, probes, truth = names[:n_enrol], [], [], []
+    for col, name in enumerate(enrolled):
+        rows = rng.permutation(np.flatnonzero(spk == name))
+        models.append(rows[:per_model])
+        probes += rows[per_model:].tolist()
+        truth += [col] * (len(rows) - per_model)
+    strangers = np.flatnonzero(~np.isin(spk, enrolled))
+    probes += strangers.tolist()
+    truth += [-1] * len(strangers)
+    return models, np.array(probes), np.array(truth), enrolled
+
+
+def gallery(args) -> dict:
+    """Open-set identification over galleries of N in --gallery_sizes speakers of --corpus (voices the calibration
+    never saw), decided by the posterior rule, the FPIR rule, and the single-pair threshold (the old rule)."""
+    import json as _json
+
+    from mvector.cli.calibrate import main as calibrate_main
+    from mvector.evaluation.calibration import Calibration
+    from mvector.evaluation.gallery import (
+        NonTargetTail,
+        expected_fpir,
+        fpir_threshold,
+        gallery_as_norm,
+        gallery_posterior,
+        posterior_llr_bar,
+    )
+    from mvector.evaluation.uncertainty import rate_interval, speaker_bootstrap
+    from mvector.inference.enrolment import combine_embeddings
+    from mvector.predictor import MVectorPredictor
+
+    corpus, cache = Path(args.corpus), Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    cal_path = cache / "calibration.json"
+    t0 = time.time()
+    argv = ["--model_path", args.model_path, "--trials", args.calibration_trials, "--rule", "far", "--target",
+            str(args.pair_far), "--output", str(cal_path)]  # fmt: skip
+    if not cal_path.is_file():
+        assert calibrate_main(argv) == 0
+    cal = Calibration.load(cal_path)
+    tail = NonTargetTail.from_dict(cal.nontarget)
+    pair_threshold = float(cal.operating_point["threshold"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predictor = MVectorPredictor(model_path=args.model_path, use_gpu=False, threshold=pair_threshold)
+    split = corpus.name if (corpus / "dev_list.txt").is_file() else corpus.name
+    rows = read_list(corpus / f"{args.split}_list.txt")
+    emb, spk = embed_list(predictor, rows, cache)
+    t_embed = time.time() - t0
+    u = unit(emb.astype(np.float64))
+    # single-pair FAR of the stored 1 %-FAR threshold on held-out pairs (every different-speaker pair of the corpus)
+    a, b, y = pairs(np.arange(len(spk)), spk)
+    held = np.einsum("ij,ij->i", u[a], u[b])
+    non = held[y == 0]
+    pair_far = float((non >= pair_threshold).mean())
+    names = np.unique(spk)
+    far_ci = speaker_bootstrap(
+        lambda w: float(np.average(non >= pair_threshold, weights=(w[np.searchsorted(names, spk[a])] *
+                                                                     w[np.searchsorted(names, spk[b])])[y == 0]))
+        if (w[np.searchsorted(names, spk[a])] * w[np.searchsorted(names, spk[b])])[y == 0].sum() > 0 else np.nan,
+        list(names), rounds=200, seed=args.seed,
+    )  # fmt: skip
+    out: dict = {
+        "calibration": {"trials": args.calibration_trials, "weights": cal.weights, "bias": cal.bias,
+                        "pair_threshold_far": pair_threshold, "nontarget_trials": tail.n},
+        "held_out_pairs": {"asked_far": args.pair_far, "measured_far": pair_far, "far_ci95": list(far_ci),
+                           "nontarget_pairs": int(non.size), "speakers": int(names.size)},
+        "galleries": {},
+    }  # fmt: skip
+    rng = np.random.default_rng(args.seed)
+    for n_enrol in args.gallery_sizes:
+        acc: dict[str, dict[str, list]] = {}
+        for _ in range(args.repeats):
+            models_idx, probes, truth, enrolled = gallery_split(spk, n_enrol, args.enrol, rng)
+            models = np.stack([combine_embeddings(emb[i]) for i in models_idx]).astype(np.float64)
+            scores = u[probes] @ models.T
+            best_col = np.argmax(scores, axis=1)
+            best = scores[np.arange(len(scores)), best_col]
+            known = truth >= 0
+            right = best_col == truth
+            llr = np.asarray(cal.llr(scores))
+            post_best = np.array([gallery_posterior(row, args.unknown_prior).best is not None for row in llr])
+            normed = gallery_as_norm(scores, models @ models.T, top_k=args.asnorm_top_k)
+            n_best_col = np.argmax(normed, axis=1)
+            n_best = normed[np.arange(len(normed)), n_best_col]
+            t_fpir = fpir_threshold(tail, args.fpir, n_enrol)
+            t_eer = float(cal.metrics.get("eer_threshold", np.nan)) if "eer_threshold" in cal.metrics else None
+            decisions = {
+                f"fpir_rule@{args.fpir:g}": best >= t_fpir,
+                f"posterior_rule@prior{args.unknown_prior:g}": post_best,
+                f"old_single_pair_threshold@far{args.pair_far:g}": best >= pair_threshold,
+            }
+            if t_eer is not None:
+                decisions["old_eer_threshold"] = best >= t_eer
+            # oracle comparisons at the same FPIR (threshold chosen on these strangers): cosine vs gallery AS-norm
+            for label, sc, col in (("oracle_cosine", best, best_col), ("oracle_gallery_as_norm", n_best, n_best_col)):
+                limit = np.quantile(sc[~known], 1 - args.fpir, method="higher")
+                decisions[f"{label}@fpir{args.fpir:g}"] = (sc > limit, col)
+            spk_probe = spk[probes]
+            for key, got in decisions.items():
+                accept, col = got if isinstance(got, tuple) else (got, best_col)
+                hit = accept & known & (col == truth)
+                rec = acc.setdefault(key, {"fp": [], "n_str": [], "hit": [], "n_known": [], "per_spk": {}})
+                rec["fp"].append(int((accept & ~known).sum()))
+                rec["n_str"].append(int((~known).sum()))
+                rec["hit"].append(int(hit.sum()))
+                rec["n_known"].append(int(known.sum()))
+                # per stranger speaker: (false positives, probes), for a speaker-level interval
+                for s in np.unique(spk_probe[~known]):
+                    mine = ~known & (spk_probe == s)
+                    tally = rec["per_spk"].setdefault(str(s), [0, 0])
+                    tally[0] += int((accept & mine).sum())
+                    tally[1] += int(mine.sum())
+            acc.setdefault("_thresholds", {}).setdefault("fpir", []).append(t_fpir)
+            acc["_thresholds"].setdefault("posterior_score", []).append(cal.score_for_llr(
+                posterior_llr_bar(n_enrol, args.unknown_prior)))
+            acc["_thresholds"].setdefault("expected_fpir_posterior", []).append(expected_fpir(
+                tail, cal.score_for_llr(posterior_llr_bar(n_enrol, args.unknown_prior)), n_enrol))
+            acc["_thresholds"].setdefault("expected_fpir_old", []).append(expected_fpir(tail, pair_threshold, n_enrol))
+            acc["_thresholds"].setdefault("rank1", []).append(float(right[known].mean()))
+        table = {}
+        for key, rec in acc.items():
+            if key == "_thresholds":
+                continue
+            fp, ns, hit, nk = map(np.sum, (rec["fp"], rec["n_str"], rec["hit"], rec["n_known"]))
+            per = np.array(list(rec["per_spk"].values()), dtype=np.float64)  # stranger speakers, over repeats
+            ci = speaker_bootstrap(lambda w, per=per: float((w * per[:, 0]).sum() / max((w * per[:, 1]).sum(), 1)),
+                                   list(range(len(per))), rounds=300, seed=args.seed)  # fmt: skip
+            table[key] = {
+                "fpir": float(fp / ns), "fpir_ci95_speaker_bootstrap": [round(ci[0], 4), round(ci[1], 4)],
+                "dir": float(hit / nk), "dir_ci95_wilson": [round(v, 4) for v in rate_interval(int(hit), int(nk))],
+                "strangers_named": int(fp), "stranger_probes": int(ns), "enrolled_found": int(hit),
+                "enrolled_probes": int(nk),
+            }  # fmt: skip
+        out["galleries"][f"N={n_enrol}"] = {
+            "rules": table,
+            "mean_thresholds": {k: float(np.mean(v)) for k, v in acc["_thresholds"].items()},
+            "strangers": int(len(names) - n_enrol),
+        }
+    out["embedding_seconds"] = round(t_embed, 1)
+    out["protocol"] = {"repeats": args.repeats, "enrol_per_speaker": args.enrol, "corpus": str(corpus),
+                       "utterances": int(len(spk)), "speakers": int(len(names)), "unknown_prior": args.unknown_prior,
+                       "asked_fpir": args.fpir, "asnorm_top_k": args.asnorm_top_k}  # fmt: skip
+    _ = (_json, split)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_path", default="/tmp/calib_models/EcapaTdnn_Fbank/last_model")
@@ -284,7 +454,23 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=30, help="open-set: random unknown sets per direction")
     parser.add_argument("--cohort_per_speaker", type=int, default=3, help="AS-norm cohort: train utterances each")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gallery", action="store_true", help="measure open-set identification over galleries")
+    parser.add_argument("--calibration_trials", default=None, help="--gallery: trials mvector calibrate fits on")
+    parser.add_argument("--split", default="dev", help="--gallery: the corpus split whose voices are the gallery")
+    parser.add_argument("--gallery_sizes", type=int, nargs="+", default=[10, 40])
+    parser.add_argument("--enrol", type=int, default=3, help="--gallery: recordings per enrolled speaker")
+    parser.add_argument("--fpir", type=float, default=0.05)
+    parser.add_argument("--pair_far", type=float, default=0.01)
+    parser.add_argument("--unknown_prior", type=float, default=0.5)
+    parser.add_argument("--asnorm_top_k", type=int, default=10)
+    parser.add_argument("--cache", default="/tmp/mvector_bench_gallery", help="--gallery: embeddings, calibration")
     args = parser.parse_args()
+    if args.gallery:
+        if args.repeats == 30:
+            args.repeats = 20
+        emit({"benchmark": "calibration --gallery", "model": str(args.model_path), **gallery(args),
+              "machine": machine_info(), "argv": sys.argv[1:]})  # fmt: skip
+        return 0
     corpus = Path(args.corpus)
     if not (corpus / "dev_list.txt").is_file():
         emit({"skipped": f"corpus not found at {corpus}"})

@@ -281,8 +281,14 @@ def test_cli_calibrate_writes_a_fingerprinted_calibration(tiny_setup, tmp_path: 
     model, trials = tiny_setup
     out = tmp_path / "calibration.json"
     args = ["--model_path", str(model), "--trials", str(trials), "--output", str(out), "--folds", "2"]
-    assert main([*args, "--rule", "far", "--target", "0.2", "--save_image_path", str(tmp_path)]) == 0
+    # 3 speakers, 27 non-target trials: refused (says why), nothing written ...
+    assert main([*args, "--rule", "far", "--target", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "3 speakers (at least 10 needed)" in err and "--force" in err and not out.exists()
+    # ... unless forced
+    assert main([*args, "--rule", "far", "--target", "0.2", "--save_image_path", str(tmp_path), "--force"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["note"].startswith("stored anyway (--force)") and len(line["eer_ci95"]) == 2
     for key in ("cllr", "min_cllr", "act_dcf", "min_dcf", "eer", "cllr_cv"):
         assert isinstance(line[key], float), key
     assert line["operating_point"]["rule"] == "far" and line["operating_point"]["data"] == str(trials)
@@ -359,7 +365,7 @@ def test_eval_calibrate_prints_the_measures_and_the_predictor_uses_the_calibrati
     model, trials = tiny_setup
     folder = tmp_path / "model"
     shutil.copytree(model, folder)
-    args = ["--resume_model", str(folder), "--calibrate", f"--dataset_conf.trials_list={trials}"]
+    args = ["--resume_model", str(folder), "--calibrate", f"--dataset_conf.trials_list={trials}", "--force"]
     args += ["--calibration_rule", "far", "--calibration_target", "0.2", "--save_image_path", str(tmp_path)]
     assert eval_main(args) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -141,6 +141,9 @@ def test_item03_eval_keeps_the_operating_point_unless_asked(corpus, trained, tmp
     after = (model / "result.json").read_bytes() if (model / "result.json").exists() else None
     assert after == before
     status, out, err = run_main(main, ["--resume_model", str(model), "--set_threshold"])
+    assert status == 2 and "speakers (at least 10 needed)" in err and "--force" in err  # a tiny test split
+    assert ((model / "result.json").read_bytes() if (model / "result.json").exists() else None) == before
+    status, out, err = run_main(main, ["--resume_model", str(model), "--set_threshold", "--force"])
     assert status == 0 and "result.json" in out
     assert "threshold" in strict_json((model / "result.json").read_text())
 

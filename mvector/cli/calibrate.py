@@ -61,6 +61,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, default=5, help="folds of the cross-validated Cllr (cllr_cv)")
     parser.add_argument("--output", default=None, help="where to write (default: MODEL_PATH/calibration.json)")
     parser.add_argument("--dry_run", type=str2bool, default=False, help="fit and report, write nothing")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="store the calibration even from fewer than 10 speakers or 300 non-target trials (refused otherwise)",
+    )
     parser.add_argument("--save_image_path", default=None, help="folder for the reliability plot (reliability.png)")
     parser.add_argument("--use_gpu", type=str2bool, default=False, help="embed on CUDA")
     parser.add_argument("--batch_size", type=int, default=32, help="recordings per embedding batch")
@@ -81,6 +85,13 @@ def _run(args: argparse.Namespace) -> dict:
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
     trials = read_trials(args.trials, args.trials_root)
+    from mvector.evaluation.uncertainty import refuse_weak_operating_point, speakers_in_trials
+
+    n_speakers = speakers_in_trials(trials)
+    n_non = sum(1 for t in trials if int(t[0]) == 0)
+    note = None
+    if not args.dry_run:  # checked before anything is embedded
+        note = refuse_weak_operating_point(n_speakers, n_non, args.force, "a calibration and operating point")
     predictor = MVectorPredictor(model_path=args.model_path, use_gpu=args.use_gpu, threshold=0.0)
 
     def embed(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +133,23 @@ def _run(args: argparse.Namespace) -> dict:
         "weights": cal.weights,
         "bias": cal.bias,
         "operating_point": cal.operating_point,
+        "speakers": n_speakers,
+        "nontarget_distribution_stored": cal.nontarget is not None,
     }
+    from mvector.evaluation.uncertainty import rate_interval, trial_bootstrap_metrics, trial_speakers
+
+    op = cal.operating_point or {}
+    if op.get("far") is not None:
+        n_t, n_n = report["n_target"], report["n_nontarget"]
+        result["far_ci95"] = list(rate_interval(round(op["far"] * n_n), n_n))
+        result["frr_ci95"] = list(rate_interval(round(op["frr"] * n_t), n_t))
+    spk = trial_speakers(trials)
+    if len(set(spk.values())) >= 2:
+        ci = trial_bootstrap_metrics(scores, labels, [spk[t[1]] for t in trials], [spk[t[2]] for t in trials],
+                                     p_target=args.p_target, rounds=100)  # fmt: skip
+        result["eer_ci95"], result["min_dcf_ci95"] = ci["eer"], ci["min_dcf"]
+    if note:
+        result["note"] = note
     if not args.dry_run:
         output = Path(args.output) if args.output else predictor.model_path
         result["saved"] = str(cal.save(output))

@@ -94,6 +94,9 @@ def _run(args: argparse.Namespace) -> None:
     predictor_kwargs = {"model_path": args.model_path, "use_gpu": args.use_gpu}
     if args.audio_db_path:
         predictor_kwargs["audio_db_path"] = args.audio_db_path
+    if args.threshold is not None and args.name_threshold is not None:
+        # both thresholds given: the model's own is not used, so a model without one is nothing to warn about
+        predictor_kwargs["threshold"] = args.name_threshold
     predictor = MVectorPredictor(**predictor_kwargs)
     options = {
         "num_speakers": args.num_speakers,

@@ -57,6 +57,11 @@ def build_parser(prog: str | None = None):
     parser.add_argument("--open_set_enrol", type=int, default=3, help="recordings per enrolled speaker")
     parser.add_argument("--open_set_repeats", type=int, default=10, help="random enrolled/unknown splits averaged")
     parser.add_argument("--margin", type=float, default=0.0, help="open set: unknown when best and second are closer")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="store an operating point (--set_threshold, --calibrate) even from fewer than 10 speakers or 300 "
+        "non-target trials (refused otherwise)",
+    )
     return parser
 
 
@@ -85,6 +90,7 @@ def _main(argv=None, prog=None) -> None:
         open_set_enrol=args.open_set_enrol,
         open_set_repeats=args.open_set_repeats,
         margin=args.margin,
+        force=args.force,
     )
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)

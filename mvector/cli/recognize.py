@@ -101,6 +101,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="answer unknown when the best two speakers score closer than this (default: the predictor's)",
     )
     parser.add_argument(
+        "--rule", default="auto", choices=["auto", "posterior", "fpir", "threshold"],
+        help="open-set decision over the enrolled speakers: posterior (calibrated: the most probable of the "
+        "speakers and 'someone else'), fpir (a threshold naming at most --fpir of strangers at the current number "
+        "of speakers), threshold (one score threshold); auto: threshold when --threshold is given, else posterior "
+        "with a calibration, else fpir with a stored non-target distribution, else threshold",
+    )
+    parser.add_argument(
+        "--unknown_prior", type=float, default=0.5,
+        help="posterior rule: prior probability that a voice belongs to nobody enrolled",
+    )
+    parser.add_argument("--fpir", type=float, default=0.05, help="fpir rule: share of strangers that may be named")
+    parser.add_argument(
         "--checks", default="warn", choices=["warn", "refuse", "off"],
         help="--register: enrolment quality checks (speech, clipping, level, SNR, bandwidth, agreement)",
     )
@@ -204,10 +216,16 @@ def _recognize(predictor, args, files, emit) -> int:
             )
             continue
         name, score = result
-        extra = {k: getattr(result, k, None) for k in ("reason", "runner_up", "llr", "probability", "threshold")}
+        keys = ("reason", "runner_up", "llr", "probability", "threshold", "rule", "promise", "gallery_size",
+                "expected_fpir", "posteriors", "p_unknown")  # fmt: skip
+        extra = {k: getattr(result, k, None) for k in keys}
         text = f"{path}: {name or 'unknown speaker'} (score {score:.4f}"
         if extra["llr"] is not None:
             text += f", LLR {extra['llr']:+.2f}, P(same) {extra['probability']:.3f}"
+        if extra["p_unknown"] is not None:
+            text += f", P(someone else) {extra['p_unknown']:.3f}"
+        if extra["rule"] is not None:
+            text += f"; rule {extra['rule']}"
         if name is None and extra["reason"] == "ambiguous":
             text += f"; too close to tell from {extra['runner_up']}"
         emit({"file": path, "name": name, "score": round(score, 6), **extra}, text + ")")
@@ -229,6 +247,9 @@ def _main(argv=None, prog=None) -> int:
         threshold=args.threshold,
         backend=args.backend,
         keep_audio=args.keep_audio,
+        open_set_rule=args.rule,
+        unknown_prior=args.unknown_prior,
+        fpir=args.fpir,
     )
     emit = (lambda obj, text: print(dumps_json(obj), flush=True)) if args.json else (lambda obj, text: print(text))
     failed = 0

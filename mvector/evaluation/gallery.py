@@ -46,6 +46,7 @@ __all__ = [
     "fpir_threshold",
     "expected_fpir",
     "posterior_llr_bar",
+    "gallery_as_norm",
 ]
 
 #: Default prior that a probe belongs to nobody enrolled ("someone else"): as likely as not.
@@ -247,3 +248,43 @@ def gallery_posterior(llrs: Any, unknown_prior: float = DEFAULT_UNKNOWN_PRIOR) -
     # "someone else" wins ties: a name is given only when it is strictly more probable
     best = None if i == 0 or post[i] <= post[0] else i - 1
     return GalleryPosterior(posteriors=post[1:], p_unknown=float(post[0]), best=best)
+
+
+def gallery_as_norm(probe_scores: Any, model_scores: Any, top_k: int = 10) -> np.ndarray:
+    """Adaptive s-norm with the gallery as its cohort: each enrolled speaker is normalised by its ``top_k`` best
+    scores against the *other* enrolled speakers, and each probe by its ``top_k`` best scores against the other
+    enrolled speakers than the candidate: ``½·((s − μ_spk)/σ_spk + (s − μ_probe)/σ_probe)``.
+
+    ``probe_scores`` is ``[P, N]`` (probe × enrolled cosine), ``model_scores`` ``[N, N]`` (enrolled × enrolled);
+    needs at least 3 enrolled speakers (``top_k`` is cut to ``N − 1``).
+
+    >>> models = np.eye(4)
+    >>> probe = np.array([[0.9, 0.1, 0.0, 0.05]])
+    >>> out = gallery_as_norm(probe @ models.T, models @ models.T, top_k=2)
+    >>> int(np.argmax(out)), bool(out[0, 0] > out[0, 1])
+    (0, True)
+    """
+    s = np.asarray(probe_scores, dtype=np.float64)
+    m = np.asarray(model_scores, dtype=np.float64)
+    if s.ndim != 2 or m.shape != (s.shape[1], s.shape[1]):
+        raise ValueError(f"gallery_as_norm: probe scores [P, N] and model scores [N, N], got {s.shape}, {m.shape}")
+    n = s.shape[1]
+    if n < 3:
+        raise ConfigError(f"AS-norm over the gallery needs at least 3 enrolled speakers, got {n}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+    k = min(int(top_k), n - 1)
+    others = m.copy()
+    np.fill_diagonal(others, -np.inf)
+    top = -np.sort(-others, axis=1)[:, :k]
+    mu_s, sd_s = top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)
+    # The probe's k + 1 best: for a candidate among them, drop it; otherwise drop the (k + 1)-th.
+    best = -np.sort(-s, axis=1)[:, : k + 1]
+    sum_all, sq_all = best.sum(axis=1, keepdims=True), (best**2).sum(axis=1, keepdims=True)
+    kth = best[:, k : k + 1]
+    inside = s >= kth  # the candidate is one of the k + 1 best (ties: treated as inside)
+    drop = np.where(inside, s, kth)
+    mu_p = (sum_all - drop) / k
+    var_p = np.maximum((sq_all - drop**2) / k - mu_p**2, 0.0)
+    sd_p = np.maximum(np.sqrt(var_p), 1e-6)
+    return 0.5 * ((s - mu_s[None]) / sd_s[None] + (s - mu_p) / sd_p)

@@ -81,6 +81,7 @@ def evaluate_model_folder(
     open_set_enrol: int = 3,
     open_set_repeats: int = 10,
     margin: float = 0.0,
+    force: bool = False,
 ) -> EvaluationRun:
     """Evaluate ``model_path``; see the module docstring. ``output`` overrides where the metrics JSON goes.
 
@@ -94,6 +95,11 @@ def evaluate_model_folder(
     ``open_set_enrol`` recordings each) and unknown ones (``open_set_unknown`` of them), and ``open_set`` in the
     metrics holds the open-set identification measures: DIR at FAR 1 / 5 / 10 %, rank-1, and the decisions at the
     model's threshold with ``margin`` (:func:`mvector.evaluation.openset.open_set_protocol`).
+
+    An operating point (``set_threshold``, ``calibrate``) is refused, before anything is written, when the
+    trials come from fewer than :data:`~mvector.evaluation.uncertainty.MIN_SPEAKERS` speakers or hold fewer than
+    :data:`~mvector.evaluation.uncertainty.MIN_NONTARGET_TRIALS` non-target trials, unless ``force``. The metrics
+    gain ``fpr_ci95`` / ``tpr_ci95`` (Wilson intervals of the rates at the EER threshold) and ``speakers``.
     """
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("use_gpu is set but no CUDA device is available; pass --use_gpu False")
@@ -109,6 +115,14 @@ def evaluate_model_folder(
     )
     source = ds["trials_list"] or ds["test_list"]
     metrics["evaluated_on"] = str(source)
+    _add_uncertainty(metrics, ds)
+    if set_threshold or calibrate:
+        from mvector.evaluation.uncertainty import refuse_weak_operating_point
+
+        what = "the operating point (result.json / calibration.json)"
+        note = refuse_weak_operating_point(metrics["speakers"], metrics["num_nontargets"], force, what)
+        if note:
+            notes.append(note)
     if calibrate:
         metrics.update(
             _calibrate(
@@ -125,6 +139,23 @@ def evaluate_model_folder(
     if set_threshold:
         atomic_write_json(embedder.folder / "result.json", metrics)
     return EvaluationRun(metrics, written, set_threshold, conf, embedder, notes)
+
+
+def _add_uncertainty(metrics: dict[str, Any], ds: Mapping[str, Any]) -> None:
+    """Speakers behind the trials and 95 % Wilson intervals of the rates at the EER threshold, into ``metrics``."""
+    from mvector.evaluation.uncertainty import rate_interval, speakers_in_trials
+
+    if ds.get("trials_list"):
+        from mvector.evaluation.scoring import read_trials
+
+        metrics["speakers"] = speakers_in_trials(read_trials(ds["trials_list"], ds.get("trials_root")))
+    else:
+        from mvector.data.lists import load_utterances
+
+        metrics["speakers"] = len({u.label for u in load_utterances(ds["test_list"])})
+    n_t, n_n = int(metrics["num_targets"]), int(metrics["num_nontargets"])
+    metrics["tpr_ci95"] = list(rate_interval(round(float(metrics["tpr"]) * n_t), n_t))
+    metrics["fpr_ci95"] = list(rate_interval(round(float(metrics["fpr"]) * n_n), n_n))
 
 
 def _calibrate(

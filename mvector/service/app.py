@@ -170,6 +170,12 @@ class Identification(BaseModel):
     enrolled: int
     llr: Optional[float] = None
     probability: Optional[float] = None
+    rule: Optional[str] = Field(None, description="the open-set rule that decided: posterior, fpir or threshold")
+    promise: Optional[str] = Field(None, description="what that rule promises, in words")
+    gallery_size: Optional[int] = Field(None, description="enrolled speakers the decision was taken over")
+    expected_fpir: Optional[float] = Field(None, description="share of strangers this decision names at this size")
+    posteriors: Optional[dict[str, float]] = Field(None, description="posterior rule: the best speakers' posteriors")
+    p_unknown: Optional[float] = Field(None, description="posterior rule: the posterior of 'someone else'")
 
 
 class Speaker(BaseModel):
@@ -726,27 +732,35 @@ def create_app(
     ) -> dict[str, Any]:
         p = await ready_predictor()
         audio = await one_recording(request)
-        limit = p.threshold if threshold is None else _finite(threshold, "threshold")
+        given = None if threshold is None else _finite(threshold, "threshold")
 
         def job(pr: Any) -> tuple[Any, list, int]:
             count = len(pr.db)
             if count == 0:
                 return None, [], 0
-            best = pr.recognize(audio, threshold=limit, candidates=top_k if top_k > 1 else 0)
+            # the predictor's open-set rule decides (posterior / FPIR at this gallery size) unless a threshold is given
+            best = pr.recognize(audio, threshold=given, candidates=top_k if top_k > 1 else 0)
             return best, (best.candidates if top_k > 1 else None), count
 
         best, hits, count = await run_job(job)
         if best is None:
+            limit = p.threshold if given is None else given
             return {"name": None, "score": None, "unknown": True, "threshold": limit, "candidates": [], "enrolled": 0}
         name, score = best[0], float(best[1])
         if hits is None:  # top_k == 1: the answer is the only candidate (none when unknown)
             hits = [(name, score)] if name is not None else []
         extras = _extras(best)
+        for key in ("rule", "promise", "gallery_size", "expected_fpir", "p_unknown"):
+            value = getattr(best, key, None)
+            if value is not None:
+                extras[key] = value if isinstance(value, str) else float(value) if key != "gallery_size" else int(value)
+        if getattr(best, "posteriors", None) is not None:
+            extras["posteriors"] = {str(k): float(v) for k, v in best.posteriors.items()}
         return {
             "name": name,
             "score": score,
             "unknown": bool(extras.pop("unknown", name is None)),
-            "threshold": float(limit),
+            "threshold": float(best.threshold if best.threshold is not None else p.threshold),
             "candidates": [{"name": n, "score": float(s)} for n, s in hits],
             "enrolled": count,
             **extras,
