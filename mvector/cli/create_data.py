@@ -88,6 +88,28 @@ def _main(argv=None, prog=None) -> None:
     print(result.summary())
     for note in result.warnings:
         print(f"warning: {note}", file=sys.stderr)
+    small = small_test_split_warning(result.num_test_speakers)
+    if small:
+        print(f"warning: {small}", file=sys.stderr)
+
+
+def small_test_split_warning(num_test_speakers: int) -> str | None:
+    """The warning for a test split too small to mean anything (``None`` when it is big enough).
+
+    >>> small_test_split_warning(2)[:40]
+    'the test split holds 2 speakers: an EER '
+    >>> small_test_split_warning(30) is None
+    True
+    """
+    from mvector.evaluation.uncertainty import MIN_SPEAKERS
+
+    if num_test_speakers == 0 or num_test_speakers >= MIN_SPEAKERS:
+        return None
+    return (
+        f"the test split holds {num_test_speakers} speakers: an EER or threshold measured on so few voices is a "
+        f"guess (EER 0 is easy with 2), and eval.py --set_threshold / mvector calibrate refuse to store an operating "
+        f"point from fewer than {MIN_SPEAKERS} without --force; hold out more (--test_speakers {MIN_SPEAKERS})"
+    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
