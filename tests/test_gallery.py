@@ -165,6 +165,16 @@ def test_fpir_threshold_follows_the_gallery_as_it_changes(tiny_model, tmp_path, 
     post = p.recognize(_wave(1), rule="posterior", unknown_prior=0.3)
     assert post.rule == "posterior" and set(post.posteriors) == {"s0", "s1", "s2"}
     assert sum(post.posteriors.values()) + post.p_unknown == pytest.approx(1.0)
+    # AS-norm with the other enrolled speakers as the cohort: on by a flag, needs its own threshold
+    normed = p.recognize(_wave(1), score_norm="gallery", threshold=-100.0, candidates=3)
+    emb = p.embed(_wave(1))
+    means = np.stack([p.db.mean_embedding(n) for n in ("s0", "s1", "s2")]).astype(np.float64)
+    raw = means @ (emb / np.linalg.norm(emb))
+    want = gallery_as_norm(raw[None], means @ means.T, top_k=300)[0]
+    assert normed.score_norm == "gallery" and normed[1] == pytest.approx(want.max(), abs=1e-4)
+    assert [n for n, _ in normed.candidates] == [f"s{i}" for i in np.argsort(-want)]
+    with pytest.raises(ConfigError, match="another scale"):
+        p.recognize(_wave(1), score_norm="gallery")
     with pytest.raises(ConfigError, match="rule must be one of"):
         p.recognize(_wave(1), rule="bogus")
     p.close()

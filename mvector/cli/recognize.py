@@ -113,6 +113,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--fpir", type=float, default=0.05, help="fpir rule: share of strangers that may be named")
     parser.add_argument(
+        "--score_norm", default=None, choices=["as_norm", "gallery"],
+        help="AS-norm the scores: against the database's stored cohort, or against the other enrolled speakers "
+        "(gallery); normalised scores need their own --threshold",
+    )
+    parser.add_argument("--cohort_top_k", type=int, default=10, help="--score_norm: best cohort scores used")
+    parser.add_argument(
         "--checks", default="warn", choices=["warn", "refuse", "off"],
         help="--register: enrolment quality checks (speech, clipping, level, SNR, bandwidth, agreement)",
     )
@@ -139,6 +145,8 @@ def _check_before_loading(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--register needs a NAME and at least one FILE")
     if args.top_k < 1:
         parser.error("--top_k must be at least 1")
+    if args.score_norm and args.recognize and args.threshold is None and args.top_k == 1:
+        parser.error("--score_norm gives scores on another scale: pass --threshold (chosen on normalised scores)")
     if not (args.register or args.recognize or args.remove or args.list or args.import_folder):
         if not sys.stdin.isatty():
             raise MVectorError(
@@ -200,7 +208,8 @@ def _recognize(predictor, args, files, emit) -> int:
     failed = 0
     for path in files:
         try:
-            result = predictor.recognize(path, top_k=args.top_k, margin=args.margin)
+            result = predictor.recognize(path, top_k=args.top_k, margin=args.margin, score_norm=args.score_norm,
+                                         cohort_top_k=args.cohort_top_k, threshold=args.threshold)  # fmt: skip
         except MVectorError as err:  # one bad file: say so on its own line and go on with the others
             failed += 1
             message = str(err) if path in str(err) else f"{path}: {err}"

@@ -500,8 +500,9 @@ class MVectorPredictor:
 
         ``candidates=k`` also lists the ``k`` best ``(name, score)`` pairs in ``.candidates``.
         ``score_norm="as_norm"`` scores against the database's stored cohort
-        (:meth:`~mvector.speaker_db.SpeakerDatabase.set_cohort`); AS-norm scores live on another scale, so a
-        ``threshold`` must then be given. With ``top_k > 1`` returns the ``top_k`` best ``[(name, score), ...]``
+        (:meth:`~mvector.speaker_db.SpeakerDatabase.set_cohort`), ``score_norm="gallery"`` against the other
+        enrolled speakers (at least 3; :func:`~mvector.evaluation.gallery.gallery_as_norm`, ``cohort_top_k`` of
+        them); AS-norm scores live on another scale, so a ``threshold`` must then be given. With ``top_k > 1`` returns the ``top_k`` best ``[(name, score), ...]``
         candidates instead (no decision). An empty database raises :class:`~mvector.errors.SpeakerDBError`.
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -530,7 +531,10 @@ class MVectorPredictor:
         n = len(self.db)
         if chosen == "posterior" and top_k == 1:
             want = max(want, n)  # every enrolled speaker takes part in the posterior
-        hits = self.db.search(emb, top_k=max(want, 1), score_norm=score_norm, cohort_top_k=cohort_top_k)[0]
+        if score_norm == "gallery":  # AS-norm with the other enrolled speakers as the cohort
+            hits = self._gallery_normed(emb, cohort_top_k)[: max(want, 1)]
+        else:
+            hits = self.db.search(emb, top_k=max(want, 1), score_norm=score_norm, cohort_top_k=cohort_top_k)[0]
         if top_k > 1:
             return [(nm, float(sc)) for nm, sc in hits]
         n = max(n, len(hits))
@@ -572,6 +576,18 @@ class MVectorPredictor:
         )  # fmt: skip
         result.candidates = [(nm, float(sc)) for nm, sc in hits[: int(candidates)]]
         return result
+
+    def _gallery_normed(self, emb: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        """Every enrolled speaker's score, AS-normed with the other enrolled speakers as the cohort, best first."""
+        from mvector.evaluation.gallery import gallery_as_norm
+
+        hits = self.db.search(emb, top_k=max(1, len(self.db)))[0]
+        names = [nm for nm, _ in hits]
+        means = np.stack([self.db.mean_embedding(nm) for nm in names]).astype(np.float64)
+        raw = np.array([[sc for _, sc in hits]])
+        normed = gallery_as_norm(raw, means @ means.T, top_k=top_k)[0]
+        order = np.argsort(-normed, kind="stable")
+        return [(names[i], float(normed[i])) for i in order]
 
     def _promise(
         self, rule: str, n: int, limit: float | None, p0: float, target: float, efpir: float | None, source: str
