@@ -503,7 +503,8 @@ class MVectorPredictor:
         (:meth:`~mvector.speaker_db.SpeakerDatabase.set_cohort`), ``score_norm="gallery"`` against the other
         enrolled speakers (at least 3; :func:`~mvector.evaluation.gallery.gallery_as_norm`, ``cohort_top_k`` of
         them); AS-norm scores live on another scale, so a ``threshold`` must then be given. With ``top_k > 1``
-        returns the ``top_k`` best ``[(name, score), ...]`` candidates instead (no decision). An empty database raises :class:`~mvector.errors.SpeakerDBError`.
+        returns the ``top_k`` best ``[(name, score), ...]`` candidates instead (no decision). An empty database
+        raises :class:`~mvector.errors.SpeakerDBError`.
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
