@@ -390,6 +390,8 @@ def gallery(args) -> dict:
             decisions = {
                 f"fpir_rule@{args.fpir:g}": best >= t_fpir,
                 f"posterior_rule@prior{args.unknown_prior:g}": post_best,
+                f"posterior_fpir_rule@prior{args.unknown_prior:g},fpir{args.fpir:g} (default)": post_best
+                & (best >= t_fpir),
                 f"old_single_pair_threshold@far{args.pair_far:g}": best >= pair_threshold,
             }
             if t_eer is not None:

@@ -200,7 +200,9 @@ def test_acceptance_calls_calibrate_then_recognize_with_the_default_rule(tiny_mo
     result = p.recognize(str(samples / "who.wav"))
     name, score = result
     assert name in (None, "alice", "bob") and isinstance(score, float)
-    assert result.rule == p.open_set_rule == ("posterior" if p.calibration.weights["score"] > 0 else "fpir")
+    assert result.rule == p.open_set_rule == ("posterior_fpir" if p.calibration.weights["score"] > 0 else "fpir")
+    assert result.fpir == 0.05 and result.threshold >= fpir_threshold(NonTargetTail.from_dict(stored["nontarget"]),
+                                                                       0.05, 2)
     assert result.gallery_size == 2 and result.promise and result.expected_fpir is not None
     p.close()
 

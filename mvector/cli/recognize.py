@@ -101,11 +101,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="answer unknown when the best two speakers score closer than this (default: the predictor's)",
     )
     parser.add_argument(
-        "--rule", default="auto", choices=["auto", "posterior", "fpir", "threshold"],
+        "--rule", default="auto", choices=["auto", "posterior_fpir", "posterior", "fpir", "threshold"],
         help="open-set decision over the enrolled speakers: posterior (calibrated: the most probable of the "
         "speakers and 'someone else'), fpir (a threshold naming at most --fpir of strangers at the current number "
-        "of speakers), threshold (one score threshold); auto: threshold when --threshold is given, else posterior "
-        "with a calibration, else fpir with a stored non-target distribution, else threshold",
+        "of speakers), posterior_fpir (both), threshold (one score threshold); auto: threshold when --threshold is "
+        "given, else posterior_fpir with a calibration from mvector calibrate, else posterior, else fpir, else "
+        "threshold",
     )
     parser.add_argument(
         "--unknown_prior", type=float, default=0.5,

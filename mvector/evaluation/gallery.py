@@ -53,9 +53,11 @@ __all__ = [
 DEFAULT_UNKNOWN_PRIOR = 0.5
 #: Default target false-positive identification rate of the ``fpir`` rule.
 DEFAULT_FPIR = 0.05
-#: Open-set rules: ``auto`` picks ``posterior`` with a calibration, else ``fpir`` with a stored non-target
-#: distribution, else ``threshold`` (one score threshold whatever the gallery size).
-OPEN_SET_RULES = ("auto", "posterior", "fpir", "threshold")
+#: Open-set rules: ``posterior_fpir`` is both (a name must be the most probable answer *and* pass the FPIR
+#: threshold); ``auto`` picks ``posterior_fpir`` with a calibration that stores the non-target distribution, else
+#: ``posterior`` with a calibration, else ``fpir`` with a stored distribution, else ``threshold`` (one score
+#: threshold whatever the gallery size).
+OPEN_SET_RULES = ("auto", "posterior_fpir", "posterior", "fpir", "threshold")
 
 #: Exceedance probabilities above this are read from the empirical distribution; below, from the tail model.
 _EMPIRICAL_FLOOR = 0.1

@@ -149,9 +149,10 @@ class MVectorPredictor:
         open_set_rule: how :meth:`recognize` decides over the gallery: ``"posterior"`` (needs a calibration: the
             posterior over the enrolled speakers and "someone else"), ``"fpir"`` (a threshold for a target
             false-positive identification rate at the current gallery size, from the non-target distribution
-            ``mvector calibrate`` stores), ``"threshold"`` (one score threshold whatever the gallery size), or
-            ``"auto"`` (default): ``threshold`` when a threshold was given, else ``posterior`` with a
-            calibration, else ``fpir`` with a stored non-target distribution, else ``threshold``.
+            ``mvector calibrate`` stores), ``"posterior_fpir"`` (both must agree to name someone),
+            ``"threshold"`` (one score threshold whatever the gallery size), or ``"auto"`` (default):
+            ``threshold`` when a threshold was given, else ``posterior_fpir`` with a calibration that stores the
+            non-target distribution, else ``posterior`` with a calibration, else ``fpir``, else ``threshold``.
         unknown_prior: the ``posterior`` rule's prior that a voice belongs to nobody enrolled (default 0.5).
         fpir: the ``fpir`` rule's target share of strangers given a name (default 0.05).
 
@@ -447,16 +448,19 @@ class MVectorPredictor:
             and not self.calibration.needs_durations
             and self.calibration.weights["score"] > 0
         )
+        tail_ok = self.nontarget is not None
         if rule == "auto":
             if threshold_given:
                 return "threshold"
-            return "posterior" if posterior_ok else "fpir" if self.nontarget is not None else "threshold"
+            if posterior_ok:
+                return "posterior_fpir" if tail_ok else "posterior"
+            return "fpir" if tail_ok else "threshold"
         fix = f"fit one with: mvector calibrate --model_path {self.model_path} --trials PAIRS.txt"
-        if rule == "posterior" and not posterior_ok:
+        if rule in ("posterior", "posterior_fpir") and not posterior_ok:
             raise ConfigError(
                 f"open-set rule 'posterior' needs a calibration of the score alone in {self.model_path}; {fix}"
             )
-        if rule == "fpir" and self.nontarget is None:
+        if rule in ("fpir", "posterior_fpir") and not tail_ok:
             raise ConfigError(
                 f"open-set rule 'fpir' needs the model's non-target score distribution (stored in calibration.json "
                 f"by mvector calibrate); {fix}"
@@ -487,6 +491,8 @@ class MVectorPredictor:
           the most probable answer;
         * ``"fpir"``: *unknown* below the score threshold that names at most a share ``fpir`` (default
           :attr:`fpir`) of strangers at the current number of enrolled speakers;
+        * ``"posterior_fpir"``: a name only when both of the above give it (the default with a calibration that
+          stores the non-target distribution, as ``mvector calibrate`` writes);
         * ``"threshold"``: *unknown* below one score threshold (the model's, or ``threshold``).
 
         Any rule also answers *unknown* when the best and second-best speakers score closer than ``margin``
@@ -530,7 +536,7 @@ class MVectorPredictor:
         emb = self.embed(audio, sample_rate)
         want = top_k if top_k > 1 else max(2 if use_margin > 0 else 1, int(candidates))
         n = len(self.db)
-        if chosen == "posterior" and top_k == 1:
+        if chosen in ("posterior", "posterior_fpir") and top_k == 1:
             want = max(want, n)  # every enrolled speaker takes part in the posterior
         if score_norm == "gallery":  # AS-norm with the other enrolled speakers as the cohort
             hits = self._gallery_normed(emb, cohort_top_k)[: max(want, 1)]
@@ -540,16 +546,22 @@ class MVectorPredictor:
             return [(nm, float(sc)) for nm, sc in hits]
         n = max(n, len(hits))
         extras: dict[str, Any] = {"rule": chosen, "gallery_size": n}
-        if chosen == "posterior":
+        if chosen in ("posterior", "posterior_fpir"):
             assert self.calibration is not None
             llrs = np.asarray(self.calibration.llr(np.array([sc for _, sc in hits])), dtype=np.float64)
             post = gallery_posterior(llrs, p0)
             bar = posterior_llr_bar(n, p0)
             limit = self.calibration.score_for_llr(bar)
-            answer = open_set_decision(hits, -np.inf, use_margin)
+            cap = -np.inf
+            if chosen == "posterior_fpir":
+                assert self.nontarget is not None
+                cap = fpir_threshold(self.nontarget, target, n)
+                extras["fpir"] = target
+            answer = open_set_decision(hits, cap, use_margin)
             if post.best is None:
                 answer = OpenSetAnswer(None, answer.score, answer.runner_up, answer.runner_up_score,
                                        "someone_else_more_probable")  # fmt: skip
+            limit = max(limit, cap) if limit is not None else cap
             extras["posteriors"] = {hits[i][0]: float(post.posteriors[i]) for i in range(min(10, len(hits)))}
             extras["p_unknown"] = post.p_unknown
             extras["unknown_prior"] = p0
@@ -595,6 +607,12 @@ class MVectorPredictor:
     ) -> str:
         """What a decision of ``rule`` promises, in one sentence."""
         strangers = "" if efpir is None else f"; at {n} enrolled a stranger is named with probability about {efpir:.1%}"
+        if rule == "posterior_fpir":
+            return (
+                f"names the most probable of {n} enrolled speakers and 'someone else' (prior {p0:g} for someone "
+                f"else), and only above the score {limit:.4f} that names at most {target:.1%} of strangers at this "
+                f"gallery size{strangers}"
+            )
         if rule == "posterior":
             return (
                 f"names the most probable of {n} enrolled speakers and 'someone else' (prior {p0:g} for someone "
