@@ -222,8 +222,14 @@ def test_import_fake_checkpoint_gives_a_working_model_folder(fake_file, tmp_path
 
     voice = make_voices(1, seed=3)[0]
     wave = synthesize_utterance(voice, 2.5, rng=np.random.default_rng(4)).astype("float32")
-    with pytest.warns(UserWarning, match="no calibration"):
+    # an imported model carries a stated default operating point (where it was fitted, how it held): no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         predictor = MVectorPredictor(model_path=out, use_gpu=False)
+    assert "catalogue's default" in predictor.threshold_source and predictor.threshold_info["rule"] == "far"
+    assert predictor.open_set_rule == "posterior_fpir" and predictor.nontarget is not None
     emb = predictor.embed((wave, 16000))
     assert emb.shape[-1] == 192 and np.isfinite(emb).all()
     # Level does not matter: no dB normalisation, but the mean-normalised log fbank removes a gain.

@@ -92,6 +92,8 @@ def _run(args: argparse.Namespace) -> None:
     print(f"  {report.tensors} tensors, {report.parameters / 1e6:.2f} M parameters, sha256 {report.sha256}")
     print(f"  licence {entry['licence']}; source {entry.get('source', {}).get('project', '-')}")
     print(f"model folder: {report.output_dir}")
+    for note in report.notes:
+        print(f"  note: {note}")
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -236,7 +236,31 @@ def import_checkpoint(
     )
     params = sum(p.numel() for p in model.parameters())
     notes = [] if sha is not None else ["imported from an in-memory state dict: no file hash recorded"]
+    stated = write_default_calibration(folder, entry)
+    if stated:
+        notes.append(stated)
     return ImportReport(folder, name, len(own), params, sha, notes)
+
+
+def write_default_calibration(folder: Path, entry: Mapping[str, Any]) -> str | None:
+    """Write the catalogue's stated default calibration (``default_calibration``: score → LLR map, a 1 %-FAR
+    operating point and the non-target distribution, with where they were fitted and how they held on other
+    voices) as ``calibration.json`` of the imported ``folder``, tied to its fingerprint. Returns a note saying
+    so, or ``None`` when the entry has none. Its operating point is a stated default, not a fit to your speakers.
+    """
+    from mvector.checkpoint import model_fingerprint
+    from mvector.utils.files import atomic_write_json
+
+    block = entry.get("default_calibration")
+    if not block:
+        return None
+    data = {"format": "mvector-calibration", "version": 1, "kind": "linear-logistic", **copy.deepcopy(dict(block))}
+    data["model_fingerprint"] = model_fingerprint(folder)
+    atomic_write_json(Path(folder) / "calibration.json", data)
+    fitted = block.get("fitted_on", {})
+    return (
+        f"wrote a stated default calibration.json, fitted on {fitted.get('data')}; {fitted.get('held_out', '')}"
+    ).rstrip("; ")
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
