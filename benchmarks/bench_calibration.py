@@ -335,6 +335,12 @@ def gallery(args) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     cal_path = cache / "calibration.json"
     t0 = time.time()
+    if args.calibration_list:  # every pair of a list's recordings, as the trial list mvector calibrate reads
+        cal_rows = read_list(Path(args.calibration_list))
+        args.calibration_trials = str(cache / "calibration_pairs.txt")
+        with open(args.calibration_trials, "w", encoding="utf-8") as fh:
+            for (pa, la), (pb, lb) in itertools.combinations(cal_rows, 2):
+                fh.write(f"{int(la == lb)} {pa} {pb}\n")
     argv = ["--model_path", args.model_path, "--trials", args.calibration_trials, "--rule", "far", "--target",
             str(args.pair_far), "--output", str(cal_path)]  # fmt: skip
     if not cal_path.is_file():
@@ -458,6 +464,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gallery", action="store_true", help="measure open-set identification over galleries")
     parser.add_argument("--calibration_trials", default=None, help="--gallery: trials mvector calibrate fits on")
+    parser.add_argument(
+        "--calibration_list", default=None, help="--gallery: a path<TAB>label list; every pair is a calibration trial"
+    )
     parser.add_argument("--split", default="dev", help="--gallery: the corpus split whose voices are the gallery")
     parser.add_argument("--gallery_sizes", type=int, nargs="+", default=[10, 40])
     parser.add_argument("--enrol", type=int, default=3, help="--gallery: recordings per enrolled speaker")
