@@ -55,6 +55,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 
 from mvector.errors import CheckpointError, ConfigError
+from mvector.evaluation.gallery import NonTargetTail, check_rate
 
 __all__ = [
     "CALIBRATION_FILENAME",
@@ -117,13 +118,7 @@ def sigmoid(x: Any) -> Any:
 
 
 def _check_prior(p: Any, what: str = "prior") -> float:
-    try:
-        value = float(p)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number in (0, 1), got {p!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ConfigError(f"{what} must be in (0, 1) (exclusive), got {p!r}")
-    return value
+    return check_rate(p, what)
 
 
 def _scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -402,8 +397,6 @@ class Calibration:
         fp = data.get("model_fingerprint")
         nontarget = data.get("nontarget")
         if nontarget is not None:
-            from mvector.evaluation.gallery import NonTargetTail
-
             if not isinstance(nontarget, Mapping):
                 raise ConfigError(f"{where}: field 'nontarget' must be an object or null")
             NonTargetTail.from_dict(nontarget, where=f"{where}: field 'nontarget'")  # checked now, not when used
@@ -914,8 +907,6 @@ def fit_from_trials(
         scores, labels, rule, target, calibration=cal, prior=threshold_prior, data=data
     )
     if int((labels == 0).sum()) >= 100:  # what identification needs to keep an FPIR at any gallery size
-        from mvector.evaluation.gallery import NonTargetTail
-
         cal.nontarget = NonTargetTail.from_scores(scores[labels == 0], data=data).to_dict()
     report = calibration_report(scores, labels, cal, quality=quality, p_target=p_target)
     n_min = int(min(labels.sum(), (1 - labels).sum()))

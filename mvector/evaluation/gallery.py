@@ -65,7 +65,12 @@ _EMPIRICAL_FLOOR = 0.1
 _GRID = (0.5, 0.3, 0.2, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.007, 0.005, 0.003, 0.002, 0.001)
 
 
-def _check_rate(value: Any, what: str) -> float:
+def check_rate(value: Any, what: str) -> float:
+    """``value`` as a float strictly between 0 and 1, or a :class:`ConfigError` naming ``what``.
+
+    >>> check_rate("0.25", "fpir")
+    0.25
+    """
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -143,7 +148,7 @@ class NonTargetTail:
 
     def threshold_for_far(self, far: float) -> float:
         """The score threshold whose single-pair false-acceptance rate is ``far``."""
-        p = _check_rate(far, "far")
+        p = check_rate(far, "far")
         grid = dict(self.grid)
         if p >= _EMPIRICAL_FLOOR and grid:
             ps = np.array(list(grid))
@@ -184,7 +189,7 @@ def pair_far_for_fpir(fpir: float, gallery_size: int) -> float:
     >>> round(pair_far_for_fpir(0.05, 1), 6), round(pair_far_for_fpir(0.05, 40), 6)
     (0.05, 0.001282)
     """
-    f = _check_rate(fpir, "fpir")
+    f = check_rate(fpir, "fpir")
     n = _check_size(gallery_size)
     return float(-math.expm1(math.log1p(-f) / n))
 
@@ -213,7 +218,7 @@ def posterior_llr_bar(gallery_size: int, unknown_prior: float) -> float:
     2.303
     """
     n = _check_size(gallery_size)
-    p0 = _check_rate(unknown_prior, "unknown_prior")
+    p0 = check_rate(unknown_prior, "unknown_prior")
     return float(math.log(n) + math.log(p0) - math.log1p(-p0))
 
 
@@ -242,7 +247,7 @@ def gallery_posterior(llrs: Any, unknown_prior: float = DEFAULT_UNKNOWN_PRIOR) -
         raise ConfigError("gallery_posterior: no enrolled speakers")
     if np.isnan(lam).any():
         raise ValueError("gallery_posterior: NaN LLRs")
-    p0 = _check_rate(unknown_prior, "unknown_prior")
+    p0 = check_rate(unknown_prior, "unknown_prior")
     logw = np.concatenate([[math.log(p0)], math.log1p(-p0) - math.log(lam.size) + lam])
     logz = float(np.logaddexp.reduce(logw))
     post = np.exp(logw - logz)
