@@ -146,6 +146,8 @@ def test_enrol_verify_identify_list_delete(served, model_dir):
             (n, round(s, 4)) for n, s in expected
         ]
         assert who["enrolled"] == len(local.speakers()) and who["name"] == local.recognize(a3)[0]
+        # the same open-set rule as the predictor, and the answer says which and what it promises
+        assert who["rule"] == local.recognize(a3).rule and who["promise"] and who["gallery_size"] == who["enrolled"]
         mine = client.post("/v1/speakers/alice/verify", content=a3, headers=r).json()
         mean = local.db.mean_embedding("alice")
         assert mine["speaker"] == "alice"
@@ -154,6 +156,7 @@ def test_enrol_verify_identify_list_delete(served, model_dir):
     # a threshold above any cosine makes everyone unknown
     nobody = client.post("/v1/identify?threshold=1.5", files={"audio": a3}, headers=r).json()
     assert nobody["name"] is None and nobody["unknown"] is True and nobody["candidates"] == []
+    assert nobody["rule"] == "threshold" and nobody["threshold"] == 1.5
     strict = client.post("/v1/speakers/alice/verify?threshold=1.5", content=a3, headers=r).json()
     assert strict["same_speaker"] is False
 

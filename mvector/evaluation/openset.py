@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mvector.errors import ConfigError
+from mvector.evaluation.uncertainty import rate_interval
 
 __all__ = [
     "OpenSetAnswer",
@@ -226,7 +227,8 @@ def open_set_metrics(scores: Any, truth: Any, threshold: float, margin: float = 
     Returns ``dir`` (enrolled probes accepted and named correctly), ``far`` (unknown probes accepted),
     ``misidentified`` (enrolled probes accepted under another name), ``false_reject`` (enrolled probes answered
     *unknown*), ``rank1`` (closed-set accuracy, no threshold), ``accuracy`` (the fraction of all probes given the
-    right answer, *unknown* being right for strangers), and the counts.
+    right answer, *unknown* being right for strangers), the counts, and ``dir_ci95`` / ``far_ci95`` (95 % Wilson
+    intervals; probes of one speaker are not independent, so a speaker-level bootstrap is wider).
 
     >>> m = open_set_metrics([[0.9, 0.1], [0.3, 0.7], [0.6, 0.2]], [0, 0, -1], threshold=0.5)
     >>> m["dir"], m["misidentified"], m["far"], round(m["accuracy"], 3)
@@ -255,6 +257,8 @@ def open_set_metrics(scores: Any, truth: Any, threshold: float, margin: float = 
         "far": fa / n_unknown,
         "rank1": float(correct[known].mean()),
         "accuracy": right / (n_known + n_unknown),
+        "dir_ci95": list(rate_interval(hits, n_known)),
+        "far_ci95": list(rate_interval(fa, n_unknown)),
     }
 
 

@@ -609,18 +609,18 @@ class MVectorPredictor:
         strangers = "" if efpir is None else f"; at {n} enrolled a stranger is named with probability about {efpir:.1%}"
         if rule == "posterior_fpir":
             return (
-                f"names the most probable of {n} enrolled speakers and 'someone else' (prior {p0:g} for someone "
+                f"names the most probable of {n} enrolled speaker(s) and 'someone else' (prior {p0:g} for someone "
                 f"else), and only above the score {limit:.4f} that names at most {target:.1%} of strangers at this "
                 f"gallery size{strangers}"
             )
         if rule == "posterior":
             return (
-                f"names the most probable of {n} enrolled speakers and 'someone else' (prior {p0:g} for someone "
+                f"names the most probable of {n} enrolled speaker(s) and 'someone else' (prior {p0:g} for someone "
                 f"else), from calibrated LLRs{strangers}"
             )
         if rule == "fpir":
             return (
-                f"names at most {target:.1%} of strangers at {n} enrolled speakers (score threshold {limit:.4f} "
+                f"names at most {target:.1%} of strangers at {n} enrolled speaker(s) (score threshold {limit:.4f} "
                 f"from {source.split('(', 1)[-1].rstrip(')')})"
             )
         per_pair = "its error rates hold per comparison, not per search"
