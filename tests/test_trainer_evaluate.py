@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mvector.data.synthetic import generate_corpus
 from mvector.demo import tiny_checkpoint
+from mvector.errors import ConfigError
 from mvector.training.trainer import MVectorTrainer
 
 
@@ -17,5 +20,8 @@ def test_trainer_evaluate_uses_its_lists_and_keeps_the_operating_point_unless_as
     assert metrics["num_trials"] == 15 and 0.0 <= metrics["eer"] <= 1.0
     assert json.loads((model / "evaluations" / "list.json").read_text())["eer"] == metrics["eer"]
     assert json.loads((model / "result.json").read_text())["threshold"] == 0.123  # not moved
-    trainer.evaluate(resume_model=model, write_result=True)
+    with pytest.raises(ConfigError, match="3 speakers"):  # too few voices to store an operating point ...
+        trainer.evaluate(resume_model=model, write_result=True)
+    assert json.loads((model / "result.json").read_text())["threshold"] == 0.123
+    trainer.evaluate(resume_model=model, write_result=True, force=True)  # ... unless forced
     assert json.loads((model / "result.json").read_text())["threshold"] == metrics["threshold"]

@@ -588,12 +588,14 @@ class MVectorTrainer:
         cohort_list: PathLike | None = None,
         asnorm_top_k: int = 300,
         write_result: bool = False,
+        force: bool = False,
     ) -> dict[str, Any]:
         """Evaluate a checkpoint folder with this trainer's data lists: :func:`mvector.evaluation.model_eval.
         evaluate_model_folder`, which ``eval.py`` runs too.
 
         The checkpoint's model configuration is used; the metrics go to ``MODEL/evaluations/``, and
-        ``write_result`` also stores them as the folder's ``result.json`` (its operating point).
+        ``write_result`` also stores them as the folder's ``result.json`` (its operating point), refused from
+        fewer than 10 speakers or 300 non-target trials unless ``force``.
         """
         from mvector.evaluation.model_eval import evaluate_model_folder
 
@@ -610,6 +612,7 @@ class MVectorTrainer:
             asnorm_top_k=asnorm_top_k,
             save_image_path=save_image_path,
             set_threshold=write_result,
+            force=force,
         )
         for note in run.notes:
             self.log(f"note: {note}")
