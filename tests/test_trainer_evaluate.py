@@ -18,6 +18,8 @@ def test_trainer_evaluate_uses_its_lists_and_keeps_the_operating_point_unless_as
     trainer = MVectorTrainer("tdnn", use_gpu=False, overrides={"dataset_conf.test_list": str(test_list)})
     metrics = trainer.evaluate(resume_model=model)
     assert metrics["num_trials"] == 15 and 0.0 <= metrics["eer"] <= 1.0
+    lo, hi = metrics["eer_ci95_trials"]
+    assert metrics["speakers"] == 3 and lo <= metrics["eer"] <= hi and hi - lo > 0.2  # 15 trials: a wide interval
     assert json.loads((model / "evaluations" / "list.json").read_text())["eer"] == metrics["eer"]
     assert json.loads((model / "result.json").read_text())["threshold"] == 0.123  # not moved
     with pytest.raises(ConfigError, match="3 speakers"):  # too few voices to store an operating point ...

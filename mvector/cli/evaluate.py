@@ -100,6 +100,8 @@ def _main(argv=None, prog=None) -> None:
         f"threshold {result['threshold']:.5f}  TPR {result['tpr']:.4f}  FPR {result['fpr']:.4f}  "
         f"trials {result['num_trials']}"
     )
+    lo, hi = result["eer_ci95_trials"]
+    print(f"EER 95 % interval {lo:.4f}-{hi:.4f} (trial-level; {result['speakers']} speakers behind the trials)")
     where = f"{run.written}" + (" and the model's result.json (operating point)" if run.operating_point_changed else "")
     print(f"results written to {where}")
     if args.open_set:

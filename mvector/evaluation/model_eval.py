@@ -99,7 +99,8 @@ def evaluate_model_folder(
     An operating point (``set_threshold``, ``calibrate``) is refused, before anything is written, when the
     trials come from fewer than :data:`~mvector.evaluation.uncertainty.MIN_SPEAKERS` speakers or hold fewer than
     :data:`~mvector.evaluation.uncertainty.MIN_NONTARGET_TRIALS` non-target trials, unless ``force``. The metrics
-    gain ``fpr_ci95`` / ``tpr_ci95`` (Wilson intervals of the rates at the EER threshold) and ``speakers``.
+    gain ``fpr_ci95`` / ``tpr_ci95`` (Wilson intervals of the rates at the EER threshold), ``eer_ci95_trials``
+    (the wider of the EER's Wilson intervals over targets and non-targets) and ``speakers``.
     """
     if use_gpu and not torch.cuda.is_available():
         raise ConfigError("use_gpu is set but no CUDA device is available; pass --use_gpu False")
@@ -156,6 +157,12 @@ def _add_uncertainty(metrics: dict[str, Any], ds: Mapping[str, Any]) -> None:
     n_t, n_n = int(metrics["num_targets"]), int(metrics["num_nontargets"])
     metrics["tpr_ci95"] = list(rate_interval(round(float(metrics["tpr"]) * n_t), n_t))
     metrics["fpr_ci95"] = list(rate_interval(round(float(metrics["fpr"]) * n_n), n_n))
+    # the EER is a miss rate over the targets and a false-alarm rate over the non-targets at once: the wider of the
+    # two intervals (trial-level, so narrower than a speaker-level bootstrap: mvector calibrate reports that one)
+    eer = float(metrics["eer"])
+    lo_t, hi_t = rate_interval(round(eer * n_t), n_t)
+    lo_n, hi_n = rate_interval(round(eer * n_n), n_n)
+    metrics["eer_ci95_trials"] = [min(lo_t, lo_n), max(hi_t, hi_n)]
 
 
 def _calibrate(
