@@ -1,18 +1,35 @@
-"""Checkpoint folders: atomic save, safe load (``weights_only``), fingerprints, RNG state, pruning.
+"""Checkpoint folders: atomic save, safe load (``weights_only``), fingerprints, RNG state, pruning, repair.
 
 A checkpoint is a folder (``models/<Model>_<Feature>/{best_model,last_model,epoch_N}``) holding
 ``model.pt`` (backbone ``state_dict``), ``head.pt`` (classifier head), ``optimizer.pt``, ``scheduler.pt``,
 ``scaler.pt`` (optional), ``rng.pt`` (random-generator states), ``state.json`` (epoch, step, best EER,
-library version, time, sha256 fingerprints of the files) and ``config.yml`` (the full configuration).
+library version, time, sha256 fingerprints of the files), ``config.yml`` (the full configuration) and, for
+evaluated weights, ``result.json`` (their metrics; not fingerprinted, as ``eval.py`` may rewrite it).
 
-Saving is atomic. Everything is written and fsync'ed into a sibling ``.<name>.tmp`` folder, then swapped in
-with two renames: ``<name>`` → ``<name>.old``, ``.<name>.tmp`` → ``<name>``, then ``<name>.old`` is deleted.
-A process killed at any moment leaves a complete checkpoint behind. Recovery rule, applied by the next
-:func:`save_checkpoint` of that folder (:func:`recover_checkpoint`): when ``<name>`` is missing but
-``<name>.old`` exists (killed between the renames), ``<name>.old`` is renamed back; when both exist (killed
-before the clean-up), ``<name>.old`` is deleted; a leftover ``.<name>.tmp`` is incomplete and deleted.
+Saving is atomic. Everything, ``result.json`` included, is written and fsync'ed into a sibling
+``.<name>.tmp`` folder, then swapped in with two renames: ``<name>`` → ``<name>.old``, ``.<name>.tmp`` →
+``<name>``, then ``<name>.old`` is deleted. A process killed at any moment leaves a complete checkpoint
+behind: a folder named ``<name>`` is never missing a file. Recovery rule, applied by the next save of that
+folder (:func:`recover_checkpoint`) and by :func:`repair_model_folder` at the start of training: when
+``<name>`` is missing but ``<name>.old`` exists (killed between the renames), ``<name>.old`` is renamed back;
+when both exist (killed before the clean-up), ``<name>.old`` is deleted; a leftover ``.<name>.tmp`` is
+incomplete and deleted, and so is a ``.<name>.deleting`` folder (a prune or removal killed half-way).
 :func:`load_checkpoint` changes nothing on disk (another process may be saving): it reads ``<name>.old``
 when ``<name>`` is missing. One process saves a given folder at a time (rank 0 under torchrun).
+
+Order of the saves of one epoch (the training callback): an epoch that improves the EER writes
+``best_model`` FIRST, then ``last_model`` (a clone of it), then ``epoch_N`` (a clone of ``last_model``);
+any other epoch writes ``last_model``, then ``epoch_N``. Why: ``last_model`` and ``epoch_N`` record the
+best EER so far in their ``state.json``, so they may only do so once the weights that reached it are safely
+in ``best_model``. At every kill point ``best_model``'s EER is therefore no worse than the best EER any
+checkpoint on disk records (a kill between the saves leaves ``last_model`` one epoch behind; the resumed run
+redoes that epoch and the training start-up takes ``best_model``'s EER as the one to beat). A missing
+``epoch_N`` of ``last_model``'s epoch (a kill between the two clones) is cloned again when training resumes.
+Clones are hard links where the file system allows (no extra disk), else copies; files in a checkpoint are
+never rewritten in place, only replaced by rename, so linked copies never change under each other.
+
+For tests only, ``MVECTOR_TEST_SAVE_PAUSE`` makes a save stop at a named point so that a test can SIGKILL it
+there (:func:`_pause_point`); unset, as in every normal run, it does nothing.
 
 >>> import tempfile, pathlib, torch
 >>> folder = pathlib.Path(tempfile.mkdtemp()) / "last_model"
@@ -44,6 +61,7 @@ import torch
 import yaml
 
 from mvector.errors import CheckpointError
+from mvector.utils.files import atomic_write_text, dumps_json
 
 __all__ = [
     "Checkpoint",
@@ -56,7 +74,12 @@ __all__ = [
     "model_fingerprint",
     "file_sha256",
     "recover_checkpoint",
+    "clone_checkpoint",
+    "remove_checkpoint",
+    "repair_model_folder",
+    "recorded_eer",
     "CHECKPOINT_FORMAT",
+    "PAUSE_POINTS",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -70,6 +93,20 @@ _rename = os.rename
 _TENSOR_FILES = ("model", "head", "optimizer", "scheduler", "scaler", "rng")
 _EPOCH_RE = re.compile(r"^epoch_(\d+)$")
 _EPOCH_LEFTOVER_RE = re.compile(r"^(?:epoch_(\d+)\.old|\.epoch_(\d+)\.tmp)$")
+# What a killed save, clone, prune or removal leaves beside the checkpoint folders of a model folder.
+_LEFTOVER_RE = re.compile(r"^(?:\.(?P<tmp>.+)\.tmp|(?P<old>.+)\.old|\.(?P<deleting>.+)\.deleting)$")
+
+#: Test-only (the kill-loop tests): ``<folder>:<point>[:<n>]`` makes the n-th save of ``<folder>``
+#: (``best_model``, ``last_model``, ``epoch_7``, or ``epoch`` for any ``epoch_N``) in this process stop at
+#: ``<point>`` (one of :data:`PAUSE_POINTS`), write :data:`TEST_PAUSE_MARKER_ENV`'s file and sleep until killed.
+TEST_PAUSE_ENV = "MVECTOR_TEST_SAVE_PAUSE"
+#: Test-only: the file a paused save writes (atomically) to say where it stopped.
+TEST_PAUSE_MARKER_ENV = "MVECTOR_TEST_SAVE_PAUSE_MARKER"
+#: The points of a save where the test hook can pause: files half written, all written (before the swap),
+#: between the two renames, swapped (before the old folder is deleted), done; ``pruning``: an epoch folder
+#: renamed to ``.epoch_N.deleting`` and not yet deleted.
+PAUSE_POINTS = ("writing", "written", "swapping", "swapped", "saved", "pruning")
+_pause_counts: dict[tuple[str, str], int] = {}
 
 
 @dataclass
@@ -192,11 +229,14 @@ def save_checkpoint(
     step: int,
     best_eer: float | None,
     extra: Mapping[str, Any] | None = None,
+    result: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (old complete or new complete, never half) and return its path.
 
     The states must hold only tensors and plain Python values (what ``torch.load(weights_only=True)`` reads
-    back). ``config`` is stored as ``config.yml``; ``extra`` (JSON-able) goes into ``state.json``.
+    back). ``config`` is stored as ``config.yml``; ``extra`` (JSON-able) goes into ``state.json``; ``result``
+    (the metrics of these weights, when evaluated) becomes ``result.json``, written before the swap so that the
+    folder never appears without it.
 
     >>> import tempfile, pathlib, torch
     >>> d = pathlib.Path(tempfile.mkdtemp()) / "best_model"
@@ -227,6 +267,8 @@ def save_checkpoint(
         filename = f"{name}.pt"
         _write_file(tmp / filename, lambda fh, v=value: torch.save(v, fh))
         hashes[filename] = file_sha256(tmp / filename)
+        if name == "model":
+            _pause_point(directory, "writing")
     config_text = yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
     _write_file(tmp / "config.yml", lambda fh: fh.write(config_text.encode("utf-8")))
     hashes["config.yml"] = file_sha256(tmp / "config.yml")
@@ -246,15 +288,192 @@ def save_checkpoint(
     }
     state_text = json.dumps(state, indent=2)
     _write_file(tmp / "state.json", lambda fh: fh.write(state_text.encode("utf-8")))
+    if result is not None:
+        result_text = dumps_json(dict(result), indent=2) + "\n"
+        _write_file(tmp / "result.json", lambda fh: fh.write(result_text.encode("utf-8")))
+    _swap_in(tmp, directory)
+    return directory
+
+
+def _swap_in(tmp: Path, directory: Path) -> None:
+    """Replace ``directory`` by the complete folder ``tmp``; after each step the recovery rule holds."""
+    old = _side_paths(directory)[1]
     _fsync_dir(tmp)
-    # The swap: after each step the folder set satisfies the recovery rule.
+    _pause_point(directory, "written")
     if directory.exists():
         _rename(directory, old)
+        _pause_point(directory, "swapping")
     _rename(tmp, directory)
     _fsync_dir(directory.parent)
+    _pause_point(directory, "swapped")
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+    _pause_point(directory, "saved")
+
+
+def clone_checkpoint(source: PathLike, directory: PathLike) -> Path:
+    """Make ``directory`` an atomic copy of the checkpoint folder ``source`` (hard links where possible).
+
+    Every file of ``source`` (not its sub-folders, nor the hidden temporary file of a write in progress) is
+    hard-linked, or copied where the file system has no hard links, into ``.<name>.tmp``, which is then swapped
+    in like a save. Checkpoint files are only ever replaced by rename, never rewritten, so the two folders can
+    share them safely.
+
+    >>> import tempfile, pathlib, torch
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = save_checkpoint(root / "last_model", model_state={"w": torch.ones(1)}, config={}, epoch=4, step=8,
+    ...                     best_eer=0.2, result={"eer": 0.2, "epoch": 4})
+    >>> copy = clone_checkpoint(root / "last_model", root / "epoch_4")
+    >>> load_checkpoint(copy).epoch, recorded_eer(copy)
+    (4, 0.2)
+    """
+    source = Path(source).absolute()
+    directory = Path(directory).absolute()
+    if not (source / "state.json").is_file():
+        raise CheckpointError(f"{source}: not a checkpoint folder (no state.json); cannot copy it to {directory}")
+    recover_checkpoint(directory)
+    tmp = _side_paths(directory)[0]
+    tmp.mkdir()
+    for child in sorted(source.iterdir()):
+        if child.name.startswith(".") or not child.is_file():
+            continue
+        try:
+            os.link(child, tmp / child.name)
+        except OSError:  # no hard links here (some network and FAT file systems): a real copy
+            shutil.copyfile(child, tmp / child.name)
+            with open(tmp / child.name, "rb") as fh:
+                os.fsync(fh.fileno())
+        if child.name == "model.pt":
+            _pause_point(directory, "writing")
+    _swap_in(tmp, directory)
     return directory
+
+
+def remove_checkpoint(directory: PathLike) -> bool:
+    """Delete a checkpoint folder so that a kill half-way leaves no half folder under its name.
+
+    The folder is renamed to the hidden ``.<name>.deleting`` first (which :func:`repair_model_folder` removes if
+    the deletion is interrupted). Returns False when there was nothing to delete.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> (d / "best_model").mkdir()
+    >>> remove_checkpoint(d / "best_model"), list(d.iterdir())
+    (True, [])
+    """
+    directory = Path(directory)
+    if not directory.exists() and not directory.is_symlink():
+        return False
+    trash = directory.with_name(f".{directory.name}.deleting")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(directory, trash)
+    _pause_point(directory, "pruning")
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def repair_model_folder(model_dir: PathLike) -> list[str]:
+    """Finish or undo what killed saves, clones, prunes and removals left in a model folder; returns notes.
+
+    ``<name>.old`` beside a missing ``<name>`` is put back, every other ``<name>.old``, ``.<name>.tmp`` and
+    ``.<name>.deleting`` folder is deleted (see the module's recovery rule). Run at the start of training, when
+    no other process saves into the folder.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in (".best_model.tmp", ".epoch_3.deleting", "last_model.old"):
+    ...     (d / name).mkdir()
+    >>> len(repair_model_folder(d)), sorted(p.name for p in d.iterdir())
+    (3, ['last_model'])
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        return []
+    notes = []
+    targets: list[str] = []
+    for name in sorted(os.listdir(root)):
+        match = _LEFTOVER_RE.match(name)
+        path = root / name
+        if not match or not path.is_dir() or path.is_symlink():
+            continue
+        if match.group("deleting"):
+            shutil.rmtree(path, ignore_errors=True)
+            notes.append(f"removed {path} (a deletion interrupted by a kill)")
+        elif (match.group("tmp") or match.group("old")) not in targets:
+            targets.append(match.group("tmp") or match.group("old"))
+    for name in targets:
+        target = root / name
+        tmp, old = _side_paths(target)
+        if old.is_dir():
+            done = f"removed {old}" if target.exists() else f"put {old} back as {name}"
+            notes.append(f"{done} (a save interrupted by a kill)")
+        if tmp.exists():
+            notes.append(f"removed {tmp} (a save interrupted by a kill)")
+        recover_checkpoint(target)
+    return notes
+
+
+def recorded_eer(directory: PathLike, own_only: bool = False) -> float | None:
+    """The EER a checkpoint folder records: the ``eer`` of the ``result.json`` training wrote for these weights
+    (its ``epoch`` equals the one in ``state.json``), else, unless ``own_only``, the run's best EER in
+    ``state.json``; None when there is neither. (A ``result.json`` that ``eval.py`` rewrote on other data does
+    not count: training compares EERs of its own evaluation only.)
+
+    >>> import tempfile, pathlib, torch
+    >>> d = save_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "m", model_state={"w": torch.ones(1)}, config={},
+    ...                     epoch=2, step=4, best_eer=0.25)
+    >>> recorded_eer(d), recorded_eer(d, own_only=True)
+    (0.25, None)
+    """
+    directory = Path(directory)
+    state, result = _json_mapping(directory / "state.json"), _json_mapping(directory / "result.json")
+    if "epoch" in result and result.get("epoch") == state.get("epoch"):
+        eer = _finite(result.get("eer"))
+        if eer is not None:
+            return eer
+    return None if own_only else _finite(state.get("best_eer"))
+
+
+def _json_mapping(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _pause_point(directory: Path, point: str) -> None:
+    """TEST-ONLY hook: stop at ``point`` of a save when :data:`TEST_PAUSE_ENV` asks for it (see there).
+
+    Inert in normal use: without the environment variable it returns at once. With it, the matching save
+    writes the marker file and sleeps (up to 10 minutes) so that the test can SIGKILL the process exactly there.
+    """
+    spec = os.environ.get(TEST_PAUSE_ENV)
+    if not spec:
+        return
+    kind = "epoch" if _EPOCH_RE.match(directory.name) else directory.name
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in (kind, directory.name) or parts[1] != point:
+        return
+    wanted = int(parts[2]) if len(parts) == 3 else 1
+    key = (parts[0], point)
+    count = _pause_counts[key] = _pause_counts.get(key, 0) + 1
+    if count != wanted:
+        return
+    marker = os.environ.get(TEST_PAUSE_MARKER_ENV)
+    if marker:
+        atomic_write_text(marker, f"{spec} {directory.name} pid {os.getpid()}\n")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise RuntimeError(f"test pause at {kind}:{point} was never ended by a kill ({TEST_PAUSE_ENV} is test-only)")
 
 
 def _short(err: BaseException) -> str:
@@ -514,7 +733,7 @@ def prune_epoch_checkpoints(model_dir: PathLike, keep_last: int) -> list[Path]:
     """Delete all but the ``keep_last`` highest-numbered ``epoch_N`` folders; returns the deleted paths.
 
     Each folder is first renamed to a hidden name, then deleted, so a half-deleted folder never looks like a
-    checkpoint.
+    checkpoint (:func:`remove_checkpoint`); hidden ``.epoch_N.deleting`` folders an earlier kill left are deleted.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -539,12 +758,11 @@ def prune_epoch_checkpoints(model_dir: PathLike, keep_last: int) -> list[Path]:
             epochs.append((int(match.group(1)), child))
     epochs.sort()
     doomed = [path for _, path in epochs[: max(0, len(epochs) - int(keep_last))]]
+    for name in os.listdir(root):  # an earlier prune killed half-way
+        if name.startswith(".epoch_") and name.endswith(".deleting") and (root / name).is_dir():
+            shutil.rmtree(root / name, ignore_errors=True)
     for path in doomed:
-        trash = path.with_name(f".{path.name}.deleting")
-        if trash.exists():
-            shutil.rmtree(trash, ignore_errors=True)
-        os.rename(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_checkpoint(path)
     return doomed
 
 

@@ -14,16 +14,23 @@ callbacks under ``torchrun``.
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from mvector.checkpoint import capture_rng_state, prune_epoch_checkpoints, save_checkpoint
+from mvector.checkpoint import (
+    capture_rng_state,
+    clone_checkpoint,
+    prune_epoch_checkpoints,
+    recorded_eer,
+    remove_checkpoint,
+    repair_model_folder,
+    save_checkpoint,
+)
 from mvector.errors import ConfigError
 from mvector.evaluation.evaluator import EvalSettings, Evaluator, default_num_workers
-from mvector.utils.files import atomic_write_json
 
 __all__ = [
     "Callback",
@@ -140,11 +147,15 @@ class EvaluationCallback(Callback):
 
 
 class CheckpointCallback(Callback):
-    """Saves ``last_model`` and ``epoch_N`` after every epoch, ``best_model`` when the EER improves (ties
-    included), prunes ``epoch_N`` to ``keep_last_epochs`` and writes ``result.json`` beside evaluated weights.
+    """Saves ``best_model`` when the EER improves (ties included), ``last_model`` and ``epoch_N`` after every
+    epoch, in that order (see :mod:`mvector.checkpoint` for why), with ``result.json`` inside evaluated
+    weights, and prunes ``epoch_N`` to ``keep_last_epochs``.
 
-    A new run refuses a model folder that holds another run's checkpoints unless ``overwrite`` is set, in which
-    case that run's checkpoints are removed first: two runs never mix in one folder.
+    At the start of training it repairs what a killed run left in the model folder (:func:`~mvector.checkpoint.
+    repair_model_folder`); on resume it also writes a missing ``epoch_N`` snapshot of ``last_model``, puts back
+    into ``best_model`` a better evaluated checkpoint still on disk, and takes ``best_model``'s EER as the one a
+    later epoch must beat. A new run refuses a model folder that holds another run's checkpoints unless
+    ``overwrite`` is set, in which case that run's checkpoints are removed first: two runs never mix in one folder.
     """
 
     def __init__(self, model_dir: str | os.PathLike, keep_last: int, overwrite: bool = False) -> None:
@@ -153,7 +164,11 @@ class CheckpointCallback(Callback):
         self.overwrite = bool(overwrite)
 
     def on_train_start(self, trainer: Any) -> None:
+        for note in repair_model_folder(self.model_dir):
+            trainer.log(f"note: {note}")
         if trainer.resumed_from is not None:
+            self._restore_snapshot(trainer)
+            self._restore_best(trainer)
             return
         existing = [p for p in self.model_dir.glob("*") if p.name in RUN_FOLDERS or p.name.startswith("epoch_")]
         if not existing:
@@ -165,8 +180,42 @@ class CheckpointCallback(Callback):
                 "pass --resume_model to continue it, --overwrite to replace it, or another --save_model_path"
             )
         for path in existing:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_checkpoint(path)
         trainer.log(f"note: removed the previous run's checkpoints from {self.model_dir} (--overwrite)")
+
+    def _restore_snapshot(self, trainer: Any) -> None:
+        """A kill between ``last_model`` and its ``epoch_N`` snapshot: write the snapshot now."""
+        last = self.model_dir / "last_model"
+        if self.keep_last <= 0 or not (last / "state.json").is_file():
+            return
+        try:
+            epoch = int(json.loads((last / "state.json").read_text(encoding="utf-8"))["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # damaged: a run resumed from another folder; this one is left as it is
+        snapshot = self.model_dir / f"epoch_{epoch}"
+        if not snapshot.exists():
+            clone_checkpoint(last, snapshot)
+            trainer.log(f"note: wrote the missing {snapshot.name} (a copy of last_model, epoch {epoch})")
+
+    def _restore_best(self, trainer: Any) -> None:
+        """``best_model`` holds the best evaluated weights on disk, and its EER is the one to beat."""
+        best_dir = self.model_dir / "best_model"
+        candidates = [self.model_dir / "last_model", *sorted(self.model_dir.glob("epoch_*"))]
+        scored = [(eer, path) for path in candidates if (eer := recorded_eer(path, own_only=True)) is not None]
+        current = recorded_eer(best_dir) if (best_dir / "state.json").is_file() else None
+        if scored:
+            eer, path = min(scored, key=lambda item: item[0])
+            if current is None or eer < current:
+                clone_checkpoint(path, best_dir)
+                was = "missing" if current is None else f"EER {current:.4f}"
+                trainer.log(f"note: best_model ({was}) replaced by {path.name} (EER {eer:.4f}), the best on disk")
+                current = eer
+        if current is not None and current != trainer.best_eer:
+            trainer.log(
+                f"note: best_model records EER {current:.4f} (the resumed checkpoint: {trainer.best_eer}); "
+                "a later epoch replaces it only when it does at least as well"
+            )
+            trainer.best_eer = current
 
     def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         trainer.check_finite(None)
@@ -186,11 +235,15 @@ class CheckpointCallback(Callback):
             step=trainer.global_step,
             best_eer=trainer.best_eer,
             extra={"num_speakers": trainer.num_speakers},
+            result={**_metrics_of(record), "epoch": epoch} if evaluated else None,
         )
-        for name in ("last_model", f"epoch_{epoch}") + (("best_model",) if improved else ()):
-            path = save_checkpoint(self.model_dir / name, **state)
-            if evaluated and name != f"epoch_{epoch}":
-                atomic_write_json(path / "result.json", {**_metrics_of(record), "epoch": epoch})
+        last = self.model_dir / "last_model"
+        if improved:  # best_model first: nothing may record the new best EER before its weights are saved
+            clone_checkpoint(save_checkpoint(self.model_dir / "best_model", **state), last)
+        else:
+            save_checkpoint(last, **state)
+        if self.keep_last > 0:
+            clone_checkpoint(last, self.model_dir / f"epoch_{epoch}")
         prune_epoch_checkpoints(self.model_dir, self.keep_last)
 
 
