@@ -62,6 +62,7 @@ import yaml
 
 from mvector.errors import CheckpointError
 from mvector.utils.files import atomic_write_text, dumps_json
+from mvector.utils.yaml_io import read_yaml_file
 
 __all__ = [
     "Checkpoint",
@@ -438,7 +439,7 @@ def recorded_eer(directory: PathLike, own_only: bool = False) -> float | None:
 def _json_mapping(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -515,7 +516,7 @@ def _read_state(directory: Path) -> dict[str, Any]:
         )
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{state_path}: damaged (not valid JSON): {err}") from err
     if not isinstance(state, dict) or "epoch" not in state or "model_sha256" not in state:
         raise CheckpointError(f"{state_path}: not an mvector checkpoint state (no epoch / model_sha256)")
@@ -631,10 +632,7 @@ def _load_folder(directory: Path, map_location: Any, need_training_state: bool) 
         raise CheckpointError(f"{config_path}: missing; the checkpoint does not say which model it holds")
     if file_sha256(config_path) != hashes["config.yml"]:
         raise CheckpointError(f"{config_path}: does not match the fingerprint in state.json (edited after saving)")
-    try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_path}: damaged (not valid YAML): {err}") from err
+    config = read_yaml_file(config_path, "checkpoint configuration", CheckpointError) or {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: expected a mapping of config sections")
     return Checkpoint(

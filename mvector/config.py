@@ -30,6 +30,7 @@ import yaml
 
 from mvector.errors import ConfigError, check_keys, nearest
 from mvector.utils.files import atomic_write_text
+from mvector.utils.yaml_io import load_yaml, read_yaml_file
 
 __all__ = [
     "SCHEMA",
@@ -181,14 +182,7 @@ def defaults() -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml_file(path, "config")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -299,16 +293,23 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str) -> None
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, where: str = "") -> Any:
     """Turn a command-line string into a typed value (bool, int, float such as ``1e-5``, null, list).
+
+    ``where`` names the value in errors (``override --loss_conf.margin``).
 
     >>> parse_value("1e-5"), parse_value("32"), parse_value("False"), parse_value("[0.9, 1.1]")
     (1e-05, 32, False, [0.9, 1.1])
     >>> parse_value("none") is None, parse_value("MelSpectrogram")
     (True, 'MelSpectrogram')
+    >>> parse_value("9" * 5000, "override --x")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.ConfigError: override --x: an integer of 5000 digits is too long (at most 4300)
     """
     stripped = text.strip()
     lowered = stripped.lower()
+    where = where or "value"
     if lowered in ("true", "yes", "on"):
         return True
     if lowered in ("false", "no", "off"):
@@ -316,14 +317,15 @@ def parse_value(text: str) -> Any:
     if lowered in ("none", "null", "~"):
         return None
     if re.fullmatch(r"[+-]?\d+", stripped):
-        return int(stripped)
+        try:
+            return int(stripped)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            digits = len(stripped.lstrip("+-"))
+            raise ConfigError(f"{where}: an integer of {digits} digits is too long (at most 4300)") from None
     if _FLOAT_RE.match(stripped):
         return float(stripped)
     if stripped.startswith(("[", "{")):
-        try:
-            return yaml.safe_load(stripped)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse value {text!r}: {err}") from err
+        return load_yaml(stripped, where)
     return stripped
 
 
@@ -366,7 +368,7 @@ def apply_overrides(conf: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     (0.0001, 'TDNN')
     """
     for dotted, raw in overrides.items():
-        value = parse_value(raw) if isinstance(raw, str) else raw
+        value = parse_value(raw, f"override --{dotted}") if isinstance(raw, str) else raw
         parts = dotted.split(".")
         section = parts[0]
         key_spec = _fixed_key(parts)
@@ -417,8 +419,8 @@ def validate_free_sections(conf: Mapping[str, Any]) -> None:
     >>> validate_free_sections(load_config("ecapa_tdnn", validate=False))
     """
     from mvector.features import build_featurizer
-    from mvector.losses import build_head
-    from mvector.models import BACKBONES, build_backbone
+    from mvector.models import BACKBONES, HEADS, build_backbone
+    from mvector.models.heads import LOSS_CONF_KEYS, build_head
 
     method = conf["preprocess_conf"]["feature_method"]
     featurizer = build_featurizer(method, conf.get("feature_conf") or {}, conf["preprocess_conf"]["normalize"])
@@ -438,6 +440,8 @@ def validate_free_sections(conf: Mapping[str, Any]) -> None:
         if not isinstance(sched, Mapping):
             raise ConfigError("loss_conf.margin_scheduler must be a mapping")
         check_keys(sched, MARGIN_SCHEDULER_KEYS, "loss_conf.margin_scheduler")
+    # Before the call: a key such as embd_dim would clash with build_head's own arguments (a TypeError).
+    check_keys(loss_conf, LOSS_CONF_KEYS, f"loss_conf ({HEADS.resolve(str(conf['use_loss']).strip())})")
     build_head(conf["use_loss"], 8, 2, **loss_conf)
     if conf.get("augment_conf"):
         from mvector.audio.augment import load_augmentation_config

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 import numpy as np
-import yaml
 
 from mvector.audio.io import AUDIO_EXTENSIONS
 from mvector.errors import AudioError, ConfigError, check_keys
+from mvector.utils.yaml_io import read_yaml_file
 
 __all__ = [
     "AUGMENTATION_DEFAULTS",
@@ -239,10 +239,7 @@ def load_augmentation_config(source: Union[str, os.PathLike, Mapping[str, Any], 
         if not path.is_file():
             raise ConfigError(f"{path}: augmentation config file not found")
         where = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raw = read_yaml_file(path, "augmentation config")
         if raw is None:
             raw = {}
     if not isinstance(raw, Mapping):

@@ -71,6 +71,8 @@ class _Problems:
             return
         count = len(self.items)
         ordered = [message for _, message in sorted(self.items, key=lambda item: item[0])]
+        if count == 1:  # one problem: one line naming the file and the line
+            raise DataListError(f"{self.source}: {ordered[0]}")
         shown = ordered[:MAX_REPORTED_PROBLEMS]
         lines = [f"{self.source}: {count} problem{'s' if count > 1 else ''} in the data list:"]
         lines += [f"  {item}" for item in shown]
@@ -90,6 +92,13 @@ def _read_lines(path: Path, what: str) -> list[str]:
         raise DataListError(f"{path}: {what} is not UTF-8 text ({err.reason} at byte {err.start})") from err
     except OSError as err:
         raise DataListError(f"{path}: cannot read {what}: {err}") from err
+
+
+def _path_problem(raw: str) -> str | None:
+    """Why ``raw`` cannot name a file (a NUL byte: no operating system allows one), or None."""
+    if "\x00" in raw:
+        return f"the path {raw.replace(chr(0), '<NUL>')[:80]!r} holds a NUL byte (a binary file, or a damaged line?)"
+    return None
 
 
 def _resolve(raw: str, base: Path) -> str:
@@ -192,6 +201,10 @@ def read_list(path: PathLike, num_speakers: int | None = None, check_files: bool
             problems.add(f"line {number}: expected 'path<TAB>label', got {stripped[:80]!r}", (0, number))
             continue
         raw_path, raw_label = fields
+        bad = _path_problem(raw_path)
+        if bad:
+            problems.add(f"line {number}: {bad}", (0, number))
+            continue
         entries.append((number, _resolve(raw_path, base), _parse_label(raw_label), raw_label))
     utts = _validate(entries, problems, num_speakers, check_files)
     if not entries and not problems.items:
@@ -276,6 +289,10 @@ def read_kaldi_dir(
             continue
         if utt not in utt2spk:
             problems.add(f"wav.scp line {number}: utterance {utt!r} has no speaker in utt2spk", (0, number))
+            continue
+        bad = _path_problem(value)
+        if bad:
+            problems.add(f"wav.scp line {number}: {bad}", (0, number))
             continue
         label = index[utt2spk[utt]]
         entries.append((number, _resolve(value, folder), label, str(label)))

@@ -75,9 +75,13 @@ def read_trials(path: PathLike, root: PathLike | None = None) -> list[tuple[int,
                 label, enroll, test = fields
                 if label not in ("0", "1"):
                     raise DataListError(f"{path}:{lineno}: label must be 0 or 1, got {label!r}")
+                if "\x00" in enroll or "\x00" in test:
+                    raise DataListError(f"{path}:{lineno}: a path holds a NUL byte (a binary file, or a damaged line?)")
                 trials.append((int(label), _resolve(enroll, base), _resolve(test, base)))
     except UnicodeDecodeError as err:
         raise DataListError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DataListError(f"{path}: cannot read the trial list: {err.strerror or err}") from None
     if not trials:
         raise DataListError(f"{path}: no trials in the file")
     return trials
