@@ -126,6 +126,16 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
+#: Largest backbone a configuration may describe (parameters; 4 GB in float32 before optimiser state).
+MAX_MODEL_PARAMETERS = 1_000_000_000
+#: Largest classifier row block per speaker (embd_dim × sub_centers).
+MAX_HEAD_PARAMETERS_PER_SPEAKER = 1_000_000
+#: Feature sizes beyond any speech front end; larger ones would only allocate huge filter banks.
+FEATURE_SIZE_LIMITS = {
+    "n_fft": 65536, "win_length": 65536, "hop_length": 65536, "n_mels": 4096, "num_mel_bins": 4096,
+    "n_mfcc": 4096, "frame_length": 4000.0, "frame_shift": 4000.0,
+}  # fmt: skip
+
 #: Sections whose keys belong to the chosen featurizer, backbone and loss.
 FREE_SECTIONS = ("feature_conf", "model_conf", "loss_conf", "augment_conf")
 
@@ -420,10 +430,20 @@ def validate_free_sections(conf: Mapping[str, Any]) -> None:
     """
     from mvector.features import build_featurizer
     from mvector.models import BACKBONES, HEADS, build_backbone
-    from mvector.models.heads import LOSS_CONF_KEYS, build_head
+    from mvector.models.heads import LOSS_CONF_KEYS
 
     method = conf["preprocess_conf"]["feature_method"]
-    featurizer = build_featurizer(method, conf.get("feature_conf") or {}, conf["preprocess_conf"]["normalize"])
+    feature_conf = dict(conf.get("feature_conf") or {})
+    for key, value in feature_conf.items():
+        limit = FEATURE_SIZE_LIMITS.get(key)
+        if limit is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise ConfigError(f"feature_conf.{key} is {value}; at most {limit} makes sense for speech features")
+    try:
+        featurizer = build_featurizer(method, feature_conf, conf["preprocess_conf"]["normalize"])
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OverflowError, ZeroDivisionError, MemoryError, RuntimeError) as err:
+        raise ConfigError(f"feature_conf ({method}): {_first_line(err)}") from None
     model_conf = dict(conf.get("model_conf") or {})
     name = conf["use_model"]
     if name not in BACKBONES:
@@ -442,11 +462,53 @@ def validate_free_sections(conf: Mapping[str, Any]) -> None:
         check_keys(sched, MARGIN_SCHEDULER_KEYS, "loss_conf.margin_scheduler")
     # Before the call: a key such as embd_dim would clash with build_head's own arguments (a TypeError).
     check_keys(loss_conf, LOSS_CONF_KEYS, f"loss_conf ({HEADS.resolve(str(conf['use_loss']).strip())})")
-    build_head(conf["use_loss"], 8, 2, **loss_conf)
+    _check_sizes(conf, featurizer.feature_dim, model_conf, loss_conf)
     if conf.get("augment_conf"):
         from mvector.audio.augment import load_augmentation_config
 
         load_augmentation_config(conf["augment_conf"])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
+
+
+def _check_sizes(conf: Mapping[str, Any], feature_dim: int, model_conf: dict, loss_conf: dict) -> None:
+    """Build the backbone and a two-speaker head on torch's "meta" device (shapes only, no memory): a width that
+    cannot build (negative, zero) or that would allocate too much is a :class:`ConfigError` naming the section."""
+    import torch
+
+    from mvector.models import build_backbone
+    from mvector.models.heads import build_head
+
+    name = conf["use_model"]
+    try:
+        with torch.device("meta"):
+            backbone = build_backbone(name, feature_dim, **model_conf)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OverflowError, ZeroDivisionError, MemoryError, RuntimeError) as err:
+        raise ConfigError(f"model_conf ({name}): cannot build the backbone: {_first_line(err)}") from None
+    count = sum(p.numel() for p in backbone.parameters())
+    if count > MAX_MODEL_PARAMETERS:
+        raise ConfigError(
+            f"model_conf ({name}) makes a backbone of {count:,} parameters (at most {MAX_MODEL_PARAMETERS:,}); "
+            "check the widths (channels, embd_dim, ...)"
+        )
+    try:
+        with torch.device("meta"):
+            head = build_head(conf["use_loss"], int(getattr(backbone, "embd_dim", 8)), 2, **loss_conf)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OverflowError, ZeroDivisionError, MemoryError, RuntimeError) as err:
+        raise ConfigError(f"loss_conf ({conf['use_loss']}): {_first_line(err)}") from None
+    per_speaker = sum(p.numel() for p in head.parameters()) // 2
+    if per_speaker > MAX_HEAD_PARAMETERS_PER_SPEAKER:
+        raise ConfigError(
+            f"loss_conf ({conf['use_loss']}) gives each speaker {per_speaker:,} classifier parameters (at most "
+            f"{MAX_HEAD_PARAMETERS_PER_SPEAKER:,}); check sub_centers"
+        )
 
 
 def load_config(
@@ -525,6 +587,9 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     SCHEDULERS.resolve(oc["scheduler"])
     if oc["learning_rate"] <= 0:
         raise ConfigError(f"optimizer_conf.learning_rate must be positive, got {oc['learning_rate']}")
+    for key in ("weight_decay", "momentum", "warmup_epochs", "min_lr"):
+        if oc[key] < 0:
+            raise ConfigError(f"optimizer_conf.{key} must be >= 0, got {oc[key]}")
 
 
 def save_config(conf: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:

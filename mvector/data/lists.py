@@ -387,6 +387,12 @@ def check_num_speakers(utts: Sequence[Utterance], configured: int) -> list[int]:
             "or leave it unset to take it from the list"
         )
     used = {u.label for u in utts}
+    limit = max(MAX_LABEL_GAP_FACTOR * len(used), MAX_LABEL_GAP_FACTOR * 100)
+    if configured > limit:
+        raise DataListError(
+            f"num_speakers is {configured}, far above the {len(used)} speakers of the list (a classifier of "
+            f"{configured} rows); set dataset_conf.num_speakers to about {worst.label + 1}, or leave it unset"
+        )
     unused = [label for label in range(configured) if label not in used]
     if unused:
         shown = ", ".join(str(x) for x in unused[:10]) + (" ..." if len(unused) > 10 else "")

@@ -319,7 +319,7 @@ class MVectorTrainer:
                     start_step=int(round(float(m.get("start_epoch", 0)) * steps)),
                     end_step=int(round(float(m.get("end_epoch", 0)) * steps)),
                 )
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, OverflowError) as err:
                 raise ConfigError(f"loss_conf.margin_scheduler: {err}") from err
         self.use_amp = bool(tc["amp"]) and self.ctx.device.type == "cuda"
         if tc["amp"] and not self.use_amp:
