@@ -366,12 +366,18 @@ def remove_checkpoint(directory: PathLike) -> bool:
     if not directory.exists() and not directory.is_symlink():
         return False
     trash = directory.with_name(f".{directory.name}.deleting")
-    if trash.exists():
-        shutil.rmtree(trash, ignore_errors=True)
+    _delete(trash)
     os.rename(directory, trash)
     _pause_point(directory, "pruning")
-    shutil.rmtree(trash, ignore_errors=True)
+    _delete(trash)
     return True
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def repair_model_folder(model_dir: PathLike) -> list[str]:
