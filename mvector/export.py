@@ -273,7 +273,7 @@ def _stored_threshold(folder: Path) -> float | None:
         return None
     try:
         value = json.loads(path.read_text(encoding="utf-8")).get("threshold")
-    except (ValueError, AttributeError) as err:
+    except (ValueError, AttributeError, RecursionError) as err:
         raise CheckpointError(f"{path}: damaged JSON ({err})") from err
     return None if value is None else float(value)
 

@@ -131,7 +131,7 @@ def read_export_meta(folder: PathLike) -> dict[str, Any]:
     path = Path(folder) / "meta.json"
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise CheckpointError(
             f"{path}: missing or damaged export metadata ({err}); export the model again with export_model.py"
         ) from err

@@ -453,7 +453,7 @@ class Calibration:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CheckpointError(f"{path}: no calibration file (fit one with `mvector calibrate`)") from None
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise CheckpointError(f"{path}: damaged calibration JSON ({err})") from None
         try:
             return cls.from_dict(data, where=str(path))
@@ -1012,7 +1012,7 @@ def resolve_threshold(
         if path.is_file():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, RecursionError) as err:
                 raise CheckpointError(f"{path}: damaged JSON ({err})") from None
             value = data.get("threshold") if isinstance(data, dict) else None
             if value is not None:

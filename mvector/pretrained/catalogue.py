@@ -73,7 +73,7 @@ def load_catalogue(catalogue: Catalogue = None) -> dict[str, dict[str, Any]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except OSError as err:
             raise ConfigError(f"cannot read the pretrained-model catalogue {path}: {err.strerror or err}") from err
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise ConfigError(f"{path}: not valid JSON: {err}") from err
     else:
         data = catalogue

@@ -288,7 +288,9 @@ def _copy_unverified(read: Callable[[], Iterable[bytes]], target: Path, what: st
 def _imported_sha(folder: Path) -> str | None:
     try:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(state, dict):
         return None
     pretrained = (state.get("extra") or {}).get("pretrained") or {}
     return pretrained.get("imported_sha256")
