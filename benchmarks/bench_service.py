@@ -11,11 +11,20 @@ enrolments are acknowledged, and restarted on the same port; clients wait for it
 died retries it: a 409 then means the enrolment had been committed before the kill). Afterwards no acknowledged
 enrolment may be missing.
 
+Phase "attack" (issue 20): the steady load again on a fresh database, while attackers from the same address run
+beside it: keyless and wrong-key ``POST /v1/keys`` with a 3 GB ``Content-Length`` streaming zeros, chunked bodies
+past the cap, 22 kB FLAC bombs (8 channels x 48 kHz x 59 s) sent to ``/v1/verify`` with a read key of their own,
+forged ``DELETE /v1/speakers/x%0A...%1B[2J`` with that key (refused, then rate-limited), spoofed
+``X-Forwarded-For``, and slowloris connections that never finish their headers. Reports the normal clients' p99
+and error count with the attack (against the steady phase's), what the attackers got, the server's RSS (start,
+peak, end), and checks that no acknowledged enrolment is lost and no forged address or raw control character
+reached the audit log.
+
 Baseline, measured in the same run: the steady phase's requests (same kinds, same recordings) as direct
 ``MVectorPredictor`` calls in this process, one after another (no HTTP, no queue, no concurrency):
 ``throughput_ratio_vs_in_process`` is the service's request rate over it.
 
-    python benchmarks/bench_service.py                      # tiny untrained TDNN, ~1-2 minutes on 2 cores
+    python benchmarks/bench_service.py                      # tiny untrained TDNN, ~2-3 minutes on 2 cores
     python benchmarks/bench_service.py --ecapa_channels 512 --reads 15 --enrols 10  # a real model's compute
     python benchmarks/bench_service.py --model_path models/EcapaTdnn_Fbank/best_model --readers 8
 
@@ -27,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import select
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -204,6 +215,139 @@ class Load:
         }
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _bomb_flac() -> bytes:
+    """22 kB of FLAC: 8 channels x 48 kHz x 59 s of silence (90 MB as float32 if decoded whole)."""
+    buf = io.BytesIO()
+    soundfile.write(buf, np.zeros((48000 * 59, 8), dtype=np.float32), 48000, format="FLAC")
+    return buf.getvalue()
+
+
+class Attack:
+    """Attackers beside the normal load (see the module docstring); ``stop`` ends them. Counts answers by kind."""
+
+    def __init__(self, host: str, port: int, keys: tuple[str, str], slowloris: int, bombers: int) -> None:
+        self.host, self.port = host, port
+        self.read_key, self.forger_key = keys  # bombs with one read key; forged deletes (rate-limited) with another
+        self.slowloris, self.bombers = slowloris, bombers
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.answers: dict[str, dict[str, int]] = {}
+        self.slowloris_dropped = 0
+
+    def _count(self, kind: str, status: object) -> None:
+        with self.lock:
+            bucket = self.answers.setdefault(kind, {})
+            bucket[str(status)] = bucket.get(str(status), 0) + 1
+
+    def _raw(self, kind: str, head: bytes, chunk: bytes, seconds: float = 3.0) -> None:
+        """Send ``head`` then ``chunk`` repeatedly until the server answers (or ``seconds``); count the status."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=5) as sock:
+                sock.sendall(head)
+                start, got = time.monotonic(), b""
+                while time.monotonic() - start < seconds and not self.stop.is_set():
+                    readable, writable, _ = select.select([sock], [sock], [], 0.2)
+                    if readable:
+                        data = sock.recv(65536)
+                        got += data
+                        if not data or b"\r\n" in got:
+                            break
+                    elif writable:
+                        sock.send(chunk)
+                self._count(kind, got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/") else "no answer")
+        except OSError as err:
+            self._count(kind, type(err).__name__)
+
+    def flooder(self) -> None:
+        wrong = "mvk_000000000000_" + "A" * 43
+        zeros = b"\0" * 65536
+        chunk = b"10000\r\n" + zeros + b"\r\n"
+        while not self.stop.is_set():
+            for auth, kind in (("", "keyless_3GB"), (f"Authorization: Bearer {wrong}\r\n", "wrong_key_3GB")):
+                head = (
+                    "POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: 3000000000\r\n{auth}\r\n"
+                ).encode()
+                self._raw(kind, head, zeros)
+            head = (
+                f"POST /v1/embed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {self.read_key}\r\n"
+                "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+            self._raw("chunked_past_cap", head, chunk)
+
+    def bomber(self) -> None:
+        bomb = _bomb_flac()
+        headers = {"Authorization": f"Bearer {self.read_key}", "X-Forwarded-For": "6.6.6.6"}
+        with httpx.Client(base_url=f"http://{self.host}:{self.port}", headers=headers, timeout=120) as client:
+            while not self.stop.is_set():
+                try:
+                    self._count(
+                        "flac_bomb_verify",
+                        client.post("/v1/verify", files={"audio1": bomb, "audio2": bomb}).status_code,
+                    )
+                except httpx.HTTPError as err:
+                    self._count("flac_bomb_verify", type(err).__name__)
+
+    def forger(self) -> None:
+        headers = {"Authorization": f"Bearer {self.forger_key}", "X-Forwarded-For": "6.6.6.6"}
+        forged = "/v1/speakers/x%0A2026-01-01T00:00:00.000Z%20forged%1B[2J"
+        with httpx.Client(base_url=f"http://{self.host}:{self.port}", headers=headers, timeout=120) as client:
+            while not self.stop.is_set():
+                try:
+                    self._count("forged_delete", client.delete(forged).status_code)
+                except httpx.HTTPError as err:
+                    self._count("forged_delete", type(err).__name__)
+
+    def slow_client(self) -> None:
+        """One slowloris connection at a time: a header line every 2 s, never the blank line; reconnect when dropped."""
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection((self.host, self.port), timeout=5) as sock:
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                    while not self.stop.is_set():
+                        readable, _, _ = select.select([sock], [], [], 2.0)
+                        if readable:
+                            sock.recv(4096)
+                            with self.lock:
+                                self.slowloris_dropped += 1
+                            break
+                        sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                with self.lock:
+                    self.slowloris_dropped += 1
+                time.sleep(0.1)
+
+    def threads(self) -> list[threading.Thread]:
+        out = [threading.Thread(target=self.flooder, daemon=True), threading.Thread(target=self.forger, daemon=True)]
+        out += [threading.Thread(target=self.bomber, daemon=True) for _ in range(self.bombers)]
+        out += [threading.Thread(target=self.slow_client, daemon=True) for _ in range(self.slowloris)]
+        return out
+
+
+def _audit_is_clean(db: Path) -> dict:
+    """No forged client address and no raw control character anywhere in the audit log; refusals aggregated."""
+    conn = sqlite3.connect(str(db / "service.sqlite"))
+    try:
+        rows = conn.execute("SELECT key_name, action, target, detail, client, status, count FROM audit").fetchall()
+    finally:
+        conn.close()
+    texts = [str(v) for r in rows for v in r[:5] if v is not None]
+    return {
+        "rows": len(rows),
+        "refused_rows": sum(1 for r in rows if r[5] >= 400),
+        "refusals_counted": sum(r[6] for r in rows if r[5] >= 400),
+        "forged_client_stored": any(r[4] == "6.6.6.6" for r in rows),
+        "raw_control_characters": sum(1 for t in texts for c in t if ord(c) < 32 or 0x7F <= ord(c) < 0xA0),
+    }
+
+
 def _check_database(db: Path, model_path: Path, acknowledged: dict[str, int]) -> dict:
     """Every acknowledged enrolment present exactly once with its recordings; both SQLite files intact."""
     conn = sqlite3.connect(str(db / "speakers.sqlite"))
@@ -296,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time_limit", type=float, default=300.0, help="wall-clock bound of each phase (s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server's model (and baseline)")
     parser.add_argument("--no_crash", action="store_true", help="skip the SIGKILL phase")
+    parser.add_argument("--no_attack", action="store_true", help="skip the attack phase")
+    parser.add_argument("--bombers", type=int, default=2, help="attack: threads sending FLAC bombs to /v1/verify")
+    parser.add_argument("--slowloris", type=int, default=20, help="attack: slowloris connections held at once")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_service_"))
@@ -368,6 +515,50 @@ def main(argv: list[str] | None = None) -> int:
         summary["database"] = _check_database(db, model_path, load.acknowledged)
         report["crash"] = summary
 
+    # ---------------------------------------------------------------- the same load under attack
+    if not args.no_attack:
+        db = work / "attack_db"
+        with KeyStore(db) as store:
+            _, key = store.create("write", name="bench")
+            attacker_keys = (store.create("read", name="bomber")[1], store.create("read", name="forger")[1])
+        server = ServerProcess(model_path, db, extra_args=serve_args, log_path=work / "attack.log").start()
+        _seed_speakers(server.url, key, clips)
+        attack = Attack(server.host, server.port, attacker_keys, args.slowloris, args.bombers)
+        rss = {"start_mb": round(_rss_mb(server.proc.pid), 1)}
+        peak = [rss["start_mb"]]
+
+        def sample() -> None:
+            while not attack.stop.is_set():
+                peak.append(_rss_mb(server.proc.pid))
+                time.sleep(0.2)
+
+        attackers = [*attack.threads(), threading.Thread(target=sample, daemon=True)]
+        for t in attackers:
+            t.start()
+        time.sleep(2.0)  # let the attack take hold before the normal clients start
+        try:
+            load = Load(server.url, key, clips, args, prefix="a")
+            seconds = load.run()
+        finally:
+            attack.stop.set()
+            for t in attackers:
+                t.join(15)
+            rss["peak_mb"] = round(max(peak), 1)
+            rss["end_mb"] = round(_rss_mb(server.proc.pid), 1)
+            status = server.stop()
+        under = load.summary(seconds)
+        under["graceful_stop_status"] = status
+        under["database"] = _check_database(db, model_path, load.acknowledged)
+        under["attackers"] = {"answers": attack.answers, "slowloris_connections_dropped": attack.slowloris_dropped}
+        under["server_rss"] = rss
+        under["audit"] = _audit_is_clean(db)
+        steady_p99 = {k: v.get("p99_ms") for k, v in report["steady"]["latency"].items()}
+        attack_p99 = {k: v.get("p99_ms") for k, v in under["latency"].items()}
+        under["p99_ratio_vs_steady"] = {
+            k: round(attack_p99[k] / steady_p99[k], 2) for k in steady_p99 if steady_p99[k] and attack_p99.get(k)
+        }
+        report["attack"] = under
+
     # the baseline again at the end: on a shared machine the load changes during the run; the ratio uses the mean
     after = _baseline(model_path, clips, args)
     mean_rps = (before["throughput_rps"] + after["throughput_rps"]) / 2
@@ -379,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     if "crash" in report:
         crashed = report["crash"]["database"]
         ok = ok and crashed["missing"] == 0 and crashed["integrity_check"] == "ok"
+    if "attack" in report:
+        under = report["attack"]
+        ok = ok and under["database"]["all_present_once"] and under["errors"] == 0
+        ok = ok and not under["audit"]["forged_client_stored"] and under["audit"]["raw_control_characters"] == 0
     return 0 if ok else 1
 
 

@@ -180,7 +180,7 @@ def test_scopes_are_enforced_and_a_refusal_changes_nothing(served):
         assert_error(client.get("/v1/audit", headers=key), 403, "forbidden")
     names = [s["name"] for s in client.get("/v1/speakers", headers=r).json()]
     assert "mallory" not in names
-    audit = client.get("/v1/audit?limit=1000", headers=bearer(keys["admin"])).json()
+    audit = client.get("/v1/audit?limit=1000&outcome=all", headers=bearer(keys["admin"])).json()
     refused = [e for e in audit if e["status"] == 403]
     assert {e["action"] for e in refused} >= {"enrol", "delete", "create_key"}
     assert all(e["key_name"] in ("test-read", "test-write") and e["time"].endswith("Z") for e in refused)
@@ -238,7 +238,7 @@ def test_unsafe_speaker_names_are_refused(served, name):
     names = [s["name"] for s in client.get("/v1/speakers", headers=w).json()]
     assert name.strip() not in names
     assert {p.name for p in Path(server.audio_db_path).iterdir()} <= DB_FILES
-    last = client.get("/v1/audit?limit=1", headers=bearer(keys["admin"])).json()[0]
+    last = client.get("/v1/audit?limit=1&outcome=refused", headers=bearer(keys["admin"])).json()[0]
     assert (last["action"], last["status"]) == ("enrol", 400) and last["target"].isprintable()
 
 

@@ -18,6 +18,7 @@ import io
 import math
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -30,6 +31,9 @@ from mvector.errors import AudioError, ConfigError, unknown_name_error
 __all__ = [
     "AudioSource",
     "read_audio",
+    "decode_bounded",
+    "DecodePlan",
+    "plan_decode",
     "to_mono",
     "resample",
     "normalize_db",
@@ -206,6 +210,118 @@ def read_audio(source: AudioSource, *, source_sample_rate: int | None = None) ->
     if not _all_finite(samples):
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
     return samples, sample_rate
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What a header promises before anything is decoded: rate, channels, frames (``-1``: unknown) and the bytes
+    :func:`decode_bounded` will hold at most for it (mono output at the target rate plus one block).
+
+    >>> DecodePlan(48000, 8, 48000 * 59, 16000, 60.0).peak_bytes // 1024   # 59 s at 16 kHz + a 0.25 s block
+    4109
+    """
+
+    rate: int
+    channels: int
+    frames: int
+    target_rate: int
+    max_seconds: float
+    block_seconds: float = 0.25
+
+    @property
+    def seconds(self) -> float:
+        """The duration the header states (``inf`` when it does not state one)."""
+        return self.frames / self.rate if self.frames >= 0 else math.inf
+
+    @property
+    def output_samples(self) -> int:
+        """Mono samples at the target rate that decoding may produce (capped at ``max_seconds``)."""
+        return int(math.ceil(min(self.seconds, self.max_seconds) * self.target_rate)) + 16
+
+    @property
+    def block_frames(self) -> int:
+        """Frames read per block."""
+        return max(256, int(self.rate * self.block_seconds))
+
+    @property
+    def peak_bytes(self) -> int:
+        """float32 output plus one float32 block of every channel (and its mono mix)."""
+        return 4 * (self.output_samples + self.block_frames * (self.channels + 1))
+
+
+def plan_decode(data: bytes, target_rate: int, max_seconds: float, max_channels: int = 8) -> DecodePlan:
+    """Read only the header of encoded ``data``: what decoding it to mono ``target_rate`` would cost.
+
+    Raises :class:`AudioError` for an unreadable header, a rate outside 1..768 kHz or more than ``max_channels``.
+
+    >>> buf = io.BytesIO(); soundfile.write(buf, np.zeros((8000, 2), "float32"), 8000, format="WAV")
+    >>> plan = plan_decode(buf.getvalue(), 16000, 60.0)
+    >>> plan.channels, plan.seconds, plan.output_samples
+    (2, 1.0, 16016)
+    """
+    if len(data) == 0:
+        raise AudioError("<bytes>: empty input (0 bytes)")
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (RuntimeError, TypeError, ValueError, OSError, EOFError, soundfile.SoundFileError) as err:
+        raise AudioError(f"<bytes>: cannot decode audio ({_error_detail(err)})") from err
+    rate, channels, frames = int(info.samplerate), int(info.channels), int(info.frames)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"<bytes>: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= max_channels:
+        raise AudioError(f"<bytes>: {channels} channels, at most {max_channels} are accepted")
+    # some formats do not state the length (frames 0 or a sentinel): the decoder then stops at max_seconds
+    known = 0 < frames < 2**62
+    return DecodePlan(rate, channels, frames if known else -1, _check_rate(target_rate, "target_rate"), max_seconds)
+
+
+def decode_bounded(data: bytes, plan: DecodePlan) -> tuple[np.ndarray, float]:
+    """Decode ``data`` block by block into mono float32 at ``plan.target_rate``, mixing and resampling as it reads.
+
+    At most ``plan.max_seconds`` of audio is decoded; returns ``(samples, source_seconds)`` where
+    ``source_seconds`` is what was read, or ``inf`` when the recording goes on past ``max_seconds`` (the caller
+    refuses it). Memory held is :attr:`DecodePlan.peak_bytes`, whatever the header claimed and however many
+    channels there are: a small compressed file cannot decode into hundreds of MB.
+
+    >>> buf = io.BytesIO(); soundfile.write(buf, np.zeros((24000, 8), "float32"), 48000, format="FLAC")
+    >>> out, seconds = decode_bounded(buf.getvalue(), plan_decode(buf.getvalue(), 16000, 60.0))
+    >>> out.shape, out.dtype, seconds
+    ((8000,), dtype('float32'), 0.5)
+    """
+    limit = int(math.floor(plan.max_seconds * plan.rate))
+    out = np.empty(plan.output_samples, dtype=np.float32)
+    filled, read = 0, 0
+    stream = None if plan.rate == plan.target_rate else soxr.ResampleStream(plan.rate, plan.target_rate, 1, "float32")
+
+    def put(chunk: np.ndarray) -> None:
+        nonlocal filled
+        take = min(chunk.shape[0], out.shape[0] - filled)
+        out[filled : filled + take] = chunk[:take]
+        filled += take
+
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            block = np.empty((plan.block_frames, plan.channels), dtype=np.float32)
+            while read <= limit:
+                got = f.read(min(plan.block_frames, limit + 1 - read), dtype="float32", always_2d=True, out=block)
+                n = got.shape[0]
+                if n == 0:
+                    break
+                read += n
+                if read > limit:  # one frame past the limit: the recording is too long
+                    return out[:0], math.inf
+                mono = got[:, 0] if plan.channels == 1 else got.mean(axis=1, dtype=np.float32)
+                put(mono if stream is None else stream.resample_chunk(mono, last=False))
+            if stream is not None:
+                put(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    except (RuntimeError, TypeError, ValueError, OSError, EOFError, soundfile.SoundFileError) as err:
+        raise AudioError(f"<bytes>: cannot decode audio ({_error_detail(err)})") from err
+    if read == 0:
+        raise AudioError("<bytes>: empty audio (0 samples)")
+    samples = out[:filled]
+    if not _all_finite(samples):
+        raise AudioError("<bytes>: audio contains NaN or infinite samples")
+    return samples, read / plan.rate
 
 
 def _is_tensor(obj: Any) -> bool:

@@ -4,6 +4,7 @@
     mvector keys list --audio_db_path audio_db
     mvector keys revoke --audio_db_path audio_db 3f2a9c01b7d4
     mvector keys audit --audio_db_path audio_db --limit 20
+    mvector keys audit --audio_db_path audio_db --outcome refused   # refused requests, counted per hour
 
 Keys live in ``<audio_db_path>/service.sqlite`` (only their SHA-256 is stored; a lost key cannot be shown again:
 revoke it and create another). Scopes: read (embed, verify, identify, list), write (also enrol and delete), admin
@@ -18,6 +19,7 @@ import sys
 from typing import Sequence
 
 from mvector.cli.common import run_cli
+from mvector.service.keys import OUTCOMES
 
 __all__ = ["main", "build_parser"]
 
@@ -56,12 +58,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     revoke.add_argument("key_id", help="the id shown by 'mvector keys list'")
     audit = add("audit", "print the audit log of writes, newest first")
     audit.add_argument("--limit", type=int, default=50, help="entries to print")
+    audit.add_argument(
+        "--outcome",
+        default="done",
+        choices=list(OUTCOMES),
+        help="writes that happened, refused requests (aggregated: one row per key, client, action and status "
+        "per hour, with a count), or both",
+    )
     audit.add_argument("--json", action="store_true", help="one JSON object per entry")
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
-    from mvector.service.keys import KeyStore
+    from mvector.service.keys import KeyStore, escape_text
 
     with KeyStore(args.audio_db_path, create=args.command == "create") as store:
         if args.command == "create":
@@ -85,13 +94,18 @@ def _run(args: argparse.Namespace) -> None:
             info = store.revoke(args.key_id)
             print(f"revoked key {info.key_id} (scope {info.scope}) at {info.as_dict()['revoked']}")
         else:
-            for e in store.audit_log(args.limit):
-                d = e.as_dict()
+            for e in store.audit_log(args.limit, outcome=args.outcome):
+                # stored text is escaped; escaping again on output also covers rows written by older versions
+                d = {k: escape_text(v, backslash=False) if isinstance(v, str) else v for k, v in e.as_dict().items()}
                 if args.json:
-                    print(json.dumps(d))
+                    print(json.dumps(d, ensure_ascii=True))
                 else:
-                    who = f"{e.key_id or '-'}({e.key_name or ''})"
-                    print(f"{d['time']}  {who:<28} {e.action:<15} {e.target or '-':<24} {e.status}  {e.client or ''}")
+                    who = f"{d['key_id'] or '-'}({d['key_name'] or ''})"
+                    times = f" x{e.count} until {d['last']}" if e.count > 1 else ""
+                    print(
+                        f"{d['time']}  {who:<28} {d['action']:<15} {d['target'] or '-':<24} {e.status}  "
+                        f"{d['client'] or ''}{times}"
+                    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -66,6 +66,38 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--cors_origins", nargs="*", default=[], help="origins allowed by CORS (none: CORS off), e.g. https://app.example"
     )
+    limits = parser.add_argument_group("limits (see the README's 'HTTP service' section)")
+    limits.add_argument("--max_requests", type=int, default=64, help="requests handled at once (then 503 overloaded)")
+    limits.add_argument(
+        "--max_connections", type=int, default=256, help="open connections at once (then 503 and closed)"
+    )
+    limits.add_argument(
+        "--header_timeout", type=float, default=10.0, help="seconds for a request's headers (then 408 and closed)"
+    )
+    limits.add_argument(
+        "--body_timeout", type=float, default=30.0, help="seconds a request body may stall (then 408)"
+    )
+    limits.add_argument(
+        "--max_audio_mb",
+        type=float,
+        default=None,
+        help="audio held in memory across all requests (bodies and decoded recordings); None: a tenth of the RAM",
+    )
+    limits.add_argument(
+        "--audio_wait", type=float, default=2.0, help="seconds a request waits for audio memory (then 503)"
+    )
+    limits.add_argument(
+        "--refusal_limit", type=int, default=60, help="refused requests per key and client per minute (then 429)"
+    )
+    limits.add_argument(
+        "--audit_retention_days", type=float, default=90.0, help="audit log entries older than this are deleted"
+    )
+    parser.add_argument(
+        "--forwarded_allow_ips",
+        nargs="*",
+        default=[],
+        help="proxy addresses whose X-Forwarded-For/-Proto are trusted (none: ignored, the client is the TCP peer)",
+    )
     parser.add_argument("--graceful_timeout", type=float, default=30.0, help="seconds to finish requests on shutdown")
     parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
@@ -126,6 +158,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     from mvector.predictor import resolve_model_dir
     from mvector.service.app import ServiceConfig, create_app
+    from mvector.service.server import server_config
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
@@ -145,6 +178,15 @@ def _serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         threads=args.threads,
         cors_origins=tuple(args.cors_origins),
+        max_requests=args.max_requests,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_audio_mb=args.max_audio_mb,
+        audio_wait=args.audio_wait,
+        refusal_limit=args.refusal_limit,
+        audit_retention_days=args.audit_retention_days,
+        forwarded_allow_ips=tuple(args.forwarded_allow_ips),
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not _is_loopback(args.host):
@@ -156,13 +198,8 @@ def _serve(args: argparse.Namespace) -> None:
     app = create_app(config)
     print(f"mvector serve: http://{args.host}:{args.port}/ (API docs at /docs, OpenAPI at /openapi.json)", flush=True)
     server = _graceful_server_class(uvicorn)(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            timeout_graceful_shutdown=args.graceful_timeout,
-            server_header=False,
+        server_config(
+            app, config, args.host, args.port, log_level=args.log_level, graceful_timeout=args.graceful_timeout
         )
     )
     server.run()

@@ -34,7 +34,6 @@ request body, in any format :func:`mvector.audio.load_audio` reads (WAV, FLAC, O
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
@@ -74,20 +73,28 @@ from mvector.errors import (
     UnknownSpeakerError,
 )
 from mvector.inference.idempotency import Replayed, request_hash
+from mvector.service.budget import REQUEST_OWNER, AudioBudget, default_audio_budget_mb
 from mvector.service.errors import ERROR_CODES, ServiceError, error_body
+from mvector.service.guard import KEY_STATE, PAGE_CSP, RequestGuard, client_of
 from mvector.service.idempotent import idempotency_header as idempotency_header_param
 from mvector.service.idempotent import replay_or_refuse, stored_answer, write_record
 from mvector.service.keys import KeyInfo, KeyStore, KeyStoreError, scope_allows
 from mvector.service.worker import ModelWorker, default_threads
 
-__all__ = ["ServiceConfig", "create_app", "decode_upload", "STATIC_DIR"]
+__all__ = ["ServiceConfig", "create_app", "decode_upload", "plan_upload", "STATIC_DIR"]
 
 log = logging.getLogger("mvector.service")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _MB = 1024 * 1024
 _FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small text fields
+_SMALL_BODY = 16 * 1024  # JSON bodies (POST /v1/keys) and the bodies routes without uploads may carry
 # Attributes a (calibrated) verification or identification result may carry beside its tuple values.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": PAGE_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _RESULT_EXTRAS = ("llr", "probability", "prior", "unknown", "margin", "reason", "calibrated", "threshold_source")
 
 
@@ -114,9 +121,28 @@ class ServiceConfig:
     threads: Optional[int] = None
     decode_threads: int = 2
     cors_origins: tuple = field(default_factory=tuple)
+    max_requests: int = 64
+    max_connections: int = 256
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_audio_mb: Optional[float] = None
+    audio_wait: float = 2.0
+    refusal_limit: int = 60
+    audit_retention_days: float = 90.0
+    forwarded_allow_ips: tuple = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        if self.max_audio_mb is None:
+            self.max_audio_mb = default_audio_budget_mb()
         checks = {
+            "max_requests": isinstance(self.max_requests, int) and self.max_requests >= 1,
+            "max_connections": isinstance(self.max_connections, int) and self.max_connections >= 1,
+            "header_timeout": self.header_timeout > 0,
+            "body_timeout": self.body_timeout > 0,
+            "max_audio_mb": self.max_audio_mb > 0,
+            "audio_wait": self.audio_wait >= 0,
+            "refusal_limit": isinstance(self.refusal_limit, int) and self.refusal_limit >= 1,
+            "audit_retention_days": self.audit_retention_days > 0,
             "max_upload_mb": self.max_upload_mb > 0,
             "max_files": isinstance(self.max_files, int) and self.max_files >= 1,
             "max_duration": self.max_duration > 0,
@@ -131,11 +157,32 @@ class ServiceConfig:
                 raise ConfigError(f"service setting {name} has a bad value: {getattr(self, name)!r}")
         if self.threshold is not None and not math.isfinite(float(self.threshold)):
             raise ConfigError(f"threshold must be a finite number, got {self.threshold!r}")
+        if self.max_audio_bytes < self.request_audio_bytes(self.max_files):
+            raise ConfigError(
+                f"service setting max_audio_mb ({self.max_audio_mb:g}) is below what one enrolment may need "
+                f"({self.request_audio_bytes(self.max_files) / _MB:.1f} MB for max_files, max_upload_mb and "
+                "max_duration): raise it or lower those"
+            )
 
     @property
     def max_upload_bytes(self) -> int:
         """The size limit of one upload, in bytes."""
         return int(self.max_upload_mb * _MB)
+
+    @property
+    def max_audio_bytes(self) -> int:
+        """The ceiling on audio held in memory across all requests, in bytes."""
+        return int(float(self.max_audio_mb) * _MB)
+
+    def request_audio_bytes(self, files: int, sample_rate: int = 16000) -> int:
+        """The most audio memory one request of ``files`` recordings may reserve (bodies twice: read and parsed;
+        decoded mono float32 at ``sample_rate`` up to ``max_duration``, plus a 0.25 s block of 8 channels at 48 kHz).
+
+        >>> ServiceConfig(max_upload_mb=1, max_duration=10).request_audio_bytes(1) // 1024
+        3094
+        """
+        decoded = 4 * (int(self.max_duration * sample_rate) + 16 + 12000 * 9)
+        return files * (2 * self.max_upload_bytes + decoded)
 
 
 # ---------------------------------------------------------------------- response models (for OpenAPI)
@@ -185,18 +232,20 @@ class Speaker(BaseModel):
 
 
 class NewKey(BaseModel):
-    scope: str = Field(description="read, write or admin")
-    name: str = Field("", description="a label for the key (who or what uses it)")
+    scope: Literal["read", "write", "admin"] = Field(description="read, write or admin (each includes those before)")
+    name: str = Field("", max_length=100, description="a label for the key (who or what uses it); no control chars")
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": ", ".join(c for c, (s, _) in ERROR_CODES.items() if s == status)}
-    for status in (400, 401, 403, 404, 409, 413, 422, 503)
+    for status in (400, 401, 403, 404, 408, 409, 413, 422, 429, 503)
 }
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: _ERROR_RESPONSES[s] for s in (401, 503, *statuses)}
+    """The error answers of a route: the ones every ``/v1`` route may give (the guard's 400, 401, 408, 413, 429,
+    503) and ``statuses``."""
+    return {s: _ERROR_RESPONSES[s] for s in sorted({400, 401, 408, 413, 429, 503, *statuses})}
 
 
 def _audio_body(files: dict[str, str], raw: bool, text: dict[str, str] | None = None) -> dict[str, Any]:
@@ -215,25 +264,14 @@ def _audio_body(files: dict[str, str], raw: bool, text: dict[str, str] | None = 
 
 
 # ---------------------------------------------------------------------- audio
-def decode_upload(data: bytes, field: str, config: ServiceConfig) -> tuple[np.ndarray, int]:
-    """Decode one upload into ``(samples, sample_rate)``, enforcing the size and duration limits.
+def plan_upload(data: bytes, field: str, config: ServiceConfig, sample_rate: int = 16000) -> Any:
+    """Check one upload's size and header (nothing decoded yet); returns its :class:`~mvector.audio.DecodePlan`.
 
-    The header is read first, so a small compressed file that would decode into hours of audio is refused
-    before it is decoded. Raises :class:`ServiceError` (400 ``bad_audio`` / ``audio_too_short``, 413
-    ``upload_too_large`` / ``audio_too_long``) naming ``field``.
-
-    >>> import io, soundfile
-    >>> buf = io.BytesIO(); soundfile.write(buf, np.zeros(8000, "float32"), 16000, format="WAV")
-    >>> decode_upload(buf.getvalue(), "audio", ServiceConfig())[0].shape
-    (8000,)
-    >>> decode_upload(b"not audio", "audio", ServiceConfig())
-    Traceback (most recent call last):
-    ...
-    mvector.service.errors.ServiceError: field 'audio': cannot decode audio (Format not recognised)
+    The header states rate, channels and length, so a small compressed file that would decode into hours of
+    audio is refused here. Raises :class:`ServiceError` (400 ``bad_audio``, 413 ``upload_too_large`` /
+    ``audio_too_long``) naming ``field``.
     """
-    import soundfile
-
-    from mvector.audio import read_audio
+    from mvector.audio import plan_decode
 
     if len(data) > config.max_upload_bytes:
         raise ServiceError(
@@ -245,36 +283,50 @@ def decode_upload(data: bytes, field: str, config: ServiceConfig) -> tuple[np.nd
     if not data:
         raise ServiceError(400, "bad_audio", f"field {field!r}: empty upload (0 bytes)", field)
     try:
-        info = soundfile.info(io.BytesIO(data))
-    except Exception as err:  # libsndfile's errors carry a reason; anything else is undecodable too
-        reason = (getattr(err, "error_string", None) or str(err) or type(err).__name__).strip().rstrip(".")
-        raise ServiceError(400, "bad_audio", f"field {field!r}: cannot decode audio ({reason})", field) from None
-    rate, frames, channels = int(info.samplerate), int(info.frames), int(info.channels)
-    if rate <= 0 or channels <= 0:
-        raise ServiceError(400, "bad_audio", f"field {field!r}: the audio header is invalid", field)
-    if channels > 8:
-        raise ServiceError(400, "bad_audio", f"field {field!r}: {channels} channels, at most 8 are accepted", field)
-    _check_duration(frames / rate, field, config, exact=False)
-    # frames may be unknown (0 or huge) for some formats: bound the decoded size by the samples actually allowed
-    if frames * channels > config.max_duration * 192000 * 2:
-        raise ServiceError(
-            413, "audio_too_long", f"field {field!r}: the recording is too large to decode ({frames} frames)", field
-        )
-    try:
-        samples, sr = read_audio(data)
+        plan = plan_decode(data, sample_rate, config.max_duration)
     except AudioError as err:
         raise ServiceError(400, "bad_audio", f"field {field!r}: {err}".replace("<bytes>: ", ""), field) from None
-    _check_duration(samples.shape[0] / sr, field, config, exact=True)
-    return samples, sr
+    if math.isfinite(plan.seconds):  # an unstated length is bounded while decoding
+        _check_duration(plan.seconds, field, config, exact=False)
+    return plan
+
+
+def decode_upload(
+    data: bytes, field: str, config: ServiceConfig, sample_rate: int = 16000, plan: Any = None
+) -> tuple[np.ndarray, int]:
+    """Decode one upload into mono ``(samples, sample_rate)``, enforcing the size and duration limits.
+
+    The header is checked first (:func:`plan_upload`); decoding then reads block by block, mixing to mono and
+    resampling to ``sample_rate`` as it goes, and stops past ``max_duration`` (a header that understates the
+    length gains nothing). Raises :class:`ServiceError` (400 ``bad_audio`` / ``audio_too_short``, 413
+    ``upload_too_large`` / ``audio_too_long``) naming ``field``.
+
+    >>> import io, soundfile
+    >>> buf = io.BytesIO(); soundfile.write(buf, np.zeros((8000, 2), "float32"), 16000, format="WAV")
+    >>> samples, rate = decode_upload(buf.getvalue(), "audio", ServiceConfig())
+    >>> samples.shape, rate
+    ((8000,), 16000)
+    >>> decode_upload(b"not audio", "audio", ServiceConfig())
+    Traceback (most recent call last):
+    ...
+    mvector.service.errors.ServiceError: field 'audio': cannot decode audio (Format not recognised)
+    """
+    from mvector.audio import decode_bounded
+
+    plan = plan if plan is not None else plan_upload(data, field, config, sample_rate)
+    try:
+        samples, seconds = decode_bounded(data, plan)
+    except AudioError as err:
+        raise ServiceError(400, "bad_audio", f"field {field!r}: {err}".replace("<bytes>: ", ""), field) from None
+    _check_duration(seconds, field, config, exact=True)
+    return samples, plan.target_rate
 
 
 def _check_duration(seconds: float, field: str, config: ServiceConfig, exact: bool) -> None:
     if seconds > config.max_duration + 1e-6:
+        length = f"{seconds:.2f} s of audio is" if math.isfinite(seconds) else "the recording goes on"
         raise ServiceError(
-            413,
-            "audio_too_long",
-            f"field {field!r}: {seconds:.2f} s of audio is over the {config.max_duration:g} s limit",
-            field,
+            413, "audio_too_long", f"field {field!r}: {length} over the {config.max_duration:g} s limit", field
         )
     if exact and seconds < config.min_duration:
         raise ServiceError(
@@ -362,7 +414,8 @@ def create_app(
         len(predictor.db)  # open the speaker database now: a database of another model fails the start-up
         return predictor
 
-    store = KeyStore(config.audio_db_path)
+    store = KeyStore(config.audio_db_path, retention_days=config.audit_retention_days)
+    budget = AudioBudget(config.max_audio_bytes, wait_s=config.audio_wait)
     worker = ModelWorker(load, max_queue=config.max_queue, max_batch=config.max_batch, threads=config.threads)
     decode_limiter = anyio.CapacityLimiter(config.decode_threads)
     started = time.time()
@@ -391,19 +444,55 @@ def create_app(
             "enrol, delete), admin (also keys, audit). Errors are JSON `{code, message, field}`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs below is the package's own page (no CDN)
+        redoc_url=None,
         responses={500: {"model": ErrorBody, "description": "internal_error"}},
     )
     app.state.config = config
     app.state.worker = worker
     app.state.keys = store
-    if config.cors_origins:
+    app.state.audio_budget = budget
+    refused: dict[str, int] = {}  # the guard's refusals by kind (401s have no key to audit them under)
+
+    audio_routes = {
+        ("POST", "/v1/embed"): 1,
+        ("POST", "/v1/verify"): 2,
+        ("POST", "/v1/identify"): 1,
+        ("POST", "/v1/speakers"): config.max_files,
+    }
+
+    def body_limit(method: str, path: str) -> int:
+        """The most bytes the body of ``method path`` may have (checked by the guard before and while reading)."""
+        files = audio_routes.get((method, path))
+        if files is None and method == "POST" and path.startswith("/v1/speakers/"):
+            files = config.max_files if path.endswith("/recordings") else 1 if path.endswith("/verify") else None
+        return _SMALL_BODY if files is None else config.max_upload_bytes * files + _FORM_OVERHEAD
+
+    async def on_refusal(key: Any, client: str | None, method: str, path: str, status: int) -> None:
+        if key is not None:  # an anonymous refusal has nobody to attribute it to: the guard counts it
+            await anyio.to_thread.run_sync(
+                lambda: _audit_safely(key, "refused", f"{method} {path}", status, "rate limited", client)
+            )
+
+    app.add_middleware(
+        RequestGuard,
+        authenticate=store.authenticate,
+        body_limit=body_limit,
+        max_requests=config.max_requests,
+        body_timeout=config.body_timeout,
+        refusal_limit=config.refusal_limit,
+        budget=budget,
+        on_refusal=on_refusal,
+        counters=refused,
+    )
+    if config.cors_origins:  # added last, so it is outside the guard: preflight requests carry no key
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
 
     # ------------------------------------------------------------------ errors
@@ -420,7 +509,21 @@ def create_app(
         code = codes.get(err.status_code, "bad_request")
         message = f"no route {request.method} {request.url.path}" if err.status_code == 404 else str(err.detail)
         status = err.status_code if code != "bad_request" else 400
-        return JSONResponse(error_body(code, message), status_code=status, headers=getattr(err, "headers", None))
+        headers = dict(getattr(err, "headers", None) or {})
+        if status == 405:  # Starlette names only the first matching route's methods; a path may have several
+            headers["Allow"] = ", ".join(allowed_methods(request.url.path))
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
+        return JSONResponse(error_body(code, message), status_code=status, headers=headers or None)
+
+    def allowed_methods(path: str) -> list[str]:
+        methods: set[str] = set()
+        for route in app.router.routes:
+            regex = getattr(route, "path_regex", None)
+            if regex is not None and regex.match(path) and getattr(route, "methods", None):
+                methods |= set(route.methods)
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -464,36 +567,24 @@ def create_app(
     # ------------------------------------------------------------------ auth
     bearer_dependency = Depends(HTTPBearer(auto_error=False, description="an API key from `mvector keys create`"))
 
-    def _client(request: Request) -> str | None:
-        return request.client.host if request.client else None
-
-    def _audit(request: Request, key: KeyInfo | None, action: str, target: str | None, status: int, detail=None):
+    def _audit_safely(key: Any, action: str, target: str | None, status: int, detail: Any, client: str | None) -> None:
         try:
-            store.audit(key, action, target, status, detail=detail, client=_client(request))
+            store.audit(key, action, target, status, detail=detail, client=client)
         except KeyStoreError as err:  # the write itself happened; losing its audit line must be visible
             log.error("could not write the audit log: %s", err)
+
+    def _audit(request: Request, key: KeyInfo | None, action: str, target: str | None, status: int, detail=None):
+        _audit_safely(key, action, target, status, detail, client_of(request.scope))
 
     def require(scope: str, action: str | None = None):
         async def dependency(
             request: Request, credentials: Optional[HTTPAuthorizationCredentials] = bearer_dependency
         ) -> KeyInfo:
-            if credentials is None:
-                raise ServiceError(
-                    401,
-                    "unauthorized",
-                    "missing API key: send the header 'Authorization: Bearer KEY'",
-                    "Authorization",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            key = await anyio.to_thread.run_sync(store.authenticate, credentials.credentials)
-            if key is None:
-                raise ServiceError(
-                    401,
-                    "unauthorized",
-                    "unknown or revoked API key in the Authorization header",
-                    "Authorization",
-                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-                )
+            # the guard checked the key before the body was read (its 401s never get here); ``credentials`` is
+            # declared so that the OpenAPI description states the bearer scheme
+            key = getattr(request.state, KEY_STATE, None)
+            if key is None:  # only an app run without its guard
+                raise ServiceError(401, "unauthorized", "no API key was checked for this request", "Authorization")
             if not scope_allows(key.scope, scope):
                 if action is not None:
                     target = request.path_params.get("name") or request.path_params.get("key_id")
@@ -533,6 +624,7 @@ def create_app(
             total += len(chunk)
             if total > limit:
                 raise ServiceError(413, "upload_too_large", "the request body is over the size limit", "body")
+            await budget.reserve(request.scope["state"], len(chunk))  # held until the request ends
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -557,6 +649,7 @@ def create_app(
             return {raw_field: [body]}, {}
         limit = config.max_upload_bytes * sum(files.values()) + _FORM_OVERHEAD
         body = await read_body(request, limit)
+        await budget.reserve(request.scope["state"], len(body))  # the parsed parts are a second copy
         sent = False
 
         async def receive() -> dict[str, Any]:
@@ -588,7 +681,15 @@ def create_app(
         return out, fields
 
     async def decode(data: bytes, field_name: str) -> tuple[np.ndarray, int]:
-        return await anyio.to_thread.run_sync(decode_upload, data, field_name, config, limiter=decode_limiter)
+        """Decode one upload once its decoded size (from the header) fits the shared audio budget."""
+        rate = int(getattr(worker.predictor, "sample_rate", 16000) or 16000)
+        plan = plan_upload(data, field_name, config, rate)
+        owner = REQUEST_OWNER.get()
+        if owner is not None:  # every request passes the guard, which releases the reservation when it ends
+            await budget.reserve(owner, plan.peak_bytes)
+        return await anyio.to_thread.run_sync(
+            lambda: decode_upload(data, field_name, config, rate, plan=plan), limiter=decode_limiter
+        )
 
     async def one_recording(request: Request) -> tuple[np.ndarray, int]:
         got, _ = await read_uploads(request, {"audio": 1}, raw_field="audio")
@@ -622,14 +723,12 @@ def create_app(
     # ------------------------------------------------------------------ public routes
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(
-            STATIC_DIR / "index.html",
-            headers={
-                "Content-Security-Policy": "default-src 'self'; media-src 'self' blob:; img-src 'self' data:",
-                "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "no-referrer",
-            },
-        )
+        return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page() -> FileResponse:
+        """The API reference: a page of this package rendering /openapi.json (no CDN, works offline)."""
+        return FileResponse(STATIC_DIR / "docs.html", headers=_PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -644,7 +743,7 @@ def create_app(
     @app.get("/v1/model", tags=["model"], summary="Model and threshold information", responses=_errors())
     async def model_info(key: KeyInfo = read_key) -> dict[str, Any]:
         if worker.state == "failed":
-            raise ServiceError(503, "model_failed", f"the model could not be loaded: {worker.error}")
+            raise ServiceError(503, "model_failed", public(f"the model could not be loaded: {worker.error}"))
         p = await ready_predictor()
         conf = p.configs
         count = await anyio.to_thread.run_sync(lambda: len(p.db))
@@ -659,7 +758,7 @@ def create_app(
                 "max_duration_used": p.max_duration,
                 "load_seconds": worker.load_seconds,
             },
-            "threshold": _threshold_info(p, config),
+            "threshold": _scrubbed(_threshold_info(p, config), public),
             "calibrated": calibration is not None,
             "score": "cosine similarity of speaker embeddings, -1..1; same speaker when score >= threshold",
             "speakers": count,
@@ -669,7 +768,12 @@ def create_app(
                 "max_duration_s": config.max_duration,
                 "min_duration_s": config.min_duration,
                 "max_queue": config.max_queue,
+                "max_audio_mb": config.max_audio_mb,
+                "max_requests": config.max_requests,
+                "refusal_limit_per_minute": config.refusal_limit,
             },
+            "audio_memory": {"held_mb": round(budget.held / _MB, 1), "refused": budget.refused},
+            "refused_since_start": dict(refused),
             "queue": {"waiting": worker.queued, "jobs_done": worker.jobs_done, "batches": worker.batches},
             "threads": worker.threads or default_threads(),
             "uptime_s": round(time.time() - started, 1),
@@ -919,9 +1023,20 @@ def create_app(
         response_model=Speaker,
         response_model_exclude_none=True,
         responses=_errors(400, 403, 409, 413, 422),
-        openapi_extra=_audio_body(
-            {"audio": "one or more recordings (repeat the field)"}, raw=True, text={"name": "the speaker's name"}
-        ),
+        openapi_extra={
+            **_audio_body(
+                {"audio": "one or more recordings (repeat the field)"}, raw=True, text={"name": "the speaker's name"}
+            ),
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "the speaker's name when the body is one raw recording (else the form field)",
+                }
+            ],
+        },
     )
     async def enrol(
         request: Request, key: KeyInfo = enrol_key, idempotency_key: Optional[str] = idempotency_header
@@ -1029,10 +1144,17 @@ def create_app(
         summary="Create an API key (the key is shown once, in this response)",
         status_code=201,
         responses=_errors(400, 403),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": NewKey.model_json_schema()}},
+            }
+        },
     )
-    async def create_key(
-        request: Request, body: NewKey, key: KeyInfo = create_key_key
-    ) -> dict[str, Any]:
+    async def create_key(request: Request, key: KeyInfo = create_key_key) -> dict[str, Any]:
+        # the body is read here, after the key and its scope were checked (a declared body is read by FastAPI
+        # before any dependency runs), and the guard caps it at 16 kB
+        body = await new_key_body(request)
         try:
             info, token = await anyio.to_thread.run_sync(
                 lambda: store.create(body.scope, body.name, created_by=key.key_id)
@@ -1045,10 +1167,33 @@ def create_app(
         await anyio.to_thread.run_sync(lambda: _audit(request, key, "create_key", info.key_id, 201, info.scope))
         return {**info.as_dict(), "key": token}
 
-    @app.delete("/v1/keys/{key_id}", tags=["keys"], summary="Revoke an API key", responses=_errors(403, 404))
-    async def revoke_key(
-        key_id: str, request: Request, key: KeyInfo = revoke_key_key
-    ) -> dict[str, Any]:
+    async def new_key_body(request: Request) -> NewKey:
+        raw = await read_body(request, _SMALL_BODY)
+        try:
+            return NewKey.model_validate_json(raw or b"null")
+        except ValueError as err:
+            errors = getattr(err, "errors", lambda: [])() or [{}]
+            loc = ".".join(str(x) for x in errors[0].get("loc", ())) or None
+            what = errors[0].get("msg", "not a JSON object with 'scope' and 'name'")
+            raise ServiceError(
+                400, "invalid_parameter", f"{'field ' + repr(loc) if loc else 'the JSON body'}: {what}", loc
+            ) from None
+
+    @app.delete(
+        "/v1/keys/{key_id}",
+        tags=["keys"],
+        summary="Revoke an API key (not the one making the request)",
+        responses=_errors(403, 404, 409),
+    )
+    async def revoke_key(key_id: str, request: Request, key: KeyInfo = revoke_key_key) -> dict[str, Any]:
+        if key_id == key.key_id or key_id.startswith(f"mvk_{key.key_id}_"):  # never lock the caller out
+            await anyio.to_thread.run_sync(lambda: _audit(request, key, "revoke_key", key_id, 409, "own key"))
+            raise ServiceError(
+                409,
+                "key_in_use",
+                "a key cannot revoke itself over HTTP (use another admin key, or: mvector keys revoke)",
+                "key_id",
+            )
         try:
             info = await anyio.to_thread.run_sync(store.revoke, key_id)
         except KeyStoreError:
@@ -1061,11 +1206,61 @@ def create_app(
     async def audit_log(
         limit: int = Query(100, ge=1, le=10000),
         action: Optional[str] = Query(None, description="only this action (enrol, delete, create_key, ...)"),
+        outcome: Literal["done", "refused", "all"] = Query(
+            "done",
+            description="writes that happened (default), refused requests (one row per key, client, action and "
+            "status per hour, with a count), or both",
+        ),
         key: KeyInfo = admin_key,
     ) -> list[dict[str, Any]]:
-        return [e.as_dict() for e in await anyio.to_thread.run_sync(lambda: store.audit_log(limit, action))]
+        entries = await anyio.to_thread.run_sync(lambda: store.audit_log(limit, action, outcome))
+        return [e.as_dict() for e in entries]
 
+    app.openapi = _stated_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _scrubbed(value: Any, public: Callable[[str], str]) -> Any:
+    """``value`` with ``public`` applied to every string in it (no server paths in answers)."""
+    if isinstance(value, str):
+        return public(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, public) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v, public) for v in value]
+    return value
+
+
+#: What the OpenAPI schema states about path parameters (the server checks them; see ``checked_name``).
+_PATH_RULES: dict[str, dict[str, Any]] = {
+    "name": {
+        "pattern": r"^[^/\\\u0000-\u001f\u007f-\u009f]+$",
+        "description": "a speaker name: 1..100 characters once surrounding white space is trimmed; no '/', "
+        "'\\', control characters; not '.' or '..'; invisible, bidi-control and look-alike names are refused "
+        "(400 invalid_name)",
+    },
+    "key_id": {"description": "the 12-hex-digit id of a key (as listed), or the whole key"},
+}
+
+
+def _stated_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` with the rules of :data:`_PATH_RULES` written into every path parameter."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            for ops in schema.get("paths", {}).values():
+                for op in ops.values():
+                    for param in op.get("parameters", []):
+                        rule = _PATH_RULES.get(param.get("name")) if param.get("in") == "path" else None
+                        if rule:
+                            param.setdefault("schema", {}).update({k: v for k, v in rule.items() if k != "description"})
+                            param["description"] = rule["description"]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 def _printable(request: Request) -> str | None:

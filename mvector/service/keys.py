@@ -7,7 +7,11 @@ enrol and delete speakers), ``admin`` (also manage keys and read the audit log).
 
 The audit log records every write the service performs or refuses (who: key id and name; when; what: action,
 target, HTTP status, client address). The file is separate from the speaker database, in WAL mode; every change is
-one transaction.
+one transaction. Every text field is stored escaped (:func:`escape_text`: control, format and separator characters
+become ``\\xNN`` / ``\\uNNNN``), so no output can carry a forged line or a terminal escape. Refused requests
+(status 400 and up) of one key, client, action and status within :data:`AGGREGATE_S` seconds are one row whose
+``count`` grows; the default listing shows the writes that happened (``refused=False``), so refusals never push
+them out of view. Rows older than ``retention_days`` are deleted (at open and every 1000 entries).
 
 >>> import tempfile
 >>> store = KeyStore(tempfile.mkdtemp())
@@ -29,6 +33,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -36,7 +41,18 @@ from typing import Any, Union
 from mvector.errors import ConfigError, MVectorError
 from mvector.utils.files import create_private_file, private_mkdir
 
-__all__ = ["KeyStore", "KeyInfo", "AuditEntry", "SCOPES", "SERVICE_DB", "KeyStoreError", "scope_allows"]
+__all__ = [
+    "KeyStore",
+    "KeyInfo",
+    "AuditEntry",
+    "SCOPES",
+    "SERVICE_DB",
+    "KeyStoreError",
+    "scope_allows",
+    "escape_text",
+    "AGGREGATE_S",
+    "OUTCOMES",
+]
 
 #: The key file inside the speaker-database folder.
 SERVICE_DB = "service.sqlite"
@@ -47,6 +63,11 @@ _TOKEN = re.compile(r"^mvk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _MAX_NAME = 100
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
+#: Refusals of one (key, client, action, status) within this many seconds of the row's first one share a row.
+AGGREGATE_S = 3600.0
+#: Which audit entries a listing shows: writes that happened, refused requests, or both.
+OUTCOMES = ("done", "refused", "all")
+_PURGE_EVERY = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -70,6 +91,7 @@ CREATE TABLE IF NOT EXISTS audit (
     client TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+CREATE INDEX IF NOT EXISTS audit_status ON audit (status, id);
 """
 
 
@@ -84,6 +106,30 @@ def scope_allows(granted: str, needed: str) -> bool:
     (True, False, True)
     """
     return SCOPES.index(granted) >= SCOPES.index(needed)
+
+
+def escape_text(text: Any, backslash: bool = True) -> str | None:
+    """``text`` with every character that could forge or hide output escaped: control (Cc), format (Cf: bidi
+    overrides, zero-width), separator (Zl, Zp) and unassigned characters, and (with ``backslash``) the
+    backslash itself, so that stored text reads back unambiguously. Printing uses ``backslash=False``.
+
+    >>> escape_text("x\\n2026 forged\\x1b[2J\\u202e")
+    'x\\\\x0a2026 forged\\\\x1b[2J\\\\u202e'
+    >>> escape_text("Zoë Ω"), escape_text(None)
+    ('Zoë Ω', None)
+    """
+    if text is None:
+        return None
+    out = []
+    for ch in str(text):
+        if ch == "\\" and backslash:
+            out.append("\\\\")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _hash(token: str) -> str:
@@ -148,11 +194,14 @@ class AuditEntry:
     status: int
     detail: str | None
     client: str | None
+    count: int = 1
+    last: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready fields, the time as an ISO 8601 UTC string."""
+        """JSON-ready fields, times as ISO 8601 UTC strings (``last``: the latest of ``count`` refusals)."""
         out = asdict(self)
         out["time"] = _iso(self.time)
+        out["last"] = _iso(self.last if self.last is not None else self.time)
         return out
 
 
@@ -174,7 +223,11 @@ class KeyStore:
     (['read'], 'enrol')
     """
 
-    def __init__(self, folder: Union[str, os.PathLike], create: bool = True) -> None:
+    def __init__(self, folder: Union[str, os.PathLike], create: bool = True, retention_days: float = 90.0) -> None:
+        if not retention_days > 0:
+            raise KeyStoreError(f"retention_days must be > 0, got {retention_days!r}")
+        self.retention_days = float(retention_days)
+        self._since_purge = 0
         self.folder = Path(folder)
         self.path = self.folder / SERVICE_DB
         if not create and not self.path.is_file():
@@ -196,6 +249,7 @@ class KeyStore:
             self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._retry(self._init_schema)
+            self._retry(self.purge)
         except sqlite3.DatabaseError as err:
             raise KeyStoreError(f"{self.path}: cannot open the key database ({err})") from None
 
@@ -217,6 +271,10 @@ class KeyStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
+            if "count" not in columns:  # a file from before refusals were aggregated
+                conn.execute("ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+                conn.execute("ALTER TABLE audit ADD COLUMN last REAL")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -242,13 +300,17 @@ class KeyStore:
         self.close()
 
     def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
+        return self._transaction(lambda conn: conn.execute(sql, params))
+
+    def _transaction(self, body: Any) -> Any:
+        """Run ``body(connection)`` in one write transaction; returns what it returns."""
         with self._lock:
             conn = self._db
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                cur = conn.execute(sql, params)
+                out = body(conn)
                 conn.execute("COMMIT")
-                return cur
+                return out
             except BaseException as err:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -347,31 +409,86 @@ class KeyStore:
         detail: str | None = None,
         client: str | None = None,
     ) -> None:
-        """Append one entry to the audit log (its own transaction)."""
-        self._write(
-            "INSERT INTO audit (time, key_id, key_name, action, target, status, detail, client) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                time.time(),
-                key.key_id if key else None,
-                key.name if key else None,
-                str(action),
-                None if target is None else str(target)[:200],
-                int(status),
-                None if detail is None else str(detail)[:500],
-                client,
-            ),
+        """Record one write (its own transaction). Text is stored escaped (:func:`escape_text`); a refusal
+        (status >= 400) joins the row of the same key, client, action and status opened within the last
+        :data:`AGGREGATE_S` seconds (its ``count`` grows, ``target`` and ``detail`` become the latest).
+        """
+        now = time.time()
+        key_id = key.key_id if key else None
+        fields = (
+            escape_text(key.name) if key else None,
+            escape_text(action),
+            None if target is None else escape_text(str(target)[:200]),
+            int(status),
+            None if detail is None else escape_text(str(detail)[:500]),
+            escape_text(client),
         )
 
-    def audit_log(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
-        """The ``limit`` most recent audit entries, newest first (optionally only one ``action``)."""
+        def record(conn: sqlite3.Connection) -> None:
+            row = None
+            if int(status) >= 400:
+                row = conn.execute(
+                    "SELECT id FROM audit WHERE status = ? AND action = ? AND key_id IS ? AND client IS ? "
+                    "AND time >= ? ORDER BY id DESC LIMIT 1",
+                    (int(status), fields[1], key_id, fields[5], now - AGGREGATE_S),
+                ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "UPDATE audit SET count = count + 1, last = ?, target = ?, detail = ? WHERE id = ?",
+                    (now, fields[2], fields[4], row[0]),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO audit (time, key_id, key_name, action, target, status, detail, client, count) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    (now, key_id, fields[0], fields[1], fields[2], fields[3], fields[4], fields[5]),
+                )
+
+        with self._lock:
+            self._transaction(record)
+            self._since_purge += 1
+            if self._since_purge >= _PURGE_EVERY:
+                self.purge()
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete audit rows older than ``retention_days`` (by their latest refusal); returns how many.
+
+        >>> import tempfile
+        >>> with KeyStore(tempfile.mkdtemp(), retention_days=1) as store:
+        ...     store.audit(None, "enrol", "alice", 201)
+        ...     store.purge(), store.purge(now=time.time() + 2 * 86400)
+        (0, 1)
+        """
+        cutoff = (time.time() if now is None else now) - self.retention_days * 86400.0
+        self._since_purge = 0
+        return self._write("DELETE FROM audit WHERE COALESCE(last, time) < ?", (cutoff,)).rowcount
+
+    def audit_log(self, limit: int = 100, action: str | None = None, outcome: str = "done") -> list[AuditEntry]:
+        """The ``limit`` most recent audit entries, newest first: the writes that happened (``outcome="done"``,
+        the default), the refusals (``"refused"``), or both (``"all"``); optionally only one ``action``.
+
+        >>> import tempfile
+        >>> with KeyStore(tempfile.mkdtemp()) as store:
+        ...     store.audit(None, "enrol", "alice", 201)
+        ...     for _ in range(3):
+        ...         store.audit(None, "delete", "x\\n", 403)
+        ...     [e.target for e in store.audit_log()], [(e.target, e.count) for e in store.audit_log(outcome="refused")]
+        (['alice'], [('x\\\\x0a', 3)])
+        """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-        sql = "SELECT time, key_id, key_name, action, target, status, detail, client FROM audit"
-        params: tuple = ()
+        sql = "SELECT time, key_id, key_name, action, target, status, detail, client, count, last FROM audit"
+        where, params = [], []
         if action is not None:
-            sql += " WHERE action = ?"
-            params = (action,)
+            where.append("action = ?")
+            params.append(action)
+        if outcome not in OUTCOMES:
+            raise ConfigError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+        if outcome != "all":
+            where.append("status >= 400" if outcome == "refused" else "status < 400")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
-        return [AuditEntry(float(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7]) for r in rows]
+            order = " ORDER BY COALESCE(last, time) DESC, id DESC LIMIT ?"
+            rows = self._db.execute(sql + order, (*params, limit)).fetchall()
+        return [AuditEntry(float(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), r[9]) for r in rows]
