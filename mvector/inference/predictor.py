@@ -639,8 +639,10 @@ class MVectorPredictor:
         """Who spoke when in ``audio``: a :class:`~mvector.inference.diarization.DiarizationResult`.
 
         ``options`` are :class:`~mvector.inference.diarization.DiarizationConfig` fields (``num_speakers=2``,
-        ``min_speakers``, ``max_speakers``, ``window``, ``hop``, ``clustering`` ...); clusters matching a speaker
-        enrolled in this predictor's database get that name. ``result.save(folder, stem)`` writes RTTM and JSON.
+        ``min_speakers``, ``max_speakers``, ``pipeline``, ``vad``, ``clustering`` ...); the segmentation pipeline
+        (overlapping turns, count estimated) runs when its model is found, else the classic one. Clusters matching
+        a speaker enrolled in this predictor's database get that name. ``result.save(folder, stem)`` writes RTTM
+        and JSON.
         """
         from mvector.inference.diarization import diarize_with_predictor
 

@@ -2,7 +2,7 @@
 
 >>> from mvector.pretrained import model_names
 >>> model_names()
-['campplus_zh_en']
+['campplus_zh_en', 'segmentation_3_0', 'silero_vad']
 """
 
 from mvector.pretrained.catalogue import CATALOGUE_PATH, catalogue_entry, load_catalogue, model_names

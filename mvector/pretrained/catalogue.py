@@ -7,10 +7,10 @@ settings), the embedding size, the checkpoint file's name, size and sha256, its 
 >>> entry = catalogue_entry("campplus_zh_en")
 >>> entry["architecture"], entry["embd_dim"], entry["licence"], len(entry["sha256"])
 ('CAMPPlus', 192, 'Apache-2.0', 64)
->>> catalogue_entry("campplus")
+>>> catalogue_entry("campplus")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-mvector.errors.ConfigError: unknown pretrained model 'campplus'; did you mean 'campplus_zh_en'? Valid: campplus_zh_en
+mvector.errors.ConfigError: unknown pretrained model 'campplus'; did you mean 'campplus_zh_en'? Valid: ...
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from typing import Any, Mapping, Union
 
 from mvector.errors import ConfigError, unknown_name_error
 
-__all__ = ["CATALOGUE_PATH", "load_catalogue", "catalogue_entry", "model_names"]
+__all__ = ["CATALOGUE_PATH", "KINDS", "load_catalogue", "catalogue_entry", "model_names"]
 
 #: The bundled catalogue.
 CATALOGUE_PATH = Path(__file__).resolve().parent / "catalogue.json"
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_REQUIRED = ("architecture", "importer", "model_conf", "embd_dim", "input", "file", "sha256", "licence", "sources")
+_REQUIRED = ("architecture", "importer", "model_conf", "input", "file", "sha256", "licence", "sources")
+#: What each kind of model is for; ``embedding`` (the default) models also need ``embd_dim``.
+KINDS = ("embedding", "segmentation", "vad")
 
 Catalogue = Union[str, os.PathLike, Mapping[str, Any], None]
 
@@ -43,6 +45,11 @@ def _check_entry(name: str, entry: Any, where: str) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in entry]
     if missing:
         raise ConfigError(f"{where}: entry {name!r} lacks {', '.join(missing)}")
+    kind = entry.get("kind", "embedding")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: entry {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "embedding" and "embd_dim" not in entry:
+        raise ConfigError(f"{where}: entry {name!r} lacks embd_dim")
     if not isinstance(entry["sha256"], str) or not _SHA_RE.match(entry["sha256"]):
         raise ConfigError(f"{where}: entry {name!r}: sha256 must be 64 lower-case hex digits")
     if not _NAME_RE.match(str(entry["file"])):
@@ -56,6 +63,7 @@ def _check_entry(name: str, entry: Any, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: entry {name!r}: sources[{i}] needs wheel_glob and member")
     out = dict(entry)
     out["name"] = name
+    out["kind"] = kind
     return out
 
 
@@ -63,7 +71,7 @@ def load_catalogue(catalogue: Catalogue = None) -> dict[str, dict[str, Any]]:
     """Model name -> checked entry, from the bundled catalogue, a JSON file, or a mapping of that form.
 
     >>> sorted(load_catalogue())
-    ['campplus_zh_en']
+    ['campplus_zh_en', 'segmentation_3_0', 'silero_vad']
     """
     where = "<dict>"
     if catalogue is None or isinstance(catalogue, (str, os.PathLike)):
@@ -87,7 +95,7 @@ def model_names(catalogue: Catalogue = None) -> list[str]:
     """Names of the catalogued models, sorted.
 
     >>> model_names()
-    ['campplus_zh_en']
+    ['campplus_zh_en', 'segmentation_3_0', 'silero_vad']
     """
     return sorted(load_catalogue(catalogue))
 

@@ -27,7 +27,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
 
@@ -77,12 +77,7 @@ def read_state_dict(path: PathLike, max_bytes: int = MAX_CHECKPOINT_BYTES) -> di
     >>> read_state_dict(path)
     {'w': tensor([1., 1.])}
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise CheckpointError(f"{path}: {size} bytes, larger than the {max_bytes}-byte limit for a checkpoint")
+    path = checked_file(path, max_bytes)
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever a damaged or foreign file raises, one clear error
@@ -91,6 +86,73 @@ def read_state_dict(path: PathLike, max_bytes: int = MAX_CHECKPOINT_BYTES) -> di
             "tensors, which safe loading refuses)"
         ) from err
     return _flat_state(data, str(path))
+
+
+def checked_file(path: PathLike, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Path:
+    """``path`` as a Path, refusing a missing file or one larger than ``max_bytes`` (before anything is read).
+
+    >>> checked_file("/no/such.pt")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.CheckpointError: /no/such.pt: no such checkpoint file
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise CheckpointError(f"{path}: {size} bytes, larger than the {max_bytes}-byte limit for a checkpoint")
+    return path
+
+
+def load_checked_state(
+    checkpoint: Union[PathLike, Mapping[str, Any]],
+    entry: Mapping[str, Any],
+    check_hash: bool,
+    reader: Callable[[PathLike], dict[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], str, str | None]:
+    """The flat state dict of ``checkpoint`` (a file read by ``reader``, or a loaded state dict), where it came
+    from, and the file's sha256 (None for a state dict); a file without the entry's sha256 is refused when
+    ``check_hash``."""
+    name = entry.get("name", "?")
+    if isinstance(checkpoint, Mapping):
+        return _flat_state(checkpoint, "<state dict>"), "<state dict>", None
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"{checkpoint}: no such checkpoint file")
+    sha = file_sha256(checkpoint)
+    if check_hash and sha != entry["sha256"]:
+        raise CheckpointError(
+            f"{checkpoint}: sha256 {sha} is not that of {name} ({entry['sha256']}); this is another file "
+            "(pass check_hash=False / --check_sha256 false to import a compatible checkpoint of your own)"
+        )
+    return reader(checkpoint), str(checkpoint), sha
+
+
+def refuse_misfit(model: torch.nn.Module, state: Mapping[str, Any], where: str, arch: str, name: str) -> None:
+    """Raise a CheckpointError listing every difference between ``state`` and ``model`` (:func:`check_state_dict`)."""
+    problems = check_state_dict(model, state)
+    if problems:
+        shown = "\n  ".join(problems[:40])
+        more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
+        raise CheckpointError(f"{where} does not fit {arch} ({name}): {len(problems)} problem(s):\n  {shown}{more}")
+
+
+def pretrained_record(
+    entry: Mapping[str, Any], name: str, checkpoint: Any, sha: str | None, tensors: int
+) -> dict[str, Any]:
+    """What a model folder records about its import (``state.json``'s ``extra.pretrained``)."""
+    return {
+        "name": name,
+        "kind": entry.get("kind", "embedding"),
+        "architecture": entry["architecture"],
+        "description": entry.get("description", ""),
+        "licence": entry["licence"],
+        "source": entry.get("source", {}),
+        "imported_file": None if isinstance(checkpoint, Mapping) else os.path.basename(str(checkpoint)),
+        "imported_sha256": sha,
+        "catalogue_sha256": entry["sha256"],
+        "tensors": tensors,
+    }
 
 
 def _flat_state(data: Any, where: str) -> dict[str, torch.Tensor]:
@@ -191,46 +253,17 @@ def import_checkpoint(
     """
     entry = dict(entry) if entry is not None else catalogue_entry(name, catalogue)
     name = str(entry.get("name", name))
-    sha = None
-    if isinstance(checkpoint, Mapping):
-        state = _flat_state(checkpoint, "<state dict>")
-        where = "<state dict>"
-    else:
-        where = str(checkpoint)
-        if not Path(checkpoint).is_file():
-            raise CheckpointError(f"{checkpoint}: no such checkpoint file")
-        sha = file_sha256(checkpoint)
-        if check_hash and sha != entry["sha256"]:
-            raise CheckpointError(
-                f"{checkpoint}: sha256 {sha} is not that of {name} ({entry['sha256']}); this is another file "
-                "(pass check_hash=False / --check_sha256 false to import a compatible checkpoint of your own)"
-            )
-        state = read_state_dict(checkpoint)
+    entry["name"] = name
+    state, where, sha = load_checked_state(checkpoint, entry, check_hash, read_state_dict)
     arch = str(entry["architecture"])
     model = build_backbone(arch, int(entry["input"]["num_mel_bins"]), **dict(entry["model_conf"]))
-    problems = check_state_dict(model, state)
-    if problems:
-        shown = "\n  ".join(problems[:40])
-        more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
-        raise CheckpointError(f"{where} does not fit {arch} ({name}): {len(problems)} problem(s):\n  {shown}{more}")
+    refuse_misfit(model, state, where, arch, name)
     conf = pretrained_config(entry)
     model.load_state_dict({k: state[k] for k in model.state_dict()}, strict=True)
     out = Path(output_dir).expanduser()
     _check_target(out, overwrite)
     own = model.state_dict()
-    extra = {
-        "pretrained": {
-            "name": name,
-            "architecture": entry["architecture"],
-            "description": entry.get("description", ""),
-            "licence": entry["licence"],
-            "source": entry.get("source", {}),
-            "imported_file": None if isinstance(checkpoint, Mapping) else os.path.basename(str(checkpoint)),
-            "imported_sha256": sha,
-            "catalogue_sha256": entry["sha256"],
-            "tensors": len(own),
-        }
-    }
+    extra = {"pretrained": pretrained_record(entry, name, checkpoint, sha, len(own))}
     folder = save_checkpoint(
         out, model_state=own, config=conf, epoch=0, step=0, best_eer=None, extra=extra
     )

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 from mvector.checkpoint import file_sha256
 from mvector.errors import CheckpointError
 from mvector.pretrained.catalogue import Catalogue, catalogue_entry
+from mvector.pretrained.frame_models import import_frame_model
 from mvector.pretrained.importer import MAX_CHECKPOINT_BYTES, import_checkpoint
 from mvector.utils.files import atomic_open
 
@@ -320,7 +321,8 @@ def pretrained_model_dir(
     )
     if folder.exists() and not (folder / "state.json").is_file():
         shutil.rmtree(folder)  # a leftover that is not a model folder (our own cache path)
-    import_checkpoint(checkpoint, folder, name, entry=entry, overwrite=True)
+    importer = import_checkpoint if entry.get("kind", "embedding") == "embedding" else import_frame_model
+    importer(checkpoint, folder, name, entry=entry, overwrite=True)
     if log:
         log(f"{name}: imported into {folder}")
     return folder
@@ -345,8 +347,15 @@ def describe(entry: Mapping[str, Any]) -> str:
 
     >>> describe(catalogue_entry("campplus_zh_en"))[:40]
     'campplus_zh_en: CAMPPlus, 192-d, 16000 H'
+    >>> describe(catalogue_entry("segmentation_3_0"))
+    'segmentation_3_0: PyanNet, segmentation model, 16000 Hz audio, licence MIT'
     """
     inp = entry["input"]
+    if entry.get("kind", "embedding") != "embedding":
+        return (
+            f"{entry['name']}: {entry['architecture']}, {entry['kind']} model, {inp['sample_rate']} Hz audio, "
+            f"licence {entry['licence']}"
+        )
     return (
         f"{entry['name']}: {entry['architecture']}, {entry['embd_dim']}-d, {inp['sample_rate']} Hz "
         f"{inp['num_mel_bins']}-bin {inp.get('feature_method', 'Fbank')}, licence {entry['licence']}"
