@@ -105,11 +105,35 @@ class Embedder(Protocol):
         ...
 
 
+def clustering_threshold(predictor: Any) -> float:
+    """The cosine score above which two segments are more likely one speaker than two (see :class:`PredictorEmbedder`).
+
+    >>> from types import SimpleNamespace
+    >>> from mvector.evaluation.calibration import Calibration
+    >>> clustering_threshold(SimpleNamespace(threshold=0.8, threshold_info={"rule": "far"},
+    ...                                      calibration=Calibration(weights={"score": 10.0}, bias=-5.0)))
+    0.5
+    >>> clustering_threshold(SimpleNamespace(threshold=0.8, threshold_info={"rule": "given"}, calibration=None))
+    0.8
+    """
+    calibration = getattr(predictor, "calibration", None)
+    given = (getattr(predictor, "threshold_info", None) or {}).get("rule") == "given"
+    if calibration is not None and not given:
+        even = calibration.score_for_llr(0.0)
+        if even is not None and -1.0 < even < 1.0:
+            return float(even)
+    return float(predictor.threshold)
+
+
 class PredictorEmbedder:
     """An :class:`Embedder` over :class:`~mvector.predictor.MVectorPredictor`: its batched ``embed_batch``.
 
     Each window goes through the predictor's own preprocessing (dB normalisation as the model was trained), and
-    windows are batched by length. ``threshold`` is the predictor's decision threshold.
+    windows are batched by length. ``threshold`` (the default clustering and naming threshold) is the score at which a
+    calibrated model says "same" and "different" are equally likely (LLR 0), when the model folder holds a
+    calibration and the predictor was given no threshold; else the predictor's decision threshold. A verification
+    operating point (say 1 % false acceptance) is far stricter than "more likely the same speaker", and clustering
+    with it splits speakers.
 
     >>> import tempfile
     >>> from mvector.demo import tiny_checkpoint
@@ -122,7 +146,7 @@ class PredictorEmbedder:
     def __init__(self, predictor: Any, batch_size: int = 32) -> None:
         self.predictor = predictor
         self.sample_rate = int(predictor.sample_rate)
-        self.threshold = float(predictor.threshold)
+        self.threshold = clustering_threshold(predictor)
         self.batch_size = int(batch_size)
 
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
