@@ -18,11 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from mvector.utils.threads import apply_thread_policy, prepare_environment
 
-from mvector.config import load_config
-from mvector.data.synthetic import generate_corpus
-from mvector.utils.files import atomic_write_json
+if __name__ == "__main__":  # before torch is imported: OpenMP threads that wait sleep instead of spinning
+    prepare_environment()
+
+import torch  # noqa: E402
+
+from mvector.config import load_config  # noqa: E402
+from mvector.data.synthetic import generate_corpus  # noqa: E402
+from mvector.utils.files import atomic_write_json  # noqa: E402
 
 __all__ = ["demo_config", "run_demo", "tiny_checkpoint"]
 
@@ -129,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default="demo_output")
     parser.add_argument("--max_epoch", type=int, default=20, help="training epochs (20: about 45 s on 2 cores)")
     parser.add_argument("--use_gpu", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (None: the usable CPUs not busy)")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
+    apply_thread_policy(args.threads, verbose=True)
     run_demo(args.work_dir, max_epoch=args.max_epoch, use_gpu=args.use_gpu)
     return 0
 

@@ -17,7 +17,12 @@ import importlib
 import sys
 from typing import Sequence
 
-from mvector.cli.common import base_parser, parse_args, run_cli, str2bool
+from mvector.utils.threads import prepare_environment
+
+# Before any subcommand imports torch: OpenMP threads that wait sleep instead of spinning (see mvector.utils.threads).
+prepare_environment()
+
+from mvector.cli.common import base_parser, parse_args, run_cli, str2bool  # noqa: E402
 
 __all__ = ["COMMANDS", "main", "base_parser", "parse_args", "run_cli", "str2bool"]
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import run_cli, str2bool
+from mvector.cli.common import add_threads_argument, apply_threads, run_cli, str2bool
 
 __all__ = ["main", "build_parser"]
 
@@ -67,6 +67,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--save_image_path", default=None, help="folder for the reliability plot (reliability.png)")
     parser.add_argument("--use_gpu", type=str2bool, default=False, help="embed on CUDA")
+    add_threads_argument(parser)
     parser.add_argument("--batch_size", type=int, default=32, help="recordings per embedding batch")
     return parser
 
@@ -166,6 +167,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     def body(argv: Sequence[str] | None) -> None:
         args = parser.parse_args(argv)
+        apply_threads(args)
         print(json.dumps(_run(args)), flush=True)
 
     return run_cli(body, argv)

@@ -16,7 +16,9 @@ from typing import Sequence
 from mvector.config import bundled_configs, parse_overrides
 from mvector.errors import MVectorError
 
-__all__ = ["HelpFormatter", "str2bool", "base_parser", "parse_args", "run_cli"]
+__all__ = [
+    "HelpFormatter", "str2bool", "base_parser", "parse_args", "run_cli", "add_threads_argument", "apply_threads"
+]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -37,6 +39,47 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 for counts such as ``--threads``.
+
+    >>> positive_int("2")
+    2
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default_help: str = "the usable CPUs not busy") -> None:
+    """Add ``--threads N`` (CPU threads of the command; see :mod:`mvector.utils.threads`).
+
+    >>> p = argparse.ArgumentParser(); add_threads_argument(p); p.parse_args(["--threads", "1"]).threads
+    1
+    """
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help=f"CPU threads; None: {default_help} with other jobs (or $MVECTOR_NUM_THREADS)",
+    )
+
+
+def apply_threads(args: argparse.Namespace, verbose: bool = False):
+    """Set this process's threads from ``args.threads`` and the thread policy; returns the
+    :class:`~mvector.utils.threads.ThreadPlan`.
+
+    >>> apply_threads(argparse.Namespace(threads=1)).intra_op
+    1
+    """
+    from mvector.utils.threads import apply_thread_policy
+
+    return apply_thread_policy(getattr(args, "threads", None), verbose=verbose)
+
+
 def base_parser(
     description: str, prog: str | None = None, default_configs: str | None = "ecapa_tdnn"
 ) -> argparse.ArgumentParser:
@@ -55,6 +98,7 @@ def base_parser(
     parser.add_argument(
         "--use_gpu", type=str2bool, default=None, help="run on CUDA: true or false (%(default)s: CUDA when available)"
     )
+    add_threads_argument(parser)
     return parser
 
 

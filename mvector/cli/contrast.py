@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from mvector.cli.common import HelpFormatter, run_cli, str2bool
+from mvector.cli.common import HelpFormatter, add_threads_argument, apply_threads, run_cli, str2bool
 from mvector.config import DEFAULT_MODEL_PATH
 
 
@@ -25,6 +25,7 @@ def _main(argv=None, prog=None) -> None:
     parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
     parser.add_argument("--use_gpu", type=str2bool, default=False, help="run on CUDA")
+    add_threads_argument(parser)
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
     )
@@ -36,6 +37,7 @@ def _main(argv=None, prog=None) -> None:
         help='print one JSON object: {"score", "same", "llr", "probability", "prior", "threshold", "threshold_source"}',
     )
     args = parser.parse_args(argv)
+    apply_threads(args)
     from mvector.predictor import MVectorPredictor, iter_audio_files
 
     iter_audio_files([args.audio_path1, args.audio_path2], must_exist=True)  # fail before loading the model

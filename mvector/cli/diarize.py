@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import run_cli, str2bool
+from mvector.cli.common import add_threads_argument, apply_threads, run_cli, str2bool
 from mvector.config import DEFAULT_MODEL_PATH
 
 __all__ = ["main", "build_parser"]
@@ -99,6 +99,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--reference", default=None, help="reference RTTM: print the DER of each recording")
     parser.add_argument("--collar", type=float, default=0.25, help="DER collar each side of a reference boundary")
     parser.add_argument("--use_gpu", type=str2bool, default=False, help="run the model on CUDA")
+    add_threads_argument(parser)
     parser.add_argument("--progress", type=str2bool, default=True, help="show a progress bar on stderr")
     return parser
 
@@ -183,7 +184,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
 
     def body(arguments: Sequence[str] | None) -> None:
-        _run(parser.parse_args(arguments))
+        args = parser.parse_args(arguments)
+        apply_threads(args)
+        _run(args)
 
     return run_cli(body, argv)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from mvector.cli.common import base_parser, parse_args, run_cli, str2bool
+from mvector.cli.common import apply_threads, base_parser, parse_args, run_cli, str2bool
 from mvector.config import DEFAULT_MODEL_PATH
 
 
@@ -67,6 +67,7 @@ def build_parser(prog: str | None = None):
 
 def _main(argv=None, prog=None) -> None:
     args, overrides = parse_args(build_parser(prog), argv)
+    apply_threads(args)
     from mvector.evaluation.model_eval import evaluate_model_folder
 
     run = evaluate_model_folder(

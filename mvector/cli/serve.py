@@ -16,7 +16,7 @@ import ipaddress
 import sys
 from typing import Sequence
 
-from mvector.cli.common import run_cli, str2bool
+from mvector.cli.common import add_threads_argument, run_cli, str2bool
 from mvector.errors import ConfigError
 
 # (importable names, pip package): python-multipart is imported as python_multipart (older releases: multipart)
@@ -60,9 +60,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--min_duration", type=float, default=0.5, help="seconds per recording at least")
     parser.add_argument("--max_queue", type=int, default=64, help="model jobs waiting at most (then 503 overloaded)")
     parser.add_argument("--max_batch", type=int, default=16, help="recordings embedded in one batch at most")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads of the model; None: the usable cores less one (>= 1)"
-    )
+    add_threads_argument(parser, "the usable CPUs less one (HTTP, decoding), less those busy")
     parser.add_argument(
         "--cors_origins", nargs="*", default=[], help="origins allowed by CORS (none: CORS off), e.g. https://app.example"
     )
@@ -159,6 +157,7 @@ def _serve(args: argparse.Namespace) -> None:
     from mvector.predictor import resolve_model_dir
     from mvector.service.app import ServiceConfig, create_app
     from mvector.service.server import server_config
+    from mvector.utils.threads import thread_plan
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
@@ -176,7 +175,7 @@ def _serve(args: argparse.Namespace) -> None:
         min_duration=args.min_duration,
         max_queue=args.max_queue,
         max_batch=args.max_batch,
-        threads=args.threads,
+        threads=thread_plan(args.threads, reserve=1).intra_op,
         cors_origins=tuple(args.cors_origins),
         max_requests=args.max_requests,
         max_connections=args.max_connections,

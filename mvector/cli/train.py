@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from mvector.cli.common import base_parser, parse_args, run_cli, str2bool
+from mvector.cli.common import apply_threads, base_parser, parse_args, run_cli, str2bool
 
 
 def build_parser(prog: str | None = None):
@@ -37,6 +37,7 @@ def build_parser(prog: str | None = None):
 
 def _main(argv=None, prog=None) -> None:
     args, overrides = parse_args(build_parser(prog), argv)
+    apply_threads(args, verbose=True)
     from mvector.training.trainer import MVectorTrainer
 
     configs = args.configs

@@ -27,6 +27,7 @@ import torch
 from mvector.audio import audio_duration, crop, load_audio
 from mvector.data.lists import Utterance
 from mvector.errors import AudioError, ConfigError
+from mvector.utils.threads import usable_cpus
 
 __all__ = [
     "Unreadable",
@@ -74,7 +75,7 @@ def header_durations(paths: Sequence[str], threads: int | None = None) -> list[f
     """
     paths = list(paths)
     if threads is None:
-        threads = min(8, (os.cpu_count() or 1) * 2)
+        threads = min(8, usable_cpus() * 2)
     if len(paths) < 256 or threads <= 1:
         return [_duration_or_none(p) for p in paths]
     with ThreadPoolExecutor(max_workers=threads) as pool:

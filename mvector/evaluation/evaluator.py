@@ -40,6 +40,7 @@ from mvector.evaluation.scoring import (
     save_det_plot,
     save_score_histogram,
 )
+from mvector.utils.threads import current_plan
 
 __all__ = ["Evaluator", "EvalSettings", "Embeddings", "trial_arrays"]
 
@@ -264,5 +265,6 @@ class Evaluator:
 
 
 def default_num_workers(device: torch.device) -> int:
-    """Loader workers for evaluation: none on CPU (they compete with the model for the cores), 4 on CUDA."""
-    return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+    """Loader workers: none on CPU (they compete with the model for the cores), on CUDA up to 4 of the usable CPUs
+    (the thread policy, :meth:`mvector.utils.threads.ThreadPlan.loader_workers`)."""
+    return current_plan().loader_workers(device)

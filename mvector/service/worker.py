@@ -25,8 +25,8 @@ True
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mvector.service.errors import ServiceError
+from mvector.utils.threads import thread_plan
 
 __all__ = ["ModelWorker", "default_threads"]
 
@@ -45,19 +46,17 @@ log = logging.getLogger("mvector.service")
 _STOP = object()
 
 
+@functools.lru_cache(maxsize=1)
 def default_threads() -> int:
-    """Torch threads for the model when none are set: the usable cores less one (for HTTP and decoding), >= 1.
+    """Torch threads for the model when none are set: the thread policy's count less one CPU for HTTP and decoding,
+    >= 1 (:func:`mvector.utils.threads.thread_plan`; ``MVECTOR_NUM_THREADS`` overrides); chosen once per process.
 
     Measured on a busy 2-core machine, two intra-op threads made every request about 20x slower than one.
 
     >>> default_threads() >= 1
     True
     """
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
-    return max(1, usable - 1)
+    return thread_plan(reserve=1).intra_op
 
 
 class _EmbedJob:

@@ -110,7 +110,8 @@ def keep_freed_memory() -> bool:
 
 
 def resolve_num_workers(configured: int | None, device: torch.device) -> int:
-    """Data-loading workers to use: the configured number, or by default 0 on CPU and min(4, CPUs) on CUDA.
+    """Data-loading workers to use: the configured number, or by default 0 on CPU and min(4, usable CPUs) on CUDA
+    (the thread policy of :mod:`mvector.utils.threads`).
 
     >>> resolve_num_workers(None, torch.device("cpu")), resolve_num_workers(3, torch.device("cpu"))
     (0, 3)
