@@ -25,7 +25,10 @@ import numpy as np
 import torch
 
 from mvector.audio import audio_duration, crop, load_audio
+from mvector.audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from mvector.audio.wav_header import wav_duration
 from mvector.data.lists import Utterance
+from mvector.data.table import UtteranceTable
 from mvector.errors import AudioError, ConfigError
 from mvector.utils.threads import usable_cpus
 
@@ -68,18 +71,26 @@ def _duration_or_none(path: str) -> float | None:
 def header_durations(paths: Sequence[str], threads: int | None = None) -> list[float | None]:
     """Durations (s) read from the file headers, None for a file whose header cannot be read.
 
-    Large lists are read with a small thread pool (the header reads wait on the disk, not the CPU).
+    Plain WAV headers are parsed in Python, one after the other (:func:`mvector.audio.wav_header.wav_duration`,
+    about 20 us a file: threads would only fight over the GIL); the other files (FLAC, MP3, unusual WAV) are asked
+    of the decoder, with a small thread pool for many of them (those reads release the GIL and wait on the disk).
 
     >>> header_durations(["/no/such/file.wav"])
     [None]
     """
     paths = list(paths)
+    durations: list[float | None] = [wav_duration(p, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE) for p in paths]
+    rest = [i for i, d in enumerate(durations) if d is None]
     if threads is None:
         threads = min(8, usable_cpus() * 2)
-    if len(paths) < 256 or threads <= 1:
-        return [_duration_or_none(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(_duration_or_none, paths, chunksize=64))
+    if len(rest) < 256 or threads <= 1:
+        found = [_duration_or_none(paths[i]) for i in rest]
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            found = list(pool.map(_duration_or_none, [paths[i] for i in rest], chunksize=64))
+    for i, seconds in zip(rest, found):
+        durations[i] = seconds
+    return durations
 
 
 def _reason(err: BaseException) -> str:
@@ -92,7 +103,9 @@ class TrainDataset(torch.utils.data.Dataset):
 
     At construction, clips shorter than ``min_duration`` (by their header) are left out and counted in
     ``num_filtered_short``; files whose header cannot be read are left out and counted in ``num_unreadable``
-    (``min_duration <= 0`` skips the header reads, and then nothing is filtered). ``__getitem__`` returns
+    (``min_duration <= 0`` skips the header reads, and then nothing is filtered). ``utterances`` may be an
+    :class:`~mvector.data.table.UtteranceTable` whose ``durations`` are already known (the cached list of
+    :func:`~mvector.data.header_cache.indexed_utterances`): then no header is read. ``__getitem__`` returns
     ``(float32 waveform, label)`` or, when the file fails to load, an :class:`Unreadable` marker.
 
     Crops: a clip longer than ``max_duration`` is cut at a random offset to ``max_duration``; a shorter one is
@@ -121,7 +134,7 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        utterances: Sequence[Utterance],
+        utterances: Sequence[Utterance] | UtteranceTable,
         sample_rate: int = 16000,
         max_duration: float = 3.0,
         min_duration: float = 0.5,
@@ -154,20 +167,19 @@ class TrainDataset(torch.utils.data.Dataset):
         self.num_filtered_short = 0
         self.num_unreadable = 0
         self.unreadable: list[str] = []
-        utterances = list(utterances)
+        table = UtteranceTable.from_utterances(utterances)
         if min_duration > 0:
-            kept = []
-            durations = header_durations([u.path for u in utterances])
-            for utt, duration in zip(utterances, durations):
-                if duration is None:
-                    self.num_unreadable += 1
-                    self.unreadable.append(utt.path)
-                elif duration < min_duration:
-                    self.num_filtered_short += 1
-                else:
-                    kept.append(utt)
-            utterances = kept
-        self.utterances: list[Utterance] = utterances
+            durations = table.durations
+            if durations is None:
+                durations = np.array([np.nan if d is None else d for d in header_durations(table.paths())])
+            unreadable = np.isnan(durations)
+            short = ~unreadable & (durations < min_duration)
+            self.num_unreadable = int(unreadable.sum())
+            self.num_filtered_short = int(short.sum())
+            self.unreadable = [table.path(i) for i in np.flatnonzero(unreadable).tolist()]
+            table = table.subset(np.flatnonzero(~unreadable & ~short))
+        #: The kept utterances, as compact arrays (indexing gives an :class:`Utterance`).
+        self.utterances: UtteranceTable = table
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random crops and augmentations ``__getitem__`` produces."""

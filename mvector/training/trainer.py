@@ -40,7 +40,9 @@ from mvector.build import (
 from mvector.checkpoint import load_checkpoint, load_matching_weights, restore_rng_state
 from mvector.config import load_config
 from mvector.data.dataset import TrainDataset, collate_batch
-from mvector.data.lists import check_num_speakers, infer_num_speakers, load_utterances
+from mvector.data.header_cache import indexed_utterances
+from mvector.data.lists import check_num_speakers, infer_num_speakers
+from mvector.data.table import UtteranceTable
 from mvector.errors import CheckpointError, ConfigError, DataListError, MVectorError
 from mvector.evaluation.evaluator import default_num_workers
 from mvector.features import SpecAugment
@@ -201,7 +203,7 @@ class MVectorTrainer:
     def setup_data(self) -> None:
         """Read and check the training list, build the dataset (with augmentation) and the loader."""
         ds, seed = self.configs["dataset_conf"], int(self.configs["train_conf"]["seed"])
-        utts = load_utterances(ds["train_list"], ds["num_speakers"])
+        utts = self._read_train_list()
         self.num_speakers = ds["num_speakers"] or infer_num_speakers(utts)
         check_num_speakers(utts, self.num_speakers)
         ds["num_speakers"] = self.num_speakers
@@ -240,6 +242,20 @@ class MVectorTrainer:
                 f"{ds['train_list']}: {len(self.dataset)} usable utterances are too few to train on "
                 f"({self.ctx.world_size} processes need at least 2 each)"
             )
+
+    def _read_train_list(self) -> UtteranceTable:
+        """The checked training list with its header durations, read once and cached beside the list
+        (:func:`~mvector.data.header_cache.indexed_utterances`): under torchrun rank 0 reads (or finds) it while
+        the other ranks wait, then they load the cache rank 0 wrote."""
+        ds, ctx = self.configs["dataset_conf"], self.ctx
+        others_wait = ctx.distributed and not ctx.is_main
+        if others_wait:
+            ctx.barrier("rank 0's reading of the training list")
+        try:
+            return indexed_utterances(ds["train_list"], ds["num_speakers"], with_durations=ds["min_duration"] > 0)
+        finally:
+            if ctx.distributed and ctx.is_main:
+                ctx.barrier("rank 0's reading of the training list")
 
     def _device_augmenter(self, augment: Mapping[str, Any] | None) -> Any:
         """The batched augmenter that runs on the training device (``train_conf.gpu_augment``), or None."""
