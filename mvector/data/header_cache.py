@@ -27,6 +27,7 @@ import io
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -105,7 +106,7 @@ def read_index(list_path: PathLike, fingerprint: dict[str, Any] | None = None) -
                 arrays = [data[name] for name in _ARRAYS]
                 durations = data["durations"] if "durations" in data.files else None
             return UtteranceTable(*arrays, durations=durations)
-        except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError):
             continue
     return None
 

@@ -104,6 +104,17 @@ class UtteranceTable(Sequence[Utterance]):
         durations = None if self.durations is None else self.durations[idx]
         return UtteranceTable(self.blob, self.starts[idx], self.ends[idx], self.labels[idx], self.lines[idx], durations)
 
+    def first_of_each_label(self) -> UtteranceTable:
+        """The first utterance of each label, in list order: all that label checks need (the largest label, its
+        first line, the set of labels), for thousands of speakers instead of a million lines.
+
+        >>> t = UtteranceTable.from_utterances([Utterance("/a", 1, 1), Utterance("/b", 0, 2), Utterance("/c", 1, 3)])
+        >>> [u.line for u in t.first_of_each_label()]
+        [1, 2]
+        """
+        _, first = np.unique(self.labels, return_index=True)
+        return self.subset(np.sort(first))
+
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
         arrays = (self.blob, self.starts, self.ends, self.labels, self.lines, self.durations)

@@ -204,8 +204,9 @@ class MVectorTrainer:
         """Read and check the training list, build the dataset (with augmentation) and the loader."""
         ds, seed = self.configs["dataset_conf"], int(self.configs["train_conf"]["seed"])
         utts = self._read_train_list()
-        self.num_speakers = ds["num_speakers"] or infer_num_speakers(utts)
-        check_num_speakers(utts, self.num_speakers)
+        labelled = utts.first_of_each_label()  # the same label checks, on one utterance per speaker
+        self.num_speakers = ds["num_speakers"] or infer_num_speakers(labelled)
+        check_num_speakers(labelled, self.num_speakers)
         ds["num_speakers"] = self.num_speakers
         augment = self.configs.get("augment_conf") or None
         #: Classifier outputs: one per speaker, times the speeds trained as speakers of their own.
