@@ -252,8 +252,9 @@ class MVectorTrainer:
         others_wait = ctx.distributed and not ctx.is_main
         if others_wait:
             ctx.barrier("rank 0's reading of the training list")
+        scan = (ds["min_duration"] or 0) > 0  # durations are needed only to leave out short clips
         try:
-            return indexed_utterances(ds["train_list"], ds["num_speakers"], with_durations=ds["min_duration"] > 0)
+            return indexed_utterances(ds["train_list"], ds["num_speakers"], with_durations=scan)
         finally:
             if ctx.distributed and ctx.is_main:
                 ctx.barrier("rank 0's reading of the training list")
