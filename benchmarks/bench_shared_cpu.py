@@ -81,7 +81,7 @@ def run_demo(config: str, busy: int, kind: str, max_epoch: int, timeout: float) 
         shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
         return {"config": config, "busy": busy, "error": (proc.stdout + proc.stderr)[-2000:]}
-    chosen = re.search(r"^threads: .*$", proc.stderr, re.M)
+    chosen = re.search(r"^threads: .*$", proc.stdout, re.M)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     record = {
         "config": config,

@@ -12,6 +12,7 @@ Examples:
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
@@ -37,7 +38,7 @@ def build_parser(prog: str | None = None):
 
 def _main(argv=None, prog=None) -> None:
     args, overrides = parse_args(build_parser(prog), argv)
-    apply_threads(args, verbose=True)
+    apply_threads(args, verbose=os.environ.get("RANK", "0") == "0")  # one line, from rank 0 under torchrun
     from mvector.training.trainer import MVectorTrainer
 
     configs = args.configs

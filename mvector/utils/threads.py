@@ -314,7 +314,8 @@ def thread_plan(
 
 def apply_thread_policy(requested: int | None = None, *, reserve: int = 0, verbose: bool = False) -> ThreadPlan:
     """Choose the thread counts and set them in torch (intra-op always; inter-op only while torch still allows it,
-    before any inter-op work); remembered as this process's plan (:func:`current_plan`).
+    before any inter-op work); remembered as this process's plan (:func:`current_plan`). ``verbose`` prints
+    :meth:`ThreadPlan.describe` on stdout.
 
     >>> plan = apply_thread_policy(1)
     >>> import torch
@@ -332,8 +333,8 @@ def apply_thread_policy(requested: int | None = None, *, reserve: int = 0, verbo
     except RuntimeError:  # inter-op threads can be set once, before any inter-op parallel work
         pass
     _applied = plan
-    if verbose:
-        print(plan.describe(), file=sys.stderr, flush=True)
+    if verbose:  # on stdout: stderr is for errors and warnings
+        print(plan.describe(), flush=True)
     return plan
 
 
