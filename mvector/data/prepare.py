@@ -46,6 +46,7 @@ from mvector.data.trials import generate_trials
 from mvector.errors import AudioError, ConfigError, DataListError
 from mvector.registry import Registry
 from mvector.utils.files import atomic_open
+from mvector.utils.threads import usable_cpus
 
 __all__ = [
     "PreparedData",
@@ -437,7 +438,7 @@ def convert_to_wav(src: PathLike, dst: PathLike, sample_rate: int = 16000) -> No
 
 def _parallel_map(func: Callable, items: Sequence, num_workers: int | None) -> list:
     """Map in threads (libsndfile and soxr release the GIL); serial for small inputs or one worker."""
-    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+    workers = num_workers if num_workers is not None else min(8, usable_cpus())
     if workers <= 1 or len(items) < 2 * workers:
         return [func(x) for x in items]
     with ThreadPoolExecutor(max_workers=workers) as pool:
