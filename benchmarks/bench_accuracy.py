@@ -56,9 +56,9 @@ add_repo_to_path()
 from mvector.data.dataset import EvalDataset, collate_batch  # noqa: E402
 from mvector.data.lists import load_utterances  # noqa: E402
 from mvector.evaluation.evaluator import EvalSettings, Evaluator  # noqa: E402
+from mvector.evaluation.metrics import evaluate_scores  # noqa: E402
+from mvector.evaluation.scoring import cosine_score_trials, read_trials  # noqa: E402
 from mvector.features import build_featurizer  # noqa: E402
-from mvector.metrics import evaluate_scores  # noqa: E402
-from mvector.scoring import cosine_score_trials, read_trials  # noqa: E402
 from mvector.training.callbacks import Callback, EvaluationCallback  # noqa: E402
 from mvector.training.trainer import MVectorTrainer  # noqa: E402
 from mvector.utils.seeding import seed_everything  # noqa: E402

@@ -63,9 +63,9 @@ from mvector.evaluation.calibration import (  # noqa: E402
     logit,
     min_cllr,
 )
+from mvector.evaluation.metrics import compute_eer, compute_min_dcf  # noqa: E402
 from mvector.evaluation.openset import dir_at_far, open_set_metrics  # noqa: E402
 from mvector.inference.enrolment import QualityConfig, check_enrolment, combine_embeddings  # noqa: E402
-from mvector.metrics import compute_eer, compute_min_dcf  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tts"
 P_TARGETS = (0.01, 0.05)
@@ -339,7 +339,7 @@ def gallery(args) -> dict:
     )
     from mvector.evaluation.uncertainty import rate_interval, speaker_bootstrap
     from mvector.inference.enrolment import combine_embeddings
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     corpus, cache = Path(args.corpus), Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -497,7 +497,7 @@ def main() -> int:
     if not (corpus / "dev_list.txt").is_file():
         emit({"skipped": f"corpus not found at {corpus}"})
         return 0
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     t0 = time.time()
     with warnings.catch_warnings():

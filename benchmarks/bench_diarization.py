@@ -70,8 +70,8 @@ def run_mvector(model_path: str, items: list, segmentation_step: float) -> dict[
         _windows,
         load_segmentation,
     )
+    from mvector.inference.predictor import MVectorPredictor
     from mvector.inference.segmentation import find_segmentation_model
-    from mvector.predictor import MVectorPredictor
 
     predictor = MVectorPredictor(model_path, use_gpu=False)
     embedder = PredictorEmbedder(predictor)
@@ -190,7 +190,7 @@ def table(title: str, rows: dict[str, dict]) -> str:
 def _memory_child(wav: str, model_path: str) -> None:
     """Run in a subprocess: diarize ``wav`` (default pipeline) and print the peak RSS (MiB) and seconds."""
     from mvector.inference.diarization import diarize_with_predictor
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     predictor = MVectorPredictor(model_path, use_gpu=False)
     before = _peak_mib()

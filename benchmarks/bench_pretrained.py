@@ -37,8 +37,8 @@ from mvector.audio import load_audio  # noqa: E402
 from mvector.config import load_config  # noqa: E402
 from mvector.embedding import embed_waveforms  # noqa: E402
 from mvector.errors import ConfigError  # noqa: E402
-from mvector.metrics import evaluate_scores  # noqa: E402
-from mvector.scoring import cosine_score_trials, read_trials  # noqa: E402
+from mvector.evaluation.metrics import evaluate_scores  # noqa: E402
+from mvector.evaluation.scoring import cosine_score_trials, read_trials  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tts"
 
@@ -107,7 +107,7 @@ def score_trials(folder: Path, trials_path: Path) -> dict:
 
 def train(config: str, corpus: Path, epochs: int, tmp: Path, pretrained: Path | None, batch: int, crop: float) -> dict:
     """Train ``config`` on the corpus for ``epochs`` (optionally from ``pretrained``); score dev trials."""
-    from mvector.trainer import MVectorTrainer
+    from mvector.training.trainer import MVectorTrainer
 
     overrides = {
         "dataset_conf.train_list": str(corpus / "train_list.txt"),

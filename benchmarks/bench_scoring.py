@@ -1,4 +1,4 @@
-"""Benchmark: exact all-pairs EER/minDCF (mvector.metrics.all_pairs_metrics) and vectorised trial scoring.
+"""Benchmark: exact all-pairs EER/minDCF (mvector.evaluation.metrics.all_pairs_metrics) and vectorised trial scoring.
 
 Synthetic clustered Gaussian embeddings (192-d, N/10 speakers, 10 utterances each); every pair of distinct
 utterances is a trial. Each measurement runs in a fresh child process so its peak memory (ru_maxrss growth
@@ -76,8 +76,8 @@ def baseline_all_pairs(emb: np.ndarray, spk: np.ndarray) -> dict:
 def child(spec: dict) -> dict:
     import torch
 
-    from mvector.metrics import all_pairs_metrics
-    from mvector.scoring import cosine_score_trials
+    from mvector.evaluation.metrics import all_pairs_metrics
+    from mvector.evaluation.scoring import cosine_score_trials
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))

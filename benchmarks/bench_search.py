@@ -27,7 +27,7 @@ from common import add_repo_to_path, emit, machine_info
 
 add_repo_to_path()
 
-from mvector.speaker_db import SpeakerDatabase  # noqa: E402
+from mvector.inference.speaker_db import SpeakerDatabase  # noqa: E402
 
 GOAL_MS = 50.0
 CHUNK = 100_000

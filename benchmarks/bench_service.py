@@ -393,7 +393,7 @@ def _baseline(model_path: Path, clips: list[bytes], args: argparse.Namespace) ->
     """The steady phase's requests (same kinds, same recordings) as direct predictor calls, one after another."""
     import torch
 
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     torch.set_num_threads(args.threads)  # the server's model thread uses the same number
     with MVectorPredictor(model_path, audio_db_path=tempfile.mkdtemp(), use_gpu=False) as p:

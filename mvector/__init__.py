@@ -13,8 +13,8 @@ __all__ = ["__version__", "load_config", "MVectorTrainer", "MVectorPredictor"]
 
 _LAZY = {
     "load_config": ("mvector.config", "load_config"),
-    "MVectorTrainer": ("mvector.trainer", "MVectorTrainer"),
-    "MVectorPredictor": ("mvector.predictor", "MVectorPredictor"),
+    "MVectorTrainer": ("mvector.training.trainer", "MVectorTrainer"),
+    "MVectorPredictor": ("mvector.inference.predictor", "MVectorPredictor"),
 }
 
 

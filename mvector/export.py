@@ -294,7 +294,7 @@ def export_checkpoint(
     checkpoint's ``result.json``; null when it was never evaluated), ``embd_dim``, ``sample_rate``,
     ``library_version``, ``formats``, ``model`` and ``source``. ``meta.json`` is removed first and written last,
     so an interrupted export is never taken for a complete one; a model file of a format not asked for this time
-    is removed. :class:`~mvector.predictor.MVectorPredictor` loads the folder (``backend="torchscript"`` or
+    is removed. :class:`~mvector.inference.predictor.MVectorPredictor` loads the folder (``backend="torchscript"`` or
     ``"onnx"``).
 
     >>> import tempfile, os

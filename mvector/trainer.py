@@ -1,6 +1,13 @@
-"""Old import path, kept for one release: an alias of the module named below."""
+"""The original project's import path for the trainer, kept for its users' code.
 
-import importlib
-import sys
+New code imports :class:`mvector.training.trainer.MVectorTrainer`; nothing inside the package imports this module
+(``tests/test_compat.py`` checks that).
 
-sys.modules[__name__] = importlib.import_module("mvector.training.trainer")
+>>> from mvector.trainer import MVectorTrainer
+>>> MVectorTrainer.__module__
+'mvector.training.trainer'
+"""
+
+from mvector.training.trainer import MVectorTrainer
+
+__all__ = ["MVectorTrainer"]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mvector.audio import save_wav
-from mvector.augment import (
+from mvector.audio.augment import (
     AUGMENTATION_DEFAULTS,
     DEFAULT_CONFIG_PATH,
     WaveAugmenter,

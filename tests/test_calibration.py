@@ -30,7 +30,7 @@ from mvector.evaluation.calibration import (
     reliability_curve,
     save_reliability_plot,
 )
-from mvector.metrics import compute_eer, compute_min_dcf
+from mvector.evaluation.metrics import compute_eer, compute_min_dcf
 
 
 def gaussian_scores(n_t: int, n_n: int, mu_t: float, mu_n: float, sd: float, seed: int = 0):
@@ -262,7 +262,7 @@ def test_reliability_curve_and_plot(tmp_path: Path) -> None:
 def tiny_setup(tmp_path_factory):
     from mvector.data.synthetic import generate_corpus
     from mvector.demo import tiny_checkpoint
-    from mvector.scoring import generate_trials
+    from mvector.evaluation.scoring import generate_trials
 
     root = tmp_path_factory.mktemp("calib")
     model = tiny_checkpoint(root / "model")
@@ -360,7 +360,7 @@ def test_eval_calibrate_prints_the_measures_and_the_predictor_uses_the_calibrati
     import warnings
 
     from mvector.cli.evaluate import main as eval_main
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     model, trials = tiny_setup
     folder = tmp_path / "model"
@@ -394,7 +394,7 @@ def test_eval_calibrate_prints_the_measures_and_the_predictor_uses_the_calibrati
 def test_predictor_ignores_a_calibration_of_another_model(tiny_setup, tmp_path: Path) -> None:
     import shutil
 
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     model, _ = tiny_setup
     folder = tmp_path / "model"
@@ -412,7 +412,7 @@ def test_predictor_with_a_duration_calibration_decides_on_the_llr(tiny_setup, tm
     import warnings
 
     from mvector.checkpoint import model_fingerprint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     model, _ = tiny_setup
     folder = tmp_path / "model"
@@ -440,7 +440,7 @@ def test_predictor_ignores_a_calibration_of_as_norm_scores(tiny_setup, tmp_path:
     import shutil
 
     from mvector.checkpoint import model_fingerprint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     model, _ = tiny_setup
     folder = tmp_path / "model"

@@ -215,7 +215,7 @@ def test_torchrun_nccl_one_process_two_steps(gpu_trained_model: Path) -> None:
 def test_export_of_a_gpu_trained_model(gpu_trained_model: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from mvector.export import export_checkpoint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     formats = ["torchscript", "onnx"]
     out = export_checkpoint(gpu_trained_model, tmp_path / "export", formats=formats, example_seconds=1.0)

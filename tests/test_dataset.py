@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mvector.audio import load_audio, save_wav
-from mvector.augment import build_augmenter
+from mvector.audio.augment import build_augmenter
 from mvector.data.dataset import (
     Batch,
     EvalDataset,

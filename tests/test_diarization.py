@@ -229,7 +229,7 @@ def test_silence_gives_no_turns_and_bad_input_is_an_error(tmp_path):
 
 # ---------------------------------------------------------------- names from a speaker database
 def test_enrolled_speakers_are_named(tmp_path):
-    from mvector.speaker_db import SpeakerDatabase
+    from mvector.inference.speaker_db import SpeakerDatabase
 
     conv = tone_conversation(3, 30.0, seed=2)
     emb = PitchEmbedder()
@@ -286,7 +286,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_predictor_entry_point_options(tiny_model):
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     with MVectorPredictor(tiny_model, use_gpu=False) as p:
         with pytest.raises(ConfigError, match="did you mean 'num_speakers'"):
@@ -299,7 +299,7 @@ def test_predictor_entry_point_options(tiny_model):
 
 def test_command_line_end_to_end(tiny_model, tmp_path, capsys):
     from mvector.cli.diarize import main
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     wav, rttm = write_conversation(tmp_path, "talk", 2, 10.0, seed=3, min_turn=2.0, max_turn=4.0)
     out = tmp_path / "out"

@@ -22,7 +22,7 @@ from mvector.inference.enrolment import (
     combine_embeddings,
     enrol,
 )
-from mvector.speaker_db import DB_FILENAME, SpeakerDatabase
+from mvector.inference.speaker_db import DB_FILENAME, SpeakerDatabase
 
 SR = 16000
 
@@ -122,7 +122,7 @@ def test_enrolment_rules() -> None:
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     from mvector.demo import tiny_checkpoint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     root = tmp_path_factory.mktemp("enrol")
     with warnings.catch_warnings():

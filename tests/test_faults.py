@@ -67,7 +67,7 @@ def overrides(corpus, **extra) -> dict[str, str]:
 
 
 def train(corpus, save, callbacks=(), **extra):
-    from mvector.trainer import MVectorTrainer
+    from mvector.training.trainer import MVectorTrainer
 
     resume = extra.pop("resume_model", None)
     overwrite = extra.pop("overwrite", False)
@@ -423,7 +423,7 @@ def test_item15_direct_call_names_the_input_in_the_callers_order(tmp_path):
 
 def test_item15_contrast_and_embed_batch_name_the_short_recording(tmp_path):
     from mvector.demo import tiny_checkpoint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     save_wav(tmp_path / "short.wav", np.full(100, 0.1, "float32"), 16000)
     good = (np.full(16000, 0.1, "float32"), 16000)
@@ -465,7 +465,7 @@ def test_item17_a_new_run_does_not_mix_with_another(corpus, trained, tmp_path):
 def test_item18_non_finite_config_and_loss(corpus, tmp_path, monkeypatch):
     from mvector.checkpoint import load_checkpoint
     from mvector.config import load_config
-    from mvector.trainer import MVectorTrainer, TrainingDiverged
+    from mvector.training.trainer import MVectorTrainer, TrainingDiverged
 
     with pytest.raises(ConfigError, match="grad_clip"):
         load_config("ecapa_tdnn", {"train_conf.grad_clip": ".nan"})
@@ -537,7 +537,7 @@ def test_item21_auto_backend_order_and_swapped_export_file(trained, tmp_path):
 
 def test_item22_interrupted_save_is_recovered_for_every_reader(trained, tmp_path):
     from mvector.cli.evaluate import main
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     model = copy_model(trained, tmp_path)
     model.rename(model.with_name("best_model.old"))  # killed between the two renames of a save
@@ -551,7 +551,7 @@ def test_item22_interrupted_save_is_recovered_for_every_reader(trained, tmp_path
 
 def test_item23_long_cjk_emoji_name_with_keep_audio(tmp_path):
     from mvector.demo import tiny_checkpoint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     name = "语音识别😀" * 20  # 100 characters, 320 bytes: longer than a file name may be
     wave = (np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
@@ -598,7 +598,7 @@ def test_item23_trials_with_one_class_name_the_file(tmp_path):
 
 def test_item23_all_zero_audio_warns_on_embed_and_enrol(tmp_path):
     from mvector.demo import tiny_checkpoint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     silent = (np.zeros(16000, "float32"), 16000)
     with MVectorPredictor(tiny_checkpoint(tmp_path / "m"), audio_db_path=tmp_path / "db", use_gpu=False) as p:
@@ -609,7 +609,7 @@ def test_item23_all_zero_audio_warns_on_embed_and_enrol(tmp_path):
 
 
 def test_item23_empty_database_file_is_refused(tmp_path):
-    from mvector.speaker_db import DB_FILENAME, SpeakerDatabase
+    from mvector.inference.speaker_db import DB_FILENAME, SpeakerDatabase
 
     (tmp_path / DB_FILENAME).write_bytes(b"")
     with pytest.raises(SpeakerDBError, match="empty .*0 bytes"):

@@ -139,7 +139,7 @@ def _wave(seed: int) -> tuple[np.ndarray, int]:
 
 
 def test_fpir_threshold_follows_the_gallery_as_it_changes(tiny_model, tmp_path, known):
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     _, tail = known
     Calibration(weights={"score": 10.0}, bias=-3.0, nontarget=tail.to_dict()).save(tiny_model)
@@ -183,7 +183,7 @@ def test_fpir_threshold_follows_the_gallery_as_it_changes(tiny_model, tmp_path, 
 def test_acceptance_calls_calibrate_then_recognize_with_the_default_rule(tiny_model, tmp_path):
     from mvector.cli.calibrate import main as calibrate_main
     from mvector.data.samples import write_samples
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     samples = tmp_path / "samples"
     write_samples(samples, pair_speakers=12, pair_recordings=4)
@@ -217,7 +217,7 @@ def _diarize(model: Path, audio: Path, out: Path, *extra: str) -> str:
 
 def test_no_threshold_warning_when_the_thresholds_are_given(tiny_model, tmp_path):
     from mvector.audio import save_wav
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     for stored in ("result.json", "calibration.json", "meta.json"):
         (tiny_model / stored).unlink(missing_ok=True)  # a folder that sets no threshold

@@ -19,7 +19,7 @@ import pytest
 from mvector.audio import save_wav
 from mvector.data.synthetic import make_voices, synthesize_utterance
 from mvector.demo import tiny_checkpoint
-from mvector.predictor import MVectorPredictor
+from mvector.inference.predictor import MVectorPredictor
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -209,7 +209,7 @@ def test_interactive_loop_with_a_fake_terminal_and_microphone(setup, tmp_path, m
     monkeypatch.setattr(builtins, "input", lambda prompt="": next(answers))
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     monkeypatch.setitem(sys.modules, "pyaudio", types.SimpleNamespace())
-    monkeypatch.setattr("mvector.record.record_seconds", fake_record)
+    monkeypatch.setattr("mvector.inference.microphone.record_seconds", fake_record)
     db = tmp_path / "db"
     status = script.main(
         ["--model_path", str(setup["model"]), "--audio_db_path", str(db), "--record_seconds", "0.5"],

@@ -9,12 +9,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "mvector"
 
 #: Top to bottom. A module may import from its own layer and from layers below it, never from one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("compat", ("mvector.training.trainer", "mvector.predict")),  # the original project's public paths, re-exports only
     ("cli", ("mvector.cli", "mvector.__main__")),
     ("service", ("mvector.service",)),
     ("demo", ("mvector.demo",)),
@@ -32,21 +31,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("audio", ("mvector.audio",)),
     ("base", ("mvector.registry", "mvector.errors", "mvector.utils", "mvector")),
 ]
-
-#: Old module paths kept for one release (aliases of the moved modules): an import of one counts as an import of
-#: the module it stands for.
-ALIASES = {
-    "mvector.speaker_db": "mvector.inference.speaker_db",
-    "mvector.record": "mvector.inference.microphone",
-    "mvector.metrics": "mvector.evaluation.metrics",
-    "mvector.scoring": "mvector.evaluation.scoring",
-    "mvector.losses": "mvector.models.heads",
-    "mvector.distributed": "mvector.training.distributed",
-    "mvector.trainer": "mvector.training.trainer",
-    "mvector.predictor": "mvector.inference.predictor",
-    "mvector.augment": "mvector.audio.augment",
-}
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -84,10 +68,8 @@ def package_modules() -> dict[str, set[str]]:
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
-        if name in ALIASES:
-            continue
         # Keep only names that are modules (``from mvector.x import y`` names a module only when y.py exists).
-        deps = {ALIASES.get(m, m) for m in imports_of(path)}
+        deps = imports_of(path)
         graph[name] = {m for m in deps if m in modules and m != name}
     return graph
 
@@ -124,10 +106,3 @@ def test_no_import_circle():
     # A package importing its own submodules (mvector.models -> mvector.models.tdnn) is not a circle.
     real = [c for c in cycles if not all(c[0].startswith(m) or m.startswith(c[0]) for m in c)]
     assert not real, "import circles:\n" + "\n".join(" -> ".join(c) for c in real)
-
-
-@pytest.mark.parametrize("alias", sorted(ALIASES))
-def test_old_module_paths_still_import(alias):
-    import importlib
-
-    assert importlib.import_module(alias) is importlib.import_module(ALIASES[alias])

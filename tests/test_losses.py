@@ -1,4 +1,4 @@
-"""Classifier heads, margin losses and the margin scheduler (mvector.losses).
+"""Classifier heads, margin losses and the margin scheduler (mvector.models.heads).
 
 Expected loss values are computed by hand with ``math`` from the published formulas, on tiny 2-D examples.
 """
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mvector.errors import ConfigError, DataListError
-from mvector.losses import (
+from mvector.models.heads import (
     AAMHead,
     AMHead,
     ARMHead,

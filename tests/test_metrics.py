@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
-from mvector.metrics import (
+from mvector.evaluation.metrics import (
     all_pairs_metrics,
     compute_eer,
     compute_min_dcf,
@@ -263,7 +263,7 @@ def test_all_pairs_string_labels_and_permutation_invariance():
 
 
 def test_all_pairs_compacts_collected_scores(monkeypatch):
-    import mvector.metrics as metrics
+    import mvector.evaluation.metrics as metrics
 
     monkeypatch.setattr(metrics, "_COMPACT_AT", 3)  # merge (value, count) after nearly every block
     rng = np.random.default_rng(9)

@@ -222,7 +222,7 @@ def test_very_short_clips():
 
 
 def test_build_head_wrapper():
-    from mvector.losses import AAMHead
+    from mvector.models.heads import AAMHead
 
     head = build_head("AAM", 16, 4)
     assert isinstance(head, AAMHead) and tuple(head.weight.shape) == (4, 16)

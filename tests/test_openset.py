@@ -15,8 +15,8 @@ from mvector.evaluation.openset import (
     open_set_metrics,
     threshold_for_far,
 )
-from mvector.scoring import as_norm
-from mvector.speaker_db import SpeakerDatabase
+from mvector.evaluation.scoring import as_norm
+from mvector.inference.speaker_db import SpeakerDatabase
 
 
 def test_decision_reasons() -> None:
@@ -128,7 +128,7 @@ def test_predictor_recognize_answers_unknown(tmp_path: Path) -> None:
 
     from mvector.data.synthetic import make_voices, synthesize_utterance
     from mvector.demo import tiny_checkpoint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

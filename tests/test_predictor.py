@@ -29,8 +29,8 @@ from mvector.data.synthetic import generate_corpus, make_voices, synthesize_utte
 from mvector.demo import tiny_checkpoint
 from mvector.errors import AudioError, CheckpointError, ConfigError, MVectorError, SpeakerDBError
 from mvector.export import export_checkpoint
-from mvector.predictor import DEFAULT_THRESHOLD, MVectorPredictor, iter_audio_files, model_from_checkpoint
-from mvector.speaker_db import DB_FILENAME
+from mvector.inference.predictor import DEFAULT_THRESHOLD, MVectorPredictor, iter_audio_files, model_from_checkpoint
+from mvector.inference.speaker_db import DB_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -61,7 +61,7 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     """A small ECAPA-TDNN trained (2 epochs) and evaluated on 6 synthetic speakers; result.json holds its threshold."""
-    from mvector.trainer import MVectorTrainer
+    from mvector.training.trainer import MVectorTrainer
 
     root = tmp_path_factory.mktemp("trained")
     train = generate_corpus(root / "train", 6, 6, seed=0, min_duration=1.0, max_duration=1.4)
@@ -359,8 +359,8 @@ def test_iter_audio_files(tmp_path):
 
 CRASHING_REGISTER = """
     import sys, time, numpy as np
-    import mvector.speaker_db as sdb
-    from mvector.predictor import MVectorPredictor
+    import mvector.inference.speaker_db as sdb
+    from mvector.inference.predictor import MVectorPredictor
     model, db, flag = sys.argv[1:4]
     p = MVectorPredictor(model, audio_db_path=db, use_gpu=False, keep_audio=True)
     wave = np.random.default_rng(0).standard_normal(12000).astype("float32") * 0.1
@@ -411,7 +411,7 @@ def test_crash_during_register_leaves_the_database_consistent(tiny, tmp_path):
 
 
 def test_record_without_pyaudio_says_how_to_install(monkeypatch):
-    from mvector.record import MicrophoneUnavailable, microphone_available, record_seconds
+    from mvector.inference.microphone import MicrophoneUnavailable, microphone_available, record_seconds
 
     monkeypatch.setitem(sys.modules, "pyaudio", None)  # `import pyaudio` now raises ImportError
     with pytest.raises(MicrophoneUnavailable) as info:
@@ -424,7 +424,7 @@ def test_record_without_pyaudio_says_how_to_install(monkeypatch):
 
 
 def test_record_with_a_fake_device(monkeypatch):
-    from mvector.record import MicrophoneUnavailable, record_seconds
+    from mvector.inference.microphone import MicrophoneUnavailable, record_seconds
 
     opened = {}
 

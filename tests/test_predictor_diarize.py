@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mvector.data.conversations import generate_conversation
 from mvector.demo import tiny_checkpoint
-from mvector.predictor import MVectorPredictor
+from mvector.inference.predictor import MVectorPredictor
 
 
 def test_predictor_diarize_returns_overlap_free_turns_and_writes_rttm(tmp_path):

@@ -199,7 +199,7 @@ def test_wrong_file_hash_is_refused(fake_file, tmp_path):
 
 def test_import_fake_checkpoint_gives_a_working_model_folder(fake_file, tmp_path):
     from mvector.checkpoint import file_sha256, load_checkpoint
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     path, entry = fake_file
     out = tmp_path / "campplus"
@@ -416,7 +416,7 @@ def test_real_checkpoint(tmp_path):
     if path is None:
         pytest.skip(reason)
     from mvector.data.synthetic import make_voices, synthesize_utterance
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     report = import_checkpoint(path, tmp_path / "campplus")
     assert report.tensors == 937 and report.parameters == 6_848_544

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mvector.errors import DataListError
-from mvector.metrics import compute_eer
-from mvector.scoring import (
+from mvector.evaluation.metrics import compute_eer
+from mvector.evaluation.scoring import (
     as_norm,
     cosine_score_trials,
     generate_trials,

@@ -339,7 +339,7 @@ def test_safetensors_reader_refuses_damaged_files(tmp_path):
 def test_auto_falls_back_to_classic_and_segmentation_demands_its_model(tmp_path, monkeypatch):
     from mvector.demo import tiny_checkpoint
     from mvector.inference.diarization import diarize_with_predictor
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     monkeypatch.setenv("MVECTOR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MVECTOR_WHEEL_DIRS", "")

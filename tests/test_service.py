@@ -32,7 +32,7 @@ from mvector.checkpoint import model_fingerprint  # noqa: E402
 from mvector.data.synthetic import make_voices, synthesize_utterance  # noqa: E402
 from mvector.demo import tiny_checkpoint  # noqa: E402
 from mvector.errors import AudioError  # noqa: E402
-from mvector.predictor import MVectorPredictor  # noqa: E402
+from mvector.inference.predictor import MVectorPredictor  # noqa: E402
 from mvector.service.app import ServiceConfig, create_app  # noqa: E402
 from mvector.service.keys import KeyStore  # noqa: E402
 from mvector.service.process import ServerProcess, free_port  # noqa: E402

@@ -17,8 +17,8 @@ import pytest
 import soundfile
 
 from mvector.errors import MVectorError, SpeakerDBError
+from mvector.inference.speaker_db import DB_FILENAME, SpeakerDatabase, validate_name
 from mvector.inference.speaker_files import folder_name
-from mvector.speaker_db import DB_FILENAME, SpeakerDatabase, validate_name
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 16
@@ -256,7 +256,7 @@ def test_stale_cache_invalidated_across_processes(tmp_path: Path, rng: np.random
         assert db.search(embs[1])[0][0][0] == "local"
         code = """
             import sys, numpy as np
-            from mvector.speaker_db import SpeakerDatabase
+            from mvector.inference.speaker_db import SpeakerDatabase
             with SpeakerDatabase(sys.argv[1], "fp", int(sys.argv[2])) as db:
                 db.add("remote", np.array([float(x) for x in sys.argv[3].split(",")]))
         """
@@ -269,7 +269,7 @@ def test_stale_cache_invalidated_across_processes(tmp_path: Path, rng: np.random
 # ---------------------------------------------------------------------------------------------------- processes
 CONCURRENT_WRITER = """
     import sys, numpy as np
-    from mvector.speaker_db import SpeakerDatabase
+    from mvector.inference.speaker_db import SpeakerDatabase
     import os, time
     folder, prefix, dim, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     rng = np.random.default_rng(len(prefix))
@@ -300,7 +300,7 @@ def test_two_processes_register_concurrently(tmp_path: Path) -> None:
 
 CRASHING_WRITER = """
     import os, sys, time, numpy as np
-    import mvector.speaker_db as sdb
+    import mvector.inference.speaker_db as sdb
     folder, dim, mode, flag = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     rng = np.random.default_rng(os.getpid())
     if mode == "hook":

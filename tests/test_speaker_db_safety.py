@@ -21,9 +21,9 @@ import pytest
 from mvector.errors import InvalidNameError, SpeakerDBError, SpeakerExistsError, UnknownSpeakerError
 from mvector.inference import speaker_db as sdb
 from mvector.inference.idempotency import IdempotentWrite, Replayed
+from mvector.inference.speaker_db import DB_FILENAME, SpeakerDatabase
 from mvector.inference.speaker_files import folder_name
 from mvector.inference.speaker_names import validate_name
-from mvector.speaker_db import DB_FILENAME, SpeakerDatabase
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -183,7 +183,7 @@ def test_an_add_and_a_remove_of_one_speaker_never_interleave(tmp_path: Path, fir
 
 REMOVER = """
 import sys
-from mvector.speaker_db import SpeakerDatabase
+from mvector.inference.speaker_db import SpeakerDatabase
 print("removing", flush=True)
 with SpeakerDatabase(sys.argv[1], "fp", 8) as db:
     db.remove("carol")

@@ -16,7 +16,7 @@ import torch
 import mvector.data.dataset as dataset_module
 from mvector.data.synthetic import generate_corpus
 from mvector.errors import AudioError, CheckpointError, DataListError
-from mvector.trainer import MVectorTrainer
+from mvector.training.trainer import MVectorTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -77,8 +77,8 @@ def _run(args: argparse.Namespace) -> dict:
 
     from mvector.errors import ConfigError
     from mvector.evaluation.calibration import fit_from_trials, save_reliability_plot
-    from mvector.predictor import MVectorPredictor
-    from mvector.scoring import read_trials
+    from mvector.evaluation.scoring import read_trials
+    from mvector.inference.predictor import MVectorPredictor
 
     if args.rule in ("far", "frr") and args.target is None:
         raise ConfigError(f"--rule {args.rule} needs --target (a rate, e.g. 0.01)")

@@ -38,7 +38,7 @@ def _main(argv=None, prog=None) -> None:
     )
     args = parser.parse_args(argv)
     apply_threads(args)
-    from mvector.predictor import MVectorPredictor, iter_audio_files
+    from mvector.inference.predictor import MVectorPredictor, iter_audio_files
 
     iter_audio_files([args.audio_path1, args.audio_path2], must_exist=True)  # fail before loading the model
     predictor = MVectorPredictor(

@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> None:
     from mvector.evaluation.der import diarization_error, read_rttm
     from mvector.evaluation.timeline_plot import plot_timeline
     from mvector.inference.diarization import diarize_with_predictor
-    from mvector.predictor import MVectorPredictor, iter_audio_files
+    from mvector.inference.predictor import MVectorPredictor, iter_audio_files
 
     files = iter_audio_files(args.audio, must_exist=True)
     stems = [f.stem for f in files]

@@ -37,7 +37,7 @@ def _ask(prompt: str) -> str:
 
 
 def _interactive(predictor, seconds: float) -> None:
-    from mvector.record import MicrophoneUnavailable, record_seconds
+    from mvector.inference.microphone import MicrophoneUnavailable, record_seconds
 
     def capture():
         _ask(f"press Enter, then speak for {seconds:g} s ")
@@ -155,11 +155,11 @@ def _check_before_loading(parser: argparse.ArgumentParser, args: argparse.Namesp
                 "the interactive loop needs a terminal (stdin is not one); "
                 "use --register NAME FILE..., --recognize FILE..., --remove NAME or --list"
             )
-        from mvector.record import require_pyaudio
+        from mvector.inference.microphone import require_pyaudio
 
         require_pyaudio()
-    from mvector.predictor import iter_audio_files
-    from mvector.speaker_db import DB_FILENAME, validate_name
+    from mvector.inference.predictor import iter_audio_files
+    from mvector.inference.speaker_db import DB_FILENAME, validate_name
 
     files = []
     if args.register:
@@ -179,7 +179,7 @@ def _check_before_loading(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def _register(predictor, args, files, emit) -> None:
     from mvector.inference.enrolment import QualityConfig, enrol
-    from mvector.speaker_db import validate_name
+    from mvector.inference.speaker_db import validate_name
 
     name = validate_name(args.register[0])
     before = predictor.db.num_utterances(name) if name in predictor.db else 0
@@ -250,7 +250,7 @@ def _main(argv=None, prog=None) -> int:
     args = parser.parse_args(argv)
     apply_threads(args)
     files = _check_before_loading(parser, args)
-    from mvector.predictor import MVectorPredictor
+    from mvector.inference.predictor import MVectorPredictor
 
     predictor = MVectorPredictor(
         model_path=args.model_path,

@@ -39,7 +39,7 @@ def generate_trials(
     """Trials ``(label, i, j)`` (``i < j`` utterance indices) from the speaker labels of a test list.
 
     ``num_pairs=None``: every pair of distinct utterances (at most 10 M; use
-    :func:`mvector.metrics.all_pairs_metrics` beyond that). Otherwise ``num_pairs`` distinct pairs drawn
+    :func:`mvector.evaluation.metrics.all_pairs_metrics` beyond that). Otherwise ``num_pairs`` distinct pairs drawn
     uniformly, half target and half non-target; when one kind runs short, the other fills in (or, with
     ``balanced``, is capped to match, so the result stays balanced), and when fewer pairs exist, all are
     returned. Deterministic for a given ``seed``; sorted by ``(i, j)``.
@@ -75,7 +75,7 @@ def generate_trials(
         if s_t + s_n > MAX_ALL_PAIRS:
             raise ValueError(
                 f"{n} utterances make {s_t + s_n} pairs (more than {MAX_ALL_PAIRS}); pass num_pairs, "
-                "or use mvector.metrics.all_pairs_metrics for exact metrics over all pairs"
+                "or use mvector.evaluation.metrics.all_pairs_metrics for exact metrics over all pairs"
             )
         k_t = k_n = None
     elif balanced:

@@ -23,7 +23,7 @@ Measures that judge a calibration:
   always says LLR = 0, above 1 is worse than saying nothing.
 * ``min Cllr`` (:func:`min_cllr`): the Cllr after the best monotone re-mapping of the scores (pool-adjacent-
   violators, PAV); the part of Cllr that no calibration can remove. ``Cllr − min Cllr`` is the calibration loss.
-* actual DCF (:func:`actual_dcf`) next to minDCF (:func:`mvector.metrics.compute_min_dcf`): the cost of the
+* actual DCF (:func:`actual_dcf`) next to minDCF (:func:`mvector.evaluation.metrics.compute_min_dcf`): the cost of the
   Bayes decisions the LLRs imply, against the best threshold chosen with hindsight.
 
 Operating points (:func:`choose_operating_point`) are chosen by meaning: a target false-acceptance rate, a target
@@ -242,7 +242,7 @@ def dcf_at_threshold(
 def actual_dcf(llrs: Any, labels: Any, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
     """Normalised cost of the Bayes decisions the LLRs imply: accept when ``LLR ≥ log(c_fa·(1−p)/(c_miss·p))``.
 
-    Compare with :func:`mvector.metrics.compute_min_dcf` on the same trials: the gap is the cost of
+    Compare with :func:`mvector.evaluation.metrics.compute_min_dcf` on the same trials: the gap is the cost of
     mis-calibration at this operating point.
 
     >>> actual_dcf([5.0, 6.0, -6.0, -5.0], [1, 1, 0, 0], p_target=0.01)

@@ -25,7 +25,7 @@ import numpy as np
 from mvector.data.trials import MAX_ALL_PAIRS as _MAX_ALL_PAIRS  # noqa: F401
 from mvector.data.trials import generate_trials
 from mvector.errors import DataListError
-from mvector.metrics import _check_scores_labels, _curve, _eer_from_curve
+from mvector.evaluation.metrics import _check_scores_labels, _curve, _eer_from_curve
 
 __all__ = [
     "read_trials",

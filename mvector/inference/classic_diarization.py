@@ -10,7 +10,7 @@ The pipeline (:class:`Diarizer`):
    seconds centred on it.
 3. **Embeddings**: the recording is read a second time, block by block, and the windows are embedded in batches
    by any object with ``embed_waveforms(list of float32 arrays) -> [N, D]`` and a ``sample_rate``
-   (:class:`PredictorEmbedder` wraps an :class:`~mvector.predictor.MVectorPredictor`).
+   (:class:`PredictorEmbedder` wraps an :class:`~mvector.inference.predictor.MVectorPredictor`).
 4. **Clustering** (:mod:`mvector.inference.clustering`): with ``clustering="auto"``, agglomerative (average
    linkage) with the model's cosine threshold when the number of speakers is open (bounded by
    ``min_speakers``/``max_speakers``), spectral clustering when it is given; clusters of fewer than
@@ -126,7 +126,7 @@ def clustering_threshold(predictor: Any) -> float:
 
 
 class PredictorEmbedder:
-    """An :class:`Embedder` over :class:`~mvector.predictor.MVectorPredictor`: its batched ``embed_batch``.
+    """An :class:`Embedder` over :class:`~mvector.inference.predictor.MVectorPredictor`: its batched ``embed_batch``.
 
     Each window goes through the predictor's own preprocessing (dB normalisation as the model was trained), and
     windows are batched by length. ``threshold`` (the default clustering and naming threshold) is the score at which a
@@ -137,7 +137,7 @@ class PredictorEmbedder:
 
     >>> import tempfile
     >>> from mvector.demo import tiny_checkpoint
-    >>> from mvector.predictor import MVectorPredictor
+    >>> from mvector.inference.predictor import MVectorPredictor
     >>> emb = PredictorEmbedder(MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), use_gpu=False))
     >>> emb.sample_rate, emb.embed_waveforms([np.ones(8000, "float32") * 0.1] * 3).shape
     (16000, (3, 32))
@@ -459,8 +459,8 @@ class Diarizer:
         embedder: ``sample_rate`` and ``embed_waveforms(waves) -> [N, D]``; an optional ``threshold`` attribute
             is the default clustering / naming threshold.
         config: a :class:`DiarizationConfig`.
-        speaker_db: optional :class:`~mvector.speaker_db.SpeakerDatabase` (anything with ``search(emb, top_k)``
-            and ``__len__``) whose enrolled speakers name the clusters.
+        speaker_db: optional :class:`~mvector.inference.speaker_db.SpeakerDatabase` (anything with
+            ``search(emb, top_k)`` and ``__len__``) whose enrolled speakers name the clusters.
         speech_detector: optional ``detector(blocks) -> speech regions (seconds)`` over mono float32 blocks at
             the embedder's rate, replacing the built-in energy detector (Silero VAD, the segmentation network).
     """

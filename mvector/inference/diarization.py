@@ -17,7 +17,7 @@ falls back to the classic one.
 
 >>> import tempfile
 >>> from mvector.demo import tiny_checkpoint
->>> from mvector.predictor import MVectorPredictor
+>>> from mvector.inference.predictor import MVectorPredictor
 >>> from mvector.data.conversations import generate_conversation
 >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), audio_db_path=tempfile.mkdtemp(), use_gpu=False)
 >>> conv = generate_conversation(2, 8.0, seed=0, max_turn=3.0)
@@ -151,7 +151,9 @@ def diarize_with_predictor(
     config: DiarizationConfig | None = None,
     **options: Any,
 ) -> DiarizationResult:
-    """Diarize ``audio`` with an :class:`~mvector.predictor.MVectorPredictor`'s model (what ``predictor.diarize`` does).
+    """Diarize ``audio`` with an :class:`~mvector.inference.predictor.MVectorPredictor`'s model.
+
+    This is what ``predictor.diarize`` does.
 
     ``options`` are :class:`DiarizationConfig` fields (``num_speakers=2``, ``pipeline="classic"``, ``vad="silero"``,
     ...), applied on top of ``config``; ``vad`` given as a mapping sets the energy detector (``vad_conf``).

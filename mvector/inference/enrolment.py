@@ -462,7 +462,7 @@ def enrol(
     mode: str = "any",
     record: Any = None,
 ) -> EnrolmentReport:
-    """Check and enrol ``name`` from several recordings with an :class:`~mvector.predictor.MVectorPredictor`.
+    """Check and enrol ``name`` from several recordings with an :class:`~mvector.inference.predictor.MVectorPredictor`.
 
     Each recording (path, bytes, file object or ``(samples, rate)``) is decoded raw for the checks, embedded the
     way the predictor embeds everything, and checked; ``min_agreement="threshold"`` uses the predictor's
@@ -470,12 +470,12 @@ def enrol(
     enrolment raises :class:`EnrolmentRefused` and writes nothing; warnings are issued with
     :func:`warnings.warn`; otherwise every recording is added to the database in one transaction (the speaker's
     model is the normalised mean of all its recordings). ``mode`` (``"any"``, ``"create"``, ``"append"``) and
-    ``record`` (an idempotency record) are passed to :meth:`~mvector.speaker_db.SpeakerDatabase.add`, which checks
-    the name's existence in the write's transaction. Returns the report.
+    ``record`` (an idempotency record) are passed to :meth:`~mvector.inference.speaker_db.SpeakerDatabase.add`,
+    which checks the name's existence in the write's transaction. Returns the report.
     """
     import warnings
 
-    from mvector.speaker_db import validate_name
+    from mvector.inference.speaker_db import validate_name
 
     name = validate_name(name)
     items = list(audios) if isinstance(audios, (list, tuple)) and not _is_pair(audios) else [audios]

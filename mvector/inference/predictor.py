@@ -427,8 +427,9 @@ class MVectorPredictor:
         """Enroll one recording, or a list of recordings, under ``name`` (added to its earlier recordings).
 
         The name is checked first (NFKC-normalised; no ``/``, ``\\``, ``..``, control, invisible or bidirectional
-        characters, no look-alike script mixes; see :func:`mvector.speaker_db.validate_name`), then every recording
-        is decoded and embedded, then all are written in one transaction: a bad file enrolls nothing.
+        characters, no look-alike script mixes; see
+        :func:`mvector.inference.speaker_names.validate_name`), then every recording is decoded and embedded, then
+        all are written in one transaction: a bad file enrolls nothing.
         ``mode="create"`` / ``"append"`` refuse an enrolled / a missing name, checked in the write's transaction;
         ``record`` is an idempotency record stored with the write (:meth:`SpeakerDatabase.add`).
         """
@@ -506,7 +507,7 @@ class MVectorPredictor:
 
         ``candidates=k`` also lists the ``k`` best ``(name, score)`` pairs in ``.candidates``.
         ``score_norm="as_norm"`` scores against the database's stored cohort
-        (:meth:`~mvector.speaker_db.SpeakerDatabase.set_cohort`), ``score_norm="gallery"`` against the other
+        (:meth:`~mvector.inference.speaker_db.SpeakerDatabase.set_cohort`), ``score_norm="gallery"`` against the other
         enrolled speakers (at least 3; :func:`~mvector.evaluation.gallery.gallery_as_norm`, ``cohort_top_k`` of
         them); AS-norm scores live on another scale, so a ``threshold`` must then be given. With ``top_k > 1``
         returns the ``top_k`` best ``[(name, score), ...]`` candidates instead (no decision). An empty database

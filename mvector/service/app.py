@@ -398,7 +398,7 @@ def create_app(
             raise ConfigError("model_path is required (mvector serve --model_path DIR)")
 
         def predictor_factory() -> Any:
-            from mvector.predictor import MVectorPredictor
+            from mvector.inference.predictor import MVectorPredictor
 
             return MVectorPredictor(
                 model_path=config.model_path,
@@ -701,7 +701,7 @@ def create_app(
         return await asyncio.wrap_future(worker.submit(fn))
 
     def checked_name(name: Any, field_name: str = "name") -> str:
-        from mvector.speaker_db import validate_name
+        from mvector.inference.speaker_db import validate_name
 
         if name is None:
             message = f"field {field_name!r} (the speaker's name) is required"

@@ -8,7 +8,7 @@ overloaded`` at once instead of letting latency grow without bound.
 
 >>> import tempfile, numpy as np
 >>> from mvector.demo import tiny_checkpoint
->>> from mvector.predictor import MVectorPredictor
+>>> from mvector.inference.predictor import MVectorPredictor
 >>> folder = tiny_checkpoint(tempfile.mkdtemp())
 >>> import torch  # threads: keep this process's setting (torch's thread count is process-wide)
 >>> factory = lambda: MVectorPredictor(folder, audio_db_path=tempfile.mkdtemp(), use_gpu=False)
