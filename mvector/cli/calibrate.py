@@ -3,7 +3,7 @@
     mvector calibrate --model_path models/EcapaTdnn_MelSpectrogram/best_model --trials my_pairs.txt
     mvector calibrate --model_path DIR --trials trials.txt --rule far --target 0.01 --save_image_path out/
 
-The trial list is ``label enroll test`` per line (``1`` = same speaker), paths relative to the list's folder (or
+The trial list is ``label enrol test`` per line (``1`` = same speaker), paths relative to the list's folder (or
 ``--trials_root``). Every file is embedded once with the model; the cosine scores are mapped to log-likelihood
 ratios by prior-weighted logistic regression (``--durations`` adds the two sides' durations as quality
 measures), a threshold is chosen by ``--rule``/``--target``, and ``calibration.json`` (with the model's
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import add_threads_argument, apply_threads, run_cli, str2bool
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -31,28 +31,31 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     >>> build_parser("mvector calibrate").parse_args(["--model_path", "m", "--trials", "t.txt"]).rule
     'probability'
     """
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog=prog,
         description="Fit a score calibration (score -> log-likelihood ratio) from labelled trials and store it "
         "with the model (calibration.json).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model_path", required=True, help="model folder (checkpoint or export)")
-    parser.add_argument("--trials", required=True, help="trial list: 'label enroll test' per line, 1 = same")
+    parser.add_argument("--trials", required=True, help="trial list: 'label enrol test' per line, 1 = same")
     parser.add_argument("--trials_root", default=None, help="folder the trial paths are relative to (None: the list's)")
     parser.add_argument("--prior", type=float, default=0.5, help="prior the logistic regression is weighted to")
-    parser.add_argument(
-        "--durations", type=str2bool, default=False, help="also use both sides' durations (QMF-style quality measures)"
+    add_flag(
+        parser, "--durations", default=False, help="also use both sides' durations (QMF-style quality measures)"
     )
     parser.add_argument(
-        "--rule",
+        "--calibration_rule", "--rule",
+        dest="rule",
         choices=("far", "frr", "eer", "probability"),
         default="probability",
         help="how the decision threshold is chosen: target false-acceptance rate, target false-rejection rate, "
-        "the EER point, or a minimum probability of same speaker",
+        "the EER point, or a minimum probability of same speaker (--rule: the same, the name mvector eval "
+        "does not use)",
     )
     parser.add_argument(
-        "--target", type=float, default=None, help="the rule's target (far/frr: a rate; probability: 0.5 default)"
+        "--calibration_target", "--target", dest="target", type=float, default=None,
+        help="the rule's target (far/frr: a rate; probability: 0.5 default); --target: the same",
     )
     parser.add_argument(
         "--threshold_prior", type=float, default=0.5, help="prior of same speaker at which --rule probability applies"
@@ -60,13 +63,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--p_target", type=float, default=0.01, help="P_target of the DCF measures")
     parser.add_argument("--folds", type=int, default=5, help="folds of the cross-validated Cllr (cllr_cv)")
     parser.add_argument("--output", default=None, help="where to write (default: MODEL_PATH/calibration.json)")
-    parser.add_argument("--dry_run", type=str2bool, default=False, help="fit and report, write nothing")
-    parser.add_argument(
-        "--force", action="store_true",
+    add_flag(parser, "--dry_run", default=False, help="fit and report, write nothing")
+    add_flag(
+        parser, "--force", default=False,
         help="store the calibration even from fewer than 10 speakers or 300 non-target trials (refused otherwise)",
     )
     parser.add_argument("--save_image_path", default=None, help="folder for the reliability plot (reliability.png)")
-    parser.add_argument("--use_gpu", type=str2bool, default=False, help="embed on CUDA")
+    add_flag(parser, "--use_gpu", default=False, help="embed on CUDA")
     add_threads_argument(parser)
     parser.add_argument("--batch_size", type=int, default=32, help="recordings per embedding batch")
     return parser
@@ -81,7 +84,7 @@ def _run(args: argparse.Namespace) -> dict:
     from mvector.inference.predictor import MVectorPredictor
 
     if args.rule in ("far", "frr") and args.target is None:
-        raise ConfigError(f"--rule {args.rule} needs --target (a rate, e.g. 0.01)")
+        raise ConfigError(f"--calibration_rule {args.rule} needs --calibration_target (a rate, e.g. 0.01)")
     target = 0.5 if args.rule == "probability" and args.target is None else args.target
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")

@@ -1,9 +1,14 @@
-"""Shared command-line plumbing for the root scripts: boolean flags, config overrides, logging.
+"""Shared command-line plumbing for every subcommand: boolean flags, config overrides, help, errors.
+
+Every boolean option is written ``--flag`` / ``--no-flag`` (:func:`add_flag`); a :class:`CliParser` also accepts
+the original project's spelling ``--flag true|false`` (and ``--flag=false``) for its scripts.
 
 >>> parser = base_parser("demo")
 >>> args, overrides = parse_args(parser, ["--use_gpu", "False", "--dataset_conf.batch_size=8"])
 >>> args.use_gpu, overrides
 (False, {'dataset_conf.batch_size': '8'})
+>>> parse_args(parser, ["--no-use_gpu"])[0].use_gpu
+False
 """
 
 from __future__ import annotations
@@ -17,12 +22,27 @@ from mvector.config import bundled_configs, parse_overrides
 from mvector.errors import MVectorError
 
 __all__ = [
-    "HelpFormatter", "str2bool", "base_parser", "parse_args", "run_cli", "add_threads_argument", "apply_threads"
+    "HelpFormatter", "CliParser", "add_flag", "str2bool", "base_parser", "parse_args", "run_cli",
+    "add_threads_argument", "apply_threads",
 ]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows every option's default and keeps the description's and epilog's line breaks."""
+    """``--help`` shows an option's default once and keeps the description's and epilog's line breaks.
+
+    No default is shown for a required option, for a default of None (the help says what happens instead), or
+    when the help text already names its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+#: The words ``--flag VALUE`` accepts (any case), as in the original project's scripts.
+BOOL_WORDS = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
 
 
 def str2bool(text: str) -> bool:
@@ -32,10 +52,8 @@ def str2bool(text: str) -> bool:
     (False, True)
     """
     lowered = str(text).strip().lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
+    if lowered in BOOL_WORDS:
+        return BOOL_WORDS[lowered]
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
@@ -80,24 +98,97 @@ def apply_threads(args: argparse.Namespace, verbose: bool = False):
     return apply_thread_policy(getattr(args, "threads", None), verbose=verbose)
 
 
+def add_flag(parser, name: str, *, default: bool | None = False, help: str) -> argparse.Action:
+    """Add the boolean option ``name`` as ``--name`` / ``--no-name`` (the one boolean style of every command).
+
+    ``parser`` may be a parser or an argument group. A :class:`CliParser` also reads ``--name true|false``.
+
+    >>> parser = CliParser(prog="demo")
+    >>> _ = add_flag(parser, "--json", help="print JSON")
+    >>> [parser.parse_args(a).json for a in ([], ["--json"], ["--no-json"], ["--json", "false"], ["--json=yes"])]
+    [False, True, False, False, True]
+    """
+    return parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` with :class:`HelpFormatter` that reads ``--flag true|false`` for ``--flag``/``--no-flag``.
+
+    >>> parser = CliParser(prog="demo")
+    >>> _ = add_flag(parser, "--use_gpu", help="run on CUDA")
+    >>> _ = parser.add_argument("path")
+    >>> vars(parser.parse_args(["--use_gpu", "a.wav"])), vars(parser.parse_args(["--use_gpu", "off", "a.wav"]))
+    ({'use_gpu': True, 'path': 'a.wav'}, {'use_gpu': False, 'path': 'a.wav'})
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def flag_names(self) -> set[str]:
+        """The positive spellings (``--flag``) of this parser's boolean options."""
+        return {
+            name for action in self._actions if isinstance(action, argparse.BooleanOptionalAction)
+            for name in action.option_strings if not name.startswith("--no-")
+        }
+
+    def spell_flags(self, args: Sequence[str]) -> list[str]:
+        """Rewrite ``--flag true|false`` and ``--flag=value`` as ``--flag`` / ``--no-flag`` (up to a ``--``).
+
+        >>> parser = CliParser(prog="demo")
+        >>> _ = add_flag(parser, "--plot", help="draw")
+        >>> parser.spell_flags(["--plot", "False", "a.wav", "--plot=1", "--", "--plot", "no"])
+        ['--no-plot', 'a.wav', '--plot', '--', '--plot', 'no']
+        """
+        names, out, items = self.flag_names(), [], list(args)
+        index = 0
+        while index < len(items):
+            item = items[index]
+            if item == "--":
+                out += items[index:]
+                break
+            name, has_value, value = item.partition("=")
+            nxt = items[index + 1] if index + 1 < len(items) else None
+            if name in names and (has_value or (nxt is not None and nxt.lower() in BOOL_WORDS)):
+                word = value if has_value else nxt
+                try:
+                    out.append(name if str2bool(word) else "--no-" + name[2:])
+                except argparse.ArgumentTypeError as err:
+                    self.error(f"argument {name}: {err}")
+                index += 1 if has_value else 2
+                continue
+            out.append(item)
+            index += 1
+        return out
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Parse like ``ArgumentParser``, after :meth:`spell_flags`."""
+        items = sys.argv[1:] if args is None else args
+        return super().parse_known_args(self.spell_flags(items), namespace)
+
+
 def base_parser(
-    description: str, prog: str | None = None, default_configs: str | None = "ecapa_tdnn"
-) -> argparse.ArgumentParser:
-    """A parser with ``--configs`` and ``--use_gpu``; any ``--section.key=value`` is a config override."""
-    parser = argparse.ArgumentParser(
+    description: str, prog: str | None = None, default_configs: str | None = "ecapa_tdnn", configs_note: str = "",
+    use_gpu: bool | None = None,
+) -> CliParser:
+    """A parser with ``--configs`` and ``--use_gpu``; any ``--section.key=value`` is a config override.
+
+    ``configs_note`` says in ``--help`` what a ``--configs`` of None means (``default_configs=None``); ``use_gpu``
+    is ``--use_gpu``'s default (None: CUDA when available).
+    """
+    parser = CliParser(
         prog=prog,
-        formatter_class=HelpFormatter,
         description=description,
         epilog="Any config key can be overridden: --dataset_conf.batch_size=32 --train_conf.max_epoch=2",
     )
     parser.add_argument(
         "--configs",
         default=default_configs,
-        help=f"bundled config ({', '.join(bundled_configs())}) or YAML path",
+        help=f"bundled config ({', '.join(bundled_configs())}) or YAML path"
+        + (f" ({configs_note})" if configs_note else ""),
     )
-    parser.add_argument(
-        "--use_gpu", type=str2bool, default=None, help="run on CUDA: true or false (%(default)s: CUDA when available)"
-    )
+    gpu_help = "run on CUDA" + (" (default: when CUDA is available)" if use_gpu is None else "")
+    add_flag(parser, "--use_gpu", default=use_gpu, help=gpu_help)
     add_threads_argument(parser)
     return parser
 

@@ -1,30 +1,34 @@
 """Are two recordings the same speaker? Prints the cosine score and the verdict.
 
 Example:
-    python infer_contrast.py --audio_path1 a.wav --audio_path2 b.wav \
+    mvector contrast --audio_path1 a.wav --audio_path2 b.wav \
         --model_path models/EcapaTdnn_MelSpectrogram/best_model
-    python infer_contrast.py --audio_path1 a.wav --audio_path2 b.wav --json     # {"score": 0.81, "same": true}
+    mvector contrast --audio_path1 a.wav --audio_path2 b.wav --json     # {"score": 0.81, "same": true}
 
 Errors (a missing file or model folder, unreadable audio) print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
 
-from mvector.cli.common import HelpFormatter, add_threads_argument, apply_threads, run_cli, str2bool
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
 from mvector.config import DEFAULT_MODEL_PATH
 
 
-def _main(argv=None, prog=None) -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+def build_parser(prog: str | None = None) -> CliParser:
+    """The ``mvector contrast`` parser.
+
+    >>> build_parser("mvector contrast").prog
+    'mvector contrast'
+    """
+    parser = CliParser(prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--audio_path1", required=True, help="first recording")
     parser.add_argument("--audio_path2", required=True, help="second recording")
     parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
-    parser.add_argument("--use_gpu", type=str2bool, default=False, help="run on CUDA")
+    add_flag(parser, "--use_gpu", default=False, help="run on CUDA")
     add_threads_argument(parser)
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
@@ -32,10 +36,15 @@ def _main(argv=None, prog=None) -> None:
     parser.add_argument(
         "--prior", type=float, default=None, help="prior probability of 'same speaker' for the calibrated probability"
     )
-    parser.add_argument(
-        "--json", action="store_true",
+    add_flag(
+        parser, "--json", default=False,
         help='print one JSON object: {"score", "same", "llr", "probability", "prior", "threshold", "threshold_source"}',
     )
+    return parser
+
+
+def _main(argv=None, prog=None) -> None:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     apply_threads(args)
     from mvector.inference.predictor import MVectorPredictor, iter_audio_files

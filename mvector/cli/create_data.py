@@ -1,14 +1,14 @@
-"""Prepare data lists for training and evaluation: `python create_data.py <corpus> ROOT --output_dir DIR`.
+"""Prepare data lists for training and evaluation: `mvector create-data <corpus> ROOT --output_dir DIR`.
 
 Writes DIR/train_list.txt and DIR/test_list.txt (`path<TAB>label`; audio inside DIR relative to DIR, audio
 outside DIR absolute, see --paths), DIR/trials.txt
-(`label enroll test`, 1 = same speaker) and, when files were unusable, DIR/skipped.txt. Never prompts.
+(`label enrol test`, 1 = same speaker) and, when files were unusable, DIR/skipped.txt. Never prompts.
 
 Examples:
-    python create_data.py folder dataset/my_speakers --output_dir dataset
-    python create_data.py zhvoice dataset/zhvoice --output_dir dataset --convert_wav --num_workers 8
-    python create_data.py cnceleb dataset/CN-Celeb_flac dataset/CN-Celeb2_flac --output_dir dataset
-    python create_data.py voxceleb dataset/voxceleb1 dataset/voxceleb2 --trials_file veri_test2.txt
+    mvector create-data folder dataset/my_speakers --output_dir dataset
+    mvector create-data zhvoice dataset/zhvoice --output_dir dataset --convert_wav --num_workers 8
+    mvector create-data cnceleb dataset/CN-Celeb_flac dataset/CN-Celeb2_flac --output_dir dataset
+    mvector create-data voxceleb dataset/voxceleb1 dataset/voxceleb2 --trials_file veri_test2.txt
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import sys
 import warnings
 from typing import Sequence
 
-from mvector.cli.common import HelpFormatter, run_cli
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, run_cli
 from mvector.data.prepare import CORPORA, DEFAULT_MAX_TRIALS, PATH_MODES, prepare_corpus
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog=prog,
         description=__doc__.splitlines()[0],
         epilog=__doc__.split("\n\n", 2)[2],
@@ -51,9 +51,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "(../ too: move lists and audio together); absolute = absolute always",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the speaker split and trial sampling")
-    parser.add_argument("--check_audio", action="store_true", help="decode every file fully (default: header only)")
+    add_flag(parser, "--check_audio", default=False, help="decode every file fully (default: header only)")
     parser.add_argument("--num_workers", type=int, default=None, help="threads for checks and conversion")
-    parser.add_argument("--convert_wav", action="store_true", help="zhvoice: convert mp3 to 16 kHz wav (keeps mp3)")
+    add_flag(parser, "--convert_wav", default=False, help="zhvoice: convert mp3 to 16 kHz wav (keeps mp3)")
     parser.add_argument("--wav_dir", default=None, help="zhvoice: put converted wavs here instead of next to the mp3")
     parser.add_argument("--infodata", default=None, help="zhvoice: infodata.json (default ROOT/text/infodata.json)")
     parser.add_argument("--trials_file", default=None, help="voxceleb: official trial list, e.g. veri_test2.txt")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import add_threads_argument, apply_threads, run_cli, str2bool
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
 from mvector.config import DEFAULT_MODEL_PATH
 
 __all__ = ["main", "build_parser"]
@@ -40,10 +40,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     >>> build_parser("mvector diarize").parse_args(["a.wav"]).window
     1.5
     """
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog=prog,
         description="Who spoke when: diarize recordings into RTTM and JSON (and a timeline picture on request).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("audio", nargs="+", help="recordings (wav, flac, mp3, ogg); each gives OUT/<stem>.rttm/.json")
     parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
@@ -94,13 +94,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="minimum score against an enrolled speaker to use the name (default: the model's calibrated threshold)",
     )
-    parser.add_argument("--resegment", type=str2bool, default=True, help="refine turn boundaries (Viterbi on frames)")
-    parser.add_argument("--plot", action="store_true", help="also write OUT/<stem>.png, the who-spoke-when timeline")
+    add_flag(parser, "--resegment", default=True, help="refine turn boundaries (Viterbi on frames)")
+    add_flag(parser, "--plot", default=False, help="also write OUT/<stem>.png, the who-spoke-when timeline")
     parser.add_argument("--reference", default=None, help="reference RTTM: print the DER of each recording")
     parser.add_argument("--collar", type=float, default=0.25, help="DER collar each side of a reference boundary")
-    parser.add_argument("--use_gpu", type=str2bool, default=False, help="run the model on CUDA")
+    add_flag(parser, "--use_gpu", default=False, help="run the model on CUDA")
+    add_flag(parser, "--progress", default=True, help="show a progress bar on stderr")
     add_threads_argument(parser)
-    parser.add_argument("--progress", type=str2bool, default=True, help="show a progress bar on stderr")
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Evaluate a model folder: EER, minDCF (0.01 and 0.05), threshold, TPR/FPR; prints one JSON line.
+r"""Evaluate a model folder: EER, minDCF (0.01 and 0.05), threshold, TPR/FPR; prints one JSON line.
 
 The model folder may be a trainer checkpoint or an export. The data lists stored with the model are used unless
 given (--configs YAML, or --dataset_conf.test_list=... / --dataset_conf.trials_list=...). Results are written
@@ -6,8 +6,8 @@ to MODEL/evaluations/<list>.json; the model's operating point (result.json, whos
 changes only with --set_threshold.
 
 Example:
-    python eval.py --use_gpu False --resume_model models/EcapaTdnn_MelSpectrogram/best_model
-    python eval.py --resume_model models/EcapaTdnn_MelSpectrogram/best_model \
+    mvector eval --no-use_gpu --model_path models/EcapaTdnn_MelSpectrogram/best_model
+    mvector eval --model_path models/EcapaTdnn_MelSpectrogram/best_model \
         --dataset_conf.trials_list=dataset/trials.txt
 """
 
@@ -16,27 +16,32 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from mvector.cli.common import apply_threads, base_parser, parse_args, run_cli, str2bool
+from mvector.cli.common import add_flag, apply_threads, base_parser, parse_args, run_cli
 from mvector.config import DEFAULT_MODEL_PATH
 
 
 def build_parser(prog: str | None = None):
     """The argument parser of ``mvector eval`` / ``eval.py``."""
-    parser = base_parser(__doc__.splitlines()[0], prog=prog, default_configs=None)
+    parser = base_parser(
+        __doc__.splitlines()[0], prog=prog, default_configs=None, use_gpu=False,
+        configs_note="default: the configuration stored with the model",
+    )
     parser.description = __doc__
-    parser.set_defaults(use_gpu=False)
-    parser.add_argument("--resume_model", default=DEFAULT_MODEL_PATH, help="model folder")
+    parser.add_argument(
+        "--model_path", "--resume_model", dest="model_path", default=DEFAULT_MODEL_PATH,
+        help="model folder (a checkpoint or an export); --resume_model is the original project's name for it",
+    )
     parser.add_argument("--backend", default="auto", help="auto, torch, onnx or torchscript")
     parser.add_argument("--save_image_path", default=None, help="folder for the DET plot and score histogram")
     parser.add_argument("--cohort_list", default=None, help="path<TAB>label list of cohort utterances for AS-norm")
     parser.add_argument("--asnorm_top_k", type=int, default=300, help="AS-norm: top cohort scores used")
     parser.add_argument("--output", default=None, help="where the metrics JSON goes (default: MODEL/evaluations/)")
-    parser.add_argument(
-        "--set_threshold", type=str2bool, nargs="?", const=True, default=False,
+    add_flag(
+        parser, "--set_threshold", default=False,
         help="store the result as the model's operating point (result.json: the predictor's threshold)",
     )
-    parser.add_argument(
-        "--calibrate", type=str2bool, nargs="?", const=True, default=False,
+    add_flag(
+        parser, "--calibrate", default=False,
         help="fit a score calibration on these trials and store it in the model folder (calibration.json); "
         "adds cllr, min_cllr, act_dcf to the JSON line; --save_image_path also gets a reliability plot",
     )  # fmt: skip
@@ -48,8 +53,8 @@ def build_parser(prog: str | None = None):
     parser.add_argument("--calibration_target", type=float, default=None, help="the rule's target (probability: 0.5)")
     parser.add_argument("--calibration_prior", type=float, default=0.5, help="prior of --calibration_rule probability")
     parser.add_argument("--p_target", type=float, default=0.01, help="P_target of the actual DCF (act_dcf)")
-    parser.add_argument(
-        "--open_set", type=str2bool, nargs="?", const=True, default=False,
+    add_flag(
+        parser, "--open_set", default=False,
         help="also measure open-set identification on the test list: part of its speakers enrolled, the rest "
         "unknown (DIR at FAR 1/5/10 %%, decisions at the model's threshold)",
     )  # fmt: skip
@@ -57,8 +62,8 @@ def build_parser(prog: str | None = None):
     parser.add_argument("--open_set_enrol", type=int, default=3, help="recordings per enrolled speaker")
     parser.add_argument("--open_set_repeats", type=int, default=10, help="random enrolled/unknown splits averaged")
     parser.add_argument("--margin", type=float, default=0.0, help="open set: unknown when best and second are closer")
-    parser.add_argument(
-        "--force", action="store_true",
+    add_flag(
+        parser, "--force", default=False,
         help="store an operating point (--set_threshold, --calibrate) even from fewer than 10 speakers or 300 "
         "non-target trials (refused otherwise)",
     )
@@ -71,7 +76,7 @@ def _main(argv=None, prog=None) -> None:
     from mvector.evaluation.model_eval import evaluate_model_folder
 
     run = evaluate_model_folder(
-        args.resume_model,
+        args.model_path,
         configs=args.configs,
         overrides=overrides,
         use_gpu=args.use_gpu,

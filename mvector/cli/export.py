@@ -1,9 +1,9 @@
-"""Export a trained checkpoint to a waveform-to-embedding inference folder (TorchScript and/or ONNX).
+r"""Export a trained checkpoint to a waveform-to-embedding inference folder (TorchScript and/or ONNX).
 
 Example:
-    python export_model.py --model_path models/EcapaTdnn_MelSpectrogram/best_model \
+    mvector export --model_path models/EcapaTdnn_MelSpectrogram/best_model \
         --output_dir exported/EcapaTdnn_MelSpectrogram
-    python infer_contrast.py --model_path exported/EcapaTdnn_MelSpectrogram --audio_path1 a.wav --audio_path2 b.wav
+    mvector contrast --model_path exported/EcapaTdnn_MelSpectrogram --audio_path1 a.wav --audio_path2 b.wav
 
 The folder holds model.ts, model.onnx, config.yml (the checkpoint's) and meta.json (fingerprint, threshold,
 embd_dim, sample_rate, library_version). ONNX needs: pip install "mvector[export]".
@@ -11,19 +11,24 @@ embd_dim, sample_rate, library_version). ONNX needs: pip install "mvector[export
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Sequence
 
-from mvector.cli.common import HelpFormatter, add_threads_argument, apply_threads, run_cli
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
 from mvector.config import DEFAULT_MODEL_PATH
 
 
-def _main(argv=None, prog=None) -> None:
-    parser = argparse.ArgumentParser(
+def build_parser(prog: str | None = None) -> CliParser:
+    """The ``mvector export`` parser.
+
+    >>> build_parser("mvector export").prog
+    'mvector export'
+    """
+    parser = CliParser(
         prog=prog,
-        description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+        epilog=__doc__.split("\n", 1)[1].strip(),
     )
     parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="trainer checkpoint folder")
     parser.add_argument("--output_dir", required=True, help="folder to write the exported model into")
@@ -31,8 +36,13 @@ def _main(argv=None, prog=None) -> None:
         "--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"], help="what to write"
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer: STFT)")
-    parser.add_argument("--json", action="store_true", help="print meta.json as one JSON line")
+    add_flag(parser, "--json", default=False, help="print meta.json as one JSON line")
     add_threads_argument(parser)
+    return parser
+
+
+def _main(argv=None, prog=None) -> None:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     apply_threads(args)
     from mvector.export import export_checkpoint

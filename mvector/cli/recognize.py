@@ -1,11 +1,11 @@
-"""Enroll speakers and recognise them, from files or the microphone.
+"""Enrol speakers and recognise them, from files or the microphone.
 
 Non-interactive (no audio hardware needed); folders are expanded into their audio files:
-    python infer_recognition.py --register alice a1.wav a2.wav
-    python infer_recognition.py --recognize unknown.wav other.wav --json   # {"file", "name", "score"} per line
-    python infer_recognition.py --remove alice
-    python infer_recognition.py --list
-    python infer_recognition.py --import_folder old_audio_db    # enroll old_audio_db/<name>/*.wav
+    mvector recognize --register alice a1.wav a2.wav
+    mvector recognize --recognize unknown.wav other.wav --json   # {"file", "name", "score"} per line
+    mvector recognize --remove alice
+    mvector recognize --list
+    mvector recognize --import_folder old_audio_db    # enrol old_audio_db/<name>/*.wav
 With no command, an interactive loop records from the microphone (needs a terminal and the "mic" extra).
 --recognize goes on past a file it cannot read: that file gets one error line ({"file", "error"} with --json),
 and the exit status is 1 when any file failed. A database is created only by --register / --import_folder;
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import HelpFormatter, add_threads_argument, apply_threads, run_cli, str2bool
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
 from mvector.config import DEFAULT_MODEL_PATH
 from mvector.errors import MVectorError, SpeakerDBError
 from mvector.utils.files import dumps_json
@@ -90,8 +90,9 @@ def _listing_text(row: dict) -> str:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of ``mvector recognize`` / ``infer_recognition.py``."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter, epilog=__doc__
+    parser = CliParser(
+        prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+        epilog=__doc__.split("\n", 1)[1].strip(),
     )
     parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
     parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder")
@@ -123,21 +124,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--checks", default="warn", choices=["warn", "refuse", "off"],
         help="--register: enrolment quality checks (speech, clipping, level, SNR, bandwidth, agreement)",
     )
-    parser.add_argument("--use_gpu", type=str2bool, default=False, help="run on CUDA")
+    add_flag(parser, "--use_gpu", default=False, help="run on CUDA")
     add_threads_argument(parser)
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
     )
     parser.add_argument("--record_seconds", type=float, default=3.0, help="microphone recording length")
-    parser.add_argument("--keep_audio", action="store_true", help="keep enrolled audio in the database folder")
-    parser.add_argument("--json", action="store_true", help="one JSON object per result line")
+    add_flag(parser, "--keep_audio", default=False, help="keep enrolled audio in the database folder")
+    add_flag(parser, "--json", default=False, help="one JSON object per result line")
     parser.add_argument("--top_k", type=int, default=1, help="with --recognize: list the k best candidates")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--register", nargs="+", metavar=("NAME", "FILE"), help="enroll NAME from one or more files")
+    group.add_argument("--register", nargs="+", metavar=("NAME", "FILE"), help="enrol NAME from one or more files")
     group.add_argument("--recognize", nargs="+", metavar="FILE", help="recognise each file")
     group.add_argument("--remove", metavar="NAME", help="remove an enrolled speaker")
-    group.add_argument("--list", action="store_true", help="list enrolled speakers")
-    group.add_argument("--import_folder", metavar="DIR", help="enroll every DIR/<name>/<audio files>")
+    add_flag(group, "--list", default=False, help="list enrolled speakers")
+    group.add_argument("--import_folder", metavar="DIR", help="enrol every DIR/<name>/<audio files>")
     return parser
 
 

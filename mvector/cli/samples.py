@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from mvector.cli.common import run_cli
+from mvector.cli.common import CliParser, HelpFormatter, run_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -21,8 +21,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     >>> build_parser("mvector samples").parse_args(["out"]).seed
     0
     """
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    parser = CliParser(
+        prog=prog, description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
     parser.add_argument("folder", help="where to write the recordings (created)")
     parser.add_argument("--seed", type=int, default=0, help="other seeds give other voices")

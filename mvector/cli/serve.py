@@ -16,7 +16,7 @@ import ipaddress
 import sys
 from typing import Sequence
 
-from mvector.cli.common import add_threads_argument, run_cli, str2bool
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, run_cli
 from mvector.errors import ConfigError
 
 # (importable names, pip package): python-multipart is imported as python_multipart (older releases: multipart)
@@ -27,10 +27,6 @@ _NEEDED = (
 )
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown in --help, the epilog's examples kept as written."""
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of ``mvector serve``.
 
@@ -38,11 +34,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     >>> args.host, args.port, args.max_upload_mb
     ('127.0.0.1', 8000, 10.0)
     """
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog=prog,
         description="Run the HTTP verification service (FastAPI app served by uvicorn).",
         epilog=__doc__.split("\n", 2)[2],
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model_path", required=True, help="model folder (checkpoint or export)")
     parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder (keys live there too)")
@@ -52,8 +48,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
     )
-    parser.add_argument("--use_gpu", type=str2bool, default=False, help="run the model on CUDA")
-    parser.add_argument("--keep_audio", action="store_true", help="keep enrolled audio in the database folder")
+    add_flag(parser, "--use_gpu", default=False, help="run the model on CUDA")
+    add_flag(parser, "--keep_audio", default=False, help="keep enrolled audio in the database folder")
     parser.add_argument("--max_upload_mb", type=float, default=10.0, help="size limit of one uploaded recording")
     parser.add_argument("--max_files", type=int, default=10, help="recordings per enrolment request at most")
     parser.add_argument("--max_duration", type=float, default=60.0, help="seconds per recording at most")

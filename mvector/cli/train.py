@@ -1,12 +1,12 @@
-"""Train a speaker-embedding model: `python train.py --configs ecapa_tdnn` (or under torchrun for DDP).
+"""Train a speaker-embedding model: `mvector train --configs ecapa_tdnn` (or under torchrun for DDP).
 
 With --resume_model and no --configs, the run continues with the configuration stored in the checkpoint (its data
 lists, augmentation and schedule), with any --section.key=value overrides on top (e.g. a larger
 --train_conf.max_epoch: the learning-rate schedule is then re-planned over the new length).
 
 Examples:
-    python train.py --configs ecapa_tdnn --use_gpu False --train_conf.max_epoch=2
-    python train.py --resume_model models/EcapaTdnn_MelSpectrogram/last_model --train_conf.max_epoch=10
+    mvector train --configs ecapa_tdnn --no-use_gpu --train_conf.max_epoch=2
+    mvector train --resume_model models/EcapaTdnn_MelSpectrogram/last_model --train_conf.max_epoch=10
     torchrun --nproc_per_node=4 train.py --configs ecapa_tdnn
 """
 
@@ -16,12 +16,15 @@ import os
 import sys
 from typing import Sequence
 
-from mvector.cli.common import apply_threads, base_parser, parse_args, run_cli, str2bool
+from mvector.cli.common import add_flag, apply_threads, base_parser, parse_args, run_cli
 
 
 def build_parser(prog: str | None = None):
     """The argument parser of ``mvector train`` / ``train.py``."""
-    parser = base_parser(__doc__.splitlines()[0], prog=prog, default_configs=None)
+    parser = base_parser(
+        __doc__.splitlines()[0], prog=prog, default_configs=None,
+        configs_note="default: ecapa_tdnn; with --resume_model, the configuration stored in the checkpoint",
+    )
     parser.description = __doc__
     parser.add_argument("--save_model_path", default="models/", help="checkpoint root folder")
     parser.add_argument("--resume_model", default=None, help="checkpoint folder to continue from exactly")
@@ -29,8 +32,8 @@ def build_parser(prog: str | None = None):
     parser.add_argument(
         "--augment_conf_path", default=None, help="augmentation YAML (mvector/configs/augmentation.yml): augment_conf"
     )
-    parser.add_argument(
-        "--overwrite", type=str2bool, nargs="?", const=True, default=False,
+    add_flag(
+        parser, "--overwrite", default=False,
         help="replace the checkpoints of another run in the model folder",
     )
     return parser

@@ -1,4 +1,4 @@
-"""MVectorPredictor: embed recordings, compare two of them, enroll speakers and recognise them.
+"""MVectorPredictor: embed recordings, compare two of them, enrol speakers and recognise them.
 
 The predictor reads everything it needs from the model folder: the weights, the configuration they were trained
 with (feature method, model, sizes), the score calibration (``calibration.json``, written by ``mvector calibrate``
@@ -121,7 +121,7 @@ def default_threshold_warning(model_path: PathLike) -> str:
         f"{model_path} holds no calibration (calibration.json) and no evaluation threshold (result.json): using "
         f"{DEFAULT_THRESHOLD}, which means nothing for this model. Fix it with: mvector calibrate --model_path "
         f"{model_path} --trials PAIRS.txt --rule far --target 0.01 (labelled pairs of your own speakers), or "
-        f"python eval.py --resume_model {model_path} --set_threshold; or pass a threshold"
+        f"mvector eval --resume_model {model_path} --set_threshold; or pass a threshold"
     )
 
 
@@ -195,7 +195,7 @@ class MVectorPredictor:
         if use_gpu is None:
             use_gpu = torch.cuda.is_available()
         if use_gpu and not torch.cuda.is_available():
-            raise ConfigError("use_gpu is set but no CUDA device is available; pass use_gpu=False (--use_gpu False)")
+            raise ConfigError("use_gpu is set but no CUDA device is available; pass use_gpu=False (--no-use_gpu)")
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.embedder: Embedder = open_backend(self.model_path, backend, self.device)
         self.backend = self.embedder.name
@@ -424,12 +424,12 @@ class MVectorPredictor:
         mode: str = "any",
         record: Any = None,
     ) -> None:
-        """Enroll one recording, or a list of recordings, under ``name`` (added to its earlier recordings).
+        """Enrol one recording, or a list of recordings, under ``name`` (added to its earlier recordings).
 
         The name is checked first (NFKC-normalised; no ``/``, ``\\``, ``..``, control, invisible or bidirectional
         characters, no look-alike script mixes; see
         :func:`mvector.inference.speaker_names.validate_name`), then every recording is decoded and embedded, then
-        all are written in one transaction: a bad file enrolls nothing.
+        all are written in one transaction: a bad file enrols nothing.
         ``mode="create"`` / ``"append"`` refuse an enrolled / a missing name, checked in the write's transaction;
         ``record`` is an idempotency record stored with the write (:meth:`SpeakerDatabase.add`).
         """
@@ -650,11 +650,11 @@ class MVectorPredictor:
         return diarize_with_predictor(self, audio, sample_rate, **options)
 
     def import_folder(self, folder: PathLike | None = None, skip_existing: bool = True) -> dict[str, int]:
-        """Enroll every ``<folder>/<name>/*.wav|flac|mp3|ogg`` (default: the database folder itself).
+        """Enrol every ``<folder>/<name>/*.wav|flac|mp3|ogg`` (default: the database folder itself).
 
         This imports an ``audio_db/<name>/*.wav`` tree from older tools. Speakers already enrolled are skipped
         unless ``skip_existing`` is False (so running it twice, or on a folder holding this database's own kept
-        audio, does not enroll anything twice); hidden folders are ignored. Unreadable files are skipped with a
+        audio, does not enrol anything twice); hidden folders are ignored. Unreadable files are skipped with a
         warning. Returns the number of recordings enrolled per speaker.
         """
         root = Path(folder) if folder is not None else self.audio_db_path
