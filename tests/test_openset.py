@@ -187,6 +187,6 @@ def test_eval_open_set_reports_dir_at_far(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])["open_set"]
     assert result["n_enrolled_speakers"] + result["n_unknown_speakers"] == 4 and result["repeats"] == 2
-    for key in ("dir@far=0.01", "dir@far=0.05", "rank1"):
-        assert 0.0 <= result[key] <= 1.0
+    # DIR grows with the false-alarm rate it is read at and never passes the closed-set rank-1 rate.
+    assert result["dir@far=0.01"] <= result["dir@far=0.05"] <= result["dir@far=0.1"] <= result["rank1"] <= 1.0
     assert result["decisions"]["margin"] == 0.01 and "open set" in out

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import recomputed_eer
 
 import mvector.data.dataset as dataset_module
 from mvector.data.synthetic import generate_corpus
@@ -107,7 +108,8 @@ def test_train_and_eval_scripts_end_to_end(corpus, tmp_path):
     result = json.loads((model_dir / "best_model" / "result.json").read_text())
     for key in ("eer", "min_dcf", "min_dcf_0.05", "threshold", "tpr", "fpr", "num_trials"):
         assert key in result
-    assert 0.0 <= result["eer"] <= 1.0 and result["num_trials"] == 16 * 15 // 2
+    assert result["num_trials"] == 16 * 15 // 2
+    assert result["eer"] == pytest.approx(recomputed_eer(model_dir / "best_model", corpus["test"]), abs=1e-6)
     assert (tmp_path / "img" / "EcapaTdnn_MelSpectrogram_det.png").stat().st_size > 1000
 
 
