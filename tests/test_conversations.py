@@ -14,9 +14,9 @@ from mvector.data.conversations import (
     generate_conversations,
     write_conversation,
 )
+from mvector.data.rttm import read_rttm
 from mvector.data.synthetic import generate_corpus
 from mvector.errors import ConfigError
-from mvector.evaluation.der import read_rttm
 
 SR = 8000
 

@@ -8,16 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from mvector.data.rttm import Segment, format_rttm, read_rttm, write_rttm
 from mvector.errors import ConfigError, DataListError
-from mvector.evaluation.der import (
-    DERResult,
-    Segment,
-    diarization_error,
-    diarization_error_rate,
-    format_rttm,
-    read_rttm,
-    write_rttm,
-)
+from mvector.evaluation.der import DERResult, diarization_error, diarization_error_rate
 
 
 # ---------------------------------------------------------------- an independent implementation

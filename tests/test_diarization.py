@@ -16,8 +16,9 @@ import pytest
 
 from mvector.audio.vad import VADConfig, detect_speech
 from mvector.data.conversations import generate_conversation, write_conversation
+from mvector.data.rttm import Segment, read_rttm
 from mvector.errors import AudioError, ConfigError
-from mvector.evaluation.der import Segment, diarization_error, read_rttm
+from mvector.evaluation.der import diarization_error
 from mvector.inference.clustering import (
     absorb_small_clusters,
     agglomerative_clustering,

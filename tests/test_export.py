@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from mvector.embedding.backends import ExportDependencyError, OnnxEmbedder, load_torchscript
 from mvector.errors import CheckpointError, MVectorError
-from mvector.export import (
-    EmbeddingModel,
-    ExportDependencyError,
-    OnnxEmbedder,
-    export_onnx,
-    export_torchscript,
-    load_torchscript,
-)
+from mvector.export import export_onnx, export_torchscript
 from mvector.features import build_featurizer
 from mvector.models import build_backbone
+from mvector.models.embedding_model import EmbeddingModel
 
 SR = 16000
 

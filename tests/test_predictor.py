@@ -25,11 +25,12 @@ import soxr
 import torch
 
 from mvector.audio import save_wav
+from mvector.build import model_from_checkpoint
 from mvector.data.synthetic import generate_corpus, make_voices, synthesize_utterance
 from mvector.demo import tiny_checkpoint
 from mvector.errors import AudioError, CheckpointError, ConfigError, MVectorError, SpeakerDBError
 from mvector.export import export_checkpoint
-from mvector.inference.predictor import DEFAULT_THRESHOLD, MVectorPredictor, iter_audio_files, model_from_checkpoint
+from mvector.inference.predictor import DEFAULT_THRESHOLD, MVectorPredictor, iter_audio_files
 from mvector.inference.speaker_db import DB_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from mvector.data.trials import generate_trials
 from mvector.errors import DataListError
 from mvector.evaluation.metrics import compute_eer
-from mvector.evaluation.scoring import (
-    as_norm,
-    cosine_score_trials,
-    generate_trials,
-    read_trials,
-    save_det_plot,
-    save_score_histogram,
-)
+from mvector.evaluation.scoring import as_norm, cosine_score_trials, read_trials, save_det_plot, save_score_histogram
 
 
 # ----------------------------------------------------------------------------- read_trials

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from mvector.errors import CheckpointError, ConfigError
-from mvector.inference.segmentation import Segmenter, _runs_to_regions
+from mvector.inference.segmentation import Segmenter, runs_to_regions
 from mvector.models.segmentation import PyanNet, powerset_classes, powerset_to_speakers
 from mvector.models.silero_vad import SileroVAD
 from mvector.pretrained.catalogue import catalogue_entry
@@ -262,7 +262,7 @@ def test_segmenter_chunks_cover_the_recording(seconds, starts):
 def test_runs_to_regions_fills_gaps_and_drops_blips():
     mask = np.zeros(100, bool)
     mask[10:30] = mask[32:50] = mask[80:81] = True
-    regions = _runs_to_regions(mask, 0.1, 0.1, min_gap=0.3, min_length=0.2)
+    regions = runs_to_regions(mask, 0.1, 0.1, min_gap=0.3, min_length=0.2)
     assert regions == [(1.0, 5.0)]
 
 
@@ -359,7 +359,8 @@ def test_auto_falls_back_to_classic_and_segmentation_demands_its_model(tmp_path,
 def test_acceptance_import_then_diarize_finds_overlap(tmp_path, segmentation_dir):
     """What the acceptance check runs: import segmentation_3_0, then diarize with the count open."""
     from mvector.data.conversations import write_conversation
-    from mvector.evaluation.der import diarization_error, read_rttm
+    from mvector.data.rttm import read_rttm
+    from mvector.evaluation.der import diarization_error
 
     env = dict(os.environ, MVECTOR_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     run = dict(capture_output=True, text=True, env=env, timeout=600)

@@ -17,8 +17,9 @@ import pytest
 import soundfile
 
 from mvector.errors import MVectorError, SpeakerDBError
-from mvector.inference.speaker_db import DB_FILENAME, SpeakerDatabase, validate_name
+from mvector.inference.speaker_db import DB_FILENAME, SpeakerDatabase
 from mvector.inference.speaker_files import folder_name
+from mvector.inference.speaker_names import validate_name
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 16

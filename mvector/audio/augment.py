@@ -264,7 +264,12 @@ def _add_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     return (x + noise * np.float32(scale)).astype(np.float32, copy=False)
 
 
-def _find_audio_files(folder: str) -> list[str]:
+def find_audio_files(folder: str) -> list[str]:
+    """Sorted audio files under ``folder`` (recursively, by extension); ``[]`` when it is not a folder.
+
+    >>> find_audio_files("/no/such/folder")
+    []
+    """
     root = Path(folder).expanduser()
     if not root.is_dir():
         return []
@@ -369,7 +374,7 @@ class WaveAugmenter:
 
     @staticmethod
     def _folder_files(folder: str, name: str) -> list[str]:
-        files = _find_audio_files(folder)
+        files = find_audio_files(folder)
         if not files:
             state = "holds no audio files" if Path(folder).expanduser().is_dir() else "does not exist"
             warnings.warn(

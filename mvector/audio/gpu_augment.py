@@ -54,9 +54,9 @@ from mvector.audio.augment import (
     EQ_LOWPASS_HZ,
     EQ_OCTAVES,
     WAVE_AUGMENTATIONS,
-    _find_audio_files,
     equalizer_changes_anything,
     equalizer_gain_db,
+    find_audio_files,
     load_augmentation_config,
     speed_label_factors,
 )
@@ -259,7 +259,7 @@ class GpuAugmenter(nn.Module):
         for name, key in (("noise", "noise_dir"), ("reverb", "rir_dir")):
             if c[name]["prob"] <= 0:
                 continue
-            files = _find_audio_files(str(c[name][key]))
+            files = find_audio_files(str(c[name][key]))
             if not files:
                 message = f"augmentation: {name} folder {c[name][key]!r} holds no audio; {name} is off"
                 warnings.warn(message, stacklevel=2)

@@ -26,13 +26,12 @@ No neural VAD ships with mvector: none of the packages it depends on carries one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from mvector.errors import ConfigError
 
-__all__ = ["VADConfig", "FrameAnalyzer", "speech_segments", "detect_speech", "segments_total"]
+__all__ = ["VADConfig", "FrameAnalyzer", "speech_segments", "detect_speech"]
 
 
 @dataclass(frozen=True)
@@ -217,10 +216,3 @@ def detect_speech(
     )
 
 
-def segments_total(segments: Sequence[tuple[float, float]]) -> float:
-    """Total seconds covered by disjoint segments.
-
-    >>> segments_total([(0.0, 1.5), (2.0, 2.5)])
-    2.0
-    """
-    return float(sum(end - start for start, end in segments))

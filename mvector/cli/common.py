@@ -212,9 +212,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     except MVectorError as err:
         parser.error(str(err))
     if getattr(args, "use_gpu", None) is None and hasattr(args, "use_gpu"):
-        import torch
+        from mvector.utils.device import select_device
 
-        args.use_gpu = torch.cuda.is_available()
+        args.use_gpu = select_device(None).type == "cuda"
     return args, overrides
 
 

@@ -105,8 +105,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from mvector.data.rttm import read_rttm
     from mvector.errors import ConfigError
-    from mvector.evaluation.der import diarization_error, read_rttm
+    from mvector.evaluation.der import diarization_error
     from mvector.evaluation.timeline_plot import plot_timeline
     from mvector.inference.diarization import diarize_with_predictor
     from mvector.inference.predictor import MVectorPredictor, iter_audio_files

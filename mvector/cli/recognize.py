@@ -160,7 +160,8 @@ def _check_before_loading(parser: argparse.ArgumentParser, args: argparse.Namesp
 
         require_pyaudio()
     from mvector.inference.predictor import iter_audio_files
-    from mvector.inference.speaker_db import DB_FILENAME, validate_name
+    from mvector.inference.speaker_db import DB_FILENAME
+    from mvector.inference.speaker_names import validate_name
 
     files = []
     if args.register:
@@ -180,7 +181,7 @@ def _check_before_loading(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def _register(predictor, args, files, emit) -> None:
     from mvector.inference.enrolment import QualityConfig, enrol
-    from mvector.inference.speaker_db import validate_name
+    from mvector.inference.speaker_names import validate_name
 
     name = validate_name(args.register[0])
     before = predictor.db.num_utterances(name) if name in predictor.db else 0

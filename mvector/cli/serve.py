@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    from mvector.inference.predictor import resolve_model_dir
+    from mvector.build import resolve_model_dir
     from mvector.service.app import ServiceConfig, create_app
     from mvector.service.server import server_config
     from mvector.utils.threads import thread_plan

@@ -33,7 +33,13 @@ class Segment(NamedTuple):
     speaker: str
 
 
-def _check_segments(segments: Iterable[Segment | tuple], what: str) -> list[Segment]:
+def check_segments(segments: Iterable[Segment | tuple], what: str) -> list[Segment]:
+    """``(start, end, speaker)`` items as :class:`Segment`s; a ``ConfigError`` naming ``what`` and the index
+    otherwise.
+
+    >>> check_segments([(0, 1.5, "a")], "reference")
+    [Segment(start=0.0, end=1.5, speaker='a')]
+    """
     out = []
     for index, seg in enumerate(segments):
         try:
@@ -104,7 +110,7 @@ def format_rttm(file_id: str, segments: Iterable[Segment | tuple], channel: int 
     """
     file_token = _rttm_token(file_id, "file id")
     lines = []
-    for seg in _check_segments(segments, "RTTM"):
+    for seg in check_segments(segments, "RTTM"):
         lines.append(
             f"SPEAKER {file_token} {int(channel)} {seg.start:.3f} {seg.end - seg.start:.3f} <NA> <NA> "
             f"{_rttm_token(seg.speaker, 'speaker name')} <NA> <NA>\n"

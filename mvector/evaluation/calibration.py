@@ -123,9 +123,9 @@ def _check_prior(p: Any, what: str = "prior") -> float:
 
 def _scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """Finite float64 scores and boolean labels with both classes present, or a ValueError naming the problem."""
-    from mvector.evaluation.metrics import _check_scores_labels
+    from mvector.evaluation.metrics import check_scores_labels
 
-    return _check_scores_labels(scores, labels)
+    return check_scores_labels(scores, labels)
 
 
 def _as_vector(x: Any, name: str) -> np.ndarray:

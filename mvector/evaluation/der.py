@@ -37,19 +37,13 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
-from mvector.data.rttm import Segment, _check_segments, format_rttm, read_rttm, write_rttm
+from mvector.data.rttm import Segment, check_segments
 from mvector.errors import ConfigError
-from mvector.utils.files import atomic_write_text
 
 __all__ = [
-    "Segment",
     "DERResult",
     "diarization_error",
     "diarization_error_rate",
-    "read_rttm",
-    "format_rttm",
-    "write_rttm",
-    "atomic_write_text",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -156,8 +150,8 @@ def diarization_error(
     """
     if collar < 0 or not math.isfinite(collar):
         raise ConfigError(f"collar must be a finite number >= 0 seconds, got {collar!r}")
-    ref = _check_segments(reference, "reference")
-    hyp = _check_segments(hypothesis, "hypothesis")
+    ref = check_segments(reference, "reference")
+    hyp = check_segments(hypothesis, "hypothesis")
     if uem is None:
         times = [t for s in ref + hyp for t in (s.start, s.end)]
         regions = [(min(times), max(times))] if times else []

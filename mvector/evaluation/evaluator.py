@@ -28,18 +28,12 @@ from torch.utils.data import DataLoader
 
 from mvector.data.dataset import EvalDataset, collate_batch
 from mvector.data.lists import load_utterances
+from mvector.data.trials import generate_trials
 from mvector.embedding import embed_batches, length_batches
 from mvector.embedding.loop import min_samples_of
 from mvector.errors import DataListError
 from mvector.evaluation.metrics import all_pairs_metrics, evaluate_scores
-from mvector.evaluation.scoring import (
-    as_norm,
-    cosine_score_trials,
-    generate_trials,
-    read_trials,
-    save_det_plot,
-    save_score_histogram,
-)
+from mvector.evaluation.scoring import as_norm, cosine_score_trials, read_trials, save_det_plot, save_score_histogram
 from mvector.utils.threads import current_plan
 
 __all__ = ["Evaluator", "EvalSettings", "Embeddings", "trial_arrays"]

@@ -82,7 +82,12 @@ def _check_labels(labels: Any, n: int | None = None) -> np.ndarray:
     return y == 1
 
 
-def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+def check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``(scores float64, labels bool)`` arrays of one length; a clear ``ValueError`` otherwise.
+
+    >>> check_scores_labels([0.9, 0.1], [1, 0])
+    (array([0.9, 0.1]), array([ True, False]))
+    """
     s = _to_numpy(scores, "scores")
     if s.ndim != 1:
         if s.size == max(s.shape, default=0):  # (n, 1) or (1, n)
@@ -112,7 +117,7 @@ def _check_dcf_params(p_target: float, c_miss: float, c_fa: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the curve
-class _Curve:
+class ScoreCurve:
     """Operating points in ascending threshold order: ``miss[k]`` targets below ``thr[k]``, ``fa[k]``
     non-targets at or above it. The last point is reject-all (``thr = inf``)."""
 
@@ -130,7 +135,12 @@ class _Curve:
         return self.fa / self.n_n
 
 
-def _curve(s: np.ndarray, y: np.ndarray) -> _Curve:
+def score_curve(s: np.ndarray, y: np.ndarray) -> ScoreCurve:
+    """Every operating point of checked scores ``s`` and labels ``y`` (see :func:`check_scores_labels`).
+
+    >>> score_curve(np.array([0.9, 0.1, 0.5]), np.array([1, 0, 0])).thr.tolist()
+    [0.1, 0.5, 0.9, inf]
+    """
     values, inverse = np.unique(s, return_inverse=True)
     inverse = inverse.reshape(-1)
     tgt = np.bincount(inverse, weights=y, minlength=values.size).astype(np.int64)
@@ -140,10 +150,15 @@ def _curve(s: np.ndarray, y: np.ndarray) -> _Curve:
     miss = np.concatenate(([0], np.cumsum(tgt)))  # targets strictly below each threshold
     fa = n_n - np.concatenate(([0], np.cumsum(non)))  # non-targets at or above it
     thr = np.concatenate((values, [np.inf]))
-    return _Curve(thr, miss, fa, n_t, n_n)
+    return ScoreCurve(thr, miss, fa, n_t, n_n)
 
 
-def _eer_from_curve(c: _Curve) -> tuple[float, float, int]:
+def eer_from_curve(c: ScoreCurve) -> tuple[float, float, int]:
+    """``(eer, threshold, index)``: the EER interpolated at the FNR/FPR crossing of ``c``, and its nearest point.
+
+    >>> eer_from_curve(score_curve(np.array([0.9, 0.1, 0.5]), np.array([1, 0, 0])))
+    (0.0, 0.9, 2)
+    """
     # Sign of FNR - FPR in exact integer arithmetic: miss/n_t - fa/n_n  ~  miss*n_n - fa*n_t.
     diff = c.miss.astype(np.int64) * c.n_n - c.fa.astype(np.int64) * c.n_t
     k = int(np.argmax(diff >= 0))  # reject-all always has diff > 0
@@ -158,7 +173,7 @@ def _eer_from_curve(c: _Curve) -> tuple[float, float, int]:
     return min(max(eer, 0.0), 1.0), float(c.thr[best]), best
 
 
-def _dcf_from_curve(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float, int]:
+def _dcf_from_curve(c: ScoreCurve, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float, int]:
     norm = min(c_miss * p_target, c_fa * (1.0 - p_target))
     cost = (c_miss * p_target * c.fnr + c_fa * (1.0 - p_target) * c.fpr) / norm
     k = int(np.argmin(cost))
@@ -177,8 +192,8 @@ def compute_eer(scores: Any, labels: Any) -> tuple[float, float]:
     >>> compute_eer([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1])  # fully tied: nothing separates the classes
     (0.5, 0.5)
     """
-    s, y = _check_scores_labels(scores, labels)
-    eer, thr, _ = _eer_from_curve(_curve(s, y))
+    s, y = check_scores_labels(scores, labels)
+    eer, thr, _ = eer_from_curve(score_curve(s, y))
     return eer, thr
 
 
@@ -198,8 +213,8 @@ def compute_min_dcf(
     (0.5, 0.4)
     """
     _check_dcf_params(p_target, c_miss, c_fa)
-    s, y = _check_scores_labels(scores, labels)
-    dcf, thr, _ = _dcf_from_curve(_curve(s, y), float(p_target), float(c_miss), float(c_fa))
+    s, y = check_scores_labels(scores, labels)
+    dcf, thr, _ = _dcf_from_curve(score_curve(s, y), float(p_target), float(c_miss), float(c_fa))
     return dcf, thr
 
 
@@ -209,7 +224,7 @@ def rates_at_threshold(scores: Any, labels: Any, threshold: float) -> tuple[floa
     >>> rates_at_threshold([0.9, 0.4, 0.6, 0.2], [1, 1, 0, 0], 0.5)
     (0.5, 0.5)
     """
-    s, y = _check_scores_labels(scores, labels)
+    s, y = check_scores_labels(scores, labels)
     if threshold is None or math.isnan(float(threshold)):
         raise ValueError(f"threshold must be a number, got {threshold!r}")
     accept = s >= float(threshold)
@@ -225,13 +240,13 @@ def det_points(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.nda
     >>> fpr.tolist(), fnr.tolist(), thr.tolist()
     ([1.0, 0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5, 1.0], [0.2, 0.4, 0.6, 0.9, inf])
     """
-    s, y = _check_scores_labels(scores, labels)
-    c = _curve(s, y)
+    s, y = check_scores_labels(scores, labels)
+    c = score_curve(s, y)
     return c.fpr, c.fnr, c.thr
 
 
-def _metrics_dict(c: _Curve, p_targets: Sequence[float], c_miss: float, c_fa: float) -> dict[str, Any]:
-    eer, thr, k = _eer_from_curve(c)
+def _metrics_dict(c: ScoreCurve, p_targets: Sequence[float], c_miss: float, c_fa: float) -> dict[str, Any]:
+    eer, thr, k = eer_from_curve(c)
     out: dict[str, Any] = {
         "eer": eer,
         "threshold": thr,
@@ -278,8 +293,8 @@ def evaluate_scores(
     (0.5, 0.9)
     """
     p_targets = _check_p_targets(p_targets, c_miss, c_fa)
-    s, y = _check_scores_labels(scores, labels)
-    return _metrics_dict(_curve(s, y), p_targets, float(c_miss), float(c_fa))
+    s, y = check_scores_labels(scores, labels)
+    return _metrics_dict(score_curve(s, y), p_targets, float(c_miss), float(c_fa))
 
 
 # ------------------------------------------------------------------------------------------------ all pairs
@@ -540,7 +555,7 @@ def all_pairs_metrics(
     in_bin_ge = rc[:-1] - rc[first_above]
     fa = c_ge[pbins + 1] + np.where(refine[pbins], in_bin_ge, non_hist[pbins])
     thr = pts.to(torch.float64).numpy() / scale
-    curve = _Curve(
+    curve = ScoreCurve(
         np.concatenate((thr, [np.inf])),
         np.concatenate((miss, [n_t])).astype(np.int64),
         np.concatenate((fa, [0])).astype(np.int64),

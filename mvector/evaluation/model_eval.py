@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-import torch
-
 from mvector.build import merge_model_config, model_name
 from mvector.config import load_config
 from mvector.embedding.backends import Embedder, open_backend
 from mvector.errors import ConfigError
 from mvector.evaluation.evaluator import EvalSettings, Evaluator, default_num_workers
+from mvector.utils.device import select_device
 from mvector.utils.files import atomic_write_json
 
 __all__ = ["EvaluationRun", "evaluate_model_folder", "run_config"]
@@ -102,9 +101,7 @@ def evaluate_model_folder(
     gain ``fpr_ci95`` / ``tpr_ci95`` (Wilson intervals of the rates at the EER threshold), ``eer_ci95_trials``
     (the wider of the EER's Wilson intervals over targets and non-targets) and ``speakers``.
     """
-    if use_gpu and not torch.cuda.is_available():
-        raise ConfigError("use_gpu is set but no CUDA device is available; pass --use_gpu False")
-    device = torch.device("cuda" if use_gpu else "cpu")
+    device = select_device(use_gpu)
     embedder = open_backend(model_path, backend, device)
     conf, diffs = run_config(embedder.config, configs, overrides)
     notes = [f"using the model configuration stored in {embedder.folder} ({'; '.join(diffs)})"] if diffs else []

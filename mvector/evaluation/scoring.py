@@ -22,15 +22,12 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
-from mvector.data.trials import MAX_ALL_PAIRS as _MAX_ALL_PAIRS  # noqa: F401
-from mvector.data.trials import generate_trials
 from mvector.errors import DataListError
-from mvector.evaluation.metrics import _check_scores_labels, _curve, _eer_from_curve
+from mvector.evaluation.metrics import check_scores_labels, eer_from_curve, score_curve
 
 __all__ = [
     "read_trials",
     "cosine_score_trials",
-    "generate_trials",
     "as_norm",
     "save_det_plot",
     "save_score_histogram",
@@ -327,9 +324,9 @@ def save_det_plot(scores: Any, labels: Any, path: PathLike, title: str = "") -> 
     """
     from scipy.special import ndtri
 
-    s, y = _check_scores_labels(scores, labels)
-    c = _curve(s, y)
-    eer, _, _ = _eer_from_curve(c)
+    s, y = check_scores_labels(scores, labels)
+    c = score_curve(s, y)
+    eer, _, _ = eer_from_curve(c)
     fpr, fnr = c.fpr, c.fnr
     if fpr.size > 20000:  # a plot needs no more points than pixels
         keep = np.unique(np.linspace(0, fpr.size - 1, 20000).astype(np.int64))
@@ -368,7 +365,7 @@ def save_score_histogram(scores: Any, labels: Any, path: PathLike, threshold: fl
     >>> open(out, "rb").read(4)
     b'\\x89PNG'
     """
-    s, y = _check_scores_labels(scores, labels)
+    s, y = check_scores_labels(scores, labels)
     edges = np.linspace(s.min(), s.max() if s.max() > s.min() else s.min() + 1.0, 101)
     fig = _new_figure((6.5, 4.0))
     ax = fig.add_subplot(1, 1, 1)

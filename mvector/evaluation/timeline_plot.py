@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Sequence, Union
 
-from mvector.evaluation.der import Segment
+from mvector.data.rttm import Segment
 
 __all__ = ["plot_timeline"]
 

@@ -112,9 +112,9 @@ def trial_bootstrap_metrics(
     >>> sorted(ci), ci["eer"][0] < ci["eer"][1]
     (['eer', 'min_dcf'], True)
     """
-    from mvector.evaluation.metrics import _check_scores_labels, compute_eer, compute_min_dcf
+    from mvector.evaluation.metrics import check_scores_labels, compute_eer, compute_min_dcf
 
-    s, y = _check_scores_labels(scores, labels)
+    s, y = check_scores_labels(scores, labels)
     names = sorted(set(map(str, spk1)) | set(map(str, spk2)))
     index = {name: i for i, name in enumerate(names)}
     a = np.array([index[str(v)] for v in spk1])

@@ -27,7 +27,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from mvector.errors import ConfigError, unknown_name_error
 
@@ -388,6 +387,3 @@ def kaldi_window(kind: str, size: int) -> np.ndarray:
     return windows[kind]()
 
 
-def pad_to(x: Tensor, width: int) -> Tensor:
-    """Zero-pad the last axis of ``x`` to ``width`` (functional; used by the export path)."""
-    return F.pad(x, (0, width - x.shape[-1])) if width > x.shape[-1] else x

@@ -213,11 +213,6 @@ class Featurizer(nn.Module):
         """
         raise NotImplementedError
 
-    def compute_fast(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """The same features as :meth:`compute` from the eager fast path (buffers written in place, no host
-        synchronisation); returns a tensor the caller owns."""
-        values, scale, offset = self.fast_scaled(waveforms, lengths)
-        return values.mul_(scale).add_(offset) if (scale, offset) != (1.0, 0.0) else values
 
     def fast_scaled(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, float, float]:
         """``(values, scale, offset)`` with ``features = values · scale + offset`` (a fresh ``values``).

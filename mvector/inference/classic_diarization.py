@@ -396,7 +396,7 @@ class AudioBlocks:
             raise AudioError(f"{self.path}: cannot read audio ({err})") from err
 
 
-def _progress(total: float, desc: str, enabled: bool):
+def seconds_progress(total: float, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
@@ -404,7 +404,7 @@ def _progress(total: float, desc: str, enabled: bool):
     return tqdm(total=round(total, 1), desc=desc, unit="s", file=sys.stderr, leave=False)
 
 
-def _windows(
+def window_spans(
     speech: list[tuple[float, float]], total: int, rate: int, config: DiarizationConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Window sample spans ``[N, 2]`` and the speech region of each ``[N]``, sorted by start."""
@@ -499,7 +499,7 @@ class Diarizer:
             return [(float(a), float(b)) for a, b in regions], seen[0]
         analyzer = FrameAnalyzer(self.sample_rate, self.config.vad_conf)
         energies, flats, total = [], [], 0
-        bar = _progress(source.duration, "speech detection", progress)
+        bar = seconds_progress(source.duration, "speech detection", progress)
         for block in source.blocks():
             e, f = analyzer.feed(block)
             energies.append(e)
@@ -530,7 +530,7 @@ class Diarizer:
         buffer = np.zeros(0, dtype=np.float32)
         base = 0
         nxt = 0
-        bar = _progress(source.duration, "embedding", progress)
+        bar = seconds_progress(source.duration, "embedding", progress)
 
         def flush() -> None:
             nonlocal out
@@ -695,7 +695,7 @@ class Diarizer:
         source = AudioBlocks(audio, self.sample_rate, self.config.block_seconds, source_sample_rate=sample_rate)
         speech, total = self.detect_speech(source, progress)
         duration = total / self.sample_rate
-        spans, owner = _windows(speech, total, self.sample_rate, self.config)
+        spans, owner = window_spans(speech, total, self.sample_rate, self.config)
         if not len(spans):
             return DiarizationResult(turns=[], duration=duration, speech=speech, config=self.config)
         embeddings = self.embed_windows(source, spans, progress)

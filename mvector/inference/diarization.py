@@ -48,7 +48,7 @@ from mvector.inference.classic_diarization import (
     Diarizer,
     Embedder,
     PredictorEmbedder,
-    _windows,
+    window_spans,
 )
 from mvector.inference.segmentation import Segmenter, find_segmentation_model, speech_regions
 from mvector.inference.segmentation_diarization import SegmentationDiarizer
@@ -67,7 +67,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "PIPELINES",
     "VADS",
-    "_windows",
+    "window_spans",
 ]
 
 _LOADED: dict[tuple[str, float], Any] = {}

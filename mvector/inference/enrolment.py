@@ -57,7 +57,6 @@ __all__ = [
     "combine_embeddings",
     "ENROLMENT_RULES",
     "enrol",
-    "with_policy",
 ]
 
 #: The checks, in the order they are reported.
@@ -429,13 +428,6 @@ def check_enrolment(
     return report
 
 
-def with_policy(config: QualityConfig, policy: str | Mapping[str, str]) -> QualityConfig:
-    """A copy of ``config`` with another ``policy``.
-
-    >>> with_policy(QualityConfig(), "refuse").action("level")
-    'refuse'
-    """
-    return replace(config, policy=policy)
 
 
 def _raw_audio(audio: Any, sample_rate: int | None) -> tuple[np.ndarray, int]:
@@ -475,7 +467,7 @@ def enrol(
     """
     import warnings
 
-    from mvector.inference.speaker_db import validate_name
+    from mvector.inference.speaker_names import validate_name
 
     name = validate_name(name)
     items = list(audios) if isinstance(audios, (list, tuple)) and not _is_pair(audios) else [audios]

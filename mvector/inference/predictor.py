@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
-import torch
 
 from mvector.audio import AUDIO_EXTENSIONS, load_audio
-from mvector.build import config_differences, model_from_checkpoint, resolve_model_dir
+from mvector.build import config_differences, resolve_model_dir
 from mvector.config import DEFAULT_MODEL_PATH, load_config
 from mvector.embedding import embed_waveforms
 from mvector.embedding.backends import BACKENDS as _BACKEND_REGISTRY
@@ -57,15 +56,15 @@ from mvector.evaluation.gallery import (
     posterior_llr_bar,
 )
 from mvector.evaluation.openset import IdentificationResult, OpenSetAnswer, open_set_decision
-from mvector.inference.speaker_db import SpeakerDatabase, validate_name
+from mvector.inference.speaker_db import SpeakerDatabase
+from mvector.inference.speaker_names import validate_name
+from mvector.utils.device import select_device
 
 __all__ = [
     "MVectorPredictor",
     "AudioInput",
     "DEFAULT_THRESHOLD",
     "BACKENDS",
-    "model_from_checkpoint",  # re-exported from mvector.build
-    "resolve_model_dir",  # re-exported from mvector.build
     "iter_audio_files",
 ]
 
@@ -192,11 +191,7 @@ class MVectorPredictor:
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.model_path = resolve_model_dir(_catalogued_or_path(model_path))
-        if use_gpu is None:
-            use_gpu = torch.cuda.is_available()
-        if use_gpu and not torch.cuda.is_available():
-            raise ConfigError("use_gpu is set but no CUDA device is available; pass use_gpu=False (--no-use_gpu)")
-        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.device = select_device(use_gpu)
         self.embedder: Embedder = open_backend(self.model_path, backend, self.device)
         self.backend = self.embedder.name
         self.sample_rate = int(self.embedder.sample_rate)

@@ -158,16 +158,16 @@ def speech_regions(
         cover[0][offset : offset + real] += 1
         total_frames = max(total_frames, offset + real)
     speech = votes[0][:total_frames] * 2 > np.maximum(cover[0][:total_frames], 1)
-    return _runs_to_regions(speech, fs, segmenter.frame_duration, min_gap, min_speech)
+    return runs_to_regions(speech, fs, segmenter.frame_duration, min_gap, min_speech)
 
 
-def _runs_to_regions(
+def runs_to_regions(
     mask: np.ndarray, frame_step: float, frame_duration: float, min_gap: float, min_length: float
 ) -> list[tuple[float, float]]:
     """``(start, end)`` seconds of the runs of True in a frame mask, gaps < ``min_gap`` filled, runs < ``min_length``
     dropped. Frame ``i`` stands for ``frame_step`` seconds centred on its receptive field.
 
-    >>> _runs_to_regions(np.array([0, 1, 1, 0, 1, 0, 0, 0, 1], bool), 1.0, 1.0, 1.5, 0.5)
+    >>> runs_to_regions(np.array([0, 1, 1, 0, 1, 0, 0, 0, 1], bool), 1.0, 1.0, 1.5, 0.5)
     [(1.0, 5.0), (8.0, 9.0)]
     """
     if not mask.any():

@@ -44,10 +44,10 @@ from mvector.inference.classic_diarization import (
     DiarizationConfig,
     DiarizationResult,
     Diarizer,
-    _progress,
+    seconds_progress,
 )
 from mvector.inference.clustering import cluster_centroids, merge_similar_clusters, normalize_rows, relabel
-from mvector.inference.segmentation import Segmenter, _runs_to_regions
+from mvector.inference.segmentation import Segmenter, runs_to_regions
 
 #: Added to :data:`DEFAULT_THRESHOLD` (when ``threshold`` is not given) for clustering <= 3 s pieces: on generated
 #: conversations of 2-7 unseen voices and pyannote's real sample it counted speakers right more often than 0.5
@@ -195,7 +195,7 @@ class SegmentationDiarizer(Diarizer):
                 embeddings.append(emb)
                 waves.clear()
 
-        bar = _progress(source.duration, "segmentation", progress)
+        bar = seconds_progress(source.duration, "segmentation", progress)
         total = 0
 
         def advance(n: int) -> None:
@@ -328,8 +328,8 @@ class SegmentationDiarizer(Diarizer):
         active = reconstruct(scores, cover, counts)
         turns: list[Segment] = []
         for label in range(k):
-            for start, end in _runs_to_regions(active[:, label], seg.frame_step, seg.frame_duration,
+            for start, end in runs_to_regions(active[:, label], seg.frame_step, seg.frame_duration,
                                                c.min_gap, c.min_turn):
                 turns.append(Segment(start, min(end, duration), str(label)))
-        speech = _runs_to_regions(active.any(axis=1), seg.frame_step, seg.frame_duration, c.min_gap, c.min_turn)
+        speech = runs_to_regions(active.any(axis=1), seg.frame_step, seg.frame_duration, c.min_gap, c.min_turn)
         return turns, [(s, min(e, duration)) for s, e in speech]

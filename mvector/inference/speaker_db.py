@@ -68,12 +68,12 @@ import numpy as np
 from mvector.audio import load_audio
 from mvector.errors import AudioError, InvalidNameError, SpeakerDBError, SpeakerExistsError, UnknownSpeakerError
 from mvector.inference import idempotency
-from mvector.inference.idempotency import IdempotentWrite, Replayed, StoredAnswer  # noqa: F401 (re-exported)
+from mvector.inference.idempotency import IdempotentWrite, Replayed, StoredAnswer
 from mvector.inference.speaker_files import clean_leftovers, folder_name, make_folder, write_wav
-from mvector.inference.speaker_names import MAX_NAME_LENGTH, normalise_name, validate_name  # noqa: F401
+from mvector.inference.speaker_names import normalise_name, validate_name
 from mvector.utils.files import PRIVATE_FILE_MODE, private_mkdir
 
-__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "WRITE_MODES", "SpeakerDatabase", "validate_name"]
+__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "WRITE_MODES", "SpeakerDatabase"]
 
 DB_FILENAME = "speakers.sqlite"
 SAMPLE_RATE = 16000

@@ -39,10 +39,10 @@ from mvector.pretrained.catalogue import Catalogue, catalogue_entry
 from mvector.pretrained.importer import (
     MAX_CHECKPOINT_BYTES,
     ImportReport,
-    _check_target,
-    _flat_state,
     check_state_dict,
+    check_target_folder,
     checked_file,
+    flat_state,
     load_checked_state,
     pretrained_record,
     refuse_misfit,
@@ -162,7 +162,7 @@ def read_checkpoint_state(path: PathLike, max_bytes: int = MAX_CHECKPOINT_BYTES)
             f"{path}: not a readable PyTorch checkpoint (damaged, another format, or holding objects other than "
             "tensors and the few known pyannote task records, which safe loading refuses)"
         ) from err
-    return _flat_state(data, str(path))
+    return flat_state(data, str(path))
 
 
 def build_frame_model(entry: Mapping[str, Any]) -> torch.nn.Module:
@@ -209,7 +209,7 @@ def import_frame_model(
     refuse_misfit(model, state, where, str(entry["architecture"]), name)
     model.load_state_dict({k: state[k] for k in model.state_dict()}, strict=True)
     out = Path(output_dir).expanduser()
-    _check_target(out, overwrite)
+    check_target_folder(out, overwrite)
     config = {
         "kind": entry.get("kind", "segmentation"),
         "use_model": entry["architecture"],

@@ -85,7 +85,7 @@ def read_state_dict(path: PathLike, max_bytes: int = MAX_CHECKPOINT_BYTES) -> di
             f"{path}: not a readable PyTorch checkpoint (damaged, another format, or holding objects other than "
             "tensors, which safe loading refuses)"
         ) from err
-    return _flat_state(data, str(path))
+    return flat_state(data, str(path))
 
 
 def checked_file(path: PathLike, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Path:
@@ -116,7 +116,7 @@ def load_checked_state(
     ``check_hash``."""
     name = entry.get("name", "?")
     if isinstance(checkpoint, Mapping):
-        return _flat_state(checkpoint, "<state dict>"), "<state dict>", None
+        return flat_state(checkpoint, "<state dict>"), "<state dict>", None
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{checkpoint}: no such checkpoint file")
     sha = file_sha256(checkpoint)
@@ -155,7 +155,7 @@ def pretrained_record(
     }
 
 
-def _flat_state(data: Any, where: str) -> dict[str, torch.Tensor]:
+def flat_state(data: Any, where: str) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping) and len(data) <= 8:
             data = data[key]
@@ -261,7 +261,7 @@ def import_checkpoint(
     conf = pretrained_config(entry)
     model.load_state_dict({k: state[k] for k in model.state_dict()}, strict=True)
     out = Path(output_dir).expanduser()
-    _check_target(out, overwrite)
+    check_target_folder(out, overwrite)
     own = model.state_dict()
     extra = {"pretrained": pretrained_record(entry, name, checkpoint, sha, len(own))}
     folder = save_checkpoint(
@@ -296,7 +296,7 @@ def write_default_calibration(folder: Path, entry: Mapping[str, Any]) -> str | N
     ).rstrip("; ")
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_target_folder(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):

@@ -701,7 +701,7 @@ def create_app(
         return await asyncio.wrap_future(worker.submit(fn))
 
     def checked_name(name: Any, field_name: str = "name") -> str:
-        from mvector.inference.speaker_db import validate_name
+        from mvector.inference.speaker_names import validate_name
 
         if name is None:
             message = f"field {field_name!r} (the speaker's name) is required"

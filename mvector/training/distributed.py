@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-from mvector.errors import ConfigError
+from mvector.utils.device import select_device
 
 __all__ = ["DistContext"]
 
@@ -57,21 +57,15 @@ class DistContext:
         >>> DistContext.from_env(use_gpu=True, env={}) if not torch.cuda.is_available() else None
         Traceback (most recent call last):
         ...
-        mvector.errors.ConfigError: use_gpu is set but no CUDA device is available; pass --use_gpu False ...
+        mvector.errors.ConfigError: use_gpu is set but no CUDA device is available; run on the CPU with ...
         """
         env = os.environ if env is None else env
         world_size = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", "0"))
         local_rank = int(env.get("LOCAL_RANK", "0"))
-        if use_gpu:
-            if not torch.cuda.is_available():
-                raise ConfigError(
-                    "use_gpu is set but no CUDA device is available; pass --use_gpu False to run on the CPU"
-                )
+        device = select_device(bool(use_gpu), local_rank)
+        if device.type == "cuda":
             torch.cuda.set_device(local_rank)
-            device = torch.device("cuda", local_rank)
-        else:
-            device = torch.device("cpu")
         if world_size > 1 and not dist.is_initialized():
             dist.init_process_group(
                 backend="nccl" if device.type == "cuda" else "gloo",
