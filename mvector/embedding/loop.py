@@ -228,12 +228,11 @@ def embed_waveforms(
     embedder: Callable[..., Any],
     waves: Sequence[np.ndarray],
     batch_size: int = 32,
-    device: torch.device | str | None = None,
     names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Embed 1-D waveforms, batched by length, returning float32 ``[N, D]`` in the input order.
 
-    ``device`` is accepted for compatibility; a torch module runs on the device of its parameters. A waveform
+    A torch module runs on the device of its parameters. A waveform
     shorter than one analysis window is an :class:`~mvector.errors.AudioError` naming its index in ``waves`` (and
     ``names[index]`` when given), checked before anything runs.
     """
