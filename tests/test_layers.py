@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mvector"
 
 #: Top to bottom. A module may import from its own layer and from layers below it, never from one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("compat", ("mvector.training.trainer", "mvector.predict")),  # the original project's public paths, re-exports only
+    ("compat", ("mvector.trainer", "mvector.predict")),  # the original project's public paths (re-exports)
     ("cli", ("mvector.cli", "mvector.__main__")),
     ("service", ("mvector.service",)),
     ("demo", ("mvector.demo",)),
