@@ -258,7 +258,14 @@ class Evaluator:
         return [str(det), str(hist)]
 
 
-def default_num_workers(device: torch.device) -> int:
-    """Loader workers: none on CPU (they compete with the model for the cores), on CUDA up to 4 of the usable CPUs
-    (the thread policy, :meth:`mvector.utils.threads.ThreadPlan.loader_workers`)."""
+def default_num_workers(device: torch.device, configured: int | None = None, cap: int | None = None) -> int:
+    """Data-loading workers: the configured number (at most ``cap``), or by default the thread policy's (none on
+    CPU, where they compete with the model for the cores; on CUDA up to 4 of the usable CPUs,
+    :meth:`mvector.utils.threads.ThreadPlan.loader_workers`). The one rule for training and evaluation loaders.
+
+    >>> default_num_workers(torch.device("cpu")), default_num_workers(torch.device("cpu"), 8, cap=4)
+    (0, 4)
+    """
+    if configured is not None:
+        return int(configured) if cap is None else min(int(configured), int(cap))
     return current_plan().loader_workers(device)

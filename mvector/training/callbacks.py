@@ -128,9 +128,7 @@ class EvaluationCallback(Callback):
             return
         conf = trainer.configs
         ds = conf["dataset_conf"]
-        workers = default_num_workers(trainer.ctx.device)
-        if ds["num_workers"] is not None:
-            workers = min(int(ds["num_workers"]), 4)
+        workers = default_num_workers(trainer.ctx.device, ds["num_workers"], cap=4)
         model = trainer.embedding_model.eval()
         evaluator = Evaluator(model, EvalSettings.from_dataset_conf(ds, workers), self.progress, trainer.log)
         metrics = evaluator.evaluate(

@@ -52,7 +52,7 @@ from mvector.training.callbacks import Callback, CheckpointCallback, ConsoleLogg
 from mvector.training.distributed import DistContext
 from mvector.utils.seeding import seed_everything
 
-__all__ = ["MVectorTrainer", "SpeakerModel", "StepInfo", "TrainingDiverged", "RESUME_KEYS", "resolve_num_workers"]
+__all__ = ["MVectorTrainer", "SpeakerModel", "StepInfo", "TrainingDiverged", "RESUME_KEYS"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -109,16 +109,6 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
-
-
-def resolve_num_workers(configured: int | None, device: torch.device) -> int:
-    """Data-loading workers to use: the configured number, or by default 0 on CPU and min(4, usable CPUs) on CUDA
-    (the thread policy of :mod:`mvector.utils.threads`).
-
-    >>> resolve_num_workers(None, torch.device("cpu")), resolve_num_workers(3, torch.device("cpu"))
-    (0, 3)
-    """
-    return int(configured) if configured is not None else default_num_workers(device)
 
 
 @dataclass
@@ -279,7 +269,7 @@ class MVectorTrainer:
         else:
             generator = torch.Generator()
             generator.manual_seed(seed)
-        workers = resolve_num_workers(ds["num_workers"], ctx.device)
+        workers = default_num_workers(ctx.device, ds["num_workers"])
         batch_size = int(ds["batch_size"])
         per_rank = len(self.dataset) // ctx.world_size
         if 2 <= per_rank < batch_size:
