@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", default="demo_output")
     parser.add_argument("--max_epoch", type=int, default=20, help="training epochs (20: about 45 s on 2 cores)")
-    parser.add_argument("--use_gpu", action="store_true")
+    parser.add_argument("--use_gpu", action=argparse.BooleanOptionalAction, default=False, help="train on CUDA")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (None: the usable CPUs not busy)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
