@@ -5,10 +5,10 @@
 embeddings ``[batch, embd_dim]``; no feature code is needed where the model is used.
 
 - :func:`export_torchscript` traces the model (on the CPU) and checks the trace against the eager model on
-  other batch sizes and lengths than the example; :func:`load_torchscript` loads it back.
+  other batch sizes and lengths than the example; :func:`~mvector.embedding.backends.load_torchscript` loads it back.
 - :func:`export_onnx` writes an ONNX graph with dynamic batch and length axes (TorchScript-based exporter,
   ``dynamo=False``), stores ``sample_rate`` and ``embd_dim`` in its metadata, and by default checks it with
-  ONNX Runtime against PyTorch; :class:`OnnxEmbedder` runs it with numpy in and out.
+  ONNX Runtime against PyTorch; :class:`~mvector.embedding.backends.OnnxEmbedder` runs it with numpy in and out.
 
 ONNX needs the optional packages ``onnx`` and ``onnxruntime``: ``pip install "mvector[export]"``.
 
@@ -120,6 +120,7 @@ def export_torchscript(model: EmbeddingModel, path: PathLike, example_seconds: f
     >>> import tempfile, os
     >>> model = EmbeddingModel(_DemoFeaturizer(), _DemoBackbone())
     >>> path = export_torchscript(model, os.path.join(tempfile.mkdtemp(), "model.pt"), example_seconds=0.5)
+    >>> from mvector.embedding.backends import load_torchscript
     >>> ts = load_torchscript(path)
     >>> w, n = torch.randn(3, 5000), torch.tensor([5000, 4000, 3000])
     >>> bool(torch.allclose(ts(w, n), model.eval()(w, n), atol=1e-5))

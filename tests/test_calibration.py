@@ -285,8 +285,9 @@ def test_cli_calibrate_writes_a_fingerprinted_calibration(tiny_setup, tmp_path: 
     assert main([*args, "--rule", "far", "--target", "0.2"]) == 2
     err = capsys.readouterr().err
     assert "3 speakers (at least 10 needed)" in err and "--force" in err and not out.exists()
-    # ... unless forced
-    assert main([*args, "--rule", "far", "--target", "0.2", "--save_image_path", str(tmp_path), "--force"]) == 0
+    # ... unless forced (the names mvector eval uses; --rule / --target above are their aliases)
+    assert main([*args, "--calibration_rule", "far", "--calibration_target", "0.2", "--force",
+                 "--save_image_path", str(tmp_path)]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["note"].startswith("stored anyway (--force)") and len(line["eer_ci95"]) == 2
     for key in ("cllr", "min_cllr", "act_dcf", "min_dcf", "eer", "cllr_cv"):
@@ -300,7 +301,7 @@ def test_cli_calibrate_writes_a_fingerprinted_calibration(tiny_setup, tmp_path: 
     assert main(["--model_path", str(model), "--trials", str(tmp_path / "missing.txt")]) == 2
     assert "error:" in capsys.readouterr().err
     assert main([*args, "--rule", "far"]) == 2  # far without a target
-    assert "--target" in capsys.readouterr().err
+    assert "--calibration_target" in capsys.readouterr().err
 
 
 def test_calibration_travels_with_an_export(tiny_setup, tmp_path: Path) -> None:

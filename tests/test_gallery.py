@@ -221,7 +221,7 @@ def test_no_threshold_warning_when_the_thresholds_are_given(tiny_model, tmp_path
 
     for stored in ("result.json", "calibration.json", "meta.json"):
         (tiny_model / stored).unlink(missing_ok=True)  # a folder that sets no threshold
-    with pytest.warns(UserWarning, match=r"mvector calibrate --model_path .*eval\.py --resume_model .*--set_threshold"):
+    with pytest.warns(UserWarning, match=r"mvector calibrate --model_path .*mvector eval --model_path .*--set_thr"):
         MVectorPredictor(tiny_model, use_gpu=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

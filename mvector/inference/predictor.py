@@ -2,7 +2,7 @@
 
 The predictor reads everything it needs from the model folder: the weights, the configuration they were trained
 with (feature method, model, sizes), the score calibration (``calibration.json``, written by ``mvector calibrate``
-or ``eval.py --calibrate``: scores become log-likelihood ratios and probabilities) and the decision threshold with
+or ``mvector eval --calibrate``: scores become log-likelihood ratios and probabilities) and the decision threshold with
 where it came from (the calibration's operating point, else ``result.json``). It loads a
 trainer checkpoint folder (``models/EcapaTdnn_MelSpectrogram/best_model``) or a folder written by ``export_model.py``
 (TorchScript ``model.ts`` and/or ONNX ``model.onnx`` with ``config.yml`` and ``meta.json``).
@@ -119,8 +119,8 @@ def default_threshold_warning(model_path: PathLike) -> str:
     return (
         f"{model_path} holds no calibration (calibration.json) and no evaluation threshold (result.json): using "
         f"{DEFAULT_THRESHOLD}, which means nothing for this model. Fix it with: mvector calibrate --model_path "
-        f"{model_path} --trials PAIRS.txt --rule far --target 0.01 (labelled pairs of your own speakers), or "
-        f"mvector eval --resume_model {model_path} --set_threshold; or pass a threshold"
+        f"{model_path} --trials PAIRS.txt --calibration_rule far --calibration_target 0.01 (labelled pairs of your "
+        f"own speakers), or mvector eval --model_path {model_path} --set_threshold; or pass a threshold"
     )
 
 
