@@ -94,6 +94,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_ends_train_with_one_error_line_and_exit_2(case, tmp_path):
     make_args, words = CASES[case]

@@ -55,6 +55,7 @@ def test_real_run_without_cuda_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_figure_as_json(tmp_path: Path) -> None:
     cmd = [sys.executable, str(PY_SCRIPT), "--out", str(tmp_path), "--smoke", "--skip", "tests", "trainer", "models"]
     proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)

@@ -65,6 +65,7 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "model": tiny_checkpoint(root / "models"), **files}
 
 
+@pytest.mark.slow
 def test_contrast_json_and_text(setup):
     root, model, a, b = setup["root"], setup["model"], setup["a"], setup["b"]
     (rc1, out1, err1), (rc2, out2, err2) = run_all(
@@ -82,6 +83,7 @@ def test_contrast_json_and_text(setup):
     assert "score 1.00000 -> the same speaker (threshold 0.25000)" in out2
 
 
+@pytest.mark.slow
 def test_register_concurrently_then_recognize_list_remove(setup, tmp_path):
     model, a, b = setup["model"], setup["a"], setup["b"]
     common = ("--model_path", model, "--audio_db_path", tmp_path / "audio_db", "--json")
@@ -124,6 +126,7 @@ def test_register_concurrently_then_recognize_list_remove(setup, tmp_path):
         assert p.speakers() == ["bob"] and p.db.num_utterances("bob") == 2
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_with_status_2(setup, tmp_path):
     model, a = setup["model"], setup["a"]
     db = ("--model_path", model, "--audio_db_path", tmp_path / "empty_db")
@@ -149,6 +152,7 @@ def test_errors_are_one_line_with_status_2(setup, tmp_path):
     assert not (tmp_path / "evil").exists() and not (tmp_path / "empty_db").exists()
 
 
+@pytest.mark.slow
 def test_export_script_and_predicting_from_the_export(setup, tmp_path):
     model, a, b = setup["model"], setup["a"], setup["b"]
     out_dir = tmp_path / "exported"

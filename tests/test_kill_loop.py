@@ -31,6 +31,7 @@ needs_sigkill = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_sigkill
 def test_twelve_save_time_kills_keep_best_model_the_best_and_leave_nothing_behind(tmp_path):
     report = kill_loop.run_series(tmp_path)

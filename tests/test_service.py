@@ -298,6 +298,7 @@ def test_keys_created_and_revoked_by_the_cli_work_at_once(served):
     assert dave["status"] == 201 and dave["key_name"] == "made by api" and dave["client"] == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_the_database_written_by_the_service_is_read_by_infer_recognition(served, model_dir):
     server, keys, client = served
     w = bearer(keys["write"])
@@ -431,6 +432,7 @@ def test_cors_is_off_unless_configured(model_dir, tmp_path):
             assert ("access-control-allow-origin" in httpx.get(url + "/health", headers=origin).headers) is allowed
 
 
+@pytest.mark.slow
 def test_serve_cli_errors(model_dir, tmp_path):
     env_code = "import sys; sys.modules['fastapi'] = None; from mvector.cli.serve import main; sys.exit(main())"
     out = subprocess.run([sys.executable, "-c", env_code, "--model_path", str(model_dir)], capture_output=True,

@@ -138,6 +138,7 @@ def _click(dt: DevTools, element_id: str) -> None:
     dt.js(f"document.getElementById('result').dataset.action = ''; document.getElementById('{element_id}').click()")
 
 
+@pytest.mark.slow
 def test_page_records_enrols_verifies_and_identifies(tmp_path):
     voice = make_voices(2, seed=3)
     rng = np.random.default_rng(0)

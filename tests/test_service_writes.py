@@ -96,6 +96,7 @@ def test_look_alike_names_are_one_name_over_http(served):
     assert [n for n in names(client, keys) if "lice" in n] == ["alice"]
 
 
+@pytest.mark.slow
 def test_the_cli_applies_the_same_name_rule(served, model_dir, tmp_path):
     server, keys, client = served
     wav = tmp_path / "a.wav"

@@ -380,6 +380,7 @@ def audit_folder(folder: Path, acked: set[str], removing: set[str], removed: set
     assert not [p for p in folder.iterdir() if p.is_dir() and not any(p.iterdir())], "an empty folder was left"
 
 
+@pytest.mark.slow
 def test_kill_loop_while_enrolling_with_kept_audio(tmp_path: Path) -> None:
     folder = tmp_path / "db"
     seen: dict[str, set[str]] = {"ack": set(), "removing": set(), "removed": set()}

@@ -68,6 +68,7 @@ def _cli(args, cwd, env_extra=None, timeout=600):
     return proc
 
 
+@pytest.mark.slow
 def test_train_and_eval_scripts_end_to_end(corpus, tmp_path):
     flags = [f"--{k}={v}" for k, v in _overrides(corpus).items()]
     save = tmp_path / "models"
@@ -137,6 +138,7 @@ def test_resume_refuses_other_model_config(corpus, tmp_path):
         other.train(save_model_path=tmp_path / "x", resume_model=tmp_path / "EcapaTdnn_MelSpectrogram" / "last_model")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(corpus, tmp_path):
     flags = [f"--{k}={v}" for k, v in _overrides(corpus, **{"train_conf.max_epoch": 1}).items()]
     proc = _cli(
