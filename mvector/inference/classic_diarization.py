@@ -397,6 +397,11 @@ class AudioBlocks:
 
 
 def seconds_progress(total: float, desc: str, enabled: bool):
+    """A tqdm bar on stderr counting ``total`` seconds of audio, or None when not ``enabled``.
+
+    >>> seconds_progress(12.0, "embedding", enabled=False) is None
+    True
+    """
     if not enabled:
         return None
     from tqdm import tqdm
@@ -407,7 +412,12 @@ def seconds_progress(total: float, desc: str, enabled: bool):
 def window_spans(
     speech: list[tuple[float, float]], total: int, rate: int, config: DiarizationConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Window sample spans ``[N, 2]`` and the speech region of each ``[N]``, sorted by start."""
+    """Window sample spans ``[N, 2]`` and the speech region of each ``[N]``, sorted by start.
+
+    >>> spans, owner = window_spans([(0.0, 3.0)], 48000, 16000, DiarizationConfig(window=1.5, hop=0.75))
+    >>> spans.tolist()[:2], owner.tolist()[:2]
+    ([[0, 24000], [12000, 36000]], [0, 0])
+    """
     win, hop, short = (int(round(x * rate)) for x in (config.window, config.hop, config.min_window))
     spans, owner = [], []
     for region, (start_s, end_s) in enumerate(speech):

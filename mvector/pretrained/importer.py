@@ -156,6 +156,12 @@ def pretrained_record(
 
 
 def flat_state(data: Any, where: str) -> dict[str, torch.Tensor]:
+    """The tensor mapping of a loaded checkpoint (unwrapping ``state_dict`` / ``model``); a ``CheckpointError``
+    naming ``where`` when there is none.
+
+    >>> list(flat_state({"state_dict": {"w": torch.zeros(1)}}, "ckpt.pt"))
+    ['w']
+    """
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping) and len(data) <= 8:
             data = data[key]
@@ -297,6 +303,13 @@ def write_default_calibration(folder: Path, entry: Mapping[str, Any]) -> str | N
 
 
 def check_target_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to write a model folder over a file, a folder that is not an mvector model, or (without
+    ``overwrite``) an existing model folder; a missing or empty folder is fine.
+
+    >>> import tempfile
+    >>> check_target_folder(Path(tempfile.mkdtemp()) / "new", overwrite=False) is None
+    True
+    """
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
