@@ -478,11 +478,13 @@ def run_recipe(
     tmp: Path,
     channels: int = 0,
     seed: int | None = None,
+    keep_models: Path | None = None,
 ) -> dict:
     """Train ``recipe`` on ``corpus/train_list.txt`` for ``epochs`` and score ``corpus/dev_trials.txt``.
 
     ``channels`` > 0 replaces the recipe's ``model_conf.channels`` (a cheaper proxy of the same recipe);
-    ``seed`` replaces its ``train_conf.seed`` (initialisation, data order, augmentation draws).
+    ``seed`` replaces its ``train_conf.seed`` (initialisation, data order, augmentation draws);
+    ``keep_models`` keeps the model folder (with the last 3 epochs' checkpoints) as ``keep_models/<name>``.
     """
     conf = recipe_config(recipe)
     overrides: dict[str, Any] = {"model_conf.channels": channels} if channels else {}
@@ -496,14 +498,15 @@ def run_recipe(
         "train_conf.eval_interval": eval_every,
         "train_conf.log_backend": "none",
         "train_conf.log_interval": 1000,
-        "train_conf.keep_last_epochs": 1,
+        "train_conf.keep_last_epochs": 3 if keep_models else 1,
         "train_conf.log_dir": str(tmp / name / "log"),
     }
+    models = (keep_models / name) if keep_models else (tmp / name / "models")
     aug = recipe_augmentation(recipe)
     trainer = TimedTrainer(conf, use_gpu=False, overrides=overrides, augment_conf_path=aug or None)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        result = trainer.train(save_model_path=str(tmp / name / "models"))
+        result = trainer.train(save_model_path=str(models), overwrite=keep_models is not None)
     call_s = time.perf_counter() - t0
     shutil.rmtree(tmp / name, ignore_errors=True)
     evaluated = [r for r in trainer.history if "eer" in r]
@@ -573,7 +576,8 @@ def corpus_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                 rows[name] = {"description": "MFCC mean+std, untrained (best of 20 / 40 MFCC)", **best, **mfcc}
             else:
                 rows[name] = run_recipe(
-                    name, RECIPES[name], corpus, epochs, args.eval_every, tmp, args.channels, args.seed
+                    name, RECIPES[name], corpus, epochs, args.eval_every, tmp, args.channels, args.seed,
+                    Path(args.keep_models) if args.keep_models else None,
                 )
             rows[name]["wall_s"] = round(time.perf_counter() - t0, 1)
             print(f"{name}: EER {rows[name]['eer']:.4f} in {rows[name]['wall_s']} s", file=sys.stderr, flush=True)
@@ -633,6 +637,10 @@ def main() -> None:
         metavar="ROUNDS",
         help="with --corpus: only time a training step of each recipe's model (ROUNDS interleaved rounds, no "
         "training run) and report ratios to the first recipe",
+    )
+    parser.add_argument(
+        "--keep-models", default=None, metavar="DIR",
+        help="with --corpus: keep each recipe's model folder as DIR/<recipe>/<Model>_<Feature> (last 3 epochs)",
     )
     parser.add_argument("--step-batch", type=int, default=16, help="batch size of the --step-times steps")
     parser.add_argument("--list-recipes", action="store_true", help="print the recipe names and exit")

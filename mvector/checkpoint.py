@@ -231,13 +231,14 @@ def save_checkpoint(
     best_eer: float | None,
     extra: Mapping[str, Any] | None = None,
     result: Mapping[str, Any] | None = None,
+    side_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (old complete or new complete, never half) and return its path.
 
     The states must hold only tensors and plain Python values (what ``torch.load(weights_only=True)`` reads
     back). ``config`` is stored as ``config.yml``; ``extra`` (JSON-able) goes into ``state.json``; ``result``
     (the metrics of these weights, when evaluated) becomes ``result.json``, written before the swap so that the
-    folder never appears without it.
+    folder never appears without it; ``side_files`` (name -> bytes, e.g. ``score_norm.npz``) likewise.
 
     >>> import tempfile, pathlib, torch
     >>> d = pathlib.Path(tempfile.mkdtemp()) / "best_model"
@@ -292,6 +293,10 @@ def save_checkpoint(
     if result is not None:
         result_text = dumps_json(dict(result), indent=2) + "\n"
         _write_file(tmp / "result.json", lambda fh: fh.write(result_text.encode("utf-8")))
+    for name, data in (side_files or {}).items():
+        if Path(name).name != name or name.startswith("."):
+            raise CheckpointError(f"side file {name!r}: a plain file name is needed")
+        _write_file(tmp / name, lambda fh, d=data: fh.write(d))
     _swap_in(tmp, directory)
     return directory
 

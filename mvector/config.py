@@ -124,6 +124,15 @@ SCHEMA: dict[str, Any] = {
         "dist_timeout_minutes": Key(30.0, float, "how long ranks wait for each other before failing (torchrun)"),
         "gpu_augment": Key("auto", (bool, str), "waveform augmentation as batched ops on the device: auto (on CUDA)"),
     },
+    "score_norm_conf": {
+        "cohort": Key(
+            "none", str, "speakers: AS-norm against one cohort row per training speaker, stored with the model "
+            "(score_norm.npz) and used by evaluation, the predictor and the service; none: plain cosine"
+        ),
+        "top_k": Key(20, int, "AS-norm: how many of the best cohort scores of each side are used"),
+        "centre": Key(False, bool, "subtract the training embeddings' mean before scoring"),
+        "max_per_speaker": Key(8, int, "training utterances per speaker embedded for the cohort at each evaluation"),
+    },
 }
 
 #: Largest backbone a configuration may describe (parameters; 4 GB in float32 before optimiser state).
@@ -160,6 +169,7 @@ _SECTION_ORDER = (
     "loss_conf",
     "optimizer_conf",
     "train_conf",
+    "score_norm_conf",
     "augment_conf",
 )
 

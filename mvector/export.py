@@ -254,7 +254,7 @@ def _onnx_export(*args: Any, **kwargs: Any) -> None:
 # ---------------------------------------------------------------------------------------------- model folders
 
 #: Files of a model folder that travel with it into an export when present: its calibration and operating point.
-CARRIED_FILES = ("calibration.json",)
+CARRIED_FILES = ("calibration.json", "score_norm.npz")
 
 #: Formats :func:`export_checkpoint` writes, and the file each one becomes in the output folder.
 EXPORT_FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}

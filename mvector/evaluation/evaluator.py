@@ -33,6 +33,7 @@ from mvector.embedding import embed_batches, length_batches
 from mvector.embedding.loop import min_samples_of
 from mvector.errors import DataListError
 from mvector.evaluation.metrics import all_pairs_metrics, evaluate_scores
+from mvector.evaluation.score_norm import ScoreNorm
 from mvector.evaluation.scoring import as_norm, cosine_score_trials, read_trials, save_det_plot, save_score_histogram
 from mvector.utils.threads import current_plan
 
@@ -180,6 +181,7 @@ class Evaluator:
         save_image_path: PathLike | None = None,
         title: str = "",
         keep_scores: bool = False,
+        score_norm: ScoreNorm | None = None,
     ) -> dict[str, Any]:
         """Metrics of the embedder on ``trials_list``, or on pairs of ``test_list`` utterances.
 
@@ -188,9 +190,11 @@ class Evaluator:
         (P_target 0.01), ``min_dcf_0.05``, ``threshold`` (the EER threshold), ``tpr``/``fpr`` there,
         ``num_trials``; ``save_image_path`` adds a DET plot and a score histogram (``images``). With
         ``keep_scores`` the trial scores and labels stay in ``last_scores`` (for all pairs: a sample of up to
-        200,000 pairs), e.g. to fit a calibration.
+        200,000 pairs), e.g. to fit a calibration. ``score_norm`` (a model's stored :class:`~mvector.evaluation.
+        score_norm.ScoreNorm`) scores every trial with it instead of plain cosine (``cohort_list`` wins over it).
         """
         self.last_scores = None
+        self._score_norm = None if cohort_list else score_norm
         if trials_list:
             scores, labels, metrics, bad = self._trial_list_scores(trials_list, trials_root, cohort_list, asnorm_top_k)
         elif test_list:
@@ -230,7 +234,7 @@ class Evaluator:
         emb = self.embed_paths([u.path for u in utts])
         vectors = emb.vectors[emb.ok]
         speaker = np.array([u.label for u in utts], dtype=np.int64)[emb.ok]
-        if num_eval_trials or cohort_list:
+        if num_eval_trials or cohort_list or self._score_norm is not None:
             labels, pairs = trial_arrays(generate_trials(speaker.tolist(), num_eval_trials, seed=0))
             scores = self._normalised(cosine_score_trials(vectors, pairs), vectors, pairs, cohort_list, top_k)
             return scores, labels, evaluate_scores(scores, labels), emb.unreadable
@@ -242,6 +246,8 @@ class Evaluator:
         return scores, labels, metrics, emb.unreadable
 
     def _normalised(self, scores, vectors, pairs, cohort_list, top_k):
+        if getattr(self, "_score_norm", None) is not None:
+            return self._score_norm.score_pairs(vectors, pairs)
         if not cohort_list:
             return scores
         cohort_utts = load_utterances(cohort_list)

@@ -27,6 +27,7 @@ from mvector.config import load_config
 from mvector.embedding.backends import Embedder, open_backend
 from mvector.errors import ConfigError
 from mvector.evaluation.evaluator import EvalSettings, Evaluator, default_num_workers
+from mvector.evaluation.score_norm import ScoreNorm
 from mvector.utils.device import select_device
 from mvector.utils.files import atomic_write_json
 
@@ -81,6 +82,7 @@ def evaluate_model_folder(
     open_set_repeats: int = 10,
     margin: float = 0.0,
     force: bool = False,
+    use_score_norm: bool = True,
 ) -> EvaluationRun:
     """Evaluate ``model_path``; see the module docstring. ``output`` overrides where the metrics JSON goes.
 
@@ -100,6 +102,9 @@ def evaluate_model_folder(
     :data:`~mvector.evaluation.uncertainty.MIN_NONTARGET_TRIALS` non-target trials, unless ``force``. The metrics
     gain ``fpr_ci95`` / ``tpr_ci95`` (Wilson intervals of the rates at the EER threshold), ``eer_ci95_trials``
     (the wider of the EER's Wilson intervals over targets and non-targets) and ``speakers``.
+    A model folder holding a score normalisation (``score_norm.npz``, written by training with
+    ``score_norm_conf.cohort: speakers``) is scored with it unless ``cohort_list`` is given or ``use_score_norm``
+    is false; the metrics then say ``score_type: as_norm_model``, the scale the predictor also scores on.
     """
     device = select_device(use_gpu)
     embedder = open_backend(model_path, backend, device)
@@ -107,10 +112,13 @@ def evaluate_model_folder(
     notes = [f"using the model configuration stored in {embedder.folder} ({'; '.join(diffs)})"] if diffs else []
     ds = conf["dataset_conf"]
     evaluator = Evaluator(embedder, EvalSettings.from_dataset_conf(ds, default_num_workers(device)), progress)
+    stored_norm = ScoreNorm.load(embedder.folder, embedder.embd_dim) if use_score_norm and not cohort_list else None
     metrics = evaluator.evaluate(
         ds["test_list"], ds["trials_list"], ds["trials_root"], ds["num_eval_trials"], cohort_list, asnorm_top_k,
-        save_image_path, title=model_name(conf), keep_scores=calibrate,
+        save_image_path, title=model_name(conf), keep_scores=calibrate, score_norm=stored_norm,
     )
+    score_type = "as_norm" if cohort_list else ("as_norm_model" if stored_norm is not None else "cosine")
+    metrics["score_type"] = score_type
     source = ds["trials_list"] or ds["test_list"]
     metrics["evaluated_on"] = str(source)
     _add_uncertainty(metrics, ds)
@@ -124,7 +132,7 @@ def evaluate_model_folder(
     if calibrate:
         metrics.update(
             _calibrate(
-                evaluator, embedder, str(source), cohort_list, calibration_rule, calibration_target,
+                evaluator, embedder, str(source), score_type, calibration_rule, calibration_target,
                 calibration_prior, p_target, save_image_path,
             )
         )  # fmt: skip
@@ -166,7 +174,7 @@ def _calibrate(
     evaluator: Evaluator,
     embedder: Embedder,
     source: str,
-    cohort_list: PathLike | None,
+    score_type: str,
     rule: str,
     target: float | None,
     prior: float,
@@ -189,7 +197,6 @@ def _calibrate(
     scores, labels = evaluator.last_scores
     if rule == "probability" and target is None:
         target = 0.5
-    score_type = "as_norm" if cohort_list else "cosine"
     cal = fit_calibration(scores, labels, model_fingerprint=embedder.fingerprint, data=source, score_type=score_type)
     cal.operating_point = choose_operating_point(
         scores, labels, rule, target, calibration=cal, prior=prior, data=source, score_type=score_type

@@ -56,6 +56,7 @@ from mvector.evaluation.gallery import (
     posterior_llr_bar,
 )
 from mvector.evaluation.openset import IdentificationResult, OpenSetAnswer, open_set_decision
+from mvector.evaluation.score_norm import ScoreNorm
 from mvector.inference.speaker_db import SpeakerDatabase
 from mvector.inference.speaker_names import validate_name
 from mvector.utils.device import select_device
@@ -214,11 +215,14 @@ class MVectorPredictor:
         self.max_duration = float(ds["eval_max_duration"])
         if threshold is not None and not np.isfinite(float(threshold)):
             raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+        # The model's own score normalisation (a training cohort, score_norm.npz): every score is AS-norm then.
+        self.score_norm: ScoreNorm | None = ScoreNorm.load(self.model_path, int(self.embedder.embd_dim))
+        self.score_type = "as_norm_model" if self.score_norm is not None else "cosine"
         self.calibration: Calibration | None = load_calibration(self.model_path, self.fingerprint)
-        if self.calibration is not None and self.calibration.score_type != "cosine":
+        if self.calibration is not None and self.calibration.score_type != self.score_type:
             warnings.warn(
                 f"{self.model_path / 'calibration.json'} calibrates {self.calibration.score_type} scores, but the "
-                "predictor scores with plain cosine; ignoring it (fit one without a cohort: mvector calibrate)",
+                f"predictor scores with {self.score_type}; ignoring it (fit one without a cohort: mvector calibrate)",
                 stacklevel=2,
             )
             self.calibration = None
@@ -356,7 +360,22 @@ class MVectorPredictor:
         waves = [self.load(audio1), self.load(audio2)]
         emb = self._embed_waves(waves, sources=[audio1, audio2])
         seconds = (len(waves[0]) / self.sample_rate, len(waves[1]) / self.sample_rate)
-        return self.decide(self.similarity(emb[0], emb[1]), threshold, prior, seconds)
+        return self.decide(self.pair_score(emb[0], emb[1]), threshold, prior, seconds)
+
+    def pair_score(self, a: np.ndarray, b: np.ndarray) -> float:
+        """The model's score of two embeddings: AS-norm against the model's training cohort when its folder
+        holds one (``score_norm.npz``), else :meth:`similarity` (cosine). The model's threshold is on this scale.
+
+        >>> import tempfile, numpy as np
+        >>> from mvector.demo import tiny_checkpoint
+        >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), use_gpu=False)
+        >>> p.pair_score(np.array([1.0, 0.0] * 16), np.array([1.0, 1.0] * 16)) == p.similarity(
+        ...     np.array([1.0, 0.0] * 16), np.array([1.0, 1.0] * 16))
+        True
+        """
+        if self.score_norm is None:
+            return self.similarity(a, b)
+        return float(self.score_norm.score(np.asarray(a)[None], np.asarray(b)[None])[0])
 
     def decide(
         self,
@@ -536,6 +555,11 @@ class MVectorPredictor:
             want = max(want, n)  # every enrolled speaker takes part in the posterior
         if score_norm == "gallery":  # AS-norm with the other enrolled speakers as the cohort
             hits = self._gallery_normed(emb, cohort_top_k)[: max(want, 1)]
+        elif score_norm is None and self.score_norm is not None:  # the model's own cohort: its threshold's scale
+            hits = self.db.search(
+                self.score_norm.transform(emb[None])[0], top_k=max(want, 1), score_norm="as_norm",
+                cohort_top_k=self.score_norm.top_k, cohort=self.score_norm.cohort, transform=self.score_norm.transform,
+            )[0]  # fmt: skip
         else:
             hits = self.db.search(emb, top_k=max(want, 1), score_norm=score_norm, cohort_top_k=cohort_top_k)[0]
         if top_k > 1:

@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import os
 import sqlite3
 import threading
@@ -328,7 +329,7 @@ class SpeakerDatabase:
         self._conn: sqlite3.Connection | None = None
         # AS-norm state: unit cohort rows and the speakers' cohort statistics, valid for one database version.
         self._cohort_cache: tuple[int, np.ndarray | None] | None = None
-        self._speaker_stats: tuple[int, int, np.ndarray, np.ndarray] | None = None
+        self._speaker_stats: tuple[int, tuple[int, str], np.ndarray, np.ndarray] | None = None
         try:
             private_mkdir(self.db_dir)
         except OSError as err:
@@ -1124,7 +1125,13 @@ class SpeakerDatabase:
             return np.frombuffer(row[0], dtype=np.float32).copy()
 
     def search(
-        self, embeddings: np.ndarray, top_k: int = 1, score_norm: str | None = None, cohort_top_k: int = 300
+        self,
+        embeddings: np.ndarray,
+        top_k: int = 1,
+        score_norm: str | None = None,
+        cohort_top_k: int = 300,
+        cohort: np.ndarray | None = None,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """The ``top_k`` closest speakers (cosine similarity to their means) for each query, best first.
 
@@ -1134,6 +1141,8 @@ class SpeakerDatabase:
         With ``score_norm="as_norm"`` the scores are adaptively normalised against the stored cohort
         (:meth:`set_cohort`): ``½·((s − μ_spk)/σ_spk + (s − μ_query)/σ_query)`` with the mean and deviation of the
         ``cohort_top_k`` highest cohort scores of each side, so a score means the same whatever else is enrolled.
+        ``cohort`` (``[C, D]``) replaces the stored cohort for this call (a model's training cohort: the predictor
+        passes it), and ``transform`` maps the enrolled means as the queries were mapped (e.g. centring).
 
         >>> import tempfile, numpy as np
         >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
@@ -1160,14 +1169,21 @@ class SpeakerDatabase:
                 )
             k = min(int(top_k), cache.count)
             means = cache.matrix[: cache.count]
+            if transform is not None:
+                means = np.ascontiguousarray(transform(means), dtype=np.float32)
             if score_norm == "as_norm":
-                cohort = self._cohort_unit()
+                if cohort is None:
+                    cohort_u, key = self._cohort_unit(), "stored"
+                else:
+                    cohort_u = _as_embeddings(cohort, self.embd_dim, "cohort")
+                    cohort_u = (cohort_u / np.linalg.norm(cohort_u, axis=1, keepdims=True)).astype(np.float32)
+                    key = hashlib.sha256(cohort_u.tobytes()).hexdigest() + str(transform is not None)
                 stats = self._speaker_stats
-                if stats is None or stats[:2] != (self._version, int(cohort_top_k)):
-                    mu, sd = _top_k_stats(means, cohort, int(cohort_top_k))
-                    stats = self._speaker_stats = (self._version, int(cohort_top_k), mu, sd)
+                if stats is None or stats[:2] != (self._version, (int(cohort_top_k), key)):
+                    mu, sd = _top_k_stats(means, cohort_u, int(cohort_top_k))
+                    stats = self._speaker_stats = (self._version, (int(cohort_top_k), key), mu, sd)
                 spk_mu, spk_sd = stats[2], stats[3]
-                q_mu, q_sd = _top_k_stats(queries, cohort, int(cohort_top_k))
+                q_mu, q_sd = _top_k_stats(queries, cohort_u, int(cohort_top_k))
             block = max(1, _SCORE_BLOCK // cache.count)
             results: list[list[tuple[str, float]]] = []
             for start in range(0, len(queries), block):

@@ -931,7 +931,7 @@ def create_app(
         except SpeakerDBError:  # removed while the recording was embedded
             raise ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name") from None
         limit = None if threshold is None else _finite(threshold, "threshold")
-        result = p.decide(float(p.similarity(emb, mean)), limit)  # calibrated LLR / probability when available
+        result = p.decide(float(p.pair_score(emb, mean)), limit)  # calibrated LLR / probability when available
         return {
             "score": result.score,
             "same_speaker": result.same,

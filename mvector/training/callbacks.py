@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mvector.checkpoint import (
     capture_rng_state,
     clone_checkpoint,
@@ -29,8 +31,10 @@ from mvector.checkpoint import (
     repair_model_folder,
     save_checkpoint,
 )
+from mvector.data.lists import load_utterances
 from mvector.errors import ConfigError
 from mvector.evaluation.evaluator import EvalSettings, Evaluator, default_num_workers
+from mvector.evaluation.score_norm import SCORE_NORM_FILE, ScoreNorm, check_score_norm_conf, cohort_subset
 
 __all__ = [
     "Callback",
@@ -131,17 +135,38 @@ class EvaluationCallback(Callback):
         workers = default_num_workers(trainer.ctx.device, ds["num_workers"], cap=4)
         model = trainer.embedding_model.eval()
         evaluator = Evaluator(model, EvalSettings.from_dataset_conf(ds, workers), self.progress, trainer.log)
+        score_norm = self.fit_score_norm(trainer, evaluator)
         metrics = evaluator.evaluate(
             test_list=ds["test_list"],
             trials_list=ds["trials_list"],
             trials_root=ds["trials_root"],
             num_eval_trials=ds["num_eval_trials"],
+            score_norm=score_norm,
         )
+        if score_norm is not None:
+            metrics["score_type"] = "as_norm_model"
+            metrics["score_norm"] = {"cohort": "training speakers", "size": int(score_norm.cohort.shape[0]),
+                                     "top_k": score_norm.top_k, "centre": bool(np.any(score_norm.mean))}  # fmt: skip
+        trainer.score_norm = (epoch, score_norm)
         trainer.log(
             f"epoch {epoch}: EER {metrics['eer']:.4f}  minDCF {metrics['min_dcf']:.4f}  "
             f"threshold {metrics['threshold']:.4f}"
         )
         record.update(metrics)
+
+
+    @staticmethod
+    def fit_score_norm(trainer: Any, evaluator: Evaluator) -> ScoreNorm | None:
+        """The score normalisation of ``score_norm_conf`` fitted on the training list with the model as it is
+        now (``None`` for ``cohort: none``): up to ``max_per_speaker`` unaugmented clips of every speaker."""
+        sc = check_score_norm_conf(trainer.configs.get("score_norm_conf"))
+        if sc["cohort"] == "none":
+            return None
+        utts = load_utterances(trainer.configs["dataset_conf"]["train_list"])
+        keep = cohort_subset([u.label for u in utts], sc["max_per_speaker"])
+        emb = evaluator.embed_paths([utts[i].path for i in keep], desc="cohort")
+        labels = np.array([utts[i].label for i in keep])[emb.ok]
+        return ScoreNorm.fit(emb.vectors[emb.ok], labels, centre=sc["centre"], top_k=sc["top_k"])
 
 
 class CheckpointCallback(Callback):
@@ -235,6 +260,9 @@ class CheckpointCallback(Callback):
             extra={"num_speakers": trainer.num_speakers},
             result={**_metrics_of(record), "epoch": epoch} if evaluated else None,
         )
+        norm_epoch, score_norm = getattr(trainer, "score_norm", (None, None))
+        if score_norm is not None and norm_epoch == epoch:  # the cohort fitted on these weights goes with them
+            state["side_files"] = {SCORE_NORM_FILE: score_norm.to_bytes()}
         last = self.model_dir / "last_model"
         if improved:  # best_model first: nothing may record the new best EER before its weights are saved
             clone_checkpoint(save_checkpoint(self.model_dir / "best_model", **state), last)
