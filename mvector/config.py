@@ -131,6 +131,7 @@ SCHEMA: dict[str, Any] = {
         ),
         "top_k": Key(20, int, "AS-norm: how many of the best cohort scores of each side are used"),
         "centre": Key(False, bool, "subtract the training embeddings' mean before scoring"),
+        "whiten": Key(False, bool, "also whiten the embeddings with the training covariance (PCA, slight shrinkage)"),
         "max_per_speaker": Key(8, int, "training utterances per speaker embedded for the cohort at each evaluation"),
     },
 }

@@ -60,7 +60,9 @@ def check_score_norm_conf(conf: Any) -> dict[str, Any]:
         value = sc.setdefault(key, 20 if key == "top_k" else 8)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"score_norm_conf.{key} must be a positive integer, got {value!r}")
-    sc.setdefault("centre", False)
+    for key in ("centre", "whiten"):
+        if not isinstance(sc.setdefault(key, False), bool):
+            raise ConfigError(f"score_norm_conf.{key} must be true or false, got {sc[key]!r}")
     return sc
 
 

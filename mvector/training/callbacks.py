@@ -146,7 +146,8 @@ class EvaluationCallback(Callback):
         if score_norm is not None:
             metrics["score_type"] = "as_norm_model"
             metrics["score_norm"] = {"cohort": "training speakers", "size": int(score_norm.cohort.shape[0]),
-                                     "top_k": score_norm.top_k, "centre": bool(np.any(score_norm.mean))}  # fmt: skip
+                                     "top_k": score_norm.top_k, "centre": bool(np.any(score_norm.mean)),
+                                     "whiten": score_norm.whitening is not None}  # fmt: skip
         trainer.score_norm = (epoch, score_norm)
         trainer.log(
             f"epoch {epoch}: EER {metrics['eer']:.4f}  minDCF {metrics['min_dcf']:.4f}  "
@@ -166,7 +167,9 @@ class EvaluationCallback(Callback):
         keep = cohort_subset([u.label for u in utts], sc["max_per_speaker"])
         emb = evaluator.embed_paths([utts[i].path for i in keep], desc="cohort")
         labels = np.array([utts[i].label for i in keep])[emb.ok]
-        return ScoreNorm.fit(emb.vectors[emb.ok], labels, centre=sc["centre"], top_k=sc["top_k"])
+        return ScoreNorm.fit(
+            emb.vectors[emb.ok], labels, centre=sc["centre"] or sc["whiten"], whiten=sc["whiten"], top_k=sc["top_k"]
+        )
 
 
 class CheckpointCallback(Callback):
