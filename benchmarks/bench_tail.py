@@ -34,7 +34,7 @@ from mvector.data.lists import load_utterances  # noqa: E402
 from mvector.embedding.backends import TorchBackend, open_backend  # noqa: E402
 from mvector.evaluation.evaluator import EvalSettings, Evaluator  # noqa: E402
 from mvector.evaluation.metrics import compute_min_dcf, tail_metrics  # noqa: E402
-from mvector.evaluation.score_norm import ScoreNorm  # noqa: E402
+from mvector.evaluation.score_norm import ScoreNorm, cohort_subset  # noqa: E402
 from mvector.evaluation.scoring import as_norm, read_trials  # noqa: E402
 
 
@@ -191,13 +191,23 @@ def study_model(name: str, folder: Path, corpus: Path, rounds: int, average: int
     for label, sn in (("centred", norm_centre), ("whitened", norm_whiten)):
         for k in top_ks:
             rows[f"{label}+as_norm_speakers_top{k}"] = figures(sn.score_pairs(dev.vectors, pairs, top_k=k))
+    whiten_utt = ScoreNorm.fit(train_vecs, train_labels, whiten=True, cohort="utterances")
+    for k in top_ks:
+        rows[f"whitened+as_norm_utterances_top{k}"] = figures(whiten_utt.score_pairs(dev.vectors, pairs, top_k=k))
+    sub = cohort_subset(train_labels.tolist(), 8)  # what training stores by default (max_per_speaker 8)
+    for label, whiten in (("whitened", True), ("centred", False)):
+        sn = ScoreNorm.fit(train_vecs[sub], train_labels[sub], whiten=whiten, cohort="utterances")
+        rows[f"{label}+as_norm_utterances_top{top_ks[0]}_8_per_speaker"] = figures(
+            sn.score_pairs(dev.vectors, pairs, top_k=top_ks[0])
+        )
     out: dict[str, Any] = {"model": str(model_dir), "embed_s": round(embed_s, 1), "remedies": rows}
     out["impostors_cosine"] = impostor_study(cosine, labels, a, b, utt, spk)
     best = min((k for k in rows if k != "cosine"), key=lambda k: rows[k]["min_dcf_0.01"])
-    if best.startswith(("centred+", "whitened+")):
-        sn = norm_centre if best.startswith("centred+") else norm_whiten
-        k = int(best.rsplit("top", 1)[1])
-        out["impostors_" + best] = impostor_study(sn.score_pairs(dev.vectors, pairs, top_k=k), labels, a, b, utt, spk)
+    out["best_by_min_dcf_0.01"] = best
+    out["impostors_whitened"] = impostor_study(
+        (lambda t: np.sum(t[pairs[:, 0]] * t[pairs[:, 1]], axis=1))(norm_whiten.transform(dev.vectors)),
+        labels, a, b, utt, spk,
+    )
     if average > 1:
         epochs = sorted(model_dir.glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))[-average:]
         if len(epochs) == average:

@@ -126,8 +126,8 @@ SCHEMA: dict[str, Any] = {
     },
     "score_norm_conf": {
         "cohort": Key(
-            "none", str, "speakers: AS-norm against one cohort row per training speaker, stored with the model "
-            "(score_norm.npz) and used by evaluation, the predictor and the service; none: plain cosine"
+            "none", str, "AS-norm cohort stored with the model (score_norm.npz; used by evaluation, the predictor and "
+            "the service): speakers (one row per training speaker), utterances (training clips), none: plain cosine"
         ),
         "top_k": Key(20, int, "AS-norm: how many of the best cohort scores of each side are used"),
         "centre": Key(False, bool, "subtract the training embeddings' mean before scoring"),

@@ -36,6 +36,7 @@ def test_score_norm_is_as_norm_of_the_transformed_embeddings_and_round_trips(tmp
     vecs, labels = rng.standard_normal((40, 6)) + 1.0, np.repeat(np.arange(8), 5)
     sn = ScoreNorm.fit(vecs, labels, centre=True, top_k=3)
     assert sn.cohort.shape == (8, 6)
+    assert ScoreNorm.fit(vecs, labels, whiten=True, cohort="utterances").cohort.shape == (40, 6)
     pairs = rng.integers(0, 40, (25, 2))
     t = sn.transform(vecs)
     cosine = np.sum(t[pairs[:, 0]].astype(np.float64) * t[pairs[:, 1]], axis=1)
@@ -103,6 +104,7 @@ def test_training_stores_the_cohort_and_evaluation_and_predictor_score_with_it(t
     assert sn is not None and sn.cohort.shape == (6, 32) and sn.top_k == 3  # one row per training speaker
     stored = json.loads((last / "result.json").read_text())
     assert stored["score_type"] == "as_norm_model" and stored["score_norm"]["size"] == 6
+    assert stored["score_norm"]["cohort"] == "training speakers"
     run = evaluate_model_folder(last, progress=False, output=tmp_path / "m.json")
     assert run.metrics["score_type"] == "as_norm_model"
     assert run.metrics["eer"] == pytest.approx(stored["eer"])  # the same scores as training's own evaluation

@@ -39,7 +39,7 @@ SCORE_NORM_FILE = "score_norm.npz"
 
 
 #: Values of ``score_norm_conf.cohort``.
-COHORTS = ("none", "speakers")
+COHORTS = ("none", "speakers", "utterances")
 
 
 def check_score_norm_conf(conf: Any) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def check_score_norm_conf(conf: Any) -> dict[str, Any]:
     >>> check_score_norm_conf({"cohort": "speaker"})
     Traceback (most recent call last):
     ...
-    mvector.errors.ConfigError: score_norm_conf.cohort must be one of none, speakers; got 'speaker'
+    mvector.errors.ConfigError: score_norm_conf.cohort must be one of none, speakers, utterances; got 'speaker'
     """
     sc = dict(conf or {})
     sc.setdefault("cohort", "none")

@@ -145,7 +145,8 @@ class EvaluationCallback(Callback):
         )
         if score_norm is not None:
             metrics["score_type"] = "as_norm_model"
-            metrics["score_norm"] = {"cohort": "training speakers", "size": int(score_norm.cohort.shape[0]),
+            cohort = check_score_norm_conf(trainer.configs.get("score_norm_conf"))["cohort"]
+            metrics["score_norm"] = {"cohort": f"training {cohort}", "size": int(score_norm.cohort.shape[0]),
                                      "top_k": score_norm.top_k, "centre": bool(np.any(score_norm.mean)),
                                      "whiten": score_norm.whitening is not None}  # fmt: skip
         trainer.score_norm = (epoch, score_norm)
@@ -168,8 +169,9 @@ class EvaluationCallback(Callback):
         emb = evaluator.embed_paths([utts[i].path for i in keep], desc="cohort")
         labels = np.array([utts[i].label for i in keep])[emb.ok]
         return ScoreNorm.fit(
-            emb.vectors[emb.ok], labels, centre=sc["centre"] or sc["whiten"], whiten=sc["whiten"], top_k=sc["top_k"]
-        )
+            emb.vectors[emb.ok], labels, centre=sc["centre"] or sc["whiten"], whiten=sc["whiten"],
+            cohort=sc["cohort"], top_k=sc["top_k"],
+        )  # fmt: skip
 
 
 class CheckpointCallback(Callback):
