@@ -465,8 +465,8 @@ def tail_figures(model_folder: Path, trials_path: Path, rounds: int = 200) -> di
     in ``model_folder`` on ``trials_path``, scored as the predictor scores (with the folder's stored score
     normalisation when it has one). A trial side's speaker is its file's folder (the corpus layout)."""
     from mvector.embedding.backends import open_backend
-    from mvector.evaluation.metrics import tail_metrics
     from mvector.evaluation.score_norm import ScoreNorm
+    from mvector.evaluation.uncertainty import tail_metrics
 
     embedder = open_backend(model_folder, "torch")
     norm = ScoreNorm.load(model_folder, embedder.embd_dim)

@@ -33,9 +33,10 @@ add_repo_to_path()
 from mvector.data.lists import load_utterances  # noqa: E402
 from mvector.embedding.backends import TorchBackend, open_backend  # noqa: E402
 from mvector.evaluation.evaluator import EvalSettings, Evaluator  # noqa: E402
-from mvector.evaluation.metrics import compute_min_dcf, tail_metrics  # noqa: E402
+from mvector.evaluation.metrics import compute_min_dcf  # noqa: E402
 from mvector.evaluation.score_norm import ScoreNorm, cohort_subset  # noqa: E402
 from mvector.evaluation.scoring import as_norm, read_trials  # noqa: E402
+from mvector.evaluation.uncertainty import tail_metrics  # noqa: E402
 
 
 def average_checkpoints(embedder: TorchBackend, folders: list[Path]) -> TorchBackend:

@@ -10,10 +10,11 @@ import pytest
 
 from mvector.data.synthetic import generate_corpus
 from mvector.errors import CheckpointError, ConfigError
-from mvector.evaluation.metrics import compute_eer, compute_min_dcf, frr_at_far, tail_metrics
+from mvector.evaluation.metrics import compute_eer, compute_min_dcf, frr_at_far
 from mvector.evaluation.model_eval import evaluate_model_folder
 from mvector.evaluation.score_norm import SCORE_NORM_FILE, ScoreNorm, check_score_norm_conf
 from mvector.evaluation.scoring import as_norm
+from mvector.evaluation.uncertainty import tail_metrics
 from mvector.inference.predictor import MVectorPredictor
 from mvector.trainer import MVectorTrainer
 

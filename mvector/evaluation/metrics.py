@@ -44,7 +44,8 @@ __all__ = [
     "evaluate_scores",
     "all_pairs_metrics",
     "frr_at_far",
-    "tail_metrics",
+    "TAIL_FIGURES",
+    "weighted_curve",
 ]
 
 _COMPACT_AT = 1 << 22  # collected scores merged into (value, count) pairs beyond this many
@@ -318,8 +319,9 @@ def frr_at_far(scores: Any, labels: Any, far: float) -> float:
     return _frr_at_far_from_curve(score_curve(s, y), float(far))
 
 
-def _weighted_curve(s: np.ndarray, y: np.ndarray, w: np.ndarray) -> ScoreCurve:
-    """:func:`_curve` where trial ``i`` counts ``w[i]`` times (non-negative integers)."""
+def weighted_curve(s: np.ndarray, y: np.ndarray, w: np.ndarray) -> ScoreCurve:
+    """The operating points of scores ``s`` with labels ``y`` (bool) where trial ``i`` counts ``w[i]`` times
+    (non-negative integers): what a bootstrap resample sees, without repeating trials."""
     values, inverse = np.unique(s, return_inverse=True)
     inverse = inverse.reshape(-1)
     tgt = np.rint(np.bincount(inverse, weights=w * y, minlength=values.size)).astype(np.int64)
@@ -330,77 +332,15 @@ def _weighted_curve(s: np.ndarray, y: np.ndarray, w: np.ndarray) -> ScoreCurve:
     return ScoreCurve(np.concatenate((values, [np.inf])), miss, fa, n_t, n_n)
 
 
-#: The figures of :func:`tail_metrics`: name -> what is computed from a curve.
-_TAIL_FIGURES = {
+#: The figures of the low-false-alarm tail: name -> its value on a curve (:func:`mvector.evaluation.uncertainty.
+#: tail_metrics`).
+TAIL_FIGURES = {
     "eer": lambda c: eer_from_curve(c)[0],
     "min_dcf_0.01": lambda c: _dcf_from_curve(c, 0.01, 1.0, 1.0)[0],
     "min_dcf_0.001": lambda c: _dcf_from_curve(c, 0.001, 1.0, 1.0)[0],
     "frr_at_far_1%": lambda c: _frr_at_far_from_curve(c, 0.01),
     "frr_at_far_0.1%": lambda c: _frr_at_far_from_curve(c, 0.001),
 }
-
-
-def tail_metrics(
-    scores: Any,
-    labels: Any,
-    speakers_a: Sequence[Any] | None = None,
-    speakers_b: Sequence[Any] | None = None,
-    rounds: int = 200,
-    level: float = 0.95,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """EER, minDCF at P_target 0.01 and 0.001, and the false-rejection rate at 1 % and 0.1 % false acceptance,
-    each with a confidence interval (``<name>_ci``: ``[low, high]``).
-
-    With the speakers of each trial's two sides (``speakers_a[i]``, ``speakers_b[i]``) the interval is a
-    speaker-level bootstrap: each of ``rounds`` resamples draws the speakers with replacement and counts a trial
-    as many times as the product of its two speakers' draws (trials of one voice are not independent, so
-    resampling trials would understate the spread). Without speakers the trials themselves are resampled.
-    ``num_nontargets`` says how far the 0.1 % figures can be trusted: below a few thousand they rest on a
-    handful of false acceptances.
-
-    >>> rng = np.random.default_rng(0)
-    >>> spk = np.repeat(np.arange(10), 4); i, j = np.triu_indices(40, 1)
-    >>> y = spk[i] == spk[j]; s = rng.normal(2.0 * y, 1.0)
-    >>> m = tail_metrics(s, y, spk[i], spk[j], rounds=20)
-    >>> m["eer_ci"][0] <= m["eer"] <= m["eer_ci"][1], m["num_nontargets"], "min_dcf_0.001_ci" in m
-    (True, 720, True)
-    """
-    s, y = check_scores_labels(scores, labels)
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    c = score_curve(s, y)
-    out: dict[str, Any] = {name: fn(c) for name, fn in _TAIL_FIGURES.items()}
-    rng = np.random.default_rng(seed)
-    if speakers_a is not None and speakers_b is not None:
-        names = {v: i for i, v in enumerate(sorted(set(map(str, speakers_a)) | set(map(str, speakers_b))))}
-        a = np.array([names[str(v)] for v in speakers_a])
-        b = np.array([names[str(v)] for v in speakers_b])
-        if a.size != s.size or b.size != s.size:
-            raise ValueError(f"tail_metrics: {s.size} scores but {a.size} / {b.size} speaker labels")
-        n = len(names)
-
-        def draw() -> np.ndarray:
-            counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-            return counts[a] * counts[b]
-    else:
-
-        def draw() -> np.ndarray:
-            return np.bincount(rng.integers(0, s.size, s.size), minlength=s.size).astype(np.float64)
-
-    samples: dict[str, list[float]] = {name: [] for name in _TAIL_FIGURES}
-    for _ in range(int(rounds)):
-        w = draw()
-        cw = _weighted_curve(s, y, w)
-        if cw.n_t == 0 or cw.n_n == 0:
-            continue
-        for name, fn in _TAIL_FIGURES.items():
-            samples[name].append(fn(cw))
-    for name, values in samples.items():
-        lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2]) if values else (math.nan, math.nan)
-        out[f"{name}_ci"] = [float(lo), float(hi)]
-    out.update(num_targets=c.n_t, num_nontargets=c.n_n, ci_rounds=int(rounds), ci_level=float(level))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ all pairs
