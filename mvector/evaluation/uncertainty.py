@@ -92,6 +92,19 @@ def speaker_bootstrap(
     return float(lo), float(hi)
 
 
+def _trial_sides(
+    spk1: Sequence[Any], spk2: Sequence[Any], n: int, what: str
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The distinct speakers of ``n`` trials and each trial's two sides as indices into them."""
+    names = sorted(set(map(str, spk1)) | set(map(str, spk2)))
+    index = {name: i for i, name in enumerate(names)}
+    a = np.array([index[str(v)] for v in spk1])
+    b = np.array([index[str(v)] for v in spk2])
+    if a.size != n or b.size != n:
+        raise ValueError(f"{what}: {n} scores, {a.size} / {b.size} speaker labels")
+    return names, a, b
+
+
 def trial_bootstrap_metrics(
     scores: Any,
     labels: Any,
@@ -116,12 +129,7 @@ def trial_bootstrap_metrics(
     from mvector.evaluation.metrics import check_scores_labels, compute_eer, compute_min_dcf
 
     s, y = check_scores_labels(scores, labels)
-    names = sorted(set(map(str, spk1)) | set(map(str, spk2)))
-    index = {name: i for i, name in enumerate(names)}
-    a = np.array([index[str(v)] for v in spk1])
-    b = np.array([index[str(v)] for v in spk2])
-    if a.size != s.size or b.size != s.size:
-        raise ValueError(f"trial_bootstrap_metrics: {s.size} scores, {a.size} / {b.size} speaker labels")
+    names, a, b = _trial_sides(spk1, spk2, s.size, "trial_bootstrap_metrics")
     out: dict[str, list[float]] = {}
 
     def draw(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -248,12 +256,7 @@ def tail_metrics(
     from mvector.evaluation.metrics import TAIL_FIGURES, check_scores_labels, weighted_curve
 
     s, y = check_scores_labels(scores, labels)
-    names = sorted(set(map(str, speakers_a)) | set(map(str, speakers_b)))
-    index = {name: i for i, name in enumerate(names)}
-    a = np.array([index[str(v)] for v in speakers_a])
-    b = np.array([index[str(v)] for v in speakers_b])
-    if a.size != s.size or b.size != s.size:
-        raise ValueError(f"tail_metrics: {s.size} scores but {a.size} / {b.size} speaker labels")
+    names, a, b = _trial_sides(speakers_a, speakers_b, s.size, "tail_metrics")
     full = weighted_curve(s, y, np.ones(s.size))
     out: dict[str, Any] = {name: float(fn(full)) for name, fn in TAIL_FIGURES.items()}
     for name, fn in TAIL_FIGURES.items():
