@@ -231,7 +231,9 @@ def test_model_folder_errors(tiny, tmp_path):
 
 def test_export_folder_matches_the_checkpoint(trained, tmp_path):
     out = export_checkpoint(trained["model"], tmp_path / "export", example_seconds=0.6)
-    assert sorted(p.name for p in out.iterdir()) == ["config.yml", "meta.json", "model.onnx", "model.ts"]
+    # the default recipe stores its AS-norm cohort with the weights; the export carries it (same score scale)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.yml", "meta.json", "model.onnx", "model.ts", "score_norm.npz"]
     meta = json.loads((out / "meta.json").read_text())
     result = json.loads((trained["model"] / "result.json").read_text())
     assert (out / "config.yml").read_bytes() == (trained["model"] / "config.yml").read_bytes()
@@ -246,6 +248,7 @@ def test_export_folder_matches_the_checkpoint(trained, tmp_path):
     for backend, expected in (("auto", "onnx"), ("torchscript", "torchscript"), ("onnx", "onnx")):
         p = MVectorPredictor(out, audio_db_path=tmp_path / "db", use_gpu=False, backend=backend)
         assert p.backend == expected and p.embd_dim == 24 and p.threshold == pytest.approx(result["threshold"])
+        assert p.score_type == "as_norm_model" == result["score_type"]
         np.testing.assert_allclose(p.embed_batch(clips), ref, atol=1e-4, err_msg=backend)
         np.testing.assert_allclose(p.embed(clips[1]), ref[1], atol=1e-4, err_msg=backend)
         # The database made with the checkpoint works with its export (same fingerprint).
@@ -253,7 +256,7 @@ def test_export_folder_matches_the_checkpoint(trained, tmp_path):
         p.close()
     # Exporting again with one format removes the other, so the folder never mixes two exports.
     export_checkpoint(trained["model"], out, formats=["torchscript"], example_seconds=0.6)
-    assert sorted(p.name for p in out.iterdir()) == ["config.yml", "meta.json", "model.ts"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yml", "meta.json", "model.ts", "score_norm.npz"]
     assert json.loads((out / "meta.json").read_text())["formats"] == ["torchscript"]
     with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
         export_checkpoint(trained["model"], tmp_path / "x", formats=["tflite"])
