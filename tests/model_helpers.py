@@ -23,7 +23,8 @@ def randomise_batch_norm(model: nn.Module) -> nn.Module:
 
 def recomputed_eer(model_dir, test_list) -> float:
     """The EER of every pair of a ``path<TAB>label`` list, recomputed outside the evaluator: each file embedded
-    alone by :class:`MVectorPredictor`, cosine scores, :func:`compute_eer`. Tests compare the evaluator's EER to it."""
+    alone by :class:`MVectorPredictor`, scored as the model scores (AS-norm against the cohort stored with the model,
+    ``score_norm.npz``, else cosine), :func:`compute_eer`. Tests compare the evaluator's EER to it."""
     from pathlib import Path
 
     import numpy as np
@@ -35,9 +36,12 @@ def recomputed_eer(model_dir, test_list) -> float:
     rows = [line.split("\t") for line in Path(test_list).read_text(encoding="utf-8").splitlines() if line.strip()]
     base = Path(test_list).parent
     embs = np.stack([predictor.embed(str(base / path)) for path, _ in rows])
-    embs /= np.linalg.norm(embs, axis=1, keepdims=True)
     labels = [label.strip() for _, label in rows]
     i, j = np.triu_indices(len(rows), k=1)
-    scores = np.einsum("nd,nd->n", embs[i], embs[j])
+    if predictor.score_norm is not None:
+        scores = predictor.score_norm.score_pairs(embs, np.stack([i, j], axis=1))
+    else:
+        embs /= np.linalg.norm(embs, axis=1, keepdims=True)
+        scores = np.einsum("nd,nd->n", embs[i], embs[j])
     same = np.array([labels[a] == labels[b] for a, b in zip(i, j)], dtype=int)
     return compute_eer(scores, same)[0]

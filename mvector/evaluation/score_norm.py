@@ -27,7 +27,7 @@ from typing import Any, Union
 import numpy as np
 
 from mvector.errors import CheckpointError, ConfigError
-from mvector.evaluation.scoring import _cohort_stats, as_norm
+from mvector.evaluation.scoring import as_norm, cohort_stats
 from mvector.utils.files import atomic_write_bytes
 
 __all__ = ["SCORE_NORM_FILE", "COHORTS", "ScoreNorm", "check_score_norm_conf", "cohort_subset"]
@@ -154,7 +154,7 @@ class ScoreNorm:
         t = self.transform(vectors)
         p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         k = min(int(top_k or self.top_k), self.cohort.shape[0])
-        mu, sd = _cohort_stats(t, self.cohort, k)
+        mu, sd = cohort_stats(t, self.cohort, k)
         out = np.empty(p.shape[0], np.float64)
         step = 1 << 18
         for r in range(0, p.shape[0], step):

@@ -207,8 +207,13 @@ def _unit_rows(x: Any, name: str) -> np.ndarray:
     return arr / norms
 
 
-def _cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of each row's ``top_k`` highest cosine scores against the cohort (rows deduplicated)."""
+def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each row's ``top_k`` highest cosine scores against the cohort (rows deduplicated).
+
+    >>> mean, std = cohort_stats(np.eye(2, 3, dtype=np.float32), np.eye(3, dtype=np.float32), 2)
+    >>> mean.tolist(), std.tolist()
+    ([0.5, 0.5], [0.5, 0.5])
+    """
     import torch
 
     flat = np.ascontiguousarray(emb).view(np.dtype((np.void, emb.dtype.itemsize * emb.shape[1]))).reshape(-1)
@@ -264,8 +269,8 @@ def as_norm(scores: Any, enroll_emb: Any, test_emb: Any, cohort_emb: Any, top_k:
     if s.size == 0:
         return s
     k = min(int(top_k), cohort.shape[0])
-    mu_e, sd_e = _cohort_stats(enroll, cohort, k)
-    mu_t, sd_t = _cohort_stats(test, cohort, k)
+    mu_e, sd_e = cohort_stats(enroll, cohort, k)
+    mu_t, sd_t = cohort_stats(test, cohort, k)
     return 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t)
 
 
