@@ -151,17 +151,27 @@ def test_busy_cpus_sees_a_busy_process():
         spinner.wait()
 
 
-def test_prepare_environment_keeps_the_users_choice():
+def test_prepare_environment_sleeps_waiting_threads_only_on_a_busy_machine_and_keeps_the_users_choice():
     env = {"KMP_BLOCKTIME": "200"}
-    prepare_environment(env)
+    prepare_environment(env, busy=1.0)
     assert env == {"KMP_BLOCKTIME": "200", "OMP_WAIT_POLICY": "PASSIVE"}
+    quiet = {}
+    prepare_environment(quiet, busy=0.2)
+    assert quiet == {}
 
 
 def test_console_script_sets_quiet_waits_before_torch_and_rejects_bad_threads():
     env = _env_without_overrides()
     env.pop("OMP_WAIT_POLICY", None)
     code = "import os, sys\nimport mvector.cli\nprint(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    cores = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:  # beside busy processes the console script asks for sleeping waits, before torch is imported
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     assert out.stdout.split() == ["PASSIVE", "False"], out.stderr
     out = subprocess.run(
         [sys.executable, "-m", "mvector", "contrast", "--audio_path1", "a", "--audio_path2", "b", "--threads", "0"],
