@@ -21,6 +21,19 @@ def randomise_batch_norm(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+#: Overrides that make any bundled recipe train in a second on a tiny corpus (tests add epochs and logging).
+TINY_TRAINING = {
+    "dataset_conf.batch_size": "8",
+    "dataset_conf.num_workers": "0",
+    "dataset_conf.max_duration": "1.0",
+    "dataset_conf.min_duration": "0.3",
+    "dataset_conf.eval_batch_size": "8",
+    "feature_conf.n_mels": "40",
+    "model_conf.channels": "32",
+    "model_conf.embd_dim": "32",
+}
+
+
 def recomputed_eer(model_dir, test_list) -> float:
     """The EER of every pair of a ``path<TAB>label`` list, recomputed outside the evaluator: each file embedded
     alone by :class:`MVectorPredictor`, scored as the model scores (AS-norm against the cohort stored with the model,

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from model_helpers import TINY_TRAINING
 
 from mvector.data.synthetic import generate_corpus
 from mvector.errors import CheckpointError, ConfigError
@@ -16,17 +17,10 @@ from mvector.evaluation.score_norm import SCORE_NORM_FILE, ScoreNorm, check_scor
 from mvector.evaluation.scoring import as_norm
 from mvector.evaluation.uncertainty import tail_metrics
 from mvector.inference.predictor import MVectorPredictor
-from mvector.trainer import MVectorTrainer
+from mvector.training.trainer import MVectorTrainer
 
 SMALL = {
-    "dataset_conf.batch_size": "8",
-    "dataset_conf.num_workers": "0",
-    "dataset_conf.max_duration": "1.0",
-    "dataset_conf.min_duration": "0.3",
-    "dataset_conf.eval_batch_size": "8",
-    "feature_conf.n_mels": "40",
-    "model_conf.channels": "32",
-    "model_conf.embd_dim": "32",
+    **TINY_TRAINING,
     "train_conf.max_epoch": "1",
     "train_conf.log_backend": "none",
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import recomputed_eer
+from model_helpers import TINY_TRAINING, recomputed_eer
 
 import mvector.data.dataset as dataset_module
 from mvector.data.synthetic import generate_corpus
@@ -22,14 +22,7 @@ from mvector.training.trainer import MVectorTrainer
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = {
-    "dataset_conf.batch_size": "8",
-    "dataset_conf.num_workers": "0",
-    "dataset_conf.max_duration": "1.0",
-    "dataset_conf.min_duration": "0.3",
-    "dataset_conf.eval_batch_size": "8",
-    "feature_conf.n_mels": "40",
-    "model_conf.channels": "32",
-    "model_conf.embd_dim": "32",
+    **TINY_TRAINING,
     "train_conf.max_epoch": "2",
     "train_conf.log_interval": "2",
     "train_conf.log_backend": "none",
