@@ -134,3 +134,29 @@ def test_a_model_without_the_file_scores_with_plain_cosine(trained, tmp_path):
     p = MVectorPredictor(folder, use_gpu=False, audio_db_path=tmp_path / "db")
     a, b = np.ones(32), np.arange(32.0)
     assert p.score_type == "cosine" and p.pair_score(a, b) == pytest.approx(p.similarity(a, b))
+
+
+def test_calibrate_fits_on_the_models_own_scale_and_the_predictor_keeps_it(trained, tmp_path):
+    import shutil
+    import warnings
+
+    from mvector.cli.calibrate import main as calibrate_main
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained["dir"] / "last_model", folder)
+    lines = [ln.split("\t") for ln in trained["test"].read_text().splitlines()]
+    paths = [str(trained["test"].parent / p) for p, _ in lines]
+    labels = [lab for _, lab in lines]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("".join(
+        f"{int(labels[i] == labels[j])} {paths[i]} {paths[j]}\n"
+        for i in range(len(paths)) for j in range(i + 1, len(paths))
+    ))  # fmt: skip
+    assert calibrate_main(["--model_path", str(folder), "--trials", str(trials), "--rule", "far", "--target", "0.1",
+                           "--force", "--use_gpu", "false"]) == 0  # fmt: skip
+    stored = json.loads((folder / "calibration.json").read_text())
+    assert stored["score_type"] == "as_norm_model"  # scored as the predictor scores: AS-norm with the cohort
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "ignoring it" warning
+        p = MVectorPredictor(folder, use_gpu=False, audio_db_path=tmp_path / "db")
+    assert p.calibration is not None and p.threshold_info["rule"] == "far"

@@ -122,6 +122,10 @@ def _run(args: argparse.Namespace) -> dict:
         folds=args.folds,
         data=str(Path(args.trials)),
         model_fingerprint=predictor.fingerprint,
+        score_pairs=None if predictor.score_norm is None else (
+            lambda emb, a, b: predictor.score_norm.score_pairs(emb, np.stack([a, b], axis=1))
+        ),
+        score_type=predictor.score_type,  # the scale the predictor scores on (its stored AS-norm cohort, or cosine)
     )
     result = {
         "cllr": report["cllr"],

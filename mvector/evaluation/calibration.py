@@ -873,9 +873,14 @@ def fit_from_trials(
     folds: int = 5,
     data: str | None = None,
     model_fingerprint: str | None = None,
+    score_pairs: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    score_type: str = "cosine",
 ) -> tuple[Calibration, dict[str, Any], np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
     """Score labelled ``trials`` ``(label, enroll, test)`` with ``embed`` and fit a calibration with an
     operating point; returns ``(calibration, report, scores, labels, quality)``.
+
+    ``score_pairs(embeddings, a, b)`` scores the pairs of rows ``a[i], b[i]`` as the model scores (its stored
+    AS-norm cohort, ``score_type="as_norm_model"``); by default the cosine.
 
     ``embed(paths)`` returns the embeddings ``[N, D]`` and the durations in seconds ``[N]`` of the unique files
     (each file is embedded once). The report holds the measures on the trials (:func:`calibration_report`)
@@ -895,16 +900,19 @@ def fit_from_trials(
     unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     a = np.fromiter((index[t[1]] for t in trials), dtype=np.int64, count=len(trials))
     b = np.fromiter((index[t[2]] for t in trials), dtype=np.int64, count=len(trials))
-    scores = np.einsum("ij,ij->i", unit[a], unit[b])
+    if score_pairs is None:
+        scores = np.einsum("ij,ij->i", unit[a], unit[b])
+    else:
+        scores = np.asarray(score_pairs(emb, a, b), dtype=np.float64)
     labels = np.fromiter((t[0] for t in trials), dtype=np.int64, count=len(trials))
     quality = duration_features(durations[a], durations[b]) if use_durations else None
     names = QUALITY_FEATURES if use_durations else ()
     cal = fit_calibration(
         scores, labels, prior=prior, quality=quality, quality_features=names,
-        model_fingerprint=model_fingerprint, data=data,
+        model_fingerprint=model_fingerprint, data=data, score_type=score_type,
     )  # fmt: skip
     cal.operating_point = choose_operating_point(
-        scores, labels, rule, target, calibration=cal, prior=threshold_prior, data=data
+        scores, labels, rule, target, calibration=cal, prior=threshold_prior, data=data, score_type=score_type
     )
     if int((labels == 0).sum()) >= 100:  # what identification needs to keep an FPIR at any gallery size
         cal.nontarget = NonTargetTail.from_scores(scores[labels == 0], data=data).to_dict()

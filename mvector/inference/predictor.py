@@ -222,7 +222,8 @@ class MVectorPredictor:
         if self.calibration is not None and self.calibration.score_type != self.score_type:
             warnings.warn(
                 f"{self.model_path / 'calibration.json'} calibrates {self.calibration.score_type} scores, but the "
-                f"predictor scores with {self.score_type}; ignoring it (fit one without a cohort: mvector calibrate)",
+                f"predictor scores with {self.score_type}; ignoring it (refit it on this model's scale: "
+                f"mvector calibrate --model_path {self.model_path} --trials PAIRS --rule far --target 0.01)",
                 stacklevel=2,
             )
             self.calibration = None
