@@ -566,6 +566,24 @@ class MVectorPredictor:
         if top_k > 1:
             return [(nm, float(sc)) for nm, sc in hits]
         n = max(n, len(hits))
+        answer, limit, source, extras = self._decide(chosen, hits, n, p0, target, use_margin, threshold, score_norm)
+        llr = probability = None
+        if self.calibration is not None and score_norm is None and not self.calibration.needs_durations:
+            llr = float(self.calibration.llr(answer.score))
+            probability = float(self.calibration.probability(answer.score, self.prior))
+        result = IdentificationResult(
+            answer, limit, use_margin, llr, probability, self.prior if llr is not None else None, source, score_norm,
+            **extras,
+        )  # fmt: skip
+        result.candidates = [(nm, float(sc)) for nm, sc in hits[: int(candidates)]]
+        return result
+
+    def _decide(
+        self, chosen: str, hits: list, n: int, p0: float, target: float, use_margin: float,
+        threshold: float | None, score_norm: str | None,
+    ) -> tuple[OpenSetAnswer, float | None, str, dict[str, Any]]:
+        """:meth:`recognize`'s decision by ``chosen`` over the best ``hits`` of a gallery of ``n`` speakers:
+        ``(answer, the score a speaker needed, where that came from, the result's extra fields)``."""  # fmt: skip
         extras: dict[str, Any] = {"rule": chosen, "gallery_size": n}
         if chosen in ("posterior", "posterior_fpir"):
             assert self.calibration is not None
@@ -600,16 +618,7 @@ class MVectorPredictor:
         if self.nontarget is not None and score_norm is None and limit is not None:
             extras["expected_fpir"] = expected_fpir(self.nontarget, limit, n)
         extras["promise"] = self._promise(chosen, n, limit, p0, target, extras.get("expected_fpir"), source)
-        llr = probability = None
-        if self.calibration is not None and score_norm is None and not self.calibration.needs_durations:
-            llr = float(self.calibration.llr(answer.score))
-            probability = float(self.calibration.probability(answer.score, self.prior))
-        result = IdentificationResult(
-            answer, limit, use_margin, llr, probability, self.prior if llr is not None else None, source, score_norm,
-            **extras,
-        )  # fmt: skip
-        result.candidates = [(nm, float(sc)) for nm, sc in hits[: int(candidates)]]
-        return result
+        return answer, limit, source, extras
 
     def _gallery_normed(self, emb: np.ndarray, top_k: int) -> list[tuple[str, float]]:
         """Every enrolled speaker's score, AS-normed with the other enrolled speakers as the cohort, best first."""
