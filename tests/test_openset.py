@@ -190,3 +190,47 @@ def test_eval_open_set_reports_dir_at_far(tmp_path: Path, capsys) -> None:
     # DIR grows with the false-alarm rate it is read at and never passes the closed-set rank-1 rate.
     assert result["dir@far=0.01"] <= result["dir@far=0.05"] <= result["dir@far=0.1"] <= result["rank1"] <= 1.0
     assert result["decisions"]["margin"] == 0.01 and "open set" in out
+    assert result["score_type"] == "cosine"
+
+    # a model folder with a stored AS-norm cohort: the protocol scores on that scale, the threshold's scale
+    from mvector.embedding.backends import open_backend
+    from mvector.evaluation.score_norm import ScoreNorm
+
+    dim = open_backend(model).embd_dim
+    cohort = np.random.default_rng(0).standard_normal((12, dim)).astype(np.float32)
+    ScoreNorm(np.zeros(dim, np.float32), None, cohort / np.linalg.norm(cohort, axis=1, keepdims=True), 4).save(model)
+    assert eval_main([*args, f"--dataset_conf.test_list={listing}"]) == 0
+    normed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["open_set"]
+    assert normed["score_type"] == "as_norm_model"
+    assert normed["decisions"]["threshold"] == result["decisions"]["threshold"]
+
+
+def test_open_set_scores_a_model_with_a_cohort_as_the_speaker_database_searches(tmp_path: Path) -> None:
+    """A model that stores an AS-norm cohort has its threshold on the AS-norm scale: the open-set protocol scores
+    on that scale, equal to the database search the predictor runs (not on cosine, which the threshold is not on)."""
+    from mvector.evaluation.openset import gallery_scores
+    from mvector.evaluation.score_norm import ScoreNorm
+    from mvector.inference.speaker_db import SpeakerDatabase
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((30, 16))
+    train = np.repeat(centres[:20], 4, axis=0) + 0.5 * rng.standard_normal((80, 16))
+    norm = ScoreNorm.fit(train, np.repeat(np.arange(20), 4), cohort="utterances", top_k=10)
+    enrol = np.repeat(centres[20:], 3, axis=0) + 0.4 * rng.standard_normal((30, 16))
+    probes = centres[20:] + 0.4 * rng.standard_normal((10, 16))
+    unit = enrol / np.linalg.norm(enrol, axis=1, keepdims=True)
+    means = unit.reshape(10, 3, 16).mean(axis=1)
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    unit_probes = probes / np.linalg.norm(probes, axis=1, keepdims=True)
+    ours = gallery_scores(unit_probes, means, norm)
+    with SpeakerDatabase(tmp_path / "db", "m", 16) as db:
+        db.add_many({f"s{i}": enrol[3 * i : 3 * i + 3] for i in range(10)})
+        hits = db.search(
+            norm.transform(unit_probes), top_k=10, score_norm="as_norm", cohort=norm.cohort,
+            transform=norm.transform, cohort_top_k=norm.top_k,
+        )  # fmt: skip
+    for row, hit in zip(ours, hits):
+        for name, score in hit:
+            assert abs(row[int(name[1:])] - score) < 1e-4
+    cosine = gallery_scores(unit_probes, means, None)
+    assert np.abs(ours - cosine).max() > 0.5  # the two scales differ: a cosine threshold would mean something else

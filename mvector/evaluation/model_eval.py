@@ -138,7 +138,8 @@ def evaluate_model_folder(
         )  # fmt: skip
     if open_set:
         metrics["open_set"] = _open_set(
-            evaluator, embedder, ds["test_list"], open_set_unknown, open_set_enrol, open_set_repeats, margin
+            evaluator, embedder, ds["test_list"], open_set_unknown, open_set_enrol, open_set_repeats, margin,
+            stored_norm,
         )
     written = Path(output) if output else embedder.folder / "evaluations" / f"{Path(str(source)).stem}.json"
     atomic_write_json(written, metrics)
@@ -231,8 +232,10 @@ def _open_set(
     enrol: int,
     repeats: int,
     margin: float,
+    score_norm: ScoreNorm | None,
 ) -> dict[str, Any]:
-    """Open-set identification measures on the test list, decisions at the model's current threshold."""
+    """Open-set identification measures on the test list, decisions at the model's current threshold, scored on
+    its scale (the stored AS-norm cohort when the model has one, as the predictor's search does)."""
     import numpy as np
 
     from mvector.data.lists import load_utterances
@@ -247,8 +250,9 @@ def _open_set(
     threshold, source = resolve_threshold(embedder.folder, load_calibration(embedder.folder, embedder.fingerprint))
     out = open_set_protocol(
         emb.vectors[emb.ok], speakers, unknown_fraction=unknown, enrol_per_speaker=enrol, repeats=repeats,
-        threshold=threshold, margin=margin,
+        threshold=threshold, margin=margin, score_norm=score_norm,
     )  # fmt: skip
     out["threshold_source"] = source
+    out["score_type"] = "cosine" if score_norm is None else "as_norm_model"
     out["test_list"] = str(test_list)
     return out

@@ -31,9 +31,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from mvector.errors import ConfigError
+from mvector.evaluation.score_norm import ScoreNorm
+from mvector.evaluation.scoring import cohort_stats
 from mvector.evaluation.uncertainty import rate_interval
 
 __all__ = [
+    "gallery_scores",
     "OpenSetAnswer",
     "IdentificationResult",
     "open_set_decision",
@@ -287,6 +290,28 @@ def dir_at_far(
     return out
 
 
+def gallery_scores(probes: np.ndarray, models: np.ndarray, score_norm: ScoreNorm | None) -> np.ndarray:
+    """``[P, S]`` scores of unit probes against unit speaker means: cosine, or the model's AS-norm (both sides
+    transformed, each normalised by its top cohort scores) as the speaker database scores a search.
+
+    >>> rng = np.random.default_rng(0)
+    >>> probes, models = np.eye(3, 4), np.eye(2, 4)
+    >>> gallery_scores(probes, models, None).tolist()
+    [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    >>> norm = ScoreNorm.fit(rng.standard_normal((40, 4)), np.repeat(np.arange(8), 5), cohort="utterances", top_k=5)
+    >>> gallery_scores(probes, models, norm).shape
+    (3, 2)
+    """
+    if score_norm is None:
+        return probes @ models.T
+    p, m = score_norm.transform(probes), score_norm.transform(models)
+    k = min(score_norm.top_k, score_norm.cohort.shape[0])
+    p_mu, p_sd = cohort_stats(p, score_norm.cohort, k)
+    m_mu, m_sd = cohort_stats(m, score_norm.cohort, k)
+    raw = p.astype(np.float64) @ m.T.astype(np.float64)
+    return 0.5 * ((raw - m_mu[None]) / m_sd[None] + (raw - p_mu[:, None]) / p_sd[:, None])
+
+
 def open_set_protocol(
     embeddings: Any,
     speakers: Sequence[Any],
@@ -297,6 +322,7 @@ def open_set_protocol(
     fars: Sequence[float] = (0.01, 0.05, 0.1),
     threshold: float | None = None,
     margin: float = 0.0,
+    score_norm: ScoreNorm | None = None,
 ) -> dict[str, Any]:
     """Open-set identification measures on a labelled list of embeddings, averaged over random protocols.
 
@@ -350,7 +376,7 @@ def open_set_protocol(
         strangers = np.flatnonzero(~np.isin(spk, enrolled))
         probes.extend(strangers.tolist())
         truth.extend([-1] * len(strangers))
-        scores = unit[np.asarray(probes)] @ np.stack(models).T
+        scores = gallery_scores(unit[np.asarray(probes)], np.stack(models), score_norm)
         curves.append(dir_at_far(scores, np.asarray(truth), fars=fars))
         if threshold is not None:
             decisions.append(open_set_metrics(scores, np.asarray(truth), threshold, margin))
