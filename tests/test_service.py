@@ -33,9 +33,10 @@ from mvector.data.synthetic import make_voices, synthesize_utterance  # noqa: E4
 from mvector.demo import tiny_checkpoint  # noqa: E402
 from mvector.errors import AudioError  # noqa: E402
 from mvector.inference.predictor import MVectorPredictor  # noqa: E402
-from mvector.service.app import ServiceConfig, create_app  # noqa: E402
+from mvector.service.app import create_app  # noqa: E402
 from mvector.service.keys import KeyStore  # noqa: E402
 from mvector.service.process import ServerProcess, free_port  # noqa: E402
+from mvector.service.settings import ServiceConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICES = make_voices(3, seed=11)

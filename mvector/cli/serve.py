@@ -151,8 +151,9 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from mvector.build import resolve_model_dir
-    from mvector.service.app import ServiceConfig, create_app
+    from mvector.service.app import create_app
     from mvector.service.server import server_config
+    from mvector.service.settings import ServiceConfig
     from mvector.utils.threads import thread_plan
 
     if not 0 <= args.port <= 65535:

@@ -8,7 +8,7 @@ and closed, and a connection whose request headers are not complete ``header_tim
 16 kB, gets 400 JSON (uvicorn's own answer is plain text). Proxy headers (``X-Forwarded-For``,
 ``X-Forwarded-Proto``) are trusted only from the addresses in ``forwarded_allow_ips`` (none by default).
 
->>> from mvector.service.app import ServiceConfig
+>>> from mvector.service.settings import ServiceConfig
 >>> config = server_config(object(), ServiceConfig(), "127.0.0.1", 8000)
 >>> config.proxy_headers, config.http.__name__
 (False, 'GuardedH11Protocol')
@@ -130,7 +130,7 @@ def server_config(
 ) -> uvicorn.Config:
     """The uvicorn configuration ``mvector serve`` runs with (tests and benchmarks use the same).
 
-    ``settings`` is the app's :class:`~mvector.service.app.ServiceConfig` (``header_timeout``,
+    ``settings`` is the app's :class:`~mvector.service.settings.ServiceConfig` (``header_timeout``,
     ``max_connections``, ``forwarded_allow_ips``: empty means ``X-Forwarded-For`` is ignored and the client is
     the TCP peer).
     """

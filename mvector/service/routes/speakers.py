@@ -1,0 +1,222 @@
+"""The enrolled speakers: list and show them (``read``), verify a recording against one (``read``), enrol, add
+recordings and delete (``write``, audited, idempotent with an ``Idempotency-Key``).
+
+>>> sorted({route.path for route in router.routes})
+['/v1/speakers', '/v1/speakers/{name}', '/v1/speakers/{name}/recordings', '/v1/speakers/{name}/verify']
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+
+from mvector.errors import SpeakerDBError, UnknownSpeakerError
+from mvector.inference.idempotency import Replayed, request_hash
+from mvector.service.auth import audit, require
+from mvector.service.errors import ServiceError
+from mvector.service.idempotent import idempotency_header, replay_or_refuse, stored_answer, write_record
+from mvector.service.keys import KeyInfo
+from mvector.service.results import finite_parameter, result_extras, threshold_query
+from mvector.service.schemas import Speaker, Verification, audio_body, error_responses
+from mvector.service.speaker_ops import (
+    answered,
+    checked_name,
+    enrol_recordings,
+    known_speaker,
+    not_enrolled,
+    printable_name,
+    write_speaker,
+)
+from mvector.service.state import service_state
+from mvector.service.uploads import one_recording
+
+__all__ = ["router"]
+
+router = APIRouter()
+_READ = Depends(require("read"))
+_ENROL = Depends(require("write", "enrol"))
+_ADD = Depends(require("write", "add_recordings"))
+_DELETE = Depends(require("write", "delete"))
+_IDEMPOTENCY = idempotency_header()
+_ENROL_BODY = {
+    **audio_body({"audio": "one or more recordings (repeat the field)"}, raw=True, text={"name": "the speaker's name"}),
+    "parameters": [
+        {
+            "name": "name",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "the speaker's name when the body is one raw recording (else the form field)",
+        }
+    ],
+}
+
+
+@router.get(
+    "/v1/speakers",
+    tags=["speakers"],
+    summary="Enrolled speakers",
+    response_model=list[Speaker],
+    response_model_exclude_none=True,
+    responses=error_responses(),
+)
+async def speakers(request: Request, key: KeyInfo = _READ) -> list[dict[str, Any]]:
+    p = await service_state(request).ready_predictor()
+
+    def rows() -> list[dict[str, Any]]:
+        out = []
+        for n in p.db.names():
+            try:
+                out.append({"name": n, "recordings": p.db.num_utterances(n)})
+            except SpeakerDBError:  # removed meanwhile
+                continue
+        return out
+
+    return await anyio.to_thread.run_sync(rows)
+
+
+@router.get(
+    "/v1/speakers/{name}",
+    tags=["speakers"],
+    summary="One enrolled speaker",
+    response_model=Speaker,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 404),
+)
+async def speaker(name: str, request: Request, key: KeyInfo = _READ) -> dict[str, Any]:
+    p = await service_state(request).ready_predictor()
+    name = checked_name(name)
+    await known_speaker(p, name)
+    return {"name": name, "recordings": await anyio.to_thread.run_sync(p.db.num_utterances, name)}
+
+
+@router.post(
+    "/v1/speakers/{name}/verify",
+    tags=["verification"],
+    summary="Is this recording the enrolled speaker {name}?",
+    response_model=Verification,
+    response_model_exclude_unset=True,
+    responses=error_responses(400, 404, 413),
+    openapi_extra=audio_body({"audio": "a recording"}, raw=True),
+)
+async def verify_speaker(
+    name: str, request: Request, threshold: Optional[float] = threshold_query(), key: KeyInfo = _READ
+) -> dict[str, Any]:
+    state = service_state(request)
+    p = await state.ready_predictor()
+    name = checked_name(name)
+    await known_speaker(p, name)
+    audio = await one_recording(request)
+    emb = (await asyncio.wrap_future(state.worker.submit_embed([audio])))[0]
+    try:
+        mean = await anyio.to_thread.run_sync(p.db.mean_embedding, name)
+    except SpeakerDBError:  # removed while the recording was embedded
+        raise not_enrolled(name) from None
+    limit = None if threshold is None else finite_parameter(threshold, "threshold")
+    result = p.decide(float(p.pair_score(emb, mean)), limit)  # calibrated LLR / probability when available
+    return {
+        "score": result.score,
+        "same_speaker": result.same,
+        "threshold": float(result.threshold),
+        "speaker": name,
+        **result_extras(result),
+    }
+
+
+@router.post(
+    "/v1/speakers",
+    tags=["speakers"],
+    summary="Enrol a new speaker from one or more recordings",
+    status_code=201,
+    response_model=Speaker,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 403, 409, 413, 422),
+    openapi_extra=_ENROL_BODY,
+)
+async def enrol(request: Request, key: KeyInfo = _ENROL, idempotency_key: Optional[str] = _IDEMPOTENCY) -> Any:
+    target = None
+    status = 500
+    try:
+        await service_state(request).ready_predictor()
+        name, uploads = await enrol_recordings(request, None)
+        target = name
+        result = await write_speaker(request, key, idempotency_key, name, uploads, "create", 201)
+        status = answered(result, request) or 201
+        return result
+    except ServiceError as err:
+        status = err.status
+        raise
+    finally:
+        detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
+        await audit(request, key, "enrol", target or printable_name(request), status, detail)
+
+
+@router.post(
+    "/v1/speakers/{name}/recordings",
+    tags=["speakers"],
+    summary="Add recordings to an enrolled speaker",
+    response_model=Speaker,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 403, 404, 413, 422),
+    openapi_extra=audio_body({"audio": "one or more recordings (repeat the field)"}, raw=True),
+)
+async def add_recordings(
+    name: str, request: Request, key: KeyInfo = _ADD, idempotency_key: Optional[str] = _IDEMPOTENCY
+) -> Any:
+    status = 500
+    try:
+        p = await service_state(request).ready_predictor()
+        name = checked_name(name)
+        if idempotency_key is None:  # a fast 404 (a retry of a committed write may find the speaker removed)
+            await known_speaker(p, name)
+        name, uploads = await enrol_recordings(request, name)
+        result = await write_speaker(request, key, idempotency_key, name, uploads, "append", 200)
+        status = answered(result, request) or 200
+        return result
+    except ServiceError as err:
+        status = err.status
+        raise
+    finally:
+        detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
+        await audit(request, key, "add_recordings", name, status, detail)
+
+
+@router.delete(
+    "/v1/speakers/{name}",
+    tags=["speakers"],
+    summary="Remove an enrolled speaker",
+    responses=error_responses(400, 403, 404, 422),
+)
+async def delete_speaker(
+    name: str, request: Request, key: KeyInfo = _DELETE, idempotency_key: Optional[str] = _IDEMPOTENCY
+) -> Any:
+    status = 500
+    try:
+        p = await service_state(request).ready_predictor()
+        checked = checked_name(name)
+        digest = request_hash("DELETE", f"/v1/speakers/{checked}", [])
+        result = await stored_answer(p.db, key.key_id, idempotency_key, digest)
+        if result is None:
+            record, built = write_record(key.key_id, idempotency_key, digest, 200, lambda _: {"removed": checked})
+
+            def remove() -> dict[str, Any]:
+                p.remove(checked, record=record)
+                return built
+
+            try:
+                result = await anyio.to_thread.run_sync(remove)
+            except Replayed as replayed:
+                result = replay_or_refuse(replayed.stored, digest)
+            except UnknownSpeakerError:
+                raise not_enrolled(checked) from None
+        status = answered(result, request) or 200
+        return result
+    except ServiceError as err:
+        status = err.status
+        raise
+    finally:
+        detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
+        await audit(request, key, "delete", name, status, detail)
