@@ -366,13 +366,15 @@ def all_pairs_metrics(
     (about 12 bytes each, 60 MiB at N = 20 000), ``num_bins`` counters per thread, and the exact scores kept:
 
     1. utterances are grouped by speaker, so row ``i`` of the upper triangle holds its target pairs first and
-       its non-target pairs in one contiguous run after them;
+       its non-target pairs in one contiguous run after them (:class:`_PairBlocks`);
     2. rows are scored block by block; target scores are kept exactly, non-target scores are only counted in
-       ``num_bins`` equal-width bins (a monotone function of the score, so bins never reorder scores);
+       ``num_bins`` equal-width bins (a monotone function of the score, so bins never reorder scores;
+       :func:`_count_pass`);
     3. from the bin counts, the bins where the EER crossing or a minDCF optimum can lie are found with
-       exact bounds, the blocks are recomputed, and the non-target scores in those bins alone are collected;
+       exact bounds (:func:`_bins_to_refine`), the blocks are recomputed, and the non-target scores in those
+       bins alone are collected (:func:`_collect_pass`);
     4. the exact operating points inside those bins decide the metrics; every other point is provably not
-       the optimum (minDCF) and on the right side of the crossing (EER).
+       the optimum (minDCF) and on the right side of the crossing (EER) (:func:`_exact_curve`).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -384,15 +386,25 @@ def all_pairs_metrics(
     >>> bool(0.0 <= m["eer"] < 0.2)
     True
     """
-    import torch
-
     p_targets = _check_p_targets(p_targets, c_miss, c_fa)
     c_miss, c_fa = float(c_miss), float(c_fa)
     num_bins = int(num_bins)
     if num_bins < 2:
         raise ValueError(f"num_bins must be >= 2, got {num_bins}")
+    emb, lab = _pair_inputs(embeddings, labels, normalize, dtype)
+    pairs = _PairBlocks(emb, lab, normalize, num_bins, int(block_elements), max_block_rows)
+    t_vals, non_hist, tgt_hist = _count_pass(pairs)
+    refine, c_ge = _bins_to_refine(non_hist, tgt_hist, pairs.n_t, pairs.n_n, p_targets, c_miss, c_fa)
+    v_u, c_u = _collect_pass(pairs, refine, non_hist)
+    curve = _exact_curve(pairs, t_vals, v_u, c_u, refine, non_hist, c_ge)
+    return _metrics_dict(curve, p_targets, c_miss, c_fa)
 
-    # ---- inputs
+
+def _pair_inputs(embeddings: Any, labels: Any, normalize: bool, dtype: Any) -> tuple[torch.Tensor, np.ndarray]:
+    """The embeddings as a checked ``(N, D)`` tensor of ``dtype`` (unit rows when ``normalize``) and the labels
+    as a 1-D array of ``N``; a clear ``ValueError`` otherwise."""
+    import torch
+
     if isinstance(embeddings, torch.Tensor):
         emb = embeddings.detach().cpu()
     else:
@@ -428,112 +440,155 @@ def all_pairs_metrics(
             row = int(torch.nonzero(norms == 0)[0, 0])
             raise ValueError(f"embedding {row} is all zeros; its cosine similarity is undefined")
         emb = emb / norms[:, None]
+    return emb, lab
 
-    # ---- group by speaker: utterances of one speaker become one contiguous run
-    _, spk = np.unique(lab, return_inverse=True)
-    spk = spk.reshape(-1)
-    order = np.argsort(spk, kind="stable")
-    sizes = np.bincount(spk)
-    ends = np.cumsum(sizes)[spk[order]]  # for sorted row i: first row of the next speaker
-    n_t = int((sizes * (sizes - 1) // 2).sum())
-    n_n = n * (n - 1) // 2 - n_t
-    if n_t == 0:
-        raise ValueError("no target pairs: every speaker has a single utterance")
-    if n_n == 0:
-        raise ValueError("no non-target pairs: all utterances have the same speaker label")
-    e = emb[torch.from_numpy(order)].contiguous()
 
-    # ---- binning: bin(x) = trunc(x + offset) with x = score * 2**k (exact scaling), monotone in the score
-    half = num_bins // 2
-    # |score| <= 1 for unit vectors (|x||y| otherwise); rounding can overshoot a little, the margin bins absorb it
-    bound = 1.0 if normalize else float((e.norm(dim=1).max() ** 2).item()) * (1 + 1e-3)
-    k = math.floor(math.log2(half / bound))
-    scale = 2.0**k
-    margin = 16 + half // 256
-    offset = float(half + margin)
-    n_slots = 2 * half + 2 * margin + 1
-    trash = n_slots  # invalid entries (lower triangle, diagonal, target pairs) are counted here and dropped
-    es = e * scale  # scaling by a power of two: every product and partial sum is scaled exactly
-    ends_t = torch.from_numpy(ends.astype(np.int64))
+class _PairBlocks:
+    """The upper triangle of the score matrix of ``emb`` with rows grouped by speaker, cut into row blocks,
+    and the binning of its scores.
 
-    def to_bins(x: torch.Tensor) -> torch.Tensor:
-        return torch.add(x, offset).to(torch.int32)
+    Rows are sorted so that one speaker's utterances form one contiguous run: row ``i`` pairs with its own
+    speaker in columns ``i+1 .. ends[i]-1`` (the target pairs, listed in ``t_row`` / ``t_col``) and with
+    everyone else from ``ends[i]`` on. A block holds rows ``[r0, r1)`` against columns ``[r0, N)``; few rows
+    per block keep the masked corner small. Scores are binned as ``bin(x) = trunc(x + offset)`` with
+    ``x = score * scale`` (``scale`` a power of two: every product and partial sum is scaled exactly), monotone
+    in the score; slot ``trash`` counts the invalid entries (lower triangle, diagonal, target pairs).
+    """
 
-    sentinel = float(trash) - offset  # a score value whose bin is the trash slot
+    def __init__(
+        self, emb: torch.Tensor, lab: np.ndarray, normalize: bool, num_bins: int, block_elements: int, max_rows: int
+    ) -> None:
+        import torch
 
-    # row blocks: rows [r0, r1) against columns [r0, N); few rows per block keeps the masked corner small
-    blocks = []
-    r0 = 0
-    while r0 < n - 1:
-        rows = max(1, min(n - 1 - r0, max_block_rows, int(block_elements) // (n - r0)))
-        blocks.append((r0, r0 + rows))
-        r0 += rows
-    # target pairs in sorted order: row i pairs with columns i+1 .. ends[i]-1
-    t_len = ends - np.arange(n) - 1
-    t_row = np.repeat(np.arange(n), t_len)
-    t_col = t_row + 1 + (np.arange(t_row.size) - np.repeat(np.cumsum(t_len) - t_len, t_len))
+        _, spk = np.unique(lab, return_inverse=True)
+        spk = spk.reshape(-1)
+        order = np.argsort(spk, kind="stable")
+        sizes = np.bincount(spk)
+        self.n = n = emb.shape[0]
+        self.ends = ends = np.cumsum(sizes)[spk[order]]  # for sorted row i: first row of the next speaker
+        self.n_t = int((sizes * (sizes - 1) // 2).sum())
+        self.n_n = n * (n - 1) // 2 - self.n_t
+        if self.n_t == 0:
+            raise ValueError("no target pairs: every speaker has a single utterance")
+        if self.n_n == 0:
+            raise ValueError("no non-target pairs: all utterances have the same speaker label")
+        self.dtype = emb.dtype
+        self.e = e = emb[torch.from_numpy(order)].contiguous()
+        self._set_bins(num_bins, 1.0 if normalize else float((e.norm(dim=1).max() ** 2).item()) * (1 + 1e-3))
+        self.ends_t = torch.from_numpy(ends.astype(np.int64))
+        self.blocks = []
+        r0 = 0
+        while r0 < n - 1:
+            rows = max(1, min(n - 1 - r0, max_rows, block_elements // (n - r0)))
+            self.blocks.append((r0, r0 + rows))
+            r0 += rows
+        t_len = ends - np.arange(n) - 1  # target pairs in sorted order: row i with columns i+1 .. ends[i]-1
+        self.t_row = np.repeat(np.arange(n), t_len)
+        self.t_col = self.t_row + 1 + (np.arange(self.t_row.size) - np.repeat(np.cumsum(t_len) - t_len, t_len))
 
-    def block_scores(r0: int, r1: int) -> torch.Tensor:
-        x = es[r0:r1] @ e[r0:].T  # (rows, n - r0): scores * 2**k
-        lead = int(ends[r1 - 1]) - r0  # columns < ends[i] are invalid for row i (ends grow with i)
-        invalid = torch.arange(lead)[None, :] < ends_t[r0:r1, None] - r0
+    def _set_bins(self, num_bins: int, bound: float) -> None:
+        # |score| <= bound (1 for unit vectors); rounding can overshoot a little, the margin bins absorb it
+        half = num_bins // 2
+        self.scale = 2.0 ** math.floor(math.log2(half / bound))
+        margin = 16 + half // 256
+        self.offset = float(half + margin)
+        self.n_slots = 2 * half + 2 * margin + 1
+        self.trash = self.n_slots
+        self.sentinel = float(self.trash) - self.offset  # a score value whose bin is the trash slot
+        self.es = self.e * self.scale
+
+    def to_bins(self, x: torch.Tensor) -> torch.Tensor:
+        """The bin of each scaled score ``x``."""
+        import torch
+
+        return torch.add(x, self.offset).to(torch.int32)
+
+    def block_scores(self, r0: int, r1: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """Scaled scores of rows ``[r0, r1)`` against columns ``[r0, N)``, and the mask of the invalid entries
+        among the first ``lead`` columns (columns < ``ends[i]`` are invalid for row ``i``; ends grow with i)."""
+        import torch
+
+        x = self.es[r0:r1] @ self.e[r0:].T
+        lead = int(self.ends[r1 - 1]) - r0
+        invalid = torch.arange(lead)[None, :] < self.ends_t[r0:r1, None] - r0
         return x, lead, invalid
 
-    # Blocks are shared among `workers` Python threads, each running single-threaded torch ops (they release
-    # the GIL). Unlike multi-threaded ops this never stalls at thread barriers on a busy machine, and a
-    # single-threaded matrix product gives the same bits for a block in both passes.
-    workers = max(1, torch.get_num_threads())
+    def run_blocks(self, work: Any) -> list[Any]:
+        """``work(share)`` on every share of the blocks, one share per Python thread.
 
-    def run_blocks(work):
-        shares = [blocks[w::workers] for w in range(workers)]
-        if workers == 1:
-            return [work(shares[0])]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(work, shares))
+        Each thread runs single-threaded torch ops (they release the GIL): unlike multi-threaded ops this never
+        stalls at thread barriers on a busy machine, and a single-threaded matrix product gives the same bits for
+        a block in both passes.
+        """
+        import torch
 
-    def first_pass(share):
-        hist = torch.zeros(n_slots + 1, dtype=torch.int64)
+        workers = max(1, torch.get_num_threads())
+        shares = [self.blocks[w::workers] for w in range(workers)]
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if workers == 1:
+                return [work(shares[0])]
+            with ThreadPoolExecutor(workers) as pool:
+                return list(pool.map(work, shares))
+        finally:
+            torch.set_num_threads(old_threads)
+
+
+def _count_pass(pairs: _PairBlocks) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """First pass over the blocks: the exact target scores (scaled, in sorted pair order) and the counts of
+    non-target and target scores per bin."""
+    import torch
+
+    def first_pass(share: list[tuple[int, int]]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        hist = torch.zeros(pairs.n_slots + 1, dtype=torch.int64)
         found = {}
         for r0, r1 in share:
-            x, lead, invalid = block_scores(r0, r1)
-            a, b = np.searchsorted(t_row, [r0, r1])
+            x, lead, invalid = pairs.block_scores(r0, r1)
+            a, b = np.searchsorted(pairs.t_row, [r0, r1])
             if b > a:
-                found[r0] = x[torch.from_numpy(t_row[a:b] - r0), torch.from_numpy(t_col[a:b] - r0)]
-            x[:, :lead].masked_fill_(invalid, sentinel)
-            hist += torch.bincount(x.add_(offset).to(torch.int32).view(-1), minlength=n_slots + 1)
+                found[r0] = x[torch.from_numpy(pairs.t_row[a:b] - r0), torch.from_numpy(pairs.t_col[a:b] - r0)]
+            x[:, :lead].masked_fill_(invalid, pairs.sentinel)
+            hist += torch.bincount(x.add_(pairs.offset).to(torch.int32).view(-1), minlength=pairs.n_slots + 1)
             del x
         return hist, found
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        results = run_blocks(first_pass)
-    finally:
-        torch.set_num_threads(old_threads)
+    results = pairs.run_blocks(first_pass)
     hist = functools.reduce(torch.add, [h for h, _ in results])
     found = {r0: t for _, part in results for r0, t in part.items()}
-    targets = [found[r0] for r0 in sorted(found)]
-    t_vals = torch.cat(targets)
-    if t_vals.numel() != n_t:
+    t_vals = torch.cat([found[r0] for r0 in sorted(found)])
+    if t_vals.numel() != pairs.n_t:
         raise AssertionError("internal error: target pair count mismatch")
-    non_hist = hist[:n_slots].numpy().astype(np.int64)
-    if int(non_hist.sum()) != n_n:
+    non_hist = hist[: pairs.n_slots].numpy().astype(np.int64)
+    if int(non_hist.sum()) != pairs.n_n:
         raise AssertionError("internal error: non-target pair count mismatch")
-    t_bins = to_bins(t_vals).numpy().astype(np.int64)
-    tgt_hist = np.bincount(t_bins, minlength=n_slots).astype(np.int64)
+    t_bins = pairs.to_bins(t_vals).numpy().astype(np.int64)
+    return t_vals, non_hist, np.bincount(t_bins, minlength=pairs.n_slots).astype(np.int64)
 
-    # ---- exact bounds per bin
-    occupied = (non_hist + tgt_hist) > 0
+
+def _bins_to_refine(
+    non_hist: np.ndarray,
+    tgt_hist: np.ndarray,
+    n_t: int,
+    n_n: int,
+    p_targets: Sequence[float],
+    c_miss: float,
+    c_fa: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bins whose exact non-target scores are needed (a mask), and the non-targets in bins ``>= b``.
+
+    EER: the bracket lies in the last occupied bin whose lower boundary has FNR < FPR, or at the lowest score
+    of the next occupied bin. minDCF: a bin can hold the optimum only if its lower bound is <= the best value
+    reached at a bin boundary.
+    """
+    n_slots = non_hist.size
     c_ge = np.concatenate((np.cumsum(non_hist[::-1])[::-1], [0]))  # non-targets in bins >= b
     m_lt = np.concatenate(([0], np.cumsum(tgt_hist)))  # targets in bins < b
-    occ = np.flatnonzero(occupied)
+    occ = np.flatnonzero((non_hist + tgt_hist) > 0)
     refine = np.zeros(n_slots, dtype=bool)
-    # EER: the bracket lies in the last occupied bin whose lower boundary has FNR < FPR, or at the lowest
-    # score of the next occupied bin.
     diff = m_lt[occ] * n_n - c_ge[occ] * n_t
     last_neg = int(np.flatnonzero(diff < 0)[-1])
     refine[occ[last_neg : last_neg + 2]] = True
-    # minDCF: a bin can hold the optimum only if its lower bound is <= the best value reached at a bin boundary.
     for p in p_targets:
         a = c_miss * p / n_t
         b = c_fa * (1 - p) / n_n
@@ -541,71 +596,91 @@ def all_pairs_metrics(
         lower = a * m_lt[occ] + b * c_ge[occ + 1]
         refine[occ[lower <= upper + 1e-9 * max(upper, 1e-300) + 1e-15]] = True
     refine &= non_hist > 0
+    return refine, c_ge
 
-    # ---- second pass: exact non-target scores in the refined bins, as (value, count)
-    def compact(parts: list[torch.Tensor], counts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        # merge scores into (distinct value, count): memory stays bounded when scores tie
-        v_all = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
-        c_all = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64)
-        v_new, inv = torch.unique(v_all, return_inverse=True)
-        return v_new, torch.zeros(v_new.numel(), dtype=torch.int64).index_add_(0, inv, c_all)
 
-    def second_pass(share):
-        parts, counts, pending = [], [], 0
-        for r0, r1 in share:
-            x, lead, invalid = block_scores(r0, r1)
-            x[:, :lead].masked_fill_(invalid, sentinel)
-            xs = x[(x >= x_lo).logical_and_(x < x_hi)]
-            del x
-            xs = xs[table[to_bins(xs).long()]]
-            if xs.numel():
-                parts.append(xs)
-                counts.append(torch.ones(xs.numel(), dtype=torch.int64))
-                pending += xs.numel()
-                if pending > _COMPACT_AT:
-                    v, c = compact(parts, counts)
-                    parts, counts, pending = [v], [c], 0
-        return compact(parts, counts)
+def _compact(parts: list[torch.Tensor], counts: list[torch.Tensor], dtype: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores merged into (distinct value, count): memory stays bounded when scores tie."""
+    import torch
 
-    if refine.any():
+    v_all = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+    c_all = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64)
+    v_new, inv = torch.unique(v_all, return_inverse=True)
+    return v_new, torch.zeros(v_new.numel(), dtype=torch.int64).index_add_(0, inv, c_all)
+
+
+def _collect_pass(pairs: _PairBlocks, refine: np.ndarray, non_hist: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Second pass over the blocks: the exact non-target scores in the ``refine`` bins, as (value, count); their
+    counts must match the first pass's (else the matrix product is not deterministic here)."""
+    import torch
+
+    if not refine.any():
+        v_u, c_u = torch.zeros(0, dtype=pairs.dtype), torch.zeros(0, dtype=torch.int64)
+    else:
         ref_bins = np.flatnonzero(refine)
         # loose bounds on the raw score; the exact bin test runs on the few values selected
-        x_lo, x_hi = float(ref_bins[0]) - offset - 1.0, float(ref_bins[-1]) - offset + 2.0
+        x_lo, x_hi = float(ref_bins[0]) - pairs.offset - 1.0, float(ref_bins[-1]) - pairs.offset + 2.0
         table = torch.from_numpy(np.concatenate((refine, [False])))
-        torch.set_num_threads(1)
-        try:
-            results = run_blocks(second_pass)
-        finally:
-            torch.set_num_threads(old_threads)
-        v_u, c_u = compact([v for v, _ in results], [c for _, c in results])
-    else:
-        v_u, c_u = torch.zeros(0, dtype=dtype), torch.zeros(0, dtype=torch.int64)
-    got = np.bincount(to_bins(v_u).numpy().astype(np.int64), weights=c_u.numpy(), minlength=n_slots)
+
+        def second_pass(share: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+            parts, counts, pending = [], [], 0
+            for r0, r1 in share:
+                x, lead, invalid = pairs.block_scores(r0, r1)
+                x[:, :lead].masked_fill_(invalid, pairs.sentinel)
+                xs = x[(x >= x_lo).logical_and_(x < x_hi)]
+                del x
+                xs = xs[table[pairs.to_bins(xs).long()]]
+                if xs.numel():
+                    parts.append(xs)
+                    counts.append(torch.ones(xs.numel(), dtype=torch.int64))
+                    pending += xs.numel()
+                    if pending > _COMPACT_AT:
+                        v, c = _compact(parts, counts, pairs.dtype)
+                        parts, counts, pending = [v], [c], 0
+            return _compact(parts, counts, pairs.dtype)
+
+        results = pairs.run_blocks(second_pass)
+        v_u, c_u = _compact([v for v, _ in results], [c for _, c in results], pairs.dtype)
+    got = np.bincount(pairs.to_bins(v_u).numpy().astype(np.int64), weights=c_u.numpy(), minlength=pairs.n_slots)
     if not np.array_equal(got[refine].astype(np.int64), non_hist[refine]):
         raise RuntimeError(
             "all_pairs_metrics: the matrix product gave different results on recomputation "
             "(non-deterministic BLAS); set MKL_CBWR=COMPATIBLE or use dtype=torch.float64"
         )
+    return v_u, c_u
 
-    # ---- exact operating points: every target score and every collected non-target score
+
+def _exact_curve(
+    pairs: _PairBlocks,
+    t_vals: torch.Tensor,
+    v_u: torch.Tensor,
+    c_u: torch.Tensor,
+    refine: np.ndarray,
+    non_hist: np.ndarray,
+    c_ge: np.ndarray,
+) -> ScoreCurve:
+    """The operating points at every target score and every collected non-target score; false alarms above a
+    point come from the bins above it plus, within its own bin, the collected scores (a refined bin) or the
+    whole bin (any other: the point cannot decide a metric there)."""
+    import torch
+
     vals = torch.cat((t_vals, v_u))
     t_w = torch.cat((torch.ones(t_vals.numel(), dtype=torch.int64), torch.zeros(v_u.numel(), dtype=torch.int64)))
     n_w = torch.cat((torch.zeros(t_vals.numel(), dtype=torch.int64), c_u))
     pts, inv = torch.unique(vals, return_inverse=True)
     tc = torch.zeros(pts.numel(), dtype=torch.int64).index_add_(0, inv, t_w).numpy()
     nc = torch.zeros(pts.numel(), dtype=torch.int64).index_add_(0, inv, n_w).numpy()
-    pbins = to_bins(pts).numpy().astype(np.int64)
+    pbins = pairs.to_bins(pts).numpy().astype(np.int64)
     miss = np.concatenate(([0], np.cumsum(tc)[:-1]))
     rc = np.concatenate((np.cumsum(nc[::-1])[::-1], [0]))  # collected non-targets at or above point j
     first_above = np.searchsorted(pbins, pbins, side="right")
     in_bin_ge = rc[:-1] - rc[first_above]
     fa = c_ge[pbins + 1] + np.where(refine[pbins], in_bin_ge, non_hist[pbins])
-    thr = pts.to(torch.float64).numpy() / scale
-    curve = ScoreCurve(
+    thr = pts.to(torch.float64).numpy() / pairs.scale
+    return ScoreCurve(
         np.concatenate((thr, [np.inf])),
-        np.concatenate((miss, [n_t])).astype(np.int64),
+        np.concatenate((miss, [pairs.n_t])).astype(np.int64),
         np.concatenate((fa, [0])).astype(np.int64),
-        n_t,
-        n_n,
+        pairs.n_t,
+        pairs.n_n,
     )
-    return _metrics_dict(curve, p_targets, c_miss, c_fa)
