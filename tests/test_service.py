@@ -15,7 +15,6 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ httpx = pytest.importorskip("httpx", reason="the service tests talk HTTP with ht
 
 import soundfile  # noqa: E402
 import torch  # noqa: E402
-import uvicorn  # noqa: E402
+from service_helpers import running  # noqa: E402
 
 from mvector.checkpoint import model_fingerprint  # noqa: E402
 from mvector.data.synthetic import make_voices, synthesize_utterance  # noqa: E402
@@ -35,7 +34,7 @@ from mvector.errors import AudioError  # noqa: E402
 from mvector.inference.predictor import MVectorPredictor  # noqa: E402
 from mvector.service.app import create_app  # noqa: E402
 from mvector.service.keys import KeyStore  # noqa: E402
-from mvector.service.process import ServerProcess, free_port  # noqa: E402
+from mvector.service.process import ServerProcess  # noqa: E402
 from mvector.service.settings import ServiceConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,26 +315,6 @@ def test_the_database_written_by_the_service_is_read_by_infer_recognition(served
 
 
 # ---------------------------------------------------------------------- in-process servers with a slow model
-@contextmanager
-def running(app, graceful: float = 10.0):
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=graceful)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
-        yield server, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        assert not thread.is_alive()
-
-
 class SlowContrast(MVectorPredictor):
     """A predictor whose ``contrast`` takes ``delay`` seconds more, and tells when it starts."""
 

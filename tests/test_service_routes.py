@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,36 +11,18 @@ pytest.importorskip("fastapi", reason="the HTTP service needs the serve extra")
 httpx = pytest.importorskip("httpx", reason="the service tests talk HTTP with httpx (in the test extra)")
 
 import torch  # noqa: E402
-import uvicorn  # noqa: E402
 from fastapi import APIRouter, Depends, Request  # noqa: E402
+from service_helpers import running  # noqa: E402
 
 from mvector.demo import tiny_checkpoint  # noqa: E402
 from mvector.service.app import create_app  # noqa: E402
 from mvector.service.auth import require  # noqa: E402
 from mvector.service.keys import KeyInfo, KeyStore  # noqa: E402
-from mvector.service.process import free_port  # noqa: E402
 from mvector.service.routes import ROUTERS, health, keys, speakers, verification  # noqa: E402
 from mvector.service.settings import ServiceConfig  # noqa: E402
 from mvector.service.state import service_state  # noqa: E402
 
 READ = Depends(require("read"))
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` on a real uvicorn server on 127.0.0.1 (in a thread), as its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +61,7 @@ def test_405_names_the_methods_of_every_router_and_a_new_router_uses_the_same_ke
         return {"scope": key.scope, "max_files": service_state(request).config.max_files}
 
     app.include_router(extra)
-    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with running(app) as (_, url), httpx.Client(base_url=url, timeout=30) as client:
         for path, allowed in (("/v1/speakers", "GET, HEAD, POST"), ("/v1/speakers/bob", "DELETE, GET, HEAD")):
             answer = client.put(path, headers={"Authorization": f"Bearer {read}"})
             assert answer.status_code == 405 and answer.headers["Allow"] == allowed, answer.text

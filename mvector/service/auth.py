@@ -12,10 +12,13 @@ the route names an ``action``.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Optional
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 import anyio
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mvector.service.errors import ServiceError
@@ -23,7 +26,7 @@ from mvector.service.guard import KEY_STATE, client_of
 from mvector.service.keys import KeyInfo, scope_allows
 from mvector.service.state import ServiceState, service_state
 
-__all__ = ["require", "audit", "refusal_auditor"]
+__all__ = ["require", "audit", "audited_write", "AuditedWrite", "refusal_auditor"]
 
 # declared so that the OpenAPI description states the bearer scheme (the guard does the checking)
 _BEARER = Depends(HTTPBearer(auto_error=False, description="an API key from `mvector keys create`"))
@@ -36,6 +39,52 @@ async def audit(
     state = service_state(request)
     client = client_of(request.scope)
     await anyio.to_thread.run_sync(lambda: state.audit(key, action, target, status, detail, client))
+
+
+@dataclass
+class AuditedWrite:
+    """What the audit line of a write will say: its target and status (500 until the write is answered).
+
+    >>> write = AuditedWrite("alice")
+    >>> write.answered({"name": "alice"}, 201), write.status, write.replayed
+    ({'name': 'alice'}, 201, False)
+    """
+
+    target: str | None = None
+    status: int = 500
+    replayed: bool = False
+
+    def answered(self, result: Any, status: int) -> Any:
+        """Note the answer (a replayed stored answer keeps its own status; a fresh one has ``status``); returns
+        ``result``."""
+        if isinstance(result, JSONResponse):
+            self.replayed, self.status = True, result.status_code
+        else:
+            self.status = status
+        return result
+
+
+@asynccontextmanager
+async def audited_write(
+    request: Request,
+    key: KeyInfo,
+    action: str,
+    target: str | None = None,
+    fallback: Callable[[], str | None] | None = None,
+) -> AsyncIterator[AuditedWrite]:
+    """Run a write and then, however it ends, write its audit line: ``action`` on the write's ``target`` (else
+    ``fallback()``), with the status of its answer or of the :class:`ServiceError` that refused it (500 for
+    anything else), and ``idempotent replay`` when a stored answer was replayed."""
+    write = AuditedWrite(target)
+    try:
+        yield write
+    except ServiceError as err:
+        write.status = err.status
+        raise
+    finally:
+        detail = "idempotent replay" if write.replayed else None
+        target = write.target if write.target or fallback is None else fallback()
+        await audit(request, key, action, target, write.status, detail)
 
 
 def require(scope: str, action: str | None = None) -> Callable[..., Awaitable[KeyInfo]]:

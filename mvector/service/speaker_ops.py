@@ -32,7 +32,6 @@ __all__ = [
     "known_speaker",
     "enrol_recordings",
     "write_speaker",
-    "answered",
     "printable_name",
 ]
 
@@ -125,14 +124,6 @@ async def write_speaker(
         ) from None
     except UnknownSpeakerError:  # removed before this write could take the lock
         raise not_enrolled(name) from None
-
-
-def answered(result: JSONResponse | dict[str, Any], request: Request) -> int | None:
-    """The status of a replayed answer (for the audit log), or None for a fresh write."""
-    if isinstance(result, JSONResponse):
-        request.state.replayed = True
-        return result.status_code
-    return None
 
 
 def printable_name(request: Request) -> str | None:

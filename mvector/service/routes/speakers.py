@@ -15,14 +15,12 @@ from fastapi import APIRouter, Depends, Request
 
 from mvector.errors import SpeakerDBError, UnknownSpeakerError
 from mvector.inference.idempotency import Replayed, request_hash
-from mvector.service.auth import audit, require
-from mvector.service.errors import ServiceError
+from mvector.service.auth import audited_write, require
 from mvector.service.idempotent import idempotency_header, replay_or_refuse, stored_answer, write_record
 from mvector.service.keys import KeyInfo
 from mvector.service.results import finite_parameter, result_extras, threshold_query
 from mvector.service.schemas import Speaker, Verification, audio_body, error_responses
 from mvector.service.speaker_ops import (
-    answered,
     checked_name,
     enrol_recordings,
     known_speaker,
@@ -137,21 +135,12 @@ async def verify_speaker(
     openapi_extra=_ENROL_BODY,
 )
 async def enrol(request: Request, key: KeyInfo = _ENROL, idempotency_key: Optional[str] = _IDEMPOTENCY) -> Any:
-    target = None
-    status = 500
-    try:
+    async with audited_write(request, key, "enrol", fallback=lambda: printable_name(request)) as write:
         await service_state(request).ready_predictor()
         name, uploads = await enrol_recordings(request, None)
-        target = name
+        write.target = name
         result = await write_speaker(request, key, idempotency_key, name, uploads, "create", 201)
-        status = answered(result, request) or 201
-        return result
-    except ServiceError as err:
-        status = err.status
-        raise
-    finally:
-        detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
-        await audit(request, key, "enrol", target or printable_name(request), status, detail)
+        return write.answered(result, 201)
 
 
 @router.post(
@@ -166,22 +155,14 @@ async def enrol(request: Request, key: KeyInfo = _ENROL, idempotency_key: Option
 async def add_recordings(
     name: str, request: Request, key: KeyInfo = _ADD, idempotency_key: Optional[str] = _IDEMPOTENCY
 ) -> Any:
-    status = 500
-    try:
+    async with audited_write(request, key, "add_recordings", name) as write:
         p = await service_state(request).ready_predictor()
-        name = checked_name(name)
+        name = write.target = checked_name(name)
         if idempotency_key is None:  # a fast 404 (a retry of a committed write may find the speaker removed)
             await known_speaker(p, name)
         name, uploads = await enrol_recordings(request, name)
         result = await write_speaker(request, key, idempotency_key, name, uploads, "append", 200)
-        status = answered(result, request) or 200
-        return result
-    except ServiceError as err:
-        status = err.status
-        raise
-    finally:
-        detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
-        await audit(request, key, "add_recordings", name, status, detail)
+        return write.answered(result, 200)
 
 
 @router.delete(
@@ -193,8 +174,7 @@ async def add_recordings(
 async def delete_speaker(
     name: str, request: Request, key: KeyInfo = _DELETE, idempotency_key: Optional[str] = _IDEMPOTENCY
 ) -> Any:
-    status = 500
-    try:
+    async with audited_write(request, key, "delete", name) as write:
         p = await service_state(request).ready_predictor()
         checked = checked_name(name)
         digest = request_hash("DELETE", f"/v1/speakers/{checked}", [])
@@ -212,11 +192,4 @@ async def delete_speaker(
                 result = replay_or_refuse(replayed.stored, digest)
             except UnknownSpeakerError:
                 raise not_enrolled(checked) from None
-        status = answered(result, request) or 200
-        return result
-    except ServiceError as err:
-        status = err.status
-        raise
-    finally:
-        detail = "idempotent replay" if getattr(request.state, "replayed", False) else None
-        await audit(request, key, "delete", name, status, detail)
+        return write.answered(result, 200)
