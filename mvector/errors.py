@@ -52,6 +52,15 @@ class SpeakerExistsError(SpeakerDBError):
     """An enrolment of a new speaker under a name that is already enrolled."""
 
 
+class StoreError(MVectorError, RuntimeError):
+    """A problem with the store behind galleries and keys (:mod:`mvector.store`): bad location, bad gallery name."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached now (PostgreSQL down, timed out); the operation did not happen. The service
+    answers it with 503 ``store_unavailable``; retrying later is safe."""
+
+
 def nearest(name: str, valid: Iterable[str]) -> str | None:
     """The valid name closest to ``name``, or None when nothing is close.
 

@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("demo", ("mvector.demo",)),
     ("training", ("mvector.training",)),
     ("inference", ("mvector.inference",)),
+    ("store", ("mvector.store",)),
     ("evaluation", ("mvector.evaluation",)),
     ("export", ("mvector.export", "mvector.pretrained")),
     ("embedding", ("mvector.embedding",)),

@@ -1,6 +1,10 @@
-"""The enrolled-speaker store used for identification: an SQLite database in a folder (default ``audio_db/``).
+"""The enrolled speakers used for identification: one gallery of a store, searched from an in-memory matrix.
 
-The file ``<db_dir>/speakers.sqlite`` holds, in one transactional database:
+The data live behind the store seam (:mod:`mvector.store`): by default the SQLite file
+``<db_dir>/speakers.sqlite`` (the gallery ``default`` of a database folder, default ``audio_db/``), or a gallery of
+a PostgreSQL database shared by several processes (``postgresql://...``). This module keeps what does not depend on
+where the data live: the enrolment rule (means, name checks, write modes), the in-memory mean matrix and the
+search. A gallery holds:
 
 * every speaker (unique name) with its mean embedding: the L2-normalised mean of its L2-normalised utterance
   embeddings;
@@ -15,14 +19,14 @@ Because every utterance embedding is kept, one recording can be removed from a s
 (:meth:`SpeakerDatabase.remove_utterance`) and the speaker's model rebuilt from the rest. A database written
 before the cohort existed opens as it is (the cohort table is added on first open; it starts empty).
 
-Several processes may enrol and search at once: writes run in ``BEGIN IMMEDIATE`` transactions in WAL mode with a
-busy timeout, and every write bumps a version counter. Each process keeps the normalised mean matrix in memory and
-brings it up to date before a search by fetching only the rows changed since its version, so a speaker enrolled by
-another process is found on the next search. A process killed during a write leaves the database as it was before
-that write (SQLite's atomic commit).
+Several processes may enrol and search at once: every write runs in one store transaction holding the gallery's
+write lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a row lock on the gallery) and bumps a version counter. Each
+process keeps the normalised mean matrix in memory and brings it up to date before a search by fetching only the
+rows changed since its version, so a speaker enrolled by another process (or another machine) is found on the next
+search. A process killed during a write leaves the gallery as it was before that write (an atomic commit).
 
 A write's checks and the write are one transaction: :meth:`SpeakerDatabase.add` with ``mode="append"`` (add to an
-enrolled speaker) or ``mode="create"`` (a new speaker only) checks the speaker's existence after ``BEGIN IMMEDIATE``,
+enrolled speaker) or ``mode="create"`` (a new speaker only) checks the speaker's existence holding the write lock,
 so an addition and a removal of one speaker, in one process or several, happen one after the other: a removal
 during an addition wins or loses as a whole, and a removed speaker is never brought back by a late addition.
 Embedding (the slow part) is done by the caller before the write. A write may carry an idempotency record
@@ -56,8 +60,8 @@ import contextlib
 import difflib
 import functools
 import hashlib
+import json
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -68,21 +72,18 @@ import numpy as np
 
 from mvector.audio import load_audio
 from mvector.errors import AudioError, InvalidNameError, SpeakerDBError, SpeakerExistsError, UnknownSpeakerError
-from mvector.inference import idempotency
-from mvector.inference.idempotency import IdempotentWrite, Replayed, StoredAnswer
+from mvector.inference.idempotency import RETENTION_SECONDS, IdempotentWrite, Replayed, StoredAnswer
 from mvector.inference.speaker_files import clean_leftovers, folder_name, make_folder, write_wav
 from mvector.inference.speaker_names import normalise_name, validate_name
-from mvector.utils.files import PRIVATE_FILE_MODE, private_mkdir
+from mvector.store import DEFAULT_GALLERY, Changes, GalleryWrite, Store, open_store
+from mvector.store.sqlite import DB_FILENAME
 
 __all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "WRITE_MODES", "SpeakerDatabase"]
 
-DB_FILENAME = "speakers.sqlite"
 SAMPLE_RATE = 16000
-SCHEMA_VERSION = 1
 #: What :meth:`SpeakerDatabase.add` does with a name: ``any`` (create or add to), ``create`` (refuse an enrolled
 #: name), ``append`` (refuse a name that is not enrolled).
 WRITE_MODES = ("any", "create", "append")
-_LOAD_CHUNK = 65536
 _SCORE_BLOCK = 1 << 24  # at most this many scores ([queries, speakers]) are held at once in a batch search
 
 PathLike = Union[str, os.PathLike]
@@ -97,33 +98,6 @@ _test_hook: Callable[[str], None] | None = None
 def _hook(point: str) -> None:
     if _test_hook is not None:
         _test_hook(point)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
-CREATE TABLE IF NOT EXISTS speakers (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    mean BLOB NOT NULL,
-    n_utts INTEGER NOT NULL CHECK (n_utts >= 1),
-    updated INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS speakers_updated ON speakers (updated);
-CREATE TABLE IF NOT EXISTS utterances (
-    id INTEGER PRIMARY KEY,
-    speaker_id INTEGER NOT NULL REFERENCES speakers (id),
-    embedding BLOB NOT NULL,
-    audio TEXT
-);
-CREATE INDEX IF NOT EXISTS utterances_speaker ON utterances (speaker_id);
-CREATE TABLE IF NOT EXISTS removed (version INTEGER NOT NULL, speaker_id INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS removed_version ON removed (version);
-CREATE TABLE IF NOT EXISTS cohort (id INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS speaker_times (
-    speaker_id INTEGER PRIMARY KEY,
-    enrolled REAL NOT NULL,
-    updated REAL NOT NULL
-);
-"""
 
 #: Score normalisations :meth:`SpeakerDatabase.search` can apply.
 SCORE_NORMS = (None, "as_norm")
@@ -196,31 +170,30 @@ def _as_audio(wave: Any, sample_rate: int, what: str) -> np.ndarray:
         raise SpeakerDBError(f"{what}: {err}") from err
 
 
-def _truncated(path: Path, wait: float = 2.0) -> bool:
-    """True when ``path`` is a 0-byte file that stays so: a truncated database, not one another process is
-    creating right now (SQLite creates the file empty and writes its header a moment later)."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            if path.stat().st_size > 0:
-                return False
-        except FileNotFoundError:
-            return False
-        if any(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-journal")):
-            return False  # an open (or being created) database
-        if time.monotonic() >= deadline:
-            return True
-        time.sleep(0.02)
-
-
 def _remove_empty(folder: Path) -> None:
     """Remove ``folder`` when it is empty (and exists)."""
     with contextlib.suppress(OSError):
         folder.rmdir()
 
 
+def _undo(actions: list[Callable[[], None]]) -> None:
+    """Run a failed write's undo actions, newest first (once)."""
+    while actions:
+        actions.pop()()
+
+
 class _MeanCache:
     """In-memory copy of the speakers' normalised means: one float32 matrix for a single vectorised scan."""
+
+    @classmethod
+    def adopt(cls, full: Changes) -> _MeanCache:
+        """A cache holding a full load's arrays as they are (no copy: a million rows are loaded once)."""
+        cache = cls(full.means.shape[1])
+        cache.matrix, cache.ids, cache.names = full.means, full.ids, list(full.names)
+        cache.count = len(full.ids)
+        cache.row_of = dict(zip(full.ids.tolist(), range(cache.count)))
+        cache.id_of = dict(zip(cache.names, full.ids.tolist()))
+        return cache
 
     def __init__(self, embd_dim: int, capacity: int = 0) -> None:
         self.matrix = np.empty((capacity, embd_dim), dtype=np.float32)
@@ -279,30 +252,17 @@ class _MeanCache:
         self.count = last
 
 
-def _retry_while_locked(action, seconds: float = 60.0):
-    """Run ``action``, retrying with a short back-off while SQLite reports the database locked or busy."""
-    deadline = time.monotonic() + seconds
-    delay = 0.01
-    while True:
-        try:
-            return action()
-        except sqlite3.OperationalError as err:
-            text = str(err).lower()
-            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-
 class SpeakerDatabase:
-    """Enrolled speakers of one model, stored in ``<db_dir>/speakers.sqlite``.
+    """Enrolled speakers of one model in one gallery of a store (by default the folder ``db_dir``).
 
     Args:
-        db_dir: the database folder (created when missing).
-        model_fingerprint: identifies the model that makes the embeddings; a database made by another model is
+        db_dir: the store: a database folder (created when missing), a ``postgresql://`` URL, or a
+            :class:`~mvector.store.Store`.
+        model_fingerprint: identifies the model that makes the embeddings; a gallery made by another model is
             refused with :class:`~mvector.errors.SpeakerDBError`.
-        embd_dim: the embedding size; must match the database's.
-        keep_audio: also keep enrolled audio as 16 kHz WAV files under ``<db_dir>/<name>/``.
+        embd_dim: the embedding size; must match the gallery's.
+        keep_audio: also keep enrolled audio as 16 kHz WAV files beside the gallery (a folder store only).
+        gallery: the gallery's name (:data:`~mvector.store.DEFAULT_GALLERY` is the folder's own database).
 
     >>> import tempfile, numpy as np
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -313,107 +273,55 @@ class SpeakerDatabase:
     [('x', 0.981), ('y', 0.196)]
     """
 
-    def __init__(self, db_dir: PathLike, model_fingerprint: str, embd_dim: int, keep_audio: bool = False) -> None:
+    def __init__(
+        self,
+        db_dir: Union[PathLike, Store],
+        model_fingerprint: str,
+        embd_dim: int,
+        keep_audio: bool = False,
+        gallery: str = DEFAULT_GALLERY,
+    ) -> None:
         if not isinstance(model_fingerprint, str) or not model_fingerprint:
             raise SpeakerDBError(f"model_fingerprint must be a non-empty string, got {model_fingerprint!r}")
         if isinstance(embd_dim, bool) or not isinstance(embd_dim, (int, np.integer)) or embd_dim < 1:
             raise SpeakerDBError(f"embd_dim must be a positive integer, got {embd_dim!r}")
-        self.db_dir = Path(db_dir)
-        self.path = self.db_dir / DB_FILENAME
+        self._own_store = not isinstance(db_dir, Store)
+        self._store = open_store(db_dir)
+        self._gallery = self._store.gallery(gallery)
+        self.gallery = self._gallery.name
+        files = self._gallery.files_dir
+        self.db_dir: Path | None = files
+        self.path: Union[Path, str] = Path(self._gallery.where) if files is not None else self._gallery.where
         self.model_fingerprint = model_fingerprint
         self.embd_dim = int(embd_dim)
         self.keep_audio = bool(keep_audio)
+        if self.keep_audio and files is None:
+            raise SpeakerDBError(
+                f"{self.path}: keep_audio needs a database folder (this store keeps no audio files); use a folder "
+                "path, or enrol without keeping the recordings"
+            )
         self._lock = threading.RLock()
         self._cache: _MeanCache | None = None
         self._version = -1
-        self._conn: sqlite3.Connection | None = None
         # AS-norm state: unit cohort rows and the speakers' cohort statistics, valid for one database version.
         self._cohort_cache: tuple[int, np.ndarray | None] | None = None
         self._speaker_stats: tuple[int, tuple[int, str], np.ndarray, np.ndarray] | None = None
+        self._closed = False
         try:
-            private_mkdir(self.db_dir)
-        except OSError as err:
-            raise SpeakerDBError(f"cannot create the database folder {self.db_dir}: {err}") from None
-        if _truncated(self.path):
-            raise SpeakerDBError(
-                f"{self.path}: the database file is empty (0 bytes: truncated or damaged); restore it from a backup, "
-                "or delete the file to start a new, empty database"
-            )
-        new = not self.path.exists()
-        try:
-            self._conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
-            if new:  # private before anything is written to it; SQLite gives its -wal and -shm files the same mode
-                os.chmod(self.path, PRIVATE_FILE_MODE)
-            self._conn.execute("PRAGMA busy_timeout = 60000")
-            # Switching a new file to WAL needs an exclusive lock, and SQLite may answer "locked" there without
-            # waiting on the busy timeout when another process opens the same new database at that moment.
-            _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            _retry_while_locked(self._init_schema)
-            _retry_while_locked(self._clean_leftovers)
-        except (sqlite3.DatabaseError, OSError) as err:
-            self.close()
-            raise SpeakerDBError(f"{self.path}: cannot open the speaker database ({err})") from None
-        except SpeakerDBError:
+            self._gallery.open(self.model_fingerprint, self.embd_dim)
+            self._clean_leftovers()
+        except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------ plumbing
-    def _init_schema(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            idempotency.create_table(conn)
-            defaults = {
-                "schema": SCHEMA_VERSION,
-                "model_fingerprint": self.model_fingerprint,
-                "embd_dim": self.embd_dim,
-                "version": 0,
-                "next_id": 1,
-            }
-            conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", list(defaults.items()))
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        if int(meta["schema"]) > SCHEMA_VERSION:
-            raise SpeakerDBError(
-                f"{self.path}: the database uses schema {meta['schema']}, newer than this mvector "
-                f"understands ({SCHEMA_VERSION}); upgrade mvector"
-            )
-        stored_fp, stored_dim = str(meta["model_fingerprint"]), int(meta["embd_dim"])
-        if stored_fp != self.model_fingerprint or stored_dim != self.embd_dim:
-            raise SpeakerDBError(
-                f"{self.path}: the database was made by another model (fingerprint {stored_fp[:12]}, "
-                f"embedding size {stored_dim}); this model has fingerprint {self.model_fingerprint[:12]}, "
-                f"embedding size {self.embd_dim}. Use the matching model, or a new database folder "
-                f"for this model"
-            )
-
     def _clean_leftovers(self) -> None:
         """Remove what an earlier kill left (``.trash``, temporary and orphan WAVs, expired idempotency records)
         while holding the write lock, so the files of another process's write in progress are never taken."""
-        conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            referenced = [r[0] for r in conn.execute("SELECT audio FROM utterances WHERE audio IS NOT NULL")]
-            clean_leftovers(self.db_dir, referenced)
-            idempotency.purge(conn, time.time())
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise SpeakerDBError(f"{self.path}: the speaker database is closed")
-        return self._conn
+        with self._gallery.write(bump=False) as w:
+            if self.db_dir is not None:
+                clean_leftovers(self.db_dir, w.all_audio_paths())
+            w.purge_answers(time.time() - RETENTION_SECONDS)
 
     def close(self) -> None:
         """Close the connection (the in-memory index is dropped too). Safe to call twice.
@@ -424,13 +332,18 @@ class SpeakerDatabase:
         ...     db.close(); db.close()
         """
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._closed = True
+            self._gallery.close()
+            if self._own_store:
+                self._store.close()
             self._cache = None
             self._version = -1
             self._cohort_cache = None
             self._speaker_stats = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SpeakerDBError(f"{self.path}: the speaker database is closed")
 
     def __enter__(self) -> SpeakerDatabase:
         return self
@@ -445,97 +358,58 @@ class SpeakerDatabase:
             pass
 
     def __repr__(self) -> str:
-        return f"SpeakerDatabase({str(self.db_dir)!r}, model_fingerprint={self.model_fingerprint[:12]!r}, " + (
-            f"embd_dim={self.embd_dim}, keep_audio={self.keep_audio})"
+        return f"SpeakerDatabase({str(self.path)!r}, model_fingerprint={self.model_fingerprint[:12]!r}, " + (
+            f"embd_dim={self.embd_dim}, keep_audio={self.keep_audio}, gallery={self.gallery!r})"
         )
 
+    def _apply(self, changes: Changes | None) -> None:
+        """Bring the in-memory mean matrix up to ``changes`` (None: nothing changed)."""
+        if changes is None:
+            return
+        if changes.full or self._cache is None:
+            self._cache = _MeanCache.adopt(changes)
+        else:
+            for sid in changes.removed:
+                self._cache.remove(int(sid))
+            if len(changes.ids):
+                self._cache.upsert(changes.ids.tolist(), changes.names, changes.means)
+        self._version = changes.version
+
+    def _since(self) -> int | None:
+        return None if self._cache is None else self._version
+
     def _refresh(self) -> None:
-        """Bring the in-memory mean matrix up to date with the database (inside the caller's transaction or not).
-
-        Only rows written since the cached version are fetched; the first call loads everything in chunks.
-        """
-        conn = self._db
-        own_tx = not conn.in_transaction
-        if own_tx:
-            conn.execute("BEGIN")  # one read snapshot for the version and the changes
-        try:
-            version = int(conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
-            if version == self._version and self._cache is not None:
-                return
-            if self._cache is None:
-                self._cache = self._load_all()
-            else:
-                gone = conn.execute("SELECT speaker_id FROM removed WHERE version > ?", (self._version,)).fetchall()
-                for (sid,) in gone:
-                    self._cache.remove(int(sid))
-                rows = conn.execute(
-                    "SELECT id, name, mean FROM speakers WHERE updated > ? ORDER BY id", (self._version,)
-                ).fetchall()
-                if rows:
-                    means = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-                    self._cache.upsert([int(r[0]) for r in rows], [r[1] for r in rows], means)
-            self._version = version
-        finally:
-            if own_tx:
-                conn.execute("COMMIT")
-
-    def _load_all(self) -> _MeanCache:
-        conn = self._db
-        total = int(conn.execute("SELECT COUNT(*) FROM speakers").fetchone()[0])
-        cache = _MeanCache(self.embd_dim, capacity=total)
-        cursor = conn.execute("SELECT id, name, mean FROM speakers ORDER BY id")
-        row_bytes = 4 * self.embd_dim
-        while True:
-            chunk = cursor.fetchmany(_LOAD_CHUNK)
-            if not chunk:
-                break
-            ids, names, blobs = zip(*chunk)
-            joined = b"".join(blobs)
-            if len(joined) != row_bytes * len(chunk):
-                raise SpeakerDBError(f"{self.path}: damaged database (a mean embedding has the wrong size)")
-            means = np.frombuffer(joined, dtype=np.float32).reshape(len(chunk), self.embd_dim)
-            cache.append_block(np.asarray(ids, dtype=np.int64), list(names), means)
-        return cache
-
-    def _begin_write(self) -> int:
-        """Start a write transaction, refresh the cache, and return the version this write will commit."""
-        conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._refresh()
-            return self._version + 1
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _commit(self, version: int) -> None:
-        conn = self._db
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version,))
-        if _before_commit is not None:
-            _before_commit()
-        _hook("before_commit")
-        conn.execute("COMMIT")
-        _hook("after_commit")
+        """Bring the in-memory mean matrix up to date with the store: only rows written since the cached version
+        are fetched; the first call loads everything."""
+        self._check_open()
+        self._apply(self._gallery.snapshot(self._since()))
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[tuple[sqlite3.Connection, int, list[Callable[[], None]]]]:
-        """One write: ``BEGIN IMMEDIATE`` ... ``COMMIT``. Yields ``(connection, version, undo)``; on any error the
-        transaction is rolled back, the ``undo`` actions (file moves to take back) run newest first, and an SQLite
-        error becomes a :class:`SpeakerDBError` naming the database."""
-        conn = self._db
-        version = self._begin_write()
+    def _transaction(self) -> Iterator[tuple[GalleryWrite, list[Callable[[], None]]]]:
+        """One write holding the gallery's write lock, the cache brought up to date first. Yields ``(write,
+        undo)``; on any error the ``undo`` actions (file moves to take back) run newest first while the lock is
+        still held, and the write is rolled back."""
+        self._check_open()
         undo: list[Callable[[], None]] = []
-        try:
-            yield conn, version, undo
-            self._commit(version)
-        except BaseException as err:
-            for action in reversed(undo):  # files first, while the write lock is still held
-                action()
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(err, sqlite3.DatabaseError):
-                raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
-            raise
+
+        def before_commit() -> None:
+            try:
+                if _before_commit is not None:
+                    _before_commit()
+                _hook("before_commit")
+            except BaseException:
+                _undo(undo)
+                raise
+
+        with self._gallery.write(before_commit=before_commit) as w:
+            self._apply(w.snapshot(self._since()))
+            try:
+                yield w, undo
+            except BaseException:
+                _undo(undo)
+                raise
+        _hook("after_commit")
+        self._version = w.version
 
     def _known_name(self, name: Any) -> str:
         """``name`` checked as a speaker name; an invalid one is reported as unknown (it cannot be enrolled), unless
@@ -543,9 +417,7 @@ class SpeakerDatabase:
         try:
             return validate_name(name)
         except InvalidNameError:
-            if isinstance(name, str) and self._db.execute(
-                "SELECT 1 FROM speakers WHERE name = ?", (name.strip(),)
-            ).fetchone():
+            if isinstance(name, str) and self._gallery.speaker(name.strip()) is not None:
                 return name.strip()
             raise self._unknown(str(name)) from None
 
@@ -557,8 +429,7 @@ class SpeakerDatabase:
         clean = normalise_name(name)
         if clean == name.strip():
             return clean
-        found = self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (clean,)).fetchone()
-        return clean if found else name.strip()
+        return clean if self._gallery.speaker(clean) is not None else name.strip()
 
     def _speaker_id(self, name: str) -> tuple[_MeanCache, int]:
         """Inside a write: the (refreshed) cache and the id of enrolled speaker ``name``, or an unknown-speaker
@@ -571,10 +442,10 @@ class SpeakerDatabase:
         return cache, sid
 
     def _unknown(self, name: str) -> SpeakerDBError:
-        known = [r[0] for r in self._db.execute("SELECT name FROM speakers ORDER BY id LIMIT 1000")]
+        known = self._gallery.names(limit=1000)
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
         shown = close or known[:5]
-        total = len(self)
+        total = self._gallery.count()
         hint = f"; known speakers include: {', '.join(shown)}" if shown else "; the database is empty"
         return UnknownSpeakerError(f"unknown speaker {name!r} in {self.path} ({total} enrolled){hint}")
 
@@ -607,6 +478,7 @@ class SpeakerDatabase:
         if mode not in WRITE_MODES:
             raise SpeakerDBError(f"mode must be one of {', '.join(WRITE_MODES)}, got {mode!r}")
         with self._lock:
+            self._check_open()
             name = validate_name(name) if mode != "append" else self._known_name(name)
             arr = _as_embeddings(embeddings, self.embd_dim, f"speaker {name!r}")
             waves = None
@@ -633,6 +505,7 @@ class SpeakerDatabase:
         4 spk2
         """
         with self._lock:
+            self._check_open()
             if not isinstance(items, Mapping):
                 raise SpeakerDBError(f"add_many expects a mapping name -> embeddings, got {type(items).__name__}")
             grouped: dict[str, list[np.ndarray]] = {}
@@ -660,20 +533,23 @@ class SpeakerDatabase:
                 )  # raises the detailed value error
             self._write(names, np.ascontiguousarray(embs), counts, None)
 
-    def _check_record(self, conn: sqlite3.Connection, record: IdempotentWrite | None) -> None:
+    @staticmethod
+    def _check_record(w: GalleryWrite, record: IdempotentWrite | None) -> None:
         """Inside a write: raise :class:`Replayed` when ``record``'s key is stored already."""
         if record is not None and record.key is not None:
-            stored = idempotency.lookup(conn, record.owner, record.key, time.time())
+            stored = w.answer(record.owner, record.key, time.time() - RETENTION_SECONDS)
             if stored is not None:
                 raise Replayed(stored)
 
-    def _store_record(self, conn: sqlite3.Connection, record: IdempotentWrite | None, count: int) -> None:
+    @staticmethod
+    def _store_record(w: GalleryWrite, record: IdempotentWrite | None, count: int) -> None:
         if record is not None:
             answer = record.answer(count)
             if record.key is not None:
                 now = time.time()
-                idempotency.purge(conn, now)
-                idempotency.store(conn, record, answer, now)
+                w.purge_answers(now - RETENTION_SECONDS)
+                text = json.dumps(answer, ensure_ascii=False, allow_nan=False)
+                w.keep_answer(record.owner, record.key, record.request_hash, int(record.status), text, now)
 
     def idempotent_answer(self, owner: str, key: str) -> StoredAnswer | None:
         """The unexpired answer stored for idempotency key ``key`` of ``owner``, or None.
@@ -687,7 +563,8 @@ class SpeakerDatabase:
         {'recordings': 2}
         """
         with self._lock:
-            return idempotency.lookup(self._db, owner, key, time.time())
+            self._check_open()
+            return self._gallery.answer(owner, key, time.time() - RETENTION_SECONDS)
 
     def _write(
         self,
@@ -702,10 +579,10 @@ class SpeakerDatabase:
         ``counts[i]`` is the speaker's total recording count."""
         dim = self.embd_dim
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        with self._transaction() as (conn, version, undo):
+        with self._transaction() as (w, undo):
             cache = self._cache  # brought up to date by the transaction's start
             assert cache is not None
-            self._check_record(conn, record)
+            self._check_record(w, record)
             for name in names:  # the existence checks, in the write's transaction
                 if mode == "create" and name in cache.id_of:
                     raise SpeakerExistsError(f"speaker {name!r} is already enrolled in {self.path}")
@@ -714,7 +591,8 @@ class SpeakerDatabase:
             # Brand-new speakers: their mean is the normalised mean of the given utterances (vectorised).
             is_new = np.fromiter((n not in cache.id_of for n in names), dtype=bool, count=len(names))
             new_idx = np.flatnonzero(is_new)
-            next_id = int(conn.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0])
+            old_idx = np.flatnonzero(~is_new)
+            next_id = w.allocate_ids(len(new_idx))
             ids = np.zeros(len(names), dtype=np.int64)
             ids[new_idx] = np.arange(next_id, next_id + len(new_idx))
             unit = embs / np.linalg.norm(embs, axis=1, keepdims=True)
@@ -724,10 +602,9 @@ class SpeakerDatabase:
                 running = np.cumsum(unit, axis=0, dtype=np.float64)
                 ends = running[starts + counts - 1]
                 means = ends - np.concatenate([np.zeros((1, dim)), running[starts[1:] - 1]])
-            for i in np.flatnonzero(~is_new):  # existing speakers: the mean over old and new utterances
+            for i in old_idx:  # existing speakers: the mean over old and new utterances
                 ids[i] = cache.id_of[names[i]]
-                old = conn.execute("SELECT embedding FROM utterances WHERE speaker_id = ?", (int(ids[i]),)).fetchall()
-                old_arr = np.frombuffer(b"".join(r[0] for r in old), dtype=np.float32).reshape(-1, dim)
+                _, old_arr, _ = w.utterances(int(ids[i]))
                 means[i] += _normalise(old_arr).sum(axis=0)
                 counts[i] += len(old_arr)
             norms = np.linalg.norm(means, axis=1, keepdims=True)
@@ -736,53 +613,51 @@ class SpeakerDatabase:
                 means[cancelled] = unit[starts[cancelled]]
                 norms[cancelled] = 1.0
             means = (means / norms).astype(np.float32)
-            conn.executemany(
-                "INSERT INTO speakers (id, name, mean, n_utts, updated) VALUES (?, ?, ?, ?, ?)",
-                ((int(ids[i]), names[i], means[i].tobytes(), int(counts[i]), version) for i in new_idx),
-            )
-            if len(new_idx):
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (next_id + len(new_idx),))
-            conn.executemany(
-                "UPDATE speakers SET mean = ?, n_utts = ?, updated = ? WHERE id = ?",
-                ((means[i].tobytes(), int(counts[i]), version, int(ids[i])) for i in np.flatnonzero(~is_new)),
-            )
             now = time.time()
-            conn.executemany(  # when each speaker was first enrolled and last added to (for listings)
-                "INSERT INTO speaker_times (speaker_id, enrolled, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT (speaker_id) DO UPDATE SET updated = excluded.updated",
-                ((int(sid), now, now) for sid in ids),
-            )
+            if len(new_idx):
+                new_names = names if len(new_idx) == len(names) else [names[i] for i in new_idx]
+                w.insert_speakers(ids[new_idx], new_names, means[new_idx], counts[new_idx], now)
+            if len(old_idx):
+                w.update_speakers(ids[old_idx], means[old_idx], counts[old_idx], now)
             owners = np.repeat(ids, np.diff(np.append(starts, len(embs))))
             if waves is None:
-                conn.executemany(
-                    "INSERT INTO utterances (speaker_id, embedding) VALUES (?, ?)",
-                    zip(owners.tolist(), (row.tobytes() for row in embs)),
-                )
+                w.add_utterances(owners, embs)
             else:  # audio is kept: one row at a time, each with its WAV file written before the commit
-                for i, name in enumerate(names):
-                    folder = folder_name(name)
-                    created = not (self.db_dir / folder).exists()
-                    make_folder(self.db_dir, folder)
-                    if created:  # an empty folder of a write that does not happen goes too
-                        undo.append(functools.partial(_remove_empty, self.db_dir / folder))
-                    for row, wave in zip(embs[starts[i] : starts[i] + len(waves[i])], waves[i]):
-                        cur = conn.execute(
-                            "INSERT INTO utterances (speaker_id, embedding) VALUES (?, ?)", (int(ids[i]), row.tobytes())
-                        )
-                        utt_id = int(cur.lastrowid)
-                        relative = f"{folder}/{utt_id}-{uuid.uuid4().hex[:8]}.wav"
-                        # the audio of a write that does not happen is deleted again
-                        undo.append(functools.partial((self.db_dir / relative).unlink, missing_ok=True))
-                        write_wav(self.db_dir / relative, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, hook=_hook)
-                        _hook("wav_written")
-                        conn.execute("UPDATE utterances SET audio = ? WHERE id = ?", (relative, utt_id))
+                self._write_with_audio(w, undo, names, ids, embs, starts, waves)
             if record is not None:
-                self._store_record(conn, record, int(counts[0]) if len(names) == 1 else len(names))
+                self._store_record(w, record, int(counts[0]) if len(names) == 1 else len(names))
         if len(new_idx) == len(names):
             cache.append_block(ids, names, means)
         else:
             cache.upsert(ids.tolist(), names, means)
-        self._version = version
+
+    def _write_with_audio(
+        self,
+        w: GalleryWrite,
+        undo: list[Callable[[], None]],
+        names: list[str],
+        ids: np.ndarray,
+        embs: np.ndarray,
+        starts: np.ndarray,
+        waves: list[list[np.ndarray]],
+    ) -> None:
+        """Inside a write: the utterance rows of ``names`` with their kept WAVs (each renamed into place before the
+        commit; the ``undo`` list deletes them again when the write does not happen)."""
+        root = self.db_dir
+        assert root is not None
+        for i, name in enumerate(names):
+            folder = folder_name(name)
+            created = not (root / folder).exists()
+            make_folder(root, folder)
+            if created:  # an empty folder of a write that does not happen goes too
+                undo.append(functools.partial(_remove_empty, root / folder))
+            for row, wave in zip(embs[starts[i] : starts[i] + len(waves[i])], waves[i]):
+                utt_id = w.add_utterance(int(ids[i]), row)
+                relative = f"{folder}/{utt_id}-{uuid.uuid4().hex[:8]}.wav"
+                undo.append(functools.partial((root / relative).unlink, missing_ok=True))
+                write_wav(root / relative, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, hook=_hook)
+                _hook("wav_written")
+                w.set_audio(utt_id, relative)
 
     def remove(self, name: str, record: IdempotentWrite | None = None) -> None:
         """Remove a speaker, its utterances and any kept audio (``record``: an idempotency record stored with it).
@@ -795,23 +670,14 @@ class SpeakerDatabase:
         0 False
         """
         with self._lock:
+            self._check_open()
             name = self._known_name(name)
-            with self._transaction() as (conn, version, _):
-                self._check_record(conn, record)
+            with self._transaction() as (w, _):
+                self._check_record(w, record)
                 cache, sid = self._speaker_id(name)
-                kept = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT audio FROM utterances WHERE speaker_id = ? AND audio IS NOT NULL", (sid,)
-                    )
-                ]
-                conn.execute("DELETE FROM utterances WHERE speaker_id = ?", (sid,))
-                conn.execute("DELETE FROM speakers WHERE id = ?", (sid,))
-                conn.execute("DELETE FROM speaker_times WHERE speaker_id = ?", (sid,))
-                conn.execute("INSERT INTO removed (version, speaker_id) VALUES (?, ?)", (version, sid))
-                self._store_record(conn, record, 0)
+                kept = w.remove_speaker(sid)
+                self._store_record(w, record, 0)
             cache.remove(sid)
-            self._version = version
             self._delete_files(kept)
 
     def _delete_files(self, relative: list[str]) -> None:
@@ -822,23 +688,20 @@ class SpeakerDatabase:
         file into a folder being removed. A kill in between leaves orphans, which the next open removes. Only the
         files the rows named are deleted, so a folder shared in the layout before hashed names keeps the others.
         """
-        if not relative:
+        root = self.db_dir
+        if not relative or root is None:
             return
         _hook("files_deleting")
-        conn = self._db
         try:
-            _retry_while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
-        except sqlite3.Error:  # the removal has committed; its files are orphans the next open removes
+            with self._gallery.write(bump=False):
+                for path in relative:
+                    with contextlib.suppress(OSError):
+                        (root / path).unlink(missing_ok=True)
+                for folder in sorted({(root / path).parent for path in relative}):
+                    if folder != root:
+                        _remove_empty(folder)
+        except SpeakerDBError:  # the removal has committed; its files are orphans the next open removes
             return
-        try:
-            for path in relative:
-                with contextlib.suppress(OSError):
-                    (self.db_dir / path).unlink(missing_ok=True)
-            for folder in sorted({(self.db_dir / path).parent for path in relative}):
-                if folder != self.db_dir:
-                    _remove_empty(folder)
-        finally:
-            conn.execute("COMMIT")
 
     def remove_utterance(self, name: str, index: int) -> None:
         """Remove one enrolled recording of ``name`` (``index`` in enrolment order, negative from the end) and
@@ -856,13 +719,12 @@ class SpeakerDatabase:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise SpeakerDBError(f"index must be an integer (the recording's position), got {index!r}")
         with self._lock:
+            self._check_open()
             name = self._known_name(name)
-            with self._transaction() as (conn, version, _):
+            with self._transaction() as (w, _):
                 cache, sid = self._speaker_id(name)
-                rows = conn.execute(
-                    "SELECT id, embedding, audio FROM utterances WHERE speaker_id = ? ORDER BY id", (sid,)
-                ).fetchall()
-                n = len(rows)
+                utt_ids, embs, audios = w.utterances(sid)
+                n = len(utt_ids)
                 if not -n <= int(index) < n:
                     raise SpeakerDBError(
                         f"speaker {name!r} has {n} recording(s) (index 0..{n - 1}); there is no recording {index}"
@@ -873,16 +735,11 @@ class SpeakerDatabase:
                         f"speaker {name!r} has only this recording; removing it would leave no model. "
                         f"Remove the speaker instead (remove({name!r}))"
                     )
-                utt_id, _, audio = rows[position]
-                rest = b"".join(r[1] for i, r in enumerate(rows) if i != position)
-                mean = _mean_of(np.frombuffer(rest, dtype=np.float32).reshape(n - 1, self.embd_dim))
-                conn.execute("DELETE FROM utterances WHERE id = ?", (utt_id,))
-                conn.execute(
-                    "UPDATE speakers SET mean = ?, n_utts = ?, updated = ? WHERE id = ?",
-                    (mean.tobytes(), n - 1, version, sid),
-                )
+                mean = _mean_of(np.delete(embs, position, axis=0))
+                w.remove_utterance(utt_ids[position])
+                w.update_speakers(np.array([sid]), mean[None], np.array([n - 1]), None)
+                audio = audios[position]
             cache.upsert([sid], [name], mean[None])
-            self._version = version
             self._delete_files([audio] if audio else [])
 
     def rebuild(self, name: str | None = None) -> int:
@@ -898,7 +755,8 @@ class SpeakerDatabase:
         2
         """
         with self._lock:
-            with self._transaction() as (conn, version, _):
+            self._check_open()
+            with self._transaction() as (w, _):
                 cache = self._cache  # brought up to date by the transaction's start
                 assert cache is not None
                 if name is None:
@@ -908,23 +766,19 @@ class SpeakerDatabase:
                     if clean not in cache.id_of:
                         raise self._unknown(clean)
                     targets = [(clean, cache.id_of[clean])]
-                names, ids, means = [], [], []
+                names, ids, means, counts = [], [], [], []
                 for spk, sid in targets:
-                    rows = conn.execute("SELECT embedding FROM utterances WHERE speaker_id = ?", (sid,)).fetchall()
-                    if not rows:
+                    _, embs, _ = w.utterances(sid)
+                    if not len(embs):
                         raise SpeakerDBError(f"{self.path}: damaged database (speaker {spk!r} has no recordings)")
-                    embs = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(-1, self.embd_dim)
-                    mean = _mean_of(embs)
-                    conn.execute(
-                        "UPDATE speakers SET mean = ?, n_utts = ?, updated = ? WHERE id = ?",
-                        (mean.tobytes(), len(rows), version, sid),
-                    )
                     names.append(spk)
                     ids.append(sid)
-                    means.append(mean)
+                    means.append(_mean_of(embs))
+                    counts.append(len(embs))
+                if ids:
+                    w.update_speakers(np.array(ids), np.stack(means), np.array(counts), None)
             if ids:
                 cache.upsert(ids, names, np.stack(means))
-            self._version = version
             return len(ids)
 
     def set_cohort(self, embeddings: np.ndarray, source: str | None = None) -> None:
@@ -950,15 +804,8 @@ class SpeakerDatabase:
 
     def _replace_cohort(self, arr: np.ndarray | None, source: str | None) -> None:
         with self._lock:
-            with self._transaction() as (conn, version, _):
-                conn.execute("DELETE FROM cohort")
-                if arr is not None:
-                    conn.executemany("INSERT INTO cohort (embedding) VALUES (?)", ((row.tobytes(),) for row in arr))
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('cohort_source', ?)",
-                    ("" if source is None else str(source),),
-                )
-            self._version = version
+            with self._transaction() as (w, _):
+                w.replace_cohort(arr, None if source is None else str(source))
 
     # ------------------------------------------------------------------ reads
     def cohort(self) -> np.ndarray | None:
@@ -970,17 +817,15 @@ class SpeakerDatabase:
         None
         """
         with self._lock:
-            rows = self._db.execute("SELECT embedding FROM cohort ORDER BY id").fetchall()
-            if not rows:
-                return None
-            return np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), self.embd_dim)
+            self._check_open()
+            return self._gallery.cohort()[0]
 
     @property
     def cohort_source(self) -> str | None:
         """Where the stored cohort came from (as given to :meth:`set_cohort`), or ``None``."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'cohort_source'").fetchone()
-            return str(row[0]) if row is not None and str(row[0]) else None
+            self._check_open()
+            return self._gallery.cohort()[1]
 
     def _cohort_unit(self) -> np.ndarray:
         """The unit-length cohort for the current version (cached), or a SpeakerDBError when there is none."""
@@ -1006,7 +851,8 @@ class SpeakerDatabase:
         ['b', 'a']
         """
         with self._lock:
-            return [r[0] for r in self._db.execute("SELECT name FROM speakers ORDER BY id")]
+            self._check_open()
+            return self._gallery.names()
 
     def enrolment_times(self, name: str) -> tuple[float | None, float | None]:
         """``(first enrolled, last added to)`` of ``name`` as Unix times; None for a speaker enrolled by an mvector
@@ -1025,23 +871,22 @@ class SpeakerDatabase:
             sid = self._cache.id_of.get(self._lookup(name))
             if sid is None:
                 raise self._unknown(str(name))
-            row = self._db.execute(
-                "SELECT enrolled, updated FROM speaker_times WHERE speaker_id = ?", (int(sid),)
-            ).fetchone()
-            return (None, None) if row is None else (float(row[0]), float(row[1]))
+            times = self._gallery.times(int(sid))
+            return (None, None) if times is None else times
 
     def __len__(self) -> int:
         """Number of enrolled speakers (``len(db)``)."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM speakers").fetchone()[0])
+            self._check_open()
+            return self._gallery.count()
 
     def __contains__(self, name: object) -> bool:
         """Whether ``name`` is enrolled (``"alice" in db``); an invalid name is simply not enrolled."""
         if not isinstance(name, str):
             return False
         with self._lock:
-            row = self._db.execute("SELECT 1 FROM speakers WHERE name = ?", (self._lookup(name),)).fetchone()
-            return row is not None
+            self._check_open()
+            return self._gallery.speaker(self._lookup(name)) is not None
 
     def num_utterances(self, name: str) -> int:
         """How many utterances ``name`` was enrolled with.
@@ -1053,10 +898,11 @@ class SpeakerDatabase:
         3
         """
         with self._lock:
-            row = self._db.execute("SELECT n_utts FROM speakers WHERE name = ?", (self._lookup(name),)).fetchone()
-            if row is None:
+            self._check_open()
+            found = self._gallery.speaker(self._lookup(name))
+            if found is None:
                 raise self._unknown(str(name))
-            return int(row[0])
+            return found[1]
 
     def utterance_embeddings(self, name: str) -> np.ndarray:
         """The ``[n, D]`` float32 utterance embeddings ``name`` was enrolled with, in enrolment order.
@@ -1068,14 +914,11 @@ class SpeakerDatabase:
         [[3.0, 4.0], [1.0, 0.0]]
         """
         with self._lock:
-            rows = self._db.execute(
-                "SELECT u.embedding FROM utterances u JOIN speakers s ON s.id = u.speaker_id "
-                "WHERE s.name = ? ORDER BY u.id",
-                (self._lookup(name),),
-            ).fetchall()
-            if not rows:
+            self._check_open()
+            found = self._gallery.utterance_embeddings(self._lookup(name))
+            if found is None:
                 raise self._unknown(str(name))
-            return np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), self.embd_dim)
+            return found
 
     def audio_files(self, name: str) -> list[Path]:
         """Paths of the kept WAV files of ``name`` (empty when audio was not kept).
@@ -1089,12 +932,9 @@ class SpeakerDatabase:
         with self._lock:
             if name not in self:
                 raise self._unknown(str(name))
-            rows = self._db.execute(
-                "SELECT u.audio FROM utterances u JOIN speakers s ON s.id = u.speaker_id "
-                "WHERE s.name = ? AND u.audio IS NOT NULL ORDER BY u.id",
-                (self._lookup(name),),
-            ).fetchall()
-            return [self.db_dir / r[0] for r in rows]
+            if self.db_dir is None:
+                return []
+            return [self.db_dir / p for p in self._gallery.audio_paths(self._lookup(name))]
 
     def audio_folders(self) -> set[str]:
         """Names of the folders in ``db_dir`` that hold this database's kept audio.
@@ -1106,8 +946,8 @@ class SpeakerDatabase:
         True
         """
         with self._lock:
-            rows = self._db.execute("SELECT DISTINCT audio FROM utterances WHERE audio IS NOT NULL").fetchall()
-            return {Path(r[0]).parts[0] for r in rows if Path(r[0]).parts}
+            self._check_open()
+            return {Path(p).parts[0] for p in self._gallery.audio_paths(None) if Path(p).parts}
 
     def mean_embedding(self, name: str) -> np.ndarray:
         """The speaker's unit-length mean embedding (float32 ``[D]``).
@@ -1119,10 +959,11 @@ class SpeakerDatabase:
         [0.6000000238418579, 0.800000011920929]
         """
         with self._lock:
-            row = self._db.execute("SELECT mean FROM speakers WHERE name = ?", (self._lookup(name),)).fetchone()
-            if row is None:
+            self._check_open()
+            found = self._gallery.speaker(self._lookup(name))
+            if found is None:
                 raise self._unknown(str(name))
-            return np.frombuffer(row[0], dtype=np.float32).copy()
+            return found[2]
 
     def search(
         self,
@@ -1132,6 +973,7 @@ class SpeakerDatabase:
         cohort_top_k: int = 300,
         cohort: np.ndarray | None = None,
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        candidates: Sequence[str] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """The ``top_k`` closest speakers (cosine similarity to their means) for each query, best first.
 
@@ -1143,13 +985,16 @@ class SpeakerDatabase:
         ``cohort_top_k`` highest cohort scores of each side, so a score means the same whatever else is enrolled.
         ``cohort`` (``[C, D]``) replaces the stored cohort for this call (a model's training cohort: the predictor
         passes it), and ``transform`` maps the enrolled means as the queries were mapped (e.g. centring).
+        ``candidates`` restricts the search to these enrolled names (an unknown one is an
+        :class:`~mvector.errors.UnknownSpeakerError`); scores are the same as in a search over everyone.
 
         >>> import tempfile, numpy as np
         >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
         ...     db.add_many({"east": np.array([1.0, 0.0]), "north": np.array([0.0, 1.0])})
         ...     hits = db.search(np.array([[1.0, 0.1], [0.0, -1.0]]), top_k=2)
-        ...     [[name for name, _ in row] for row in hits]
-        [['east', 'north'], ['east', 'north']]
+        ...     only = db.search(np.array([1.0, 0.1]), candidates=["north"])
+        ...     [[name for name, _ in row] for row in hits], only[0][0][0]
+        ([['east', 'north'], ['east', 'north']], 'north')
         """
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise SpeakerDBError(f"top_k must be a positive integer, got {top_k!r}")
@@ -1167,7 +1012,10 @@ class SpeakerDatabase:
                 raise SpeakerDBError(
                     f"no speakers enrolled in {self.path}; register speakers before recognising (add / add_many)"
                 )
-            k = min(int(top_k), cache.count)
+            rows = None if candidates is None else self._candidate_rows(cache, candidates)
+            count = cache.count if rows is None else len(rows)
+            names = cache.names if rows is None else [cache.names[r] for r in rows]
+            k = min(int(top_k), count)
             means = cache.matrix[: cache.count]
             if transform is not None:
                 means = np.ascontiguousarray(transform(means), dtype=np.float32)
@@ -1183,8 +1031,12 @@ class SpeakerDatabase:
                     mu, sd = _top_k_stats(means, cohort_u, int(cohort_top_k))
                     stats = self._speaker_stats = (self._version, (int(cohort_top_k), key), mu, sd)
                 spk_mu, spk_sd = stats[2], stats[3]
+                if rows is not None:
+                    spk_mu, spk_sd = spk_mu[rows], spk_sd[rows]
                 q_mu, q_sd = _top_k_stats(queries, cohort_u, int(cohort_top_k))
-            block = max(1, _SCORE_BLOCK // cache.count)
+            if rows is not None:
+                means = means[rows]
+            block = max(1, _SCORE_BLOCK // count)
             results: list[list[tuple[str, float]]] = []
             for start in range(0, len(queries), block):
                 q = queries[start : start + block]
@@ -1192,8 +1044,8 @@ class SpeakerDatabase:
                 if score_norm == "as_norm":
                     qm, qs = q_mu[start : start + block, None], q_sd[start : start + block, None]
                     scores = 0.5 * ((scores - spk_mu[None]) / spk_sd[None] + (scores - qm) / qs)
-                if k < cache.count:
-                    top = np.argpartition(scores, cache.count - k, axis=1)[:, cache.count - k :]
+                if k < count:
+                    top = np.argpartition(scores, count - k, axis=1)[:, count - k :]
                 else:
                     top = np.broadcast_to(np.arange(k), (len(q), k))
                 top_scores = np.take_along_axis(scores, top, axis=1)
@@ -1202,5 +1054,23 @@ class SpeakerDatabase:
                     np.take_along_axis(top, order, axis=1).tolist(),
                     np.take_along_axis(top_scores, order, axis=1).tolist(),
                 ):
-                    results.append([(cache.names[r], float(v)) for r, v in zip(idx, vals)])
+                    results.append([(names[r], float(v)) for r, v in zip(idx, vals)])
             return results
+
+    def _candidate_rows(self, cache: _MeanCache, candidates: Sequence[str]) -> np.ndarray:
+        """The cache rows of the candidate names (each once, in the order given); unknown names are an error."""
+        if isinstance(candidates, str) or not isinstance(candidates, Sequence) or not candidates:
+            raise SpeakerDBError(f"candidates must be a non-empty list of speaker names, got {candidates!r}")
+        rows: dict[int, None] = {}
+        unknown = []
+        for name in candidates:
+            sid = cache.id_of.get(self._lookup(name)) if isinstance(name, str) else None
+            if sid is None:
+                unknown.append(name)
+            else:
+                rows[cache.row_of[sid]] = None
+        if unknown:
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            shown = ", ".join(repr(n) for n in unknown[:5]) + more
+            raise UnknownSpeakerError(f"candidates not enrolled in {self.path}: {shown}")
+        return np.fromiter(rows, dtype=np.int64, count=len(rows))
