@@ -1,15 +1,19 @@
-"""API keys and the audit log of the HTTP service, in ``<audio_db_path>/service.sqlite``.
+"""API keys and the audit log of the HTTP service, kept by the store (:mod:`mvector.store`): in
+``<audio_db_path>/service.sqlite`` for a folder, in the shared tables of a ``postgresql://`` store for replicas.
 
 A key is ``mvk_<id>_<secret>``: a 12-hex-digit id (shown in listings, used to revoke) and 256 random bits. Only the
 SHA-256 of the whole key is stored; a presented key is looked up by its id and its hash compared in constant time
 (:func:`hmac.compare_digest`). Scopes are cumulative: ``read`` (embed, verify, identify, list), ``write`` (also
-enrol and delete speakers), ``admin`` (also manage keys and read the audit log).
+enrol and delete speakers), ``admin`` (also manage keys and read the audit log). A key may be limited to some named
+galleries (``galleries``; None: all of them); an admin key always reaches every gallery.
 
 The audit log records every write the service performs or refuses (who: key id and name; when; what: action,
-target, HTTP status, client address). The file is separate from the speaker database, in WAL mode; every change is
-one transaction. Every text field is stored escaped (:func:`escape_text`: control, format and separator characters
-become ``\\xNN`` / ``\\uNNNN``), so no output can carry a forged line or a terminal escape. Refused requests
-(status 400 and up) of one key, client, action and status within :data:`AGGREGATE_S` seconds are one row whose
+target, gallery, HTTP status, client address, and which replica wrote the line: host name and process id, or the
+``replica`` name given). Every change is one transaction of the store, so a key created or revoked through one
+replica is honoured or refused by every other one at its next request. Every text field is stored escaped
+(:func:`escape_text`: control, format and separator characters become ``\\xNN`` / ``\\uNNNN``), so no output can
+carry a forged line or a terminal escape. Refused requests (status 400 and up) of one key, client, action, status
+and replica within :data:`AGGREGATE_S` seconds are one row whose
 ``count`` grows; the default listing shows the writes that happened (``refused=False``), so refusals never push
 them out of view. Rows older than ``retention_days`` are deleted (at open and every 1000 entries).
 
@@ -30,16 +34,15 @@ import hmac
 import os
 import re
 import secrets
-import sqlite3
-import threading
+import socket
 import time
 import unicodedata
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterable, Union
 
-from mvector.errors import ConfigError, MVectorError
-from mvector.utils.files import create_private_file, private_mkdir
+from mvector.errors import ConfigError, MVectorError, StoreError, StoreUnavailableError
+from mvector.store import AuditRow, KeyRow, Store, check_gallery, open_store
+from mvector.store.sqlite import SERVICE_DB
 
 __all__ = [
     "KeyStore",
@@ -52,10 +55,9 @@ __all__ = [
     "escape_text",
     "AGGREGATE_S",
     "OUTCOMES",
+    "default_replica",
 ]
 
-#: The key file inside the speaker-database folder.
-SERVICE_DB = "service.sqlite"
 #: Scopes, weakest first; each includes the ones before it.
 SCOPES = ("read", "write", "admin")
 _PREFIX = "mvk_"
@@ -68,32 +70,6 @@ AGGREGATE_S = 3600.0
 #: Which audit entries a listing shows: writes that happened, refused requests, or both.
 OUTCOMES = ("done", "refused", "all")
 _PURGE_EVERY = 1000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    scope TEXT NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
-    hash TEXT NOT NULL,
-    created REAL NOT NULL,
-    created_by TEXT,
-    revoked REAL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    key_id TEXT,
-    key_name TEXT,
-    action TEXT NOT NULL,
-    target TEXT,
-    status INTEGER NOT NULL,
-    detail TEXT,
-    client TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
-CREATE INDEX IF NOT EXISTS audit_status ON audit (status, id);
-"""
-
 
 class KeyStoreError(MVectorError, ValueError):
     """A key-store problem a user can act on: unknown key id, bad scope or name, unreadable file."""
@@ -167,17 +143,28 @@ class KeyInfo:
     created: float
     created_by: str | None
     revoked: float | None
+    galleries: tuple[str, ...] | None = None
 
     @property
     def active(self) -> bool:
         """False once revoked."""
         return self.revoked is None
 
+    def may_use(self, gallery: str) -> bool:
+        """Whether this key may read or write ``gallery`` (an admin key, or a key without a gallery list: any).
+
+        >>> key = KeyInfo("0123456789ab", "app", "write", 0.0, None, None, ("house",))
+        >>> key.may_use("house"), key.may_use("office")
+        (True, False)
+        """
+        return self.scope == "admin" or self.galleries is None or gallery in self.galleries
+
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready fields, times as ISO 8601 UTC strings."""
+        """JSON-ready fields, times as ISO 8601 UTC strings (``galleries``: null for every gallery)."""
         out = asdict(self)
         out["created"] = _iso(self.created)
         out["revoked"] = _iso(self.revoked) if self.revoked is not None else None
+        out["galleries"] = None if self.galleries is None else list(self.galleries)
         out["active"] = self.active
         return out
 
@@ -196,6 +183,8 @@ class AuditEntry:
     client: str | None
     count: int = 1
     last: float | None = None
+    replica: str | None = None
+    gallery: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields, times as ISO 8601 UTC strings (``last``: the latest of ``count`` refusals)."""
@@ -205,93 +194,94 @@ class AuditEntry:
         return out
 
 
+def default_replica() -> str:
+    """This process's name in the audit log: ``<host name>:<process id>``.
+
+    >>> default_replica().endswith(f":{os.getpid()}")
+    True
+    """
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _check_galleries(galleries: Iterable[str] | None, scope: str) -> tuple[str, ...] | None:
+    """The checked, sorted gallery list of a new key (None: every gallery; an admin key always has None)."""
+    if galleries is None:
+        return None
+    if isinstance(galleries, str):
+        galleries = [g for g in galleries.split(",") if g.strip()]
+    try:
+        names = tuple(sorted({check_gallery(str(g).strip()) for g in galleries}))
+    except StoreError as err:
+        raise KeyStoreError(str(err)) from None
+    if not names:
+        raise KeyStoreError("galleries: give at least one gallery name, or none at all for every gallery")
+    if scope == "admin":
+        raise KeyStoreError("an admin key reaches every gallery; give galleries only to read or write keys")
+    return names
+
+
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
 
 
 class KeyStore:
-    """The API keys and audit log stored in ``<folder>/service.sqlite`` (created when missing).
+    """The API keys and audit log of the store at ``location`` (a database folder, created when missing, or a
+    ``postgresql://`` URL, or a :class:`~mvector.store.Store`).
 
-    Safe to use from several threads and processes: each change is one SQLite transaction (WAL mode, busy
-    timeout), so ``mvector keys revoke`` in a shell takes effect on the running server's next request.
+    Safe to use from several threads, processes and machines: each change is one transaction of the store, so
+    ``mvector keys revoke`` in a shell takes effect on every running replica's next request. ``replica`` names this
+    process in the audit log (default: host name and process id).
 
     >>> import tempfile
-    >>> with KeyStore(tempfile.mkdtemp()) as store:
-    ...     info, token = store.create("read", name="app")
-    ...     store.audit(info, "enrol", "alice", 201, client="127.0.0.1")
-    ...     [k.scope for k in store.list()], store.audit_log()[0].action
-    (['read'], 'enrol')
+    >>> with KeyStore(tempfile.mkdtemp(), replica="r1") as store:
+    ...     info, token = store.create("read", name="app", galleries=["house"])
+    ...     store.audit(info, "enrol", "alice", 201, client="127.0.0.1", gallery="house")
+    ...     [k.galleries for k in store.list()], store.audit_log()[0].replica
+    ([('house',)], 'r1')
     """
 
-    def __init__(self, folder: Union[str, os.PathLike], create: bool = True, retention_days: float = 90.0) -> None:
+    def __init__(
+        self,
+        location: Union[str, os.PathLike, Store],
+        create: bool = True,
+        retention_days: float = 90.0,
+        replica: str | None = None,
+    ) -> None:
         if not retention_days > 0:
             raise KeyStoreError(f"retention_days must be > 0, got {retention_days!r}")
         self.retention_days = float(retention_days)
+        self.replica = _check_label(replica, "replica name") if replica else default_replica()
         self._since_purge = 0
-        self.folder = Path(folder)
-        self.path = self.folder / SERVICE_DB
-        if not create and not self.path.is_file():
+        self._own_store = not isinstance(location, Store)
+        try:
+            self._store = open_store(location)
+            self._keys = self._store.keys()
+        except StoreUnavailableError:
+            raise
+        except StoreError as err:
+            raise KeyStoreError(str(err)) from None
+        self.path = self._keys.where
+        if not create and not self._keys.exists():
             raise KeyStoreError(
                 f"{self.path} does not exist: no keys were created for this database yet "
-                f"(mvector keys create --audio_db_path {self.folder} --scope admin)"
+                f"(mvector keys create --audio_db_path {self._store.where} --scope admin)"
             )
-        try:  # private whatever the umask: the file holds key hashes and the audit log (-wal/-shm follow its mode)
-            private_mkdir(self.folder)
-            create_private_file(self.path)
-        except OSError as err:
-            raise KeyStoreError(f"cannot create the folder {self.folder}: {err}") from None
-        self._lock = threading.RLock()
-        try:
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA busy_timeout = 30000")
-            self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._retry(self._init_schema)
-            self._retry(self.purge)
-        except sqlite3.DatabaseError as err:
-            raise KeyStoreError(f"{self.path}: cannot open the key database ({err})") from None
+        self._call(self.purge)
 
-    @staticmethod
-    def _retry(action, seconds: float = 30.0):
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                return action()
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def _init_schema(self) -> None:
-        conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
+    def _call(self, action: Any, *args: Any) -> Any:
+        """Run a store call; a store problem (other than being unreachable) becomes a :class:`KeyStoreError`."""
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
-            if "count" not in columns:  # a file from before refusals were aggregated
-                conn.execute("ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
-                conn.execute("ALTER TABLE audit ADD COLUMN last REAL")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+            return action(*args)
+        except StoreUnavailableError:
             raise
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise KeyStoreError(f"{self.path}: the key database is closed")
-        return self._conn
+        except StoreError as err:
+            raise KeyStoreError(str(err)) from None
 
     def close(self) -> None:
-        """Close the database (safe to call twice)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Close the store's connections (safe to call twice)."""
+        self._keys.close()
+        if self._own_store:
+            self._store.close()
 
     def __enter__(self) -> KeyStore:
         return self
@@ -299,28 +289,12 @@ class KeyStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
-        return self._transaction(lambda conn: conn.execute(sql, params))
-
-    def _transaction(self, body: Any) -> Any:
-        """Run ``body(connection)`` in one write transaction; returns what it returns."""
-        with self._lock:
-            conn = self._db
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                out = body(conn)
-                conn.execute("COMMIT")
-                return out
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(err, sqlite3.DatabaseError):
-                    raise KeyStoreError(f"{self.path}: could not write to the key database ({err})") from None
-                raise
-
     # ------------------------------------------------------------------ keys
-    def create(self, scope: str, name: str = "", created_by: str | None = None) -> tuple[KeyInfo, str]:
-        """Create a key of ``scope``; returns its info and the key itself (shown once, never stored).
+    def create(
+        self, scope: str, name: str = "", created_by: str | None = None, galleries: Iterable[str] | None = None
+    ) -> tuple[KeyInfo, str]:
+        """Create a key of ``scope`` (limited to ``galleries`` when given); returns its info and the key itself
+        (shown once, never stored).
 
         >>> import tempfile
         >>> with KeyStore(tempfile.mkdtemp()) as store:
@@ -330,42 +304,26 @@ class KeyStore:
         """
         scope = _check_scope(scope)
         name = _check_label(name)
+        limited = _check_galleries(galleries, scope)
         for _ in range(5):
             key_id = secrets.token_hex(6)
             token = f"{_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
             now = time.time()
-            try:
-                self._write(
-                    "INSERT INTO api_keys (id, name, scope, hash, created, created_by) VALUES (?, ?, ?, ?, ?, ?)",
-                    (key_id, name, scope, _hash(token), now, created_by),
-                )
-            except KeyStoreError as err:
-                if "UNIQUE" in str(err):  # an id collision (1 in 2^48): draw another
-                    continue
-                raise
-            return KeyInfo(key_id, name, scope, now, created_by, None), token
+            row = KeyRow(key_id, name, scope, _hash(token), now, created_by, None, limited)
+            if self._call(self._keys.add_key, row):
+                return _info(row), token
         raise KeyStoreError(f"{self.path}: could not draw an unused key id")
-
-    def _row(self, row: tuple) -> KeyInfo:
-        return KeyInfo(row[0], row[1], row[2], float(row[3]), row[4], None if row[5] is None else float(row[5]))
 
     def get(self, key_id: str) -> KeyInfo:
         """The key with id ``key_id`` (an unknown id raises :class:`KeyStoreError`)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, name, scope, created, created_by, revoked FROM api_keys WHERE id = ?", (str(key_id),)
-            ).fetchone()
+        row = self._call(self._keys.get_key, str(key_id))
         if row is None:
             raise KeyStoreError(f"no API key with id {key_id!r} in {self.path} (see: mvector keys list)")
-        return self._row(row)
+        return _info(row)
 
     def list(self, include_revoked: bool = True) -> list[KeyInfo]:
         """Every key, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, name, scope, created, created_by, revoked FROM api_keys ORDER BY created, id"
-            ).fetchall()
-        keys = [self._row(r) for r in rows]
+        keys = [_info(r) for r in self._call(self._keys.list_keys)]
         return keys if include_revoked else [k for k in keys if k.active]
 
     def revoke(self, key_id: str) -> KeyInfo:
@@ -375,7 +333,7 @@ class KeyStore:
             key_id = match.group(1) if match else key_id
         info = self.get(key_id)
         if info.active:
-            self._write("UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (time.time(), info.key_id))
+            self._call(self._keys.revoke_key, info.key_id, time.time())
         return self.get(info.key_id)
 
     def authenticate(self, token: str | None) -> KeyInfo | None:
@@ -388,16 +346,13 @@ class KeyStore:
         """
         match = _TOKEN.match(token) if isinstance(token, str) else None
         key_id = match.group(1) if match else ""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, name, scope, created, created_by, revoked, hash FROM api_keys WHERE id = ?", (key_id,)
-            ).fetchone()
-        stored = row[6] if row is not None else _DUMMY_HASH
+        row = self._call(self._keys.get_key, key_id) if key_id else None
+        stored = row.hash if row is not None else _DUMMY_HASH
         # hash and compare even for an unknown id, so the answer takes the same time either way
         same = hmac.compare_digest(stored, _hash(token if isinstance(token, str) else ""))
-        if row is None or not same or row[5] is not None:
+        if row is None or not same or row.revoked is not None:
             return None
-        return self._row(row[:6])
+        return _info(row)
 
     # ------------------------------------------------------------------ audit
     def audit(
@@ -408,47 +363,30 @@ class KeyStore:
         status: int,
         detail: str | None = None,
         client: str | None = None,
+        gallery: str | None = None,
     ) -> None:
-        """Record one write (its own transaction). Text is stored escaped (:func:`escape_text`); a refusal
-        (status >= 400) joins the row of the same key, client, action and status opened within the last
-        :data:`AGGREGATE_S` seconds (its ``count`` grows, ``target`` and ``detail`` become the latest).
+        """Record one write (its own transaction), with this replica's name. Text is stored escaped
+        (:func:`escape_text`); a refusal (status >= 400) joins the row of the same key, client, action, status and
+        replica opened within the last :data:`AGGREGATE_S` seconds (its ``count`` grows, ``target`` and ``detail``
+        become the latest).
         """
         now = time.time()
-        key_id = key.key_id if key else None
-        fields = (
+        row = AuditRow(
+            now,
+            key.key_id if key else None,
             escape_text(key.name) if key else None,
-            escape_text(action),
+            escape_text(action) or "",
             None if target is None else escape_text(str(target)[:200]),
             int(status),
             None if detail is None else escape_text(str(detail)[:500]),
             escape_text(client),
+            replica=escape_text(self.replica),
+            gallery=gallery,
         )
-
-        def record(conn: sqlite3.Connection) -> None:
-            row = None
-            if int(status) >= 400:
-                row = conn.execute(
-                    "SELECT id FROM audit WHERE status = ? AND action = ? AND key_id IS ? AND client IS ? "
-                    "AND time >= ? ORDER BY id DESC LIMIT 1",
-                    (int(status), fields[1], key_id, fields[5], now - AGGREGATE_S),
-                ).fetchone()
-            if row is not None:
-                conn.execute(
-                    "UPDATE audit SET count = count + 1, last = ?, target = ?, detail = ? WHERE id = ?",
-                    (now, fields[2], fields[4], row[0]),
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO audit (time, key_id, key_name, action, target, status, detail, client, count) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                    (now, key_id, fields[0], fields[1], fields[2], fields[3], fields[4], fields[5]),
-                )
-
-        with self._lock:
-            self._transaction(record)
-            self._since_purge += 1
-            if self._since_purge >= _PURGE_EVERY:
-                self.purge()
+        self._call(self._keys.audit, row, now - AGGREGATE_S if int(status) >= 400 else None)
+        self._since_purge += 1
+        if self._since_purge >= _PURGE_EVERY:
+            self.purge()
 
     def purge(self, now: float | None = None) -> int:
         """Delete audit rows older than ``retention_days`` (by their latest refusal); returns how many.
@@ -461,7 +399,7 @@ class KeyStore:
         """
         cutoff = (time.time() if now is None else now) - self.retention_days * 86400.0
         self._since_purge = 0
-        return self._write("DELETE FROM audit WHERE COALESCE(last, time) < ?", (cutoff,)).rowcount
+        return self._call(self._keys.purge_audit, cutoff)
 
     def audit_log(self, limit: int = 100, action: str | None = None, outcome: str = "done") -> list[AuditEntry]:
         """The ``limit`` most recent audit entries, newest first: the writes that happened (``outcome="done"``,
@@ -477,18 +415,11 @@ class KeyStore:
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-        sql = "SELECT time, key_id, key_name, action, target, status, detail, client, count, last FROM audit"
-        where, params = [], []
-        if action is not None:
-            where.append("action = ?")
-            params.append(action)
         if outcome not in OUTCOMES:
             raise ConfigError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
-        if outcome != "all":
-            where.append("status >= 400" if outcome == "refused" else "status < 400")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            order = " ORDER BY COALESCE(last, time) DESC, id DESC LIMIT ?"
-            rows = self._db.execute(sql + order, (*params, limit)).fetchall()
-        return [AuditEntry(float(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), r[9]) for r in rows]
+        rows = self._call(self._keys.audit_rows, limit, action, outcome)
+        return [AuditEntry(**{f: getattr(r, f) for f in AuditEntry.__dataclass_fields__}) for r in rows]
+
+
+def _info(row: KeyRow) -> KeyInfo:
+    return KeyInfo(row.key_id, row.name, row.scope, row.created, row.created_by, row.revoked, row.galleries)
