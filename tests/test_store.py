@@ -211,18 +211,18 @@ def test_galleries_keep_names_and_searches_apart(location, rng):
         SpeakerDatabase(location, "fp", DIM, gallery="../x")
 
 
-def test_search_restricted_to_candidates(location, rng):
+def test_search_restricted_to_a_list_of_names(location, rng):
     x = unit(rng, 4)
     with SpeakerDatabase(location, "fp", DIM) as db:
         db.add_many({f"s{i}": x[i] for i in range(4)})
         full = dict(db.search(x[0], top_k=4)[0])
-        hits = db.search(x[0], top_k=4, candidates=["s2", "s3", "s2"])[0]
+        hits = db.search(x[0], top_k=4, among=["s2", "s3", "s2"])[0]
         assert [n for n, _ in hits] == sorted(["s2", "s3"], key=lambda n: -full[n])
         assert all(abs(full[n] - s) < 1e-6 for n, s in hits)  # the same scores as over everyone
         with pytest.raises(UnknownSpeakerError, match="nobody"):
-            db.search(x[0], candidates=["s1", "nobody"])
+            db.search(x[0], among=["s1", "nobody"])
         with pytest.raises(SpeakerDBError, match="non-empty list"):
-            db.search(x[0], candidates=[])
+            db.search(x[0], among=[])
 
 
 def test_bulk_enrolment_loads_in_a_fresh_handle(location, rng):

@@ -23,6 +23,7 @@ trainer checkpoint folder (``models/EcapaTdnn_MelSpectrogram/best_model``) or a 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
@@ -59,6 +60,7 @@ from mvector.evaluation.openset import IdentificationResult, OpenSetAnswer, open
 from mvector.evaluation.score_norm import ScoreNorm
 from mvector.inference.speaker_db import SpeakerDatabase
 from mvector.inference.speaker_names import validate_name
+from mvector.store import DEFAULT_GALLERY, Store, check_gallery, is_url, open_store
 from mvector.utils.device import select_device
 
 __all__ = [
@@ -135,7 +137,8 @@ class MVectorPredictor:
         configs: optional config (bundled name, YAML path or dict). The model's stored config is always used;
             a given one that conflicts with it (another feature method, model, size or audio preprocessing) is a
             :class:`~mvector.errors.ConfigError`.
-        audio_db_path: folder of the speaker database (created on first use).
+        audio_db_path: where the speakers are kept: a database folder (created on first use) or a
+            ``postgresql://`` URL shared by several processes (:mod:`mvector.store`).
         use_gpu: run on CUDA (``True``: an error when no CUDA device is available); ``None``: CUDA when available.
         threshold: decision threshold; default: the one stored by evaluation (``result.json``, or the export's
             ``meta.json``), else :data:`DEFAULT_THRESHOLD` with a warning.
@@ -155,6 +158,8 @@ class MVectorPredictor:
             non-target distribution, else ``posterior`` with a calibration, else ``fpir``, else ``threshold``.
         unknown_prior: the ``posterior`` rule's prior that a voice belongs to nobody enrolled (default 0.5).
         fpir: the ``fpir`` rule's target share of strangers given a name (default 0.05).
+        gallery: the named gallery enrolment, identification and removal use unless a call names another
+            (default ``"default"``: the folder's own database).
 
     The threshold comes, in order, from ``threshold``, the operating point stored in ``calibration.json`` (how it
     was chosen and on what data: :attr:`threshold_info`), the EER threshold in ``result.json`` / ``meta.json``, or
@@ -182,6 +187,7 @@ class MVectorPredictor:
         open_set_rule: str = "auto",
         unknown_prior: float = DEFAULT_UNKNOWN_PRIOR,
         fpir: float = DEFAULT_FPIR,
+        gallery: str = DEFAULT_GALLERY,
     ):
         if open_set_rule not in OPEN_SET_RULES:
             raise ConfigError(f"open_set_rule must be one of {', '.join(OPEN_SET_RULES)}, got {open_set_rule!r}")
@@ -258,9 +264,12 @@ class MVectorPredictor:
         if self.calibration is not None and self.calibration.nontarget is not None:
             self.nontarget = NonTargetTail.from_dict(self.calibration.nontarget)
         self.open_set_rule = self._resolve_rule(open_set_rule, threshold is not None)
-        self.audio_db_path = Path(audio_db_path)
+        self.audio_db_path: Union[Path, str] = audio_db_path if is_url(audio_db_path) else Path(audio_db_path)
+        self.gallery = check_gallery(gallery)
         self.keep_audio = bool(keep_audio)
-        self._db: SpeakerDatabase | None = None
+        self._store: Store | None = None
+        self._dbs: dict[str, SpeakerDatabase] = {}
+        self._db_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @property
@@ -414,16 +423,46 @@ class MVectorPredictor:
     # ------------------------------------------------------------------ identification
     @property
     def db(self) -> SpeakerDatabase:
-        """The speaker database in ``audio_db_path`` (opened on first use; refused if made by another model)."""
-        if self._db is None:
-            self._db = SpeakerDatabase(self.audio_db_path, self.fingerprint, self.embd_dim, keep_audio=self.keep_audio)
-        return self._db
+        """The speaker database of this predictor's gallery in ``audio_db_path`` (opened on first use; refused if
+        made by another model)."""
+        return self.gallery_db()
+
+    @property
+    def store(self) -> Store:
+        """The store at ``audio_db_path`` (:func:`mvector.store.open_store`; nothing is connected before use)."""
+        with self._db_lock:
+            if self._store is None:
+                self._store = open_store(self.audio_db_path)
+            return self._store
+
+    def gallery_db(self, gallery: str | None = None) -> SpeakerDatabase:
+        """The speaker database of gallery ``gallery`` (default: :attr:`gallery`), opened on first use: each
+        gallery's matrix is loaded only when that gallery is first searched or written.
+
+        >>> import tempfile, numpy as np
+        >>> from mvector.demo import tiny_checkpoint
+        >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), audio_db_path=tempfile.mkdtemp(), use_gpu=False)
+        >>> p.gallery_db("house").gallery, p.gallery_db().gallery
+        ('house', 'default')
+        """
+        name = self.gallery if gallery is None else check_gallery(gallery)
+        store = self.store
+        with self._db_lock:
+            db = self._dbs.get(name)
+            if db is None:
+                db = SpeakerDatabase(store, self.fingerprint, self.embd_dim, keep_audio=self.keep_audio, gallery=name)
+                self._dbs[name] = db
+            return db
 
     def close(self) -> None:
-        """Close the speaker database (it is opened again on next use)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Close the speaker databases and the store (they are opened again on next use)."""
+        with self._db_lock:
+            for db in self._dbs.values():
+                db.close()
+            self._dbs.clear()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
     def __enter__(self) -> MVectorPredictor:
         return self
@@ -438,8 +477,10 @@ class MVectorPredictor:
         sample_rate: int | None = None,
         mode: str = "any",
         record: Any = None,
+        gallery: str | None = None,
     ) -> None:
-        """Enrol one recording, or a list of recordings, under ``name`` (added to its earlier recordings).
+        """Enrol one recording, or a list of recordings, under ``name`` (added to its earlier recordings) in
+        ``gallery`` (default :attr:`gallery`).
 
         The name is checked first (NFKC-normalised; no ``/``, ``\\``, ``..``, control, invisible or bidirectional
         characters, no look-alike script mixes; see
@@ -455,7 +496,8 @@ class MVectorPredictor:
         waves = [self.load(a, sample_rate) for a in items]
         emb = self._embed_waves(waves, sources=items)
         audio_kept = waves if self.keep_audio else None
-        self.db.add(name, emb, audio=audio_kept, sample_rate=self.sample_rate, mode=mode, record=record)
+        db = self.gallery_db(gallery)
+        db.add(name, emb, audio=audio_kept, sample_rate=self.sample_rate, mode=mode, record=record)
 
     def _resolve_rule(self, rule: str, threshold_given: bool) -> str:
         """The open-set rule ``rule`` stands for here (``auto`` resolved), or a ConfigError saying what is missing."""
@@ -496,8 +538,12 @@ class MVectorPredictor:
         rule: str | None = None,
         unknown_prior: float | None = None,
         fpir: float | None = None,
+        gallery: str | None = None,
+        among: Sequence[str] | None = None,
     ) -> Any:
-        """Who is speaking: ``(name, score)``, or ``(None, best score)`` for *unknown*, decided over the gallery.
+        """Who is speaking: ``(name, score)``, or ``(None, best score)`` for *unknown*, decided over the gallery
+        ``gallery`` (default :attr:`gallery`), or only over the enrolled names in ``among`` (then the gallery size
+        every rule uses is the number of those names).
 
         The decision follows ``rule`` (default :attr:`open_set_rule`; a ``threshold`` given here means
         ``"threshold"``):
@@ -550,19 +596,21 @@ class MVectorPredictor:
                 raise ConfigError(f"{what} must be in (0, 1), got {value!r}")
         use_margin = self.margin if margin is None else float(margin)
         emb = self.embed(audio, sample_rate)
+        db = self.gallery_db(gallery)
         want = top_k if top_k > 1 else max(2 if use_margin > 0 else 1, int(candidates))
-        n = len(self.db)
+        n = len(db) if among is None else len(set(among))
         if chosen in ("posterior", "posterior_fpir") and top_k == 1:
             want = max(want, n)  # every enrolled speaker takes part in the posterior
         if score_norm == "gallery":  # AS-norm with the other enrolled speakers as the cohort
-            hits = self._gallery_normed(emb, cohort_top_k)[: max(want, 1)]
+            hits = self._gallery_normed(db, emb, cohort_top_k, among)[: max(want, 1)]
         elif score_norm is None and self.score_norm is not None:  # the model's own cohort: its threshold's scale
-            hits = self.db.search(
+            hits = db.search(
                 self.score_norm.transform(emb[None])[0], top_k=max(want, 1), score_norm="as_norm",
                 cohort_top_k=self.score_norm.top_k, cohort=self.score_norm.cohort, transform=self.score_norm.transform,
+                among=among,
             )[0]  # fmt: skip
         else:
-            hits = self.db.search(emb, top_k=max(want, 1), score_norm=score_norm, cohort_top_k=cohort_top_k)[0]
+            hits = db.search(emb, top_k=max(want, 1), score_norm=score_norm, cohort_top_k=cohort_top_k, among=among)[0]
         if top_k > 1:
             return [(nm, float(sc)) for nm, sc in hits]
         n = max(n, len(hits))
@@ -620,13 +668,16 @@ class MVectorPredictor:
         extras["promise"] = self._promise(chosen, n, limit, p0, target, extras.get("expected_fpir"), source)
         return answer, limit, source, extras
 
-    def _gallery_normed(self, emb: np.ndarray, top_k: int) -> list[tuple[str, float]]:
-        """Every enrolled speaker's score, AS-normed with the other enrolled speakers as the cohort, best first."""
+    def _gallery_normed(
+        self, db: SpeakerDatabase, emb: np.ndarray, top_k: int, among: Sequence[str] | None
+    ) -> list[tuple[str, float]]:
+        """Every enrolled speaker's score (those in ``among`` only, when given), AS-normed with the others as the
+        cohort, best first."""
         from mvector.evaluation.gallery import gallery_as_norm
 
-        hits = self.db.search(emb, top_k=max(1, len(self.db)))[0]
+        hits = db.search(emb, top_k=max(1, len(db)), among=among)[0]
         names = [nm for nm, _ in hits]
-        means = np.stack([self.db.mean_embedding(nm) for nm in names]).astype(np.float64)
+        means = np.stack([db.mean_embedding(nm) for nm in names]).astype(np.float64)
         raw = np.array([[sc for _, sc in hits]])
         normed = gallery_as_norm(raw, means @ means.T, top_k=top_k)[0]
         order = np.argsort(-normed, kind="stable")
@@ -656,14 +707,15 @@ class MVectorPredictor:
         per_pair = "its error rates hold per comparison, not per search"
         return f"one score threshold ({source}): {per_pair}{strangers}"
 
-    def remove(self, name: str, record: Any = None) -> None:
-        """Remove an enrolled speaker (an unknown name raises :class:`~mvector.errors.UnknownSpeakerError`);
-        ``record``: an idempotency record stored with the removal (:meth:`SpeakerDatabase.remove`)."""
-        self.db.remove(name, record=record)
+    def remove(self, name: str, record: Any = None, gallery: str | None = None) -> None:
+        """Remove an enrolled speaker of ``gallery`` (an unknown name raises
+        :class:`~mvector.errors.UnknownSpeakerError`); ``record``: an idempotency record stored with the removal
+        (:meth:`SpeakerDatabase.remove`)."""
+        self.gallery_db(gallery).remove(name, record=record)
 
-    def speakers(self) -> list[str]:
-        """Names of the enrolled speakers, in enrolment order."""
-        return self.db.names()
+    def speakers(self, gallery: str | None = None) -> list[str]:
+        """Names of the speakers enrolled in ``gallery`` (default :attr:`gallery`), in enrolment order."""
+        return self.gallery_db(gallery).names()
 
     def diarize(self, audio: AudioInput, sample_rate: int | None = None, **options: Any) -> Any:
         """Who spoke when in ``audio``: a :class:`~mvector.inference.diarization.DiarizationResult`.
@@ -686,12 +738,13 @@ class MVectorPredictor:
         audio, does not enrol anything twice); hidden folders are ignored. Unreadable files are skipped with a
         warning. Returns the number of recordings enrolled per speaker.
         """
-        root = Path(folder) if folder is not None else self.audio_db_path
-        if not root.is_dir():
-            raise SpeakerDBError(f"{root} is not a folder of <name>/<recordings>")
+        files = self.db.db_dir  # None for a store that keeps no files (PostgreSQL)
+        root = Path(folder) if folder is not None else files
+        if root is None or not root.is_dir():
+            raise SpeakerDBError(f"{root or self.audio_db_path} is not a folder of <name>/<recordings>")
         counts: dict[str, int] = {}
         enrolled = set(self.speakers())
-        own = self.db.audio_folders() if root.resolve() == self.audio_db_path.resolve() else set()
+        own = self.db.audio_folders() if files is not None and root.resolve() == files.resolve() else set()
         for speaker_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if speaker_dir.name in own:  # this database's own kept audio
                 continue

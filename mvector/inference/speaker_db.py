@@ -973,7 +973,7 @@ class SpeakerDatabase:
         cohort_top_k: int = 300,
         cohort: np.ndarray | None = None,
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
-        candidates: Sequence[str] | None = None,
+        among: Sequence[str] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """The ``top_k`` closest speakers (cosine similarity to their means) for each query, best first.
 
@@ -985,14 +985,14 @@ class SpeakerDatabase:
         ``cohort_top_k`` highest cohort scores of each side, so a score means the same whatever else is enrolled.
         ``cohort`` (``[C, D]``) replaces the stored cohort for this call (a model's training cohort: the predictor
         passes it), and ``transform`` maps the enrolled means as the queries were mapped (e.g. centring).
-        ``candidates`` restricts the search to these enrolled names (an unknown one is an
+        ``among`` restricts the search to these enrolled names (an unknown one is an
         :class:`~mvector.errors.UnknownSpeakerError`); scores are the same as in a search over everyone.
 
         >>> import tempfile, numpy as np
         >>> with tempfile.TemporaryDirectory() as folder, SpeakerDatabase(folder, "m", 2) as db:
         ...     db.add_many({"east": np.array([1.0, 0.0]), "north": np.array([0.0, 1.0])})
         ...     hits = db.search(np.array([[1.0, 0.1], [0.0, -1.0]]), top_k=2)
-        ...     only = db.search(np.array([1.0, 0.1]), candidates=["north"])
+        ...     only = db.search(np.array([1.0, 0.1]), among=["north"])
         ...     [[name for name, _ in row] for row in hits], only[0][0][0]
         ([['east', 'north'], ['east', 'north']], 'north')
         """
@@ -1012,7 +1012,7 @@ class SpeakerDatabase:
                 raise SpeakerDBError(
                     f"no speakers enrolled in {self.path}; register speakers before recognising (add / add_many)"
                 )
-            rows = None if candidates is None else self._candidate_rows(cache, candidates)
+            rows = None if among is None else self._rows_among(cache, among)
             count = cache.count if rows is None else len(rows)
             names = cache.names if rows is None else [cache.names[r] for r in rows]
             k = min(int(top_k), count)
@@ -1057,13 +1057,13 @@ class SpeakerDatabase:
                     results.append([(names[r], float(v)) for r, v in zip(idx, vals)])
             return results
 
-    def _candidate_rows(self, cache: _MeanCache, candidates: Sequence[str]) -> np.ndarray:
-        """The cache rows of the candidate names (each once, in the order given); unknown names are an error."""
-        if isinstance(candidates, str) or not isinstance(candidates, Sequence) or not candidates:
-            raise SpeakerDBError(f"candidates must be a non-empty list of speaker names, got {candidates!r}")
+    def _rows_among(self, cache: _MeanCache, among: Sequence[str]) -> np.ndarray:
+        """The cache rows of the names in ``among`` (each once, in the order given); unknown names are an error."""
+        if isinstance(among, str) or not isinstance(among, Sequence) or not among:
+            raise SpeakerDBError(f"among must be a non-empty list of speaker names, got {among!r}")
         rows: dict[int, None] = {}
         unknown = []
-        for name in candidates:
+        for name in among:
             sid = cache.id_of.get(self._lookup(name)) if isinstance(name, str) else None
             if sid is None:
                 unknown.append(name)
@@ -1072,5 +1072,5 @@ class SpeakerDatabase:
         if unknown:
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             shown = ", ".join(repr(n) for n in unknown[:5]) + more
-            raise UnknownSpeakerError(f"candidates not enrolled in {self.path}: {shown}")
+            raise UnknownSpeakerError(f"names in 'among' that are not enrolled in {self.path}: {shown}")
         return np.fromiter(rows, dtype=np.int64, count=len(rows))
