@@ -5,10 +5,13 @@
     mvector keys revoke --audio_db_path audio_db 3f2a9c01b7d4
     mvector keys audit --audio_db_path audio_db --limit 20
     mvector keys audit --audio_db_path audio_db --outcome refused   # refused requests, counted per hour
+    mvector keys create --audio_db_path postgresql://app:pw@db/voices --scope write --galleries house office
 
-Keys live in ``<audio_db_path>/service.sqlite`` (only their SHA-256 is stored; a lost key cannot be shown again:
-revoke it and create another). Scopes: read (embed, verify, identify, list), write (also enrol and delete), admin
-(also keys and the audit log). A revoked key stops working on the running server's next request.
+Keys live with the galleries: in ``<audio_db_path>/service.sqlite`` for a folder, in the database of a
+``postgresql://`` URL for replicas (only their SHA-256 is stored; a lost key cannot be shown again: revoke it and
+create another). Scopes: read (embed, verify, identify, list), write (also enrol and delete), admin (also keys and
+the audit log). --galleries limits a read or write key to those galleries (default: every gallery; an admin key
+reaches every gallery). A revoked key stops working on every running replica's next request.
 """
 
 from __future__ import annotations
@@ -41,12 +44,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
-        p.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder the service uses")
+        p.add_argument(
+            "--audio_db_path", default="audio_db/", help="speaker database folder or postgresql:// URL the service uses"
+        )
         return p
 
     create = add("create", "create a key and print it (on the last line)")
     create.add_argument("--scope", required=True, choices=["read", "write", "admin"], help="what the key may do")
     create.add_argument("--name", default="", help="a label: who or what uses the key")
+    create.add_argument(
+        "--galleries", nargs="+", metavar="GALLERY", default=None,
+        help="the only galleries the key may use (read or write keys; default: every gallery)",
+    )
     listing = add("list", "list keys (ids, names, scopes; never the keys)")
     add_flag(listing, "--active", default=False, help="only keys not revoked")
     add_flag(listing, "--json", default=False, help="one JSON object per key")
@@ -70,8 +79,9 @@ def _run(args: argparse.Namespace) -> None:
 
     with KeyStore(args.audio_db_path, create=args.command == "create") as store:
         if args.command == "create":
-            info, token = store.create(args.scope, args.name, created_by="cli")
-            print(f"created key {info.key_id} (scope {info.scope}{', name ' + info.name if info.name else ''})")
+            info, token = store.create(args.scope, args.name, created_by="cli", galleries=args.galleries)
+            where = f", galleries {', '.join(info.galleries)}" if info.galleries else ""
+            print(f"created key {info.key_id} (scope {info.scope}{', name ' + info.name if info.name else ''}{where})")
             print(f"stored hashed in {store.path}; it is shown only now:", flush=True)
             print(token)
         elif args.command == "list":
@@ -82,10 +92,12 @@ def _run(args: argparse.Namespace) -> None:
             elif not keys:
                 print("(no keys)")
             else:
-                print(f"{'id':<14}{'scope':<7}{'created':<26}{'revoked':<26}name")
+                print(f"{'id':<14}{'scope':<7}{'created':<26}{'revoked':<26}{'galleries':<20}name")
                 for k in keys:
                     d = k.as_dict()
-                    print(f"{k.key_id:<14}{k.scope:<7}{d['created']:<26}{d['revoked'] or '-':<26}{k.name}")
+                    galleries = ",".join(k.galleries) if k.galleries else "*"
+                    revoked = d["revoked"] or "-"
+                    print(f"{k.key_id:<14}{k.scope:<7}{d['created']:<26}{revoked:<26}{galleries:<20}{k.name}")
         elif args.command == "revoke":
             info = store.revoke(args.key_id)
             print(f"revoked key {info.key_id} (scope {info.scope}) at {info.as_dict()['revoked']}")
@@ -98,9 +110,10 @@ def _run(args: argparse.Namespace) -> None:
                 else:
                     who = f"{d['key_id'] or '-'}({d['key_name'] or ''})"
                     times = f" x{e.count} until {d['last']}" if e.count > 1 else ""
+                    where = f"  [{d['gallery']}]" if d["gallery"] else ""
                     print(
                         f"{d['time']}  {who:<28} {d['action']:<15} {d['target'] or '-':<24} {e.status}  "
-                        f"{d['client'] or ''}{times}"
+                        f"{d['client'] or ''}{times}{where}  @{d['replica'] or '-'}"
                     )
 
 

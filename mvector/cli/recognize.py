@@ -6,10 +6,13 @@ Non-interactive (no audio hardware needed); folders are expanded into their audi
     mvector recognize --remove alice
     mvector recognize --list
     mvector recognize --import_folder old_audio_db    # enrol old_audio_db/<name>/*.wav
+    mvector recognize --gallery house --recognize unknown.wav --among alice bob   # only these two of "house"
+--audio_db_path is a database folder or a postgresql://user:password@host/dbname URL (the store several service
+replicas share); --gallery names the gallery inside it (default: "default", the folder's own database).
 With no command, an interactive loop records from the microphone (needs a terminal and the "mic" extra).
 --recognize goes on past a file it cannot read: that file gets one error line ({"file", "error"} with --json),
 and the exit status is 1 when any file failed. A database is created only by --register / --import_folder;
---recognize, --remove and --list refuse a folder without one (a mistyped --audio_db_path).
+--recognize, --remove and --list refuse a folder (or gallery) without one (a mistyped --audio_db_path).
 Other errors (a missing model folder, an unknown speaker, an empty database) print one line and exit with 2.
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
@@ -95,7 +97,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         epilog=__doc__.split("\n", 1)[1].strip(),
     )
     parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
-    parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder")
+    parser.add_argument(
+        "--audio_db_path", default="audio_db/", help="speaker database folder, or a postgresql:// URL"
+    )
+    parser.add_argument("--gallery", default="default", help="the named gallery in the database to use")
+    parser.add_argument(
+        "--among", nargs="+", metavar="NAME", default=None,
+        help="with --recognize: decide only among these enrolled speakers of the gallery",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
     parser.add_argument(
         "--margin", type=float, default=None,
@@ -160,8 +169,8 @@ def _check_before_loading(parser: argparse.ArgumentParser, args: argparse.Namesp
 
         require_pyaudio()
     from mvector.inference.predictor import iter_audio_files
-    from mvector.inference.speaker_db import DB_FILENAME
     from mvector.inference.speaker_names import validate_name
+    from mvector.store import check_gallery, open_store
 
     files = []
     if args.register:
@@ -171,11 +180,20 @@ def _check_before_loading(parser: argparse.ArgumentParser, args: argparse.Namesp
         files = [str(f) for f in iter_audio_files(args.recognize)]  # a missing file is reported in the loop
         if not files:
             raise MVectorError(f"--recognize: no audio files in {' '.join(args.recognize)}")
-    if (args.recognize or args.remove or args.list) and not (Path(args.audio_db_path) / DB_FILENAME).is_file():
-        raise SpeakerDBError(
-            f"no speaker database in {args.audio_db_path} (no {DB_FILENAME}); check --audio_db_path, "
-            "or create one with --register NAME FILE... or --import_folder DIR"
-        )
+    if args.among is not None and not args.recognize:
+        parser.error("--among goes with --recognize")
+    check_gallery(args.gallery)
+    if args.recognize or args.remove or args.list:
+        store = open_store(args.audio_db_path)
+        try:
+            found = args.gallery in store.gallery_names()
+        finally:
+            store.close()
+        if not found:
+            raise SpeakerDBError(
+                f"no speaker database in {store.where} (no gallery {args.gallery!r}); check --audio_db_path and "
+                "--gallery, or create one with --register NAME FILE... or --import_folder DIR"
+            )
     return files
 
 
@@ -206,14 +224,15 @@ def _register(predictor, args, files, emit) -> None:
 def _recognize(predictor, args, files, emit) -> int:
     if len(predictor.db) == 0:
         raise SpeakerDBError(
-            f"no speakers enrolled in {args.audio_db_path}; register speakers first with "
+            f"no speakers enrolled in {predictor.db.path}; register speakers first with "
             "--register NAME FILE... or --import_folder DIR"
         )
     failed = 0
     for path in files:
         try:
             result = predictor.recognize(path, top_k=args.top_k, margin=args.margin, score_norm=args.score_norm,
-                                         cohort_top_k=args.cohort_top_k, threshold=args.threshold)  # fmt: skip
+                                         cohort_top_k=args.cohort_top_k, threshold=args.threshold,
+                                         among=args.among)  # fmt: skip
         except MVectorError as err:  # one bad file: say so on its own line and go on with the others
             failed += 1
             message = str(err) if path in str(err) else f"{path}: {err}"
@@ -264,6 +283,7 @@ def _main(argv=None, prog=None) -> int:
         open_set_rule=args.rule,
         unknown_prior=args.unknown_prior,
         fpir=args.fpir,
+        gallery=args.gallery,
     )
     emit = (lambda obj, text: print(dumps_json(obj), flush=True)) if args.json else (lambda obj, text: print(text))
     failed = 0
