@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-__all__ = ["ServiceError", "ERROR_CODES", "error_body"]
+__all__ = ["ServiceError", "ERROR_CODES", "error_body", "unavailable", "RETRY_STORE_S"]
+
+#: Seconds a client is told to wait (``Retry-After``) when the shared database cannot be reached.
+RETRY_STORE_S = 2
 
 #: code -> (HTTP status, meaning). The codes are part of the API: clients may switch on them.
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -44,6 +47,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "model_failed": (503, "the model could not be loaded; see the server log"),
     "overloaded": (503, "the server is at a limit (requests, queue or audio memory); retry after the Retry-After s"),
     "shutting_down": (503, "the server is stopping"),
+    "store_unavailable": (503, "the shared database (PostgreSQL) cannot be reached now; retry after Retry-After s"),
+    "unknown_gallery": (404, "no gallery of this name (enrol a speaker into it to create it)"),
     "internal_error": (500, "an unexpected server error (logged on the server; no details are sent)"),
 }
 
@@ -84,3 +89,13 @@ class ServiceError(Exception):
     def body(self) -> dict[str, object]:
         """The JSON body: ``{"code", "message", "field"}``."""
         return error_body(self.code, self.message, self.field)
+
+
+def unavailable(err: Exception) -> ServiceError:
+    """The 503 ``store_unavailable`` answer for a :class:`~mvector.errors.StoreUnavailableError` (its message names
+    the database without its password).
+
+    >>> unavailable(RuntimeError("postgresql://app:***@db/x: cannot connect")).status
+    503
+    """
+    return ServiceError(503, "store_unavailable", str(err), headers={"Retry-After": str(RETRY_STORE_S)})

@@ -4,7 +4,8 @@ is read.
 In order, for every HTTP request:
 
 1. at most ``max_requests`` requests are handled at once; one more gets 503 ``overloaded`` (``Retry-After``);
-2. on ``/v1`` routes the ``Authorization`` key is checked (401 ``unauthorized`` at once, body unread);
+2. on ``/v1`` routes the ``Authorization`` key is checked (401 ``unauthorized`` at once, body unread; 503
+   ``store_unavailable`` when the key store cannot be reached);
 3. a (key, client) pair refused (401/403) more than ``refusal_limit`` times in the last minute gets 429
    ``rate_limited`` (``Retry-After``) without further work; refusals without a valid key count for the client
    alone and never limit the keys used from the same address;
@@ -27,8 +28,9 @@ import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
+from mvector.errors import StoreUnavailableError
 from mvector.service.budget import REQUEST_OWNER, AudioBudget
-from mvector.service.errors import ServiceError
+from mvector.service.errors import ServiceError, unavailable
 
 __all__ = ["RequestGuard", "KEY_STATE", "PAGE_CSP", "client_of"]
 
@@ -248,7 +250,10 @@ class RequestGuard:
                 "Authorization",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        key = await asyncio.to_thread(self.authenticate, token.strip())
+        try:
+            key = await asyncio.to_thread(self.authenticate, token.strip())
+        except StoreUnavailableError as err:  # the key store is down: a clear 503, never a traceback
+            return None, unavailable(err)
         if key is None:
             return None, ServiceError(
                 401,
