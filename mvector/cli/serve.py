@@ -41,7 +41,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--model_path", required=True, help="model folder (checkpoint or export)")
-    parser.add_argument("--audio_db_path", default="audio_db/", help="speaker database folder (keys live there too)")
+    parser.add_argument(
+        "--audio_db_path", default="audio_db/",
+        help="speaker database folder, or a postgresql:// URL shared by replicas (keys and audit live there too)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold; None: the model's")
@@ -131,6 +134,18 @@ def _graceful_server_class(uvicorn):
     return GracefulServer
 
 
+def _check_store(location: str) -> None:
+    """Reach the store now: a wrong PostgreSQL host, port, database or password is one clear line and a non-zero
+    exit at start-up, not an error at the first request."""
+    from mvector.store import open_store
+
+    store = open_store(location)
+    try:
+        store.check()
+    finally:
+        store.close()
+
+
 def _serve(args: argparse.Namespace) -> None:
     missing = []
     for names, package in _NEEDED:
@@ -159,6 +174,7 @@ def _serve(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
     resolve_model_dir(args.model_path)  # a missing folder is one clear error before the server starts
+    _check_store(args.audio_db_path)
     config = ServiceConfig(
         model_path=args.model_path,
         audio_db_path=args.audio_db_path,
