@@ -369,3 +369,21 @@ def test_kill_at_random_times_leaves_db_consistent(tmp_path: Path) -> None:
         assert len(db) == counts[-1]
         db.add("survivor", np.ones(DIM))
         assert db.search(np.ones(DIM))[0][0] == ("survivor", pytest.approx(1.0, abs=1e-5))
+
+
+def test_folder_layout_default_gallery_and_named_galleries(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A folder's own speakers.sqlite is the gallery 'default' (the layout of earlier versions, unchanged); other
+    galleries are galleries/<name>/speakers.sqlite, each with its own version counter."""
+    folder = tmp_path / "audio_db"
+    emb = rng.standard_normal(DIM).astype(np.float32)
+    with SpeakerDatabase(folder, "fp", DIM) as db:
+        db.add("alice", emb)
+    with SpeakerDatabase(folder, "fp", DIM, gallery="house", keep_audio=True) as house:
+        house.add("alice", emb, audio=[np.zeros(1600, np.float32)])
+        kept = house.audio_files("alice")[0]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(DB_FILENAME)) == ["galleries"]
+    assert (folder / "galleries" / "house" / DB_FILENAME).is_file()
+    assert kept.parent.parent == folder / "galleries" / "house"  # its kept audio lives beside it
+    with sqlite3.connect(str(folder / DB_FILENAME)) as conn:  # the default gallery is the plain old file
+        assert conn.execute("SELECT name FROM speakers").fetchall() == [("alice",)]
+        assert conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0] == 1

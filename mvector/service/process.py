@@ -56,7 +56,8 @@ def wait_for_health(url: str, timeout: float = 60.0, proc: subprocess.Popen | No
 
 
 class ServerProcess:
-    """``mvector serve`` in a child process on ``host:port`` (a free port by default), logging to a file.
+    """``mvector serve`` in a child process on ``host:port`` (a free port by default), logging to a file, in the
+    working folder ``cwd`` (default: this process's).
 
     Use it as a context manager; it stops the server gracefully (SIGTERM) on exit, or kills it if it hangs::
 
@@ -73,14 +74,19 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         log_path: PathLike | None = None,
         env: dict[str, str] | None = None,
+        cwd: PathLike | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.audio_db_path = str(audio_db_path)
         self.host = host
         self.port = port or free_port(host)
         self.extra_args = list(extra_args)
-        self.log_path = Path(log_path) if log_path else Path(self.audio_db_path).parent / f"serve-{self.port}.log"
+        if log_path is None:  # beside the database folder; in the working folder for a database URL
+            base = Path(cwd or ".") if "://" in self.audio_db_path else Path(self.audio_db_path).parent
+            log_path = base / f"serve-{self.port}.log"
+        self.log_path = Path(log_path)
         self.env = env
+        self.cwd = None if cwd is None else str(cwd)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -112,7 +118,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ if self.env is None else self.env)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)
         if wait:
             try:
                 wait_for_health(self.url, timeout, self.proc)
