@@ -875,10 +875,12 @@ class SpeakerDatabase:
             return (None, None) if times is None else times
 
     def __len__(self) -> int:
-        """Number of enrolled speakers (``len(db)``)."""
+        """Number of enrolled speakers (``len(db)``): the in-memory matrix's rows once brought up to date (one
+        version read, not a count over the store)."""
         with self._lock:
-            self._check_open()
-            return self._gallery.count()
+            self._refresh()
+            assert self._cache is not None
+            return self._cache.count
 
     def __contains__(self, name: object) -> bool:
         """Whether ``name`` is enrolled (``"alice" in db``); an invalid name is simply not enrolled."""
