@@ -32,7 +32,7 @@ import numpy as np
 
 from mvector.errors import SpeakerDBError, StoreError, StoreUnavailableError
 from mvector.store.base import AuditRow, Changes, GalleryStore, GalleryWrite, KeyBackend, KeyRow, Store, StoredAnswer
-from mvector.store.sqlite import audit_filter, audit_row, check_owner
+from mvector.store.sql import audit_filter, audit_row, check_owner, record_audit
 
 try:  # an optional dependency: the folder store works without it
     import psycopg
@@ -518,26 +518,7 @@ class PostgresKeys(KeyBackend):
 
     def audit(self, row: AuditRow, aggregate_since: float | None) -> None:
         with self._guard("writing the audit log") as conn, conn.transaction():
-            found = None
-            if aggregate_since is not None:
-                found = conn.execute(
-                    "SELECT id FROM mvector_audit WHERE status = %s AND action = %s AND key_id IS NOT DISTINCT FROM %s "
-                    "AND client IS NOT DISTINCT FROM %s AND replica IS NOT DISTINCT FROM %s AND time >= %s "
-                    "ORDER BY id DESC LIMIT 1 FOR UPDATE",
-                    (row.status, row.action, row.key_id, row.client, row.replica, aggregate_since),
-                ).fetchone()
-            if found is not None:
-                conn.execute(
-                    "UPDATE mvector_audit SET count = count + 1, last = %s, target = %s, detail = %s WHERE id = %s",
-                    (row.time, row.target, row.detail, found[0]),
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO mvector_audit (time, key_id, key_name, action, target, status, detail, client, "
-                    "count, replica, gallery) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s)",
-                    (row.time, row.key_id, row.key_name, row.action, row.target, row.status, row.detail, row.client,
-                     row.replica, row.gallery),
-                )
+            record_audit(conn.execute, row, aggregate_since, "mvector_audit", "%s", "IS NOT DISTINCT FROM")
 
     def purge_audit(self, before: float) -> int:
         with self._guard("purging the audit log") as conn:

@@ -49,6 +49,7 @@ from mvector.store.base import (
     Store,
     StoredAnswer,
 )
+from mvector.store.sql import audit_filter, audit_row, check_owner, record_audit
 from mvector.utils.files import PRIVATE_FILE_MODE, create_private_file, private_mkdir
 
 __all__ = ["DB_FILENAME", "GALLERIES_DIR", "SERVICE_DB", "SQLiteGallery", "SQLiteKeys", "SQLiteStore"]
@@ -137,6 +138,34 @@ def retry_while_locked(action: Callable[[], Any], seconds: float = 60.0) -> Any:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection, fail: Callable[[sqlite3.DatabaseError], Exception] | None = None) -> Iterator[
+    sqlite3.Connection
+]:
+    """``BEGIN IMMEDIATE`` (the file's write lock) ... ``COMMIT``; any error rolls back, and an SQLite error becomes
+    ``fail(err)`` when given.
+
+    >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+    >>> with immediate(conn) as c:
+    ...     _ = c.execute("CREATE TABLE t (x)")
+    >>> conn.in_transaction
+    False
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as err:
+        if fail is None:
+            raise
+        raise fail(err) from None
 
 
 def _truncated(path: Path, wait: float = 2.0) -> bool:
@@ -329,9 +358,7 @@ class SQLiteGallery(GalleryStore):
                 raise
 
     def _init_schema(self, model_fingerprint: str, embd_dim: int) -> None:
-        conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db) as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -343,10 +370,6 @@ class SQLiteGallery(GalleryStore):
                 "next_id": 1,
             }
             conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", list(defaults.items()))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self._check_owner(model_fingerprint, embd_dim)
 
     def _check_owner(self, model_fingerprint: str, embd_dim: int) -> None:
@@ -467,42 +490,16 @@ class SQLiteGallery(GalleryStore):
     # ------------------------------------------------------------------ writes
     @contextlib.contextmanager
     def write(self, before_commit: Callable[[], None] | None = None, bump: bool = True) -> Iterator[GalleryWrite]:
-        with self._lock:
-            conn = self._db
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.DatabaseError as err:
-                raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
-            try:
-                version = int(conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
-                yield _Write(self, conn, version + 1 if bump else version)
-                if bump:
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version + 1,))
-                if before_commit is not None:
-                    before_commit()
-                conn.execute("COMMIT")
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(err, sqlite3.DatabaseError):
-                    raise SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})") from None
-                raise
+        def fail(err: sqlite3.DatabaseError) -> Exception:
+            return SpeakerDBError(f"{self.path}: could not write to the speaker database ({err})")
 
-
-def check_owner(where: str, stored_fp: str, stored_dim: int, model_fingerprint: str, embd_dim: int) -> int:
-    """The gallery's embedding size when it was made by this model, else a :class:`SpeakerDBError` naming both.
-
-    >>> check_owner("db", "fp", 4, "fp", 4)
-    4
-    """
-    if stored_fp != model_fingerprint or int(stored_dim) != int(embd_dim):
-        raise SpeakerDBError(
-            f"{where}: the database was made by another model (fingerprint {stored_fp[:12]}, "
-            f"embedding size {stored_dim}); this model has fingerprint {model_fingerprint[:12]}, "
-            f"embedding size {embd_dim}. Use the matching model, or a new database folder "
-            f"for this model"
-        )
-    return int(stored_dim)
+        with self._lock, immediate(self._db, fail) as conn:
+            version = int(conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+            yield _Write(self, conn, version + 1 if bump else version)
+            if bump:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version + 1,))
+            if before_commit is not None:
+                before_commit()
 
 
 class SQLiteKeys(KeyBackend):
@@ -551,10 +548,8 @@ class SQLiteKeys(KeyBackend):
             raise StoreError(f"{self.path}: cannot open the key database ({err})") from None
 
     def _init_schema(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        assert self._conn is not None
+        with immediate(self._conn) as conn:
             for statement in _KEY_SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -563,10 +558,6 @@ class SQLiteKeys(KeyBackend):
                 for column, declaration in columns:
                     if column not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         with self._lock:
@@ -575,19 +566,11 @@ class SQLiteKeys(KeyBackend):
                 self._conn = None
 
     def _transaction(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            conn = self._db
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                out = body(conn)
-                conn.execute("COMMIT")
-                return out
-            except BaseException as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(err, sqlite3.DatabaseError):
-                    raise StoreError(f"{self.path}: could not write to the key database ({err})") from None
-                raise
+        def fail(err: sqlite3.DatabaseError) -> Exception:
+            return StoreError(f"{self.path}: could not write to the key database ({err})")
+
+        with self._lock, immediate(self._db, fail) as conn:
+            return body(conn)
 
     def add_key(self, row: KeyRow) -> bool:
         galleries = None if row.galleries is None else json.dumps(list(row.galleries))
@@ -632,28 +615,7 @@ class SQLiteKeys(KeyBackend):
         )
 
     def audit(self, row: AuditRow, aggregate_since: float | None) -> None:
-        def record(conn: sqlite3.Connection) -> None:
-            found = None
-            if aggregate_since is not None:
-                found = conn.execute(
-                    "SELECT id FROM audit WHERE status = ? AND action = ? AND key_id IS ? AND client IS ? "
-                    "AND replica IS ? AND time >= ? ORDER BY id DESC LIMIT 1",
-                    (row.status, row.action, row.key_id, row.client, row.replica, aggregate_since),
-                ).fetchone()
-            if found is not None:
-                conn.execute(
-                    "UPDATE audit SET count = count + 1, last = ?, target = ?, detail = ? WHERE id = ?",
-                    (row.time, row.target, row.detail, found[0]),
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO audit (time, key_id, key_name, action, target, status, detail, client, count, "
-                    "replica, gallery) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                    (row.time, row.key_id, row.key_name, row.action, row.target, row.status, row.detail, row.client,
-                     row.replica, row.gallery),
-                )
-
-        self._transaction(record)
+        self._transaction(lambda conn: record_audit(conn.execute, row, aggregate_since, "audit", "?", "IS"))
 
     def purge_audit(self, before: float) -> int:
         return self._transaction(
@@ -669,27 +631,6 @@ class SQLiteKeys(KeyBackend):
                 sql + where + " ORDER BY COALESCE(last, time) DESC, id DESC LIMIT ?", (*params, int(limit))
             ).fetchall()
         return [audit_row(r) for r in rows]
-
-
-def audit_filter(action: str | None, outcome: str, mark: str) -> tuple[str, list[Any]]:
-    """The ``WHERE`` clause (with ``mark`` as the parameter marker) and parameters of an audit listing.
-
-    >>> audit_filter("enrol", "refused", "%s")
-    (' WHERE action = %s AND status >= 400', ['enrol'])
-    """
-    where, params = [], []
-    if action is not None:
-        where.append(f"action = {mark}")
-        params.append(action)
-    if outcome != "all":
-        where.append("status >= 400" if outcome == "refused" else "status < 400")
-    return (" WHERE " + " AND ".join(where) if where else ""), params
-
-
-def audit_row(r: Sequence[Any]) -> AuditRow:
-    """An :class:`AuditRow` from the columns ``time .. gallery`` of an audit listing."""
-    last = None if r[9] is None else float(r[9])
-    return AuditRow(float(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], int(r[8]), last, r[10], r[11])
 
 
 class SQLiteStore(Store):
