@@ -10,6 +10,9 @@ creates its gallery.
 >>> key = KeyInfo("0123456789ab", "app", "write", 0.0, None, None, ("house",))
 >>> allowed_gallery(key, "house")
 'house'
+>>> import re
+>>> [bool(re.match(GALLERY_PATTERN, g)) for g in ("house_2", "House", "-x")]
+[True, False, False]
 >>> allowed_gallery(key, "office")
 Traceback (most recent call last):
 ...
@@ -26,8 +29,18 @@ from mvector.errors import StoreError
 from mvector.service.errors import ServiceError
 from mvector.store import DEFAULT_GALLERY, check_gallery
 
-__all__ = ["GALLERY_HELP", "allowed_gallery", "among_names", "among_param", "gallery_param", "known_gallery"]
+__all__ = [
+    "GALLERY_HELP",
+    "GALLERY_PATTERN",
+    "allowed_gallery",
+    "among_names",
+    "among_param",
+    "gallery_param",
+    "known_gallery",
+]
 
+#: The gallery name rule (:func:`mvector.store.check_gallery`) as stated in the OpenAPI schema.
+GALLERY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 GALLERY_HELP = (
     "the named gallery to use (1-64 of a-z 0-9 _ -; default 'default'); a key limited to other galleries gets 403"
 )
@@ -35,7 +48,7 @@ GALLERY_HELP = (
 
 def gallery_param() -> Any:
     """The ``gallery`` query parameter (documented in the OpenAPI schema)."""
-    return Query(DEFAULT_GALLERY, min_length=1, max_length=64, description=GALLERY_HELP)
+    return Query(DEFAULT_GALLERY, min_length=1, max_length=64, pattern=GALLERY_PATTERN, description=GALLERY_HELP)
 
 
 def among_param() -> Any:
