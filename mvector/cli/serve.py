@@ -45,6 +45,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--audio_db_path", default="audio_db/",
         help="speaker database folder, or a postgresql:// URL shared by replicas (keys and audit live there too)",
     )
+    parser.add_argument(
+        "--replica_name", default=None,
+        help="this replica's name in the shared audit log (default: host name and process id)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold; None: the model's")
@@ -199,6 +203,7 @@ def _serve(args: argparse.Namespace) -> None:
         refusal_limit=args.refusal_limit,
         audit_retention_days=args.audit_retention_days,
         forwarded_allow_ips=tuple(args.forwarded_allow_ips),
+        replica_name=args.replica_name,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not _is_loopback(args.host):

@@ -38,7 +38,8 @@ async def audit(
     """Write one line of the audit log for ``request`` (off the event loop; a failed write is logged)."""
     state = service_state(request)
     client = client_of(request.scope)
-    await anyio.to_thread.run_sync(lambda: state.audit(key, action, target, status, detail, client))
+    gallery = getattr(request.state, "gallery", None)  # set by the gallery dependency (mvector.service.galleries)
+    await anyio.to_thread.run_sync(lambda: state.audit(key, action, target, status, detail, client, gallery))
 
 
 @dataclass

@@ -23,10 +23,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from fastapi import Query
+import anyio
+from fastapi import Depends, Query, Request
 
 from mvector.errors import StoreError
+from mvector.service.auth import audit
 from mvector.service.errors import ServiceError
+from mvector.service.guard import KEY_STATE
+from mvector.service.state import service_state
 from mvector.store import DEFAULT_GALLERY, check_gallery
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "among_param",
     "gallery_param",
     "known_gallery",
+    "use_gallery",
 ]
 
 #: The gallery name rule (:func:`mvector.store.check_gallery`) as stated in the OpenAPI schema.
@@ -103,3 +108,31 @@ def among_names(among: Optional[list[str]]) -> Optional[list[str]]:
     if not among or any(not a.strip() for a in among):
         raise ServiceError(400, "invalid_parameter", "parameter 'among': give one or more enrolled names", "among")
     return list(among)
+
+
+_GALLERY_QUERY = gallery_param()
+
+
+def use_gallery(action: str | None = None, must_exist: bool = True) -> Any:
+    """A route dependency yielding the ``gallery`` the request's key may use (400 / 403; with ``must_exist``, 404
+    ``unknown_gallery`` for a gallery that does not exist). With ``action`` (a write route), a refusal is audited
+    as that action on the path's ``name``. Declare it after the route's key dependency."""
+
+    async def dependency(request: Request, gallery: str = _GALLERY_QUERY) -> str:
+        key = getattr(request.state, KEY_STATE, None)
+        try:
+            if key is None:  # only an app run without its guard: the key dependency answers 401
+                return check_gallery(gallery)
+            name = request.state.gallery = allowed_gallery(key, gallery)
+            if must_exist:
+                state = service_state(request)
+                predictor = await state.ready_predictor()
+                seen = state.galleries
+                await anyio.to_thread.run_sync(known_gallery, name, predictor.store.gallery_names, seen)
+            return name
+        except ServiceError as err:
+            if action is not None and err.status in (403, 404):
+                await audit(request, key, action, request.path_params.get("name"), err.status, "gallery")
+            raise
+
+    return Depends(dependency)

@@ -27,9 +27,10 @@ from mvector.errors import (
     MVectorError,
     SpeakerDBError,
     SpeakerExistsError,
+    StoreUnavailableError,
     UnknownSpeakerError,
 )
-from mvector.service.errors import ServiceError, error_body
+from mvector.service.errors import ServiceError, error_body, unavailable
 from mvector.service.state import service_state
 
 __all__ = ["add_error_handlers", "allowed_methods"]
@@ -87,6 +88,10 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
 
 
 async def _mvector_error(request: Request, err: MVectorError) -> JSONResponse:
+    if isinstance(err, StoreUnavailableError):  # the shared database is away: a 503 the client may retry
+        log.warning("store unavailable: %s", err)
+        answer = unavailable(err)
+        return JSONResponse(answer.body(), status_code=answer.status, headers=answer.headers)
     text = service_state(request).public(str(err))
     if isinstance(err, AudioError):  # undecodable audio, a refused enrolment (quality checks)
         return JSONResponse(error_body("bad_audio", text, "audio"), status_code=400)

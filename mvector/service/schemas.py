@@ -75,6 +75,9 @@ class Speaker(BaseModel):
 class NewKey(BaseModel):
     scope: Literal["read", "write", "admin"] = Field(description="read, write or admin (each includes those before)")
     name: str = Field("", max_length=100, description="a label for the key (who or what uses it); no control chars")
+    galleries: Optional[list[str]] = Field(
+        None, max_length=100, description="the only galleries a read or write key may use (default: every gallery)"
+    )
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

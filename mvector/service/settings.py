@@ -52,6 +52,7 @@ class ServiceConfig:
     refusal_limit: int = 60
     audit_retention_days: float = 90.0
     forwarded_allow_ips: tuple = field(default_factory=tuple)
+    replica_name: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.max_audio_mb is None:

@@ -54,9 +54,9 @@ def not_enrolled(name: str) -> ServiceError:
     return ServiceError(404, "unknown_speaker", f"unknown speaker {name!r}: not enrolled", "name")
 
 
-async def known_speaker(predictor: Any, name: str) -> None:
-    """Nothing when ``name`` is enrolled, else 404 ``unknown_speaker``."""
-    present = await anyio.to_thread.run_sync(lambda: name in predictor.db)
+async def known_speaker(predictor: Any, name: str, gallery: str) -> None:
+    """Nothing when ``name`` is enrolled in ``gallery``, else 404 ``unknown_speaker``."""
+    present = await anyio.to_thread.run_sync(lambda: name in predictor.gallery_db(gallery))
     if not present:
         raise not_enrolled(name)
 
@@ -86,14 +86,16 @@ def _speaker_answer(
 
 
 async def write_speaker(
-    request: Request, key: KeyInfo, idem: str | None, name: str, uploads: list[bytes], mode: str, status: int
+    request: Request, key: KeyInfo, idem: str | None, name: str, uploads: list[bytes], mode: str, status: int,
+    gallery: str,
 ) -> JSONResponse | dict[str, Any]:
-    """Enrol (``mode="create"``) or add recordings (``"append"``): replay a stored answer, else decode, embed
-    and write, with the existence check and the idempotency record in the write's transaction."""
+    """Enrol (``mode="create"``) or add recordings (``"append"``) in ``gallery``: replay a stored answer, else
+    decode, embed and write, with the existence check and the idempotency record in the write's transaction."""
     state = service_state(request)
     path = "/v1/speakers" if mode == "create" else f"/v1/speakers/{name}/recordings"
     digest = request_hash("POST", path, [name.encode("utf-8"), *uploads])
-    replay = await stored_answer(state.worker.predictor.db, key.key_id, idem, digest)
+    db = await anyio.to_thread.run_sync(state.worker.predictor.gallery_db, gallery)
+    replay = await stored_answer(db, key.key_id, idem, digest)
     if replay is not None:
         return replay
     audios = await decode_all(request, uploads)
@@ -107,7 +109,7 @@ async def write_speaker(
 
             answer = _speaker_answer(name, notes, state.public)
             record, built = write_record(key.key_id, idem, digest, status, answer)
-            pr.register(name, audios, mode=mode, record=record)
+            pr.register(name, audios, mode=mode, record=record, gallery=gallery)
         return built
 
     try:

@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Callable
 import anyio
 from fastapi import FastAPI, Request
 
-from mvector.errors import ConfigError
+from mvector.errors import ConfigError, StoreUnavailableError
 from mvector.service.budget import AudioBudget
 from mvector.service.keys import KeyStore, KeyStoreError
 from mvector.service.settings import ServiceConfig
@@ -74,6 +74,7 @@ class ServiceState:
     decode_limiter: anyio.CapacityLimiter
     started: float = field(default_factory=time.time)
     refused: dict[str, int] = field(default_factory=dict)  # the guard's refusals by kind (401s: no key to audit)
+    galleries: set[str] = field(default_factory=set)  # galleries known to exist (galleries are never deleted)
     #: the server's folders, longest first (:meth:`public` leaves them out of messages)
     server_paths: list[str] = field(init=False, default_factory=list)
 
@@ -93,7 +94,9 @@ class ServiceState:
         return cls(
             config=config,
             worker=ModelWorker(load, max_queue=config.max_queue, max_batch=config.max_batch, threads=config.threads),
-            keys=KeyStore(config.audio_db_path, retention_days=config.audit_retention_days),
+            keys=KeyStore(
+                config.audio_db_path, retention_days=config.audit_retention_days, replica=config.replica_name
+            ),
             budget=AudioBudget(config.max_audio_bytes, wait_s=config.audio_wait),
             decode_limiter=anyio.CapacityLimiter(config.decode_threads),
         )
@@ -122,11 +125,14 @@ class ServiceState:
         """Run ``fn(predictor)`` on the model worker's thread and wait for its result."""
         return await asyncio.wrap_future(self.worker.submit(fn))
 
-    def audit(self, key: Any, action: str, target: str | None, status: int, detail: Any, client: str | None) -> None:
+    def audit(
+        self, key: Any, action: str, target: str | None, status: int, detail: Any, client: str | None,
+        gallery: str | None = None,
+    ) -> None:
         """Write one audit line; a failure to write it is logged (the write it describes happened)."""
         try:
-            self.keys.audit(key, action, target, status, detail=detail, client=client)
-        except KeyStoreError as err:
+            self.keys.audit(key, action, target, status, detail=detail, client=client, gallery=gallery)
+        except (KeyStoreError, StoreUnavailableError) as err:
             log.error("could not write the audit log: %s", err)
 
 

@@ -53,10 +53,12 @@ async def create_key(request: Request, key: KeyInfo = _CREATE) -> dict[str, Any]
     body = await new_key_body(request)
     store = service_state(request).keys
     try:
-        info, token = await anyio.to_thread.run_sync(lambda: store.create(body.scope, body.name, created_by=key.key_id))
+        info, token = await anyio.to_thread.run_sync(
+            lambda: store.create(body.scope, body.name, created_by=key.key_id, galleries=body.galleries)
+        )
     except KeyStoreError as err:
         reason = str(err)
-        field_name = "scope" if "scope" in reason else "name"
+        field_name = "scope" if "scope" in reason else "galleries" if "galler" in reason else "name"
         await audit(request, key, "create_key", None, 400, reason)
         raise ServiceError(400, "invalid_parameter", f"field {field_name!r}: {reason}", field_name) from None
     await audit(request, key, "create_key", info.key_id, 201, info.scope)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from mvector.service.auth import require
 from mvector.service.errors import ServiceError
+from mvector.service.galleries import among_names, among_param, use_gallery
 from mvector.service.keys import KeyInfo
 from mvector.service.results import finite_parameter, result_extras, threshold_query
 from mvector.service.schemas import Identification, Verification, audio_body, error_responses
@@ -25,6 +26,8 @@ __all__ = ["router", "identification_answer"]
 
 router = APIRouter()
 _READ = Depends(require("read"))
+_GALLERY = use_gallery()
+_AMONG = among_param()
 
 
 @router.post(
@@ -74,26 +77,30 @@ async def verify(
     summary="Who is speaking? The best enrolled speaker (or unknown) and the top-k candidates",
     response_model=Identification,
     response_model_exclude_unset=True,
-    responses=error_responses(400, 413),
+    responses=error_responses(400, 403, 404, 413),
     openapi_extra=audio_body({"audio": "a recording"}, raw=True),
 )
 async def identify(
     request: Request,
     top_k: int = Query(1, ge=1, le=100, description="how many candidates to list"),
     threshold: Optional[float] = threshold_query(),
+    among: Optional[list[str]] = _AMONG,
     key: KeyInfo = _READ,
+    gallery: str = _GALLERY,
 ) -> dict[str, Any]:
     state = service_state(request)
     p = await state.ready_predictor()
+    names = among_names(among)
     audio = await one_recording(request)
     given = None if threshold is None else finite_parameter(threshold, "threshold")
 
     def job(pr: Any) -> tuple[Any, list, int]:
-        count = len(pr.db)
+        count = len(pr.gallery_db(gallery))
         if count == 0:
             return None, [], 0
         # the predictor's open-set rule decides (posterior / FPIR at this gallery size) unless a threshold is given
-        best = pr.recognize(audio, threshold=given, candidates=top_k if top_k > 1 else 0)
+        top = top_k if top_k > 1 else 0
+        best = pr.recognize(audio, threshold=given, candidates=top, gallery=gallery, among=names)
         return best, (best.candidates if top_k > 1 else None), count
 
     best, hits, count = await state.run_job(job)
