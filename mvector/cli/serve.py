@@ -138,11 +138,15 @@ def _graceful_server_class(uvicorn):
     return GracefulServer
 
 
-def _check_store(location: str) -> None:
+def _check_store(location: str, keep_audio: bool) -> None:
     """Reach the store now: a wrong PostgreSQL host, port, database or password is one clear line and a non-zero
-    exit at start-up, not an error at the first request."""
-    from mvector.store import open_store
+    exit at start-up, not an error at the first request (and so is --keep_audio on a store that keeps no files)."""
+    from mvector.store import is_url, open_store, redact
 
+    if keep_audio and is_url(location):
+        raise ConfigError(
+            f"--keep_audio needs a database folder: {redact(location)} keeps no audio files (leave --keep_audio out)"
+        )
     store = open_store(location)
     try:
         store.check()
@@ -178,7 +182,7 @@ def _serve(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
     resolve_model_dir(args.model_path)  # a missing folder is one clear error before the server starts
-    _check_store(args.audio_db_path)
+    _check_store(args.audio_db_path, args.keep_audio)
     config = ServiceConfig(
         model_path=args.model_path,
         audio_db_path=args.audio_db_path,

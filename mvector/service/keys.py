@@ -170,21 +170,9 @@ class KeyInfo:
 
 
 @dataclass(frozen=True)
-class AuditEntry:
-    """One audited write: who (key), when, what (action, target), and how it ended (HTTP status)."""
-
-    time: float
-    key_id: str | None
-    key_name: str | None
-    action: str
-    target: str | None
-    status: int
-    detail: str | None
-    client: str | None
-    count: int = 1
-    last: float | None = None
-    replica: str | None = None
-    gallery: str | None = None
+class AuditEntry(AuditRow):
+    """One audited write: who (key), when, what (action, target, gallery), how it ended (HTTP status), and which
+    replica wrote it (the stored :class:`~mvector.store.AuditRow`, with its JSON form)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields, times as ISO 8601 UTC strings (``last``: the latest of ``count`` refusals)."""
@@ -418,7 +406,7 @@ class KeyStore:
         if outcome not in OUTCOMES:
             raise ConfigError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         rows = self._call(self._keys.audit_rows, limit, action, outcome)
-        return [AuditEntry(**{f: getattr(r, f) for f in AuditEntry.__dataclass_fields__}) for r in rows]
+        return [AuditEntry(**asdict(r)) for r in rows]
 
 
 def _info(row: KeyRow) -> KeyInfo:

@@ -32,7 +32,7 @@ import numpy as np
 
 from mvector.errors import SpeakerDBError, StoreError, StoreUnavailableError
 from mvector.store.base import AuditRow, Changes, GalleryStore, GalleryWrite, KeyBackend, KeyRow, Store, StoredAnswer
-from mvector.store.sql import audit_filter, audit_row, check_owner, record_audit
+from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, full_load, record_audit
 
 try:  # an optional dependency: the folder store works without it
     import psycopg
@@ -57,7 +57,6 @@ _SERVER_SETTINGS = {
     "idle_in_transaction_session_timeout": "60000",
 }
 _SCHEMA_LOCK = 0x6D766563  # advisory lock id held while creating the tables ("mvec")
-_LOAD_CHUNK = 65536
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mvector_galleries (
@@ -274,7 +273,7 @@ class _Write(GalleryWrite):
             "SELECT id, embedding, audio FROM mvector_utterances WHERE gallery = %s AND speaker_id = %s ORDER BY id",
             (int(speaker_id),),
         ).fetchall()
-        return [int(r[0]) for r in rows], _blobs(rows, self._g.embd_dim, 1), [r[2] for r in rows]
+        return [int(r[0]) for r in rows], blobs(rows, self._g.embd_dim, 1), [r[2] for r in rows]
 
     def remove_speaker(self, speaker_id: int) -> list[str]:
         sid = int(speaker_id)
@@ -304,13 +303,6 @@ class _Write(GalleryWrite):
     def has_name(self, name: str) -> bool:
         found = self._q("SELECT 1 FROM mvector_speakers WHERE gallery = %s AND name = %s", (name,)).fetchone()
         return found is not None
-
-
-def _blobs(rows: Sequence[tuple], dim: int, column: int = 0) -> np.ndarray:
-    joined = b"".join(bytes(r[column]) for r in rows)
-    if len(joined) != 4 * dim * len(rows):
-        raise SpeakerDBError("damaged gallery (an embedding has the wrong size)")
-    return np.frombuffer(joined, dtype=np.float32).reshape(len(rows), dim)
 
 
 def _answer(conn: Any, gallery: str, owner: str, key: str, not_before: float) -> StoredAnswer | None:
@@ -358,23 +350,9 @@ class PostgresGallery(GalleryStore):
         if since is None:
             total = int(conn.execute("SELECT COUNT(*) FROM mvector_speakers WHERE gallery = %s",
                                      (self.name,)).fetchone()[0])
-            ids = np.empty(total, np.int64)
-            means = np.empty((total, dim), np.float32)
-            names: list[str] = []
-            at = 0
             with conn.cursor(binary=True) as cur:
                 cur.execute("SELECT id, name, mean FROM mvector_speakers WHERE gallery = %s ORDER BY id", (self.name,))
-                while True:
-                    chunk = cur.fetchmany(_LOAD_CHUNK)
-                    if not chunk:
-                        break
-                    if at + len(chunk) > total:
-                        raise SpeakerDBError(f"{self.where}: the speaker table changed while it was read")
-                    ids[at : at + len(chunk)] = [r[0] for r in chunk]
-                    names.extend(r[1] for r in chunk)
-                    means[at : at + len(chunk)] = _blobs(chunk, dim, 2)
-                    at += len(chunk)
-            return Changes(version, [], ids[:at], names, means[:at], full=True)
+                return full_load(cur.fetchmany, total, dim, version, self.where)
         gone = [int(r[0]) for r in conn.execute(
             "SELECT speaker_id FROM mvector_removed WHERE gallery = %s AND version > %s", (self.name, since))]
         rows = conn.execute(
@@ -382,7 +360,7 @@ class PostgresGallery(GalleryStore):
             (self.name, since),
         ).fetchall()
         return Changes(
-            version, gone, np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], _blobs(rows, dim, 2).copy()
+            version, gone, np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], blobs(rows, dim, 2).copy()
         )
 
     def snapshot(self, since: int | None) -> Changes | None:
@@ -426,7 +404,7 @@ class PostgresGallery(GalleryStore):
             "ON s.gallery = u.gallery AND s.id = u.speaker_id WHERE s.gallery = %s AND s.name = %s ORDER BY u.id",
             (name,),
         )
-        return _blobs(rows, self.embd_dim) if rows else None
+        return blobs(rows, self.embd_dim) if rows else None
 
     def audio_paths(self, name: str | None) -> list[str]:
         if name is None:
@@ -445,7 +423,7 @@ class PostgresGallery(GalleryStore):
         rows = self._all("SELECT embedding FROM mvector_cohort WHERE gallery = %s ORDER BY id")
         source = self._one("SELECT cohort_source FROM mvector_galleries WHERE name = %s")
         text = source[0] if source is not None and source[0] else None
-        return (_blobs(rows, self.embd_dim) if rows else None), text
+        return (blobs(rows, self.embd_dim) if rows else None), text
 
     def answer(self, owner: str, key: str, not_before: float) -> StoredAnswer | None:
         with self._conn.guard("reading the gallery", SpeakerDBError) as conn:

@@ -49,7 +49,7 @@ from mvector.store.base import (
     Store,
     StoredAnswer,
 )
-from mvector.store.sql import audit_filter, audit_row, check_owner, record_audit
+from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, full_load, record_audit
 from mvector.utils.files import PRIVATE_FILE_MODE, create_private_file, private_mkdir
 
 __all__ = ["DB_FILENAME", "GALLERIES_DIR", "SERVICE_DB", "SQLiteGallery", "SQLiteKeys", "SQLiteStore"]
@@ -58,7 +58,6 @@ DB_FILENAME = "speakers.sqlite"
 SERVICE_DB = "service.sqlite"
 GALLERIES_DIR = "galleries"
 SCHEMA_VERSION = 1
-_LOAD_CHUNK = 65536
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
@@ -185,13 +184,6 @@ def _truncated(path: Path, wait: float = 2.0) -> bool:
         time.sleep(0.02)
 
 
-def _blobs(rows: Sequence[tuple], dim: int, column: int = 0) -> np.ndarray:
-    joined = b"".join(r[column] for r in rows)
-    if len(joined) != 4 * dim * len(rows):
-        raise SpeakerDBError("damaged database (an embedding has the wrong size)")
-    return np.frombuffer(joined, dtype=np.float32).reshape(len(rows), dim)
-
-
 class _Write(GalleryWrite):
     """A write transaction on one gallery file (the connection is inside ``BEGIN IMMEDIATE``)."""
 
@@ -265,7 +257,7 @@ class _Write(GalleryWrite):
         rows = self._conn.execute(
             "SELECT id, embedding, audio FROM utterances WHERE speaker_id = ? ORDER BY id", (int(speaker_id),)
         ).fetchall()
-        return [int(r[0]) for r in rows], _blobs(rows, self._gallery.embd_dim, 1), [r[2] for r in rows]
+        return [int(r[0]) for r in rows], blobs(rows, self._gallery.embd_dim, 1), [r[2] for r in rows]
 
     def remove_speaker(self, speaker_id: int) -> list[str]:
         conn, sid = self._conn, int(speaker_id)
@@ -403,26 +395,12 @@ class SQLiteGallery(GalleryStore):
         dim = self.embd_dim
         if since is None:  # everything, read in chunks into one preallocated matrix
             total = int(conn.execute("SELECT COUNT(*) FROM speakers").fetchone()[0])
-            ids = np.empty(total, np.int64)
-            means = np.empty((total, dim), np.float32)
-            names: list[str] = []
             cursor = conn.execute("SELECT id, name, mean FROM speakers ORDER BY id")
-            at = 0
-            while True:
-                chunk = cursor.fetchmany(_LOAD_CHUNK)
-                if not chunk:
-                    break
-                if at + len(chunk) > total:
-                    raise SpeakerDBError(f"{self.path}: the speaker table changed while it was read")
-                ids[at : at + len(chunk)] = [r[0] for r in chunk]
-                names.extend(r[1] for r in chunk)
-                means[at : at + len(chunk)] = _blobs(chunk, dim, 2)
-                at += len(chunk)
-            return Changes(version, [], ids[:at], names, means[:at], full=True)
+            return full_load(cursor.fetchmany, total, dim, version, self.where)
         gone = [int(r[0]) for r in conn.execute("SELECT speaker_id FROM removed WHERE version > ?", (since,))]
         rows = conn.execute("SELECT id, name, mean FROM speakers WHERE updated > ? ORDER BY id", (since,)).fetchall()
         return Changes(
-            version, gone, np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], _blobs(rows, dim, 2).copy()
+            version, gone, np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], blobs(rows, dim, 2).copy()
         )
 
     def snapshot(self, since: int | None) -> Changes | None:
@@ -462,7 +440,7 @@ class SQLiteGallery(GalleryStore):
                 "WHERE s.name = ? ORDER BY u.id",
                 (name,),
             ).fetchall()
-        return _blobs(rows, self.embd_dim) if rows else None
+        return blobs(rows, self.embd_dim) if rows else None
 
     def audio_paths(self, name: str | None) -> list[str]:
         with self._lock:
@@ -481,7 +459,7 @@ class SQLiteGallery(GalleryStore):
             rows = self._db.execute("SELECT embedding FROM cohort ORDER BY id").fetchall()
             source = self._db.execute("SELECT value FROM meta WHERE key = 'cohort_source'").fetchone()
         text = str(source[0]) if source is not None and str(source[0]) else None
-        return (_blobs(rows, self.embd_dim) if rows else None), text
+        return (blobs(rows, self.embd_dim) if rows else None), text
 
     def answer(self, owner: str, key: str, not_before: float) -> StoredAnswer | None:
         with self._lock:
