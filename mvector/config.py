@@ -18,6 +18,7 @@ mvector.errors.ConfigError: unknown key 'batchsize' in dataset_conf; did you mea
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import os
@@ -29,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import yaml
 
 from mvector.errors import ConfigError, check_keys, nearest
+from mvector.registry import canonical_name
 from mvector.utils.files import atomic_write_text
 from mvector.utils.yaml_io import load_yaml, read_yaml_file
 
@@ -49,13 +51,12 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 @dataclass(frozen=True)
 class Key:
-    """One documented configuration key: default value, accepted type and meaning.
+    """One documented configuration key: accepted type and meaning (its default is in :data:`DEFAULT_CONFIG`).
 
-    >>> Key(64, int, "utterances per batch").default
-    64
+    >>> Key(int, "utterances per batch").type
+    <class 'int'>
     """
 
-    default: Any
     type: Union[type, tuple]
     doc: str
 
@@ -64,75 +65,80 @@ OptStr = (str, type(None))
 OptInt = (int, type(None))
 OptFloat = (float, type(None))
 
+#: The bundled configuration that holds every default: it lists every fixed key, and every other configuration is
+#: completed from it (:func:`load_config`). ``tests/test_config.py`` checks that it lists the whole schema.
+DEFAULT_CONFIG = "ecapa_tdnn"
+
 #: Where the bundled default recipe (``ecapa_tdnn``) saves its best model: the commands' default model folder.
 DEFAULT_MODEL_PATH = "models/EcapaTdnn_MelSpectrogram/best_model"
 
-#: The fixed sections and their keys. Free sections (:data:`FREE_SECTIONS`) are checked against the
-#: featurizer, backbone and loss they configure.
+#: The fixed sections and their keys (types and meanings; the values are in :data:`DEFAULT_CONFIG`). Free
+#: sections (:data:`FREE_SECTIONS`) are checked against the featurizer, backbone and loss they configure.
 SCHEMA: dict[str, Any] = {
-    "use_model": Key("EcapaTdnn", str, "backbone: EcapaTdnn, TDNN, Res2Net or ResNetSE"),
-    "use_loss": Key("AAM", str, "loss head: AAM (ArcFace), AM (CosFace), ARM or CE"),
+    "use_model": Key(str, "backbone: EcapaTdnn, TDNN, Res2Net or ResNetSE"),
+    "use_loss": Key(str, "loss head: AAM (ArcFace), AM (CosFace), ARM or CE"),
     "dataset_conf": {
-        "train_list": Key("dataset/train_list.txt", str, "training list (path<TAB>label) or Kaldi folder"),
-        "test_list": Key("dataset/test_list.txt", str, "evaluation list (path<TAB>label) or Kaldi folder"),
-        "trials_list": Key(None, OptStr, "trial file 'label enroll test'; None: pairs from test_list"),
-        "trials_root": Key(None, OptStr, "folder the trial paths are relative to; None: the trial file's"),
-        "num_eval_trials": Key(None, OptInt, "with no trial file: number of balanced pairs to draw; None: every pair"),
-        "num_speakers": Key(None, OptInt, "speakers in train_list; None: taken from the list"),
-        "sample_rate": Key(16000, int, "audio is resampled to this rate (Hz)"),
-        "max_duration": Key(3.0, float, "training crop length (s); shorter clips are used whole"),
-        "short_clips": Key("pad", str, "training clips shorter than max_duration: pad (zeros, masked) or repeat"),
-        "min_duration": Key(0.5, float, "training clips shorter than this (s) are left out and counted"),
-        "eval_max_duration": Key(20.0, float, "evaluation/inference utterances are cut to this length (s)"),
-        "batch_size": Key(64, int, "training utterances per batch (per process under torchrun)"),
-        "eval_batch_size": Key(32, int, "evaluation utterances per batch (batched by length)"),
+        "train_list": Key(str, "training list (path<TAB>label) or Kaldi folder"),
+        "test_list": Key(str, "evaluation list (path<TAB>label) or Kaldi folder"),
+        "trials_list": Key(OptStr, "trial file 'label enroll test'; None: pairs from test_list"),
+        "trials_root": Key(OptStr, "folder the trial paths are relative to; None: the trial file's"),
+        "num_eval_trials": Key(OptInt, "with no trial file: number of balanced pairs to draw; None: every pair"),
+        "num_speakers": Key(OptInt, "speakers in train_list; None: taken from the list"),
+        "sample_rate": Key(int, "audio is resampled to this rate (Hz)"),
+        "max_duration": Key(float, "training crop length (s); shorter clips are used whole"),
+        "short_clips": Key(str, "training clips shorter than max_duration: pad (zeros, masked) or repeat"),
+        "min_duration": Key(float, "training clips shorter than this (s) are left out and counted"),
+        "eval_max_duration": Key(float, "evaluation/inference utterances are cut to this length (s)"),
+        "batch_size": Key(int, "training utterances per batch (per process under torchrun)"),
+        "eval_batch_size": Key(int, "evaluation utterances per batch (batched by length)"),
         "num_workers": Key(
-            None, OptInt, "data-loading worker processes; None: 0 on CPU (faster there), min(4, CPUs) on CUDA"
+            OptInt, "data-loading worker processes; None: 0 on CPU (faster there), min(4, CPUs) on CUDA"
         ),
-        "prefetch_factor": Key(4, int, "batches each worker loads ahead"),
-        "use_dB_normalization": Key(True, bool, "bring every clip to target_dB RMS"),
-        "target_dB": Key(-20.0, float, "target level of dB normalisation (dBFS)"),
-        "vad": Key(False, bool, "trim leading/trailing silence with an energy VAD"),
+        "prefetch_factor": Key(int, "batches each worker loads ahead"),
+        "use_dB_normalization": Key(bool, "bring every clip to target_dB RMS"),
+        "target_dB": Key(float, "target level of dB normalisation (dBFS)"),
+        "vad": Key(bool, "trim leading/trailing silence with an energy VAD"),
     },
     "preprocess_conf": {
-        "feature_method": Key("Fbank", str, "Fbank, MelSpectrogram, Spectrogram or MFCC"),
-        "normalize": Key(True, (bool, str), "per-utterance CMVN over valid frames: true (mean+variance), mean, false"),
+        "feature_method": Key(str, "Fbank, MelSpectrogram, Spectrogram or MFCC"),
+        "normalize": Key((bool, str), "per-utterance CMVN over valid frames: true (mean+variance), mean, false"),
     },
     "optimizer_conf": {
-        "optimizer": Key("Adam", str, "Adam, AdamW or SGD"),
-        "learning_rate": Key(0.001, float, "peak learning rate"),
-        "weight_decay": Key(1e-6, float, "weight decay"),
-        "momentum": Key(0.9, float, "SGD momentum (SGD only)"),
-        "nesterov": Key(False, bool, "Nesterov momentum (SGD only)"),
-        "scheduler": Key("WarmupCosine", str, "WarmupCosine (stepped per batch) or Constant"),
-        "warmup_epochs": Key(1.0, float, "linear warm-up length in epochs (fractions allowed)"),
-        "min_lr": Key(1e-5, float, "learning rate at the end of the cosine decay"),
+        "optimizer": Key(str, "Adam, AdamW or SGD"),
+        "learning_rate": Key(float, "peak learning rate"),
+        "weight_decay": Key(float, "weight decay"),
+        "momentum": Key(float, "SGD momentum (SGD only)"),
+        "nesterov": Key(bool, "Nesterov momentum (SGD only)"),
+        "scheduler": Key(str, "WarmupCosine (stepped per batch) or Constant"),
+        "warmup_epochs": Key(float, "linear warm-up length in epochs (fractions allowed)"),
+        "min_lr": Key(float, "learning rate at the end of the cosine decay"),
     },
     "train_conf": {
-        "max_epoch": Key(30, int, "training epochs"),
-        "log_interval": Key(100, int, "log every this many batches"),
-        "eval_interval": Key(1, int, "evaluate every this many epochs (0: only at the end)"),
-        "seed": Key(1234, int, "random seed (Python, numpy, torch, data order)"),
-        "amp": Key(False, bool, "automatic mixed precision on CUDA"),
-        "amp_dtype": Key("bfloat16", str, "bfloat16 or float16 (float16 uses a gradient scaler)"),
-        "grad_clip": Key(5.0, OptFloat, "clip the gradient norm to this; None: no clipping"),
-        "keep_last_epochs": Key(3, int, "epoch_N checkpoints to keep"),
-        "log_backend": Key("visualdl", str, "visualdl, tensorboard or none"),
-        "log_dir": Key("log", str, "folder for training logs (scalars)"),
-        "log_seconds": Key(30.0, float, "also log at least this often (s), whatever log_interval says"),
-        "freeze_backbone_epochs": Key(0, int, "train only the head for this many first epochs (fine-tuning)"),
-        "dist_timeout_minutes": Key(30.0, float, "how long ranks wait for each other before failing (torchrun)"),
-        "gpu_augment": Key("auto", (bool, str), "waveform augmentation as batched ops on the device: auto (on CUDA)"),
+        "max_epoch": Key(int, "training epochs"),
+        "log_interval": Key(int, "log every this many batches"),
+        "eval_interval": Key(int, "evaluate every this many epochs (0: only at the end)"),
+        "seed": Key(int, "random seed (Python, numpy, torch, data order)"),
+        "amp": Key(bool, "automatic mixed precision on CUDA"),
+        "amp_dtype": Key(str, "bfloat16 or float16 (float16 uses a gradient scaler)"),
+        "grad_clip": Key(OptFloat, "clip the gradient norm to this; None: no clipping"),
+        "keep_last_epochs": Key(int, "epoch_N checkpoints to keep"),
+        "log_backend": Key(str, "visualdl, tensorboard or none"),
+        "log_dir": Key(str, "folder for training logs (scalars)"),
+        "log_seconds": Key(float, "also log at least this often (s), whatever log_interval says"),
+        "freeze_backbone_epochs": Key(int, "train only the head for this many first epochs (fine-tuning)"),
+        "dist_timeout_minutes": Key(float, "how long ranks wait for each other before failing (torchrun)"),
+        "gpu_augment": Key((bool, str), "waveform augmentation as batched ops on the device: auto (on CUDA)"),
     },
     "score_norm_conf": {
         "cohort": Key(
-            "none", str, "AS-norm cohort stored with the model (score_norm.npz; used by evaluation, the predictor and "
-            "the service): speakers (one row per training speaker), utterances (training clips), none: plain cosine"
+            str,
+            "AS-norm cohort stored with the model (score_norm.npz; used by evaluation, the predictor and "
+            "the service): speakers (one row per training speaker), utterances (training clips), none: plain cosine",
         ),
-        "top_k": Key(20, int, "AS-norm: how many of the best cohort scores of each side are used"),
-        "centre": Key(False, bool, "subtract the training embeddings' mean before scoring"),
-        "whiten": Key(False, bool, "also whiten the embeddings with the training covariance (PCA, slight shrinkage)"),
-        "max_per_speaker": Key(8, int, "training utterances per speaker embedded for the cohort at each evaluation"),
+        "top_k": Key(int, "AS-norm: how many of the best cohort scores of each side are used"),
+        "centre": Key(bool, "subtract the training embeddings' mean before scoring"),
+        "whiten": Key(bool, "also whiten the embeddings with the training covariance (PCA, slight shrinkage)"),
+        "max_per_speaker": Key(int, "training utterances per speaker embedded for the cohort at each evaluation"),
     },
 }
 
@@ -155,6 +161,14 @@ FREE_SECTION_DOCS = {
     "model_conf": "arguments of the chosen backbone (see Models)",
     "loss_conf": "arguments of the chosen loss, and margin_scheduler",
     "augment_conf": "training augmentation: keys of configs/augmentation.yml (empty: none)",
+}
+
+#: The name that decides whether a free section is completed from the default's: the same featurizer, backbone or
+#: loss takes the default's arguments for the keys a configuration leaves out.
+FREE_SECTION_OWNERS = {
+    "feature_conf": ("preprocess_conf", "feature_method"),
+    "model_conf": ("use_model",),
+    "loss_conf": ("use_loss",),
 }
 
 #: Keys of the loss section handled by the trainer rather than the loss head.
@@ -185,20 +199,37 @@ def bundled_configs() -> list[str]:
 
 
 def defaults() -> dict[str, Any]:
-    """A fresh configuration holding every default.
+    """A fresh copy of the default configuration (:data:`DEFAULT_CONFIG`), every key filled.
 
-    >>> defaults()["train_conf"]["max_epoch"]
-    30
+    >>> conf = defaults()
+    >>> conf["train_conf"]["max_epoch"], conf["preprocess_conf"]["feature_method"], conf["dataset_conf"]["batch_size"]
+    (30, 'MelSpectrogram', 32)
     """
+    return copy.deepcopy(_default_config())
+
+
+@functools.lru_cache(maxsize=1)
+def _default_config() -> dict[str, Any]:
+    """The bundled default read once and checked to list every fixed key with a value of the key's type."""
+    path = CONFIG_DIR / f"{DEFAULT_CONFIG}.yml"
+    data = _read_yaml(path)
+    check_keys(data, _SECTION_ORDER, f"the top level of {path}")
     out: dict[str, Any] = {}
     for name in _SECTION_ORDER:
-        spec = SCHEMA.get(name)
+        spec, value = SCHEMA.get(name), data.get(name)
         if isinstance(spec, Key):
-            out[name] = copy.deepcopy(spec.default)
+            if name not in data:
+                raise ConfigError(f"{path}: the default config must set {name}")
+            out[name] = _coerce(value, spec, name)
         elif isinstance(spec, dict):
-            out[name] = {k: copy.deepcopy(v.default) for k, v in spec.items()}
+            section = value if isinstance(value, Mapping) else {}
+            check_keys(section, spec, name)
+            missing = [key for key in spec if key not in section]
+            if missing:
+                raise ConfigError(f"{path}: the default config must set {name}.{missing[0]}")
+            out[name] = {key: _coerce(section[key], spec[key], f"{name}.{key}") for key in spec}
         else:
-            out[name] = {}
+            out[name] = copy.deepcopy(dict(value or {}))
     return out
 
 
@@ -293,22 +324,40 @@ def _type_names(types: Iterable[type]) -> str:
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str) -> None:
+    """Complete ``update`` from ``base`` (the defaults) into ``base``: fixed keys one by one, then free sections.
+
+    A free section is completed from the default's only when the configuration names the same featurizer,
+    backbone or loss (:data:`FREE_SECTION_OWNERS`); otherwise it holds just its own keys (the class's defaults do
+    the rest). A given ``augment_conf`` replaces the default's whole (``{}`` or ``null``: no augmentation).
+    """
     check_keys(update, _SECTION_ORDER, f"the top level of {source}")
     for name, value in update.items():
         spec = SCHEMA.get(name)
         if isinstance(spec, Key):
             base[name] = _coerce(value, spec, name)
-            continue
-        if value is None:
-            continue
-        if not isinstance(value, Mapping):
+        elif value is not None and not isinstance(value, Mapping):
             raise ConfigError(f"{name} in {source} must be a mapping, got {type(value).__name__}")
-        if isinstance(spec, dict):
+        elif isinstance(spec, dict) and value is not None:
             check_keys(value, spec, name)
             for key, item in value.items():
                 base[name][key] = _coerce(item, spec[key], f"{name}.{key}")
+    reference = _default_config()
+    for name in FREE_SECTIONS:
+        given = copy.deepcopy(dict(update.get(name) or {}))
+        owner = FREE_SECTION_OWNERS.get(name)
+        if owner is None:
+            base[name] = given if name in update else base[name]
+        elif canonical_name(_lookup(base, owner)) == canonical_name(_lookup(reference, owner)):
+            base[name].update(given)
         else:
-            base[name].update(copy.deepcopy(dict(value)))
+            base[name] = given
+
+
+def _lookup(conf: Mapping[str, Any], path: Sequence[str]) -> Any:
+    node: Any = conf
+    for part in path:
+        node = node[part]
+    return node
 
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -523,11 +572,12 @@ def _check_sizes(conf: Mapping[str, Any], feature_dim: int, model_conf: dict, lo
 
 
 def load_config(
-    source: Union[str, os.PathLike, Mapping, None] = "ecapa_tdnn",
+    source: Union[str, os.PathLike, Mapping, None] = DEFAULT_CONFIG,
     overrides: Union[Mapping[str, Any], Sequence[str], None] = None,
     validate: bool = True,
 ) -> dict[str, Any]:
-    """Load a configuration: defaults ← YAML file (path or bundled name) ← dotted overrides; then validate.
+    """Load a configuration: the default (:data:`DEFAULT_CONFIG`) ← YAML file (path or bundled name) ← dotted
+    overrides; then validate. What a file leaves out comes from the default (see :func:`_merge` for free sections).
 
     ``overrides`` is a mapping of dotted keys to values (strings are parsed) or a list of
     ``--section.key=value`` arguments. Unknown keys raise :class:`~mvector.errors.ConfigError` naming the
@@ -632,18 +682,20 @@ def _registered_names() -> dict[str, str]:
 def describe_schema() -> str:
     """A markdown table of every fixed key, its default and meaning (the README's reference).
 
-    >>> "| dataset_conf.batch_size | 64 |" in describe_schema()
+    >>> "| dataset_conf.batch_size | 32 |" in describe_schema()
     True
     """
     named = _registered_names()
+    default = defaults()
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for name in _SECTION_ORDER:
         spec = SCHEMA.get(name)
         if isinstance(spec, Key):
-            rows.append(f"| {name} | {spec.default} | {named.get(name, spec.doc)} |")
+            rows.append(f"| {name} | {default[name]} | {named.get(name, spec.doc)} |")
         elif isinstance(spec, dict):
             for key, item in spec.items():
-                rows.append(f"| {name}.{key} | {item.default} | {named.get(f'{name}.{key}', item.doc)} |")
+                value = default[name][key]
+                rows.append(f"| {name}.{key} | {value} | {named.get(f'{name}.{key}', item.doc)} |")
         else:
             what = FREE_SECTION_DOCS.get(name, "arguments of the chosen featurizer / backbone / loss")
             rows.append(f"| {name}.* | — | {what} |")

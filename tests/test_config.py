@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from mvector.config import (
+    CONFIG_DIR,
+    DEFAULT_CONFIG,
     SCHEMA,
     apply_overrides,
     bundled_configs,
@@ -84,6 +88,51 @@ def test_every_key_has_a_documented_default():
                 assert f"| {section}.{key} |" in table
 
 
+def test_the_default_config_lists_every_fixed_key():
+    raw = yaml.safe_load((CONFIG_DIR / f"{DEFAULT_CONFIG}.yml").read_text())
+    for section, spec in SCHEMA.items():
+        if isinstance(spec, dict):
+            assert set(raw[section]) == set(spec), section
+        else:
+            assert section in raw
+    assert defaults() == load_config(DEFAULT_CONFIG)
+
+
+def test_a_partial_yaml_gets_the_documented_defaults(tmp_path):
+    """What a file leaves out is the bundled default's, the README's table and train --help say so."""
+    path = tmp_path / "partial.yml"
+    path.write_text("dataset_conf:\n  batch_size: 16\nmodel_conf:\n  channels: 256\n")
+    conf, reference = load_config(path), load_config(DEFAULT_CONFIG)
+    assert conf["dataset_conf"]["batch_size"] == 16 and conf["model_conf"]["channels"] == 256
+    conf["dataset_conf"]["batch_size"], conf["model_conf"]["channels"] = 32, 512
+    assert conf == reference
+    # The recipe, not the seed's: the mel front end, batch 32, no warm-up, AS-norm, speed + volume augmentation.
+    assert reference["preprocess_conf"]["feature_method"] == "MelSpectrogram"
+    assert reference["feature_conf"]["hop_length"] == 320 and reference["optimizer_conf"]["warmup_epochs"] == 0
+    assert reference["score_norm_conf"]["cohort"] == "utterances" and set(reference["augment_conf"]) == {
+        "speed",
+        "volume",
+    }
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert describe_schema() in readme
+    from mvector.cli.train import build_parser
+
+    assert f"default: {DEFAULT_CONFIG}" in " ".join(build_parser("mvector train").format_help().split())
+
+
+def test_free_sections_are_completed_only_for_the_same_class():
+    fbank = load_config({"preprocess_conf": {"feature_method": "Fbank"}})
+    assert fbank["feature_conf"] == {}  # not the mel front end's n_fft / hop_length
+    tdnn = load_config({"use_model": "TDNN", "model_conf": {"embd_dim": 128}})
+    assert tdnn["model_conf"] == {"embd_dim": 128}
+    mel = load_config({"feature_conf": {"n_mels": 80}})
+    assert mel["feature_conf"]["n_mels"] == 80 and mel["feature_conf"]["hop_length"] == 320
+    assert load_config({"augment_conf": {}})["augment_conf"] == {}
+    assert load_config({"augment_conf": None})["augment_conf"] == {}
+    noise_only = load_config({"augment_conf": {"volume": {"prob": 1.0}}})["augment_conf"]
+    assert set(noise_only) == {"volume"}  # a given augment_conf replaces the default's whole
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -148,7 +197,8 @@ def test_bad_fixed_keys_name_the_key(bad, words):
 @pytest.mark.parametrize(
     "bad, words",
     [
-        ({"feature_conf": {"num_mel_binz": 80}}, ["num_mel_binz", "num_mel_bins"]),
+        ({"preprocess_conf": {"feature_method": "Fbank"}, "feature_conf": {"num_mel_binz": 80}}, ["num_mel_binz"]),
+        ({"feature_conf": {"n_melz": 80}}, ["n_melz", "n_mels"]),
         ({"model_conf": {"chanels": 64}}, ["chanels", "channels"]),
         ({"loss_conf": {"scal": 30}}, ["scal", "scale"]),
         ({"use_model": "EcapaTdn"}, ["EcapaTdn", "EcapaTdnn"]),

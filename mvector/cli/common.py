@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from mvector.config import bundled_configs, parse_overrides
+from mvector.config import DEFAULT_CONFIG, bundled_configs, parse_overrides
 from mvector.errors import MVectorError
 
 __all__ = [
@@ -168,7 +168,7 @@ class CliParser(argparse.ArgumentParser):
 
 
 def base_parser(
-    description: str, prog: str | None = None, default_configs: str | None = "ecapa_tdnn", configs_note: str = "",
+    description: str, prog: str | None = None, default_configs: str | None = DEFAULT_CONFIG, configs_note: str = "",
     use_gpu: bool | None = None,
 ) -> CliParser:
     """A parser with ``--configs`` and ``--use_gpu``; any ``--section.key=value`` is a config override.

@@ -17,13 +17,14 @@ import sys
 from typing import Sequence
 
 from mvector.cli.common import add_flag, apply_threads, base_parser, parse_args, run_cli
+from mvector.config import DEFAULT_CONFIG
 
 
 def build_parser(prog: str | None = None):
     """The argument parser of ``mvector train`` / ``train.py``."""
     parser = base_parser(
         __doc__.splitlines()[0], prog=prog, default_configs=None,
-        configs_note="default: ecapa_tdnn; with --resume_model, the configuration stored in the checkpoint",
+        configs_note=f"default: {DEFAULT_CONFIG}; with --resume_model, the configuration stored in the checkpoint",
     )
     parser.description = __doc__
     parser.add_argument("--save_model_path", default="models/", help="checkpoint root folder")
@@ -46,7 +47,7 @@ def _main(argv=None, prog=None) -> None:
 
     configs = args.configs
     if configs is None:
-        configs = "ecapa_tdnn"
+        configs = DEFAULT_CONFIG
         if args.resume_model:
             from mvector.checkpoint import load_checkpoint
 

@@ -38,7 +38,7 @@ from mvector.build import (
     model_name,
 )
 from mvector.checkpoint import load_checkpoint, load_matching_weights, restore_rng_state
-from mvector.config import load_config
+from mvector.config import DEFAULT_CONFIG, load_config
 from mvector.data.dataset import TrainDataset, collate_batch
 from mvector.data.header_cache import indexed_utterances
 from mvector.data.lists import check_num_speakers, infer_num_speakers
@@ -142,7 +142,7 @@ class MVectorTrainer:
 
     def __init__(
         self,
-        configs: Union[str, os.PathLike, Mapping[str, Any]] = "ecapa_tdnn",
+        configs: Union[str, os.PathLike, Mapping[str, Any]] = DEFAULT_CONFIG,
         use_gpu: bool = True,
         overrides: Union[Mapping[str, Any], Sequence[str], None] = None,
         augment_conf_path: PathLike | None = None,
