@@ -55,14 +55,13 @@ from mvector.audio import read_audio, resample, to_mono  # noqa: E402
 from mvector.evaluation.calibration import (  # noqa: E402
     QUALITY_FEATURES,
     actual_dcf,
-    choose_operating_point,
     cllr,
     dcf_at_threshold,
     duration_features,
-    fit_calibration,
     logit,
     min_cllr,
 )
+from mvector.evaluation.calibration_fit import choose_operating_point, fit_calibration  # noqa: E402
 from mvector.evaluation.metrics import compute_eer, compute_min_dcf  # noqa: E402
 from mvector.evaluation.openset import dir_at_far, open_set_metrics  # noqa: E402
 from mvector.inference.enrolment import QualityConfig, check_enrolment, combine_embeddings  # noqa: E402
@@ -328,7 +327,7 @@ def gallery(args) -> dict:
     """Open-set identification over galleries of N in --gallery_sizes speakers of --corpus (voices the calibration
     never saw), decided by the posterior rule, the FPIR rule, and the single-pair threshold (the old rule)."""
     from mvector.cli.calibrate import main as calibrate_main
-    from mvector.evaluation.calibration import Calibration
+    from mvector.evaluation.calibration_store import read_calibration
     from mvector.evaluation.gallery import (
         NonTargetTail,
         expected_fpir,
@@ -358,7 +357,7 @@ def gallery(args) -> dict:
 
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the benchmark's one JSON object
             assert calibrate_main(argv) == 0
-    cal = Calibration.load(cal_path)
+    cal = read_calibration(cal_path)
     tail = NonTargetTail.from_dict(cal.nontarget)
     pair_threshold = float(cal.operating_point["threshold"])
     with warnings.catch_warnings():

@@ -168,11 +168,11 @@ def test_num_speakers_far_above_the_list_is_refused_without_listing_every_unused
 def test_deeply_nested_json_in_a_model_folder_is_a_checkpoint_error(tmp_path):
     from mvector.embedding.backends import read_export_meta
     from mvector.errors import CheckpointError
-    from mvector.evaluation.calibration import Calibration
+    from mvector.evaluation.calibration_store import read_calibration
 
     (tmp_path / "meta.json").write_text("[" * 100_000)
     with pytest.raises(CheckpointError, match="meta.json"):
         read_export_meta(tmp_path)
     (tmp_path / "calibration.json").write_text("[" * 100_000)
     with pytest.raises(CheckpointError, match="calibration"):
-        Calibration.load(tmp_path / "calibration.json")
+        read_calibration(tmp_path / "calibration.json")

@@ -13,24 +13,22 @@ import numpy as np
 import pytest
 
 from mvector.errors import CheckpointError, ConfigError
-from mvector.evaluation.calibration import (
-    CALIBRATION_FILENAME,
-    Calibration,
-    actual_dcf,
+from mvector.evaluation.calibration import Calibration, actual_dcf, cllr, duration_features, logit, min_cllr, pav_llr
+from mvector.evaluation.calibration_fit import (
     calibration_report,
     choose_operating_point,
-    cllr,
     cross_validated_llrs,
-    duration_features,
     fit_calibration,
+)
+from mvector.evaluation.calibration_store import (
+    CALIBRATION_FILENAME,
     load_calibration,
-    logit,
-    min_cllr,
-    pav_llr,
-    reliability_curve,
-    save_reliability_plot,
+    read_calibration,
+    resolve_threshold,
+    save_calibration,
 )
 from mvector.evaluation.metrics import compute_eer, compute_min_dcf
+from mvector.evaluation.reliability_plot import reliability_curve, save_reliability_plot
 
 
 def gaussian_scores(n_t: int, n_n: int, mu_t: float, mu_n: float, sd: float, seed: int = 0):
@@ -203,7 +201,7 @@ def test_json_round_trip_atomic_and_umask(tmp_path: Path) -> None:
     cal.operating_point = choose_operating_point(scores, labels, "far", 0.05, data="t.txt")
     old = os.umask(0o022)
     try:
-        path = cal.save(tmp_path)
+        path = save_calibration(cal, tmp_path)
     finally:
         os.umask(old)
     assert path == tmp_path / CALIBRATION_FILENAME
@@ -211,7 +209,7 @@ def test_json_round_trip_atomic_and_umask(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [CALIBRATION_FILENAME]  # no temporary file left
     data = json.loads(path.read_text())
     assert data["format"] == "mvector-calibration" and data["operating_point"]["rule"] == "far"
-    again = Calibration.load(path)
+    again = read_calibration(path)
     assert again == cal
     np.testing.assert_allclose(again.llr(scores), cal.llr(scores))
 
@@ -231,12 +229,12 @@ def test_json_round_trip_atomic_and_umask(tmp_path: Path) -> None:
 def test_bad_calibration_files_name_the_problem(tmp_path: Path, content: str, match: str) -> None:
     (tmp_path / CALIBRATION_FILENAME).write_text(content)
     with pytest.raises(CheckpointError, match=match) as info:
-        Calibration.load(tmp_path)
+        read_calibration(tmp_path)
     assert CALIBRATION_FILENAME in str(info.value)
 
 
 def test_a_calibration_of_another_model_is_ignored_or_refused(tmp_path: Path) -> None:
-    Calibration({"score": 5.0}, -2.0, model_fingerprint="a" * 64).save(tmp_path)
+    save_calibration(Calibration({"score": 5.0}, -2.0, model_fingerprint="a" * 64), tmp_path)
     assert load_calibration(tmp_path, "a" * 64).weights == {"score": 5.0}
     with pytest.warns(UserWarning, match="another model"):
         assert load_calibration(tmp_path, "b" * 64) is None
@@ -293,7 +291,7 @@ def test_cli_calibrate_writes_a_fingerprinted_calibration(tiny_setup, tmp_path: 
     for key in ("cllr", "min_cllr", "act_dcf", "min_dcf", "eer", "cllr_cv"):
         assert isinstance(line[key], float), key
     assert line["operating_point"]["rule"] == "far" and line["operating_point"]["data"] == str(trials)
-    cal = Calibration.load(out)
+    cal = read_calibration(out)
     assert cal.model_fingerprint == model_fingerprint(model)
     assert cal.operating_point["target"] == 0.2 and cal.operating_point["far"] <= 0.2
     assert (tmp_path / "reliability.png").is_file()
@@ -313,7 +311,7 @@ def test_calibration_travels_with_an_export(tiny_setup, tmp_path: Path) -> None:
     import shutil
 
     shutil.copytree(model, folder)
-    Calibration({"score": 8.0}, -4.0, model_fingerprint=model_fingerprint(folder)).save(folder)
+    save_calibration(Calibration({"score": 8.0}, -4.0, model_fingerprint=model_fingerprint(folder)), folder)
     out = export_checkpoint(folder, tmp_path / "exported", formats=("torchscript",))
     meta = json.loads((out / "meta.json").read_text())
     cal = load_calibration(out, meta["fingerprint"], strict=True)
@@ -323,7 +321,7 @@ def test_calibration_travels_with_an_export(tiny_setup, tmp_path: Path) -> None:
 def test_contrast_result_unpacks_like_the_old_tuple() -> None:
     import copy
 
-    from mvector.evaluation.calibration import ContrastResult
+    from mvector.inference.results import ContrastResult
 
     r = ContrastResult(0.72, True, 1.5, 0.8176, prior=0.5, threshold=0.6, threshold_source={"rule": "far"})
     score, same = r
@@ -337,7 +335,6 @@ def test_contrast_result_unpacks_like_the_old_tuple() -> None:
 
 
 def test_resolve_threshold_prefers_the_calibrated_operating_point(tmp_path: Path) -> None:
-    from mvector.evaluation.calibration import resolve_threshold
 
     assert resolve_threshold(tmp_path) == (0.5, {"rule": "default", "file": None})
     (tmp_path / "result.json").write_text(json.dumps({"threshold": 0.61, "eer": 0.1}))
@@ -374,7 +371,7 @@ def test_eval_calibrate_prints_the_measures_and_the_predictor_uses_the_calibrati
         assert isinstance(line[key], float) and line[key] >= 0, key
     assert line["min_cllr"] <= line["cllr"] + 1e-9
     assert (tmp_path / "reliability.png").is_file()
-    cal = Calibration.load(folder)
+    cal = read_calibration(folder)
     assert cal.operating_point["rule"] == "far" and cal.operating_point["data"] == str(trials)
 
     wave = (np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
@@ -400,7 +397,7 @@ def test_predictor_ignores_a_calibration_of_another_model(tiny_setup, tmp_path: 
     model, _ = tiny_setup
     folder = tmp_path / "model"
     shutil.copytree(model, folder)
-    Calibration({"score": 3.0}, 0.0, model_fingerprint="0" * 64).save(folder)
+    save_calibration(Calibration({"score": 3.0}, 0.0, model_fingerprint="0" * 64), folder)
     with pytest.warns(UserWarning, match="another model"):
         p = MVectorPredictor(model_path=folder, use_gpu=False, audio_db_path=tmp_path / "db")
     assert p.calibration is None
@@ -421,7 +418,7 @@ def test_predictor_with_a_duration_calibration_decides_on_the_llr(tiny_setup, tm
     weights = {"score": 10.0, "log_min_duration": 2.0, "log_max_duration": 0.0}
     cal = Calibration(weights, -10.0, model_fingerprint=model_fingerprint(folder))
     cal.operating_point = {"rule": "probability", "target": 0.5, "prior": 0.5, "llr_threshold": 0.0, "threshold": None}
-    cal.save(folder)
+    save_calibration(cal, folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p = MVectorPredictor(model_path=folder, use_gpu=False, audio_db_path=tmp_path / "db")
@@ -446,7 +443,8 @@ def test_predictor_ignores_a_calibration_of_as_norm_scores(tiny_setup, tmp_path:
     model, _ = tiny_setup
     folder = tmp_path / "model"
     shutil.copytree(model, folder)
-    Calibration({"score": 1.0}, 0.0, score_type="as_norm", model_fingerprint=model_fingerprint(folder)).save(folder)
+    as_norm = Calibration({"score": 1.0}, 0.0, score_type="as_norm", model_fingerprint=model_fingerprint(folder))
+    save_calibration(as_norm, folder)
     with pytest.warns(UserWarning, match="as_norm scores"):
         p = MVectorPredictor(model_path=folder, use_gpu=False, audio_db_path=tmp_path / "db")
     assert p.calibration is None

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from mvector.errors import ConfigError
-from mvector.evaluation.calibration import Calibration, fit_calibration
+from mvector.evaluation.calibration import Calibration
+from mvector.evaluation.calibration_fit import fit_calibration
+from mvector.evaluation.calibration_store import read_calibration, save_calibration
 from mvector.evaluation.gallery import (
     NonTargetTail,
     expected_fpir,
@@ -88,14 +90,14 @@ def test_pair_far_and_posterior_bar_follow_the_gallery():
 def test_nontarget_tail_round_trips_through_calibration_json(known, tmp_path):
     _, tail = known
     cal = Calibration(weights={"score": 10.0}, bias=-3.0, nontarget=tail.to_dict())
-    cal.save(tmp_path)
-    again = Calibration.load(tmp_path)
+    save_calibration(cal, tmp_path)
+    again = read_calibration(tmp_path)
     assert NonTargetTail.from_dict(again.nontarget) == tail
     broken = json.loads((tmp_path / "calibration.json").read_text())
     broken["nontarget"]["tail"] = {"loc": 0.0}
     (tmp_path / "calibration.json").write_text(json.dumps(broken))
     with pytest.raises(Exception, match="nontarget"):
-        Calibration.load(tmp_path)
+        read_calibration(tmp_path)
 
 
 def test_as_norm_on_a_tiny_gallery_matches_the_definition():
@@ -142,7 +144,7 @@ def test_fpir_threshold_follows_the_gallery_as_it_changes(tiny_model, tmp_path, 
     from mvector.inference.predictor import MVectorPredictor
 
     _, tail = known
-    Calibration(weights={"score": 10.0}, bias=-3.0, nontarget=tail.to_dict()).save(tiny_model)
+    save_calibration(Calibration(weights={"score": 10.0}, bias=-3.0, nontarget=tail.to_dict()), tiny_model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a model with a calibration: no threshold warning
         p = MVectorPredictor(tiny_model, audio_db_path=tmp_path / "db", use_gpu=False, open_set_rule="fpir")

@@ -79,7 +79,9 @@ def _run(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from mvector.errors import ConfigError
-    from mvector.evaluation.calibration import fit_from_trials, save_reliability_plot
+    from mvector.evaluation.calibration_fit import fit_from_trials
+    from mvector.evaluation.calibration_store import save_calibration
+    from mvector.evaluation.reliability_plot import save_reliability_plot
     from mvector.evaluation.scoring import read_trials
     from mvector.inference.predictor import MVectorPredictor
 
@@ -160,7 +162,7 @@ def _run(args: argparse.Namespace) -> dict:
         result["note"] = note
     if not args.dry_run:
         output = Path(args.output) if args.output else predictor.model_path
-        result["saved"] = str(cal.save(output))
+        result["saved"] = str(save_calibration(cal, output))
     if args.save_image_path:
         result["reliability_plot"] = str(
             save_reliability_plot(scores, labels, Path(args.save_image_path) / "reliability.png", cal, quality)

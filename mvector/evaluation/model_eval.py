@@ -183,15 +183,15 @@ def _calibrate(
     save_image_path: PathLike | None,
 ) -> dict[str, Any]:
     """Fit and store the calibration on the evaluation's scores; returns the measures that judge it."""
-    from mvector.evaluation.calibration import (
-        actual_dcf,
+    from mvector.evaluation.calibration import actual_dcf, cllr
+    from mvector.evaluation.calibration_fit import (
         calibration_report,
         choose_operating_point,
-        cllr,
         cross_validated_llrs,
         fit_calibration,
-        save_reliability_plot,
     )
+    from mvector.evaluation.calibration_store import save_calibration
+    from mvector.evaluation.reliability_plot import save_reliability_plot
 
     if evaluator.last_scores is None:
         raise ConfigError("--calibrate needs trial scores, but the evaluation kept none")
@@ -211,7 +211,7 @@ def _calibrate(
         out["cllr_cv"] = cllr(cv, labels)
         out["act_dcf_cv"] = actual_dcf(cv, labels, p_target=p_target)
     cal.metrics = {**report, **out}
-    written = cal.save(embedder.folder)
+    written = save_calibration(cal, embedder.folder)
     out["calibration"] = {
         "file": str(written),
         "weights": cal.weights,
@@ -239,7 +239,7 @@ def _open_set(
     import numpy as np
 
     from mvector.data.lists import load_utterances
-    from mvector.evaluation.calibration import load_calibration, resolve_threshold
+    from mvector.evaluation.calibration_store import load_calibration, resolve_threshold
     from mvector.evaluation.openset import open_set_protocol
 
     if not test_list:

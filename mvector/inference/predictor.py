@@ -37,15 +37,8 @@ from mvector.embedding import embed_waveforms
 from mvector.embedding.backends import BACKENDS as _BACKEND_REGISTRY
 from mvector.embedding.backends import Embedder, open_backend
 from mvector.errors import AudioError, CheckpointError, ConfigError, SpeakerDBError
-from mvector.evaluation.calibration import (
-    Calibration,
-    ContrastResult,
-    duration_features,
-    load_calibration,
-    logit,
-    resolve_threshold,
-    sigmoid,
-)
+from mvector.evaluation.calibration import Calibration, duration_features, logit, sigmoid
+from mvector.evaluation.calibration_store import load_calibration, resolve_threshold
 from mvector.evaluation.gallery import (
     DEFAULT_FPIR,
     DEFAULT_UNKNOWN_PRIOR,
@@ -58,6 +51,7 @@ from mvector.evaluation.gallery import (
 )
 from mvector.evaluation.openset import IdentificationResult, OpenSetAnswer, open_set_decision
 from mvector.evaluation.score_norm import ScoreNorm
+from mvector.inference.results import ContrastResult
 from mvector.inference.speaker_db import SpeakerDatabase
 from mvector.inference.speaker_names import validate_name
 from mvector.store import DEFAULT_GALLERY, Store, check_gallery, is_url, open_store
