@@ -163,8 +163,8 @@ FREE_SECTION_DOCS = {
     "augment_conf": "training augmentation: keys of configs/augmentation.yml (empty: none)",
 }
 
-#: The name that decides whether a free section is completed from the default's: the same featurizer, backbone or
-#: loss takes the default's arguments for the keys a configuration leaves out.
+#: The name that decides whether a free section a configuration leaves out is the default's: it is when the
+#: configuration names the same featurizer, backbone or loss.
 FREE_SECTION_OWNERS = {
     "feature_conf": ("preprocess_conf", "feature_method"),
     "model_conf": ("use_model",),
@@ -326,9 +326,10 @@ def _type_names(types: Iterable[type]) -> str:
 def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str) -> None:
     """Complete ``update`` from ``base`` (the defaults) into ``base``: fixed keys one by one, then free sections.
 
-    A free section is completed from the default's only when the configuration names the same featurizer,
-    backbone or loss (:data:`FREE_SECTION_OWNERS`); otherwise it holds just its own keys (the class's defaults do
-    the rest). A given ``augment_conf`` replaces the default's whole (``{}`` or ``null``: no augmentation).
+    A free section is taken whole: one the configuration writes is its own (the class's defaults fill the keys it
+    leaves out, so a saved model's configuration always means what it meant); one it leaves out is the default's
+    when the configuration names the same featurizer, backbone or loss (:data:`FREE_SECTION_OWNERS`), and empty
+    otherwise. ``augment_conf: {}`` or ``null`` means no augmentation.
     """
     check_keys(update, _SECTION_ORDER, f"the top level of {source}")
     for name, value in update.items():
@@ -343,14 +344,11 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], source: str) -> None
                 base[name][key] = _coerce(item, spec[key], f"{name}.{key}")
     reference = _default_config()
     for name in FREE_SECTIONS:
-        given = copy.deepcopy(dict(update.get(name) or {}))
         owner = FREE_SECTION_OWNERS.get(name)
-        if owner is None:
-            base[name] = given if name in update else base[name]
-        elif canonical_name(_lookup(base, owner)) == canonical_name(_lookup(reference, owner)):
-            base[name].update(given)
-        else:
-            base[name] = given
+        if name in update:
+            base[name] = copy.deepcopy(dict(update[name] or {}))
+        elif owner is not None and canonical_name(_lookup(base, owner)) != canonical_name(_lookup(reference, owner)):
+            base[name] = {}
 
 
 def _lookup(conf: Mapping[str, Any], path: Sequence[str]) -> Any:

@@ -101,10 +101,10 @@ def test_the_default_config_lists_every_fixed_key():
 def test_a_partial_yaml_gets_the_documented_defaults(tmp_path):
     """What a file leaves out is the bundled default's, the README's table and train --help say so."""
     path = tmp_path / "partial.yml"
-    path.write_text("dataset_conf:\n  batch_size: 16\nmodel_conf:\n  channels: 256\n")
+    path.write_text("dataset_conf:\n  batch_size: 16\ntrain_conf:\n  amp: true\n")
     conf, reference = load_config(path), load_config(DEFAULT_CONFIG)
-    assert conf["dataset_conf"]["batch_size"] == 16 and conf["model_conf"]["channels"] == 256
-    conf["dataset_conf"]["batch_size"], conf["model_conf"]["channels"] = 32, 512
+    assert conf["dataset_conf"]["batch_size"] == 16 and conf["train_conf"]["amp"] is True
+    conf["dataset_conf"]["batch_size"], conf["train_conf"]["amp"] = 32, False
     assert conf == reference
     # The recipe, not the seed's: the mel front end, batch 32, no warm-up, AS-norm, speed + volume augmentation.
     assert reference["preprocess_conf"]["feature_method"] == "MelSpectrogram"
@@ -120,13 +120,15 @@ def test_a_partial_yaml_gets_the_documented_defaults(tmp_path):
     assert f"default: {DEFAULT_CONFIG}" in " ".join(build_parser("mvector train").format_help().split())
 
 
-def test_free_sections_are_completed_only_for_the_same_class():
+def test_free_sections_are_taken_whole():
     fbank = load_config({"preprocess_conf": {"feature_method": "Fbank"}})
     assert fbank["feature_conf"] == {}  # not the mel front end's n_fft / hop_length
-    tdnn = load_config({"use_model": "TDNN", "model_conf": {"embd_dim": 128}})
-    assert tdnn["model_conf"] == {"embd_dim": 128}
+    assert load_config({"use_model": "TDNN"})["model_conf"] == {}
+    assert load_config({"model_conf": {"channels": 256}})["model_conf"] == {"channels": 256}
+    # A written section keeps its meaning (a saved model's config): the class's defaults fill it, not the recipe's.
     mel = load_config({"feature_conf": {"n_mels": 80}})
-    assert mel["feature_conf"]["n_mels"] == 80 and mel["feature_conf"]["hop_length"] == 320
+    assert mel["feature_conf"] == {"n_mels": 80}
+    assert load_config({"use_loss": "AAM"})["loss_conf"] == load_config(DEFAULT_CONFIG)["loss_conf"]
     assert load_config({"augment_conf": {}})["augment_conf"] == {}
     assert load_config({"augment_conf": None})["augment_conf"] == {}
     noise_only = load_config({"augment_conf": {"volume": {"prob": 1.0}}})["augment_conf"]
