@@ -213,7 +213,7 @@ def test_item07_evaluation_progress_counts_rows(corpus, tmp_path):
 def test_item08_written_files_follow_the_umask(corpus, trained, tmp_path):
     from mvector.checkpoint import save_checkpoint
     from mvector.cli.create_data import main as create_data
-    from mvector.data.prepare import convert_to_wav
+    from mvector.data.corpora.common import convert_to_wav
     from mvector.export import export_checkpoint
 
     old = os.umask(0o027)

@@ -1,4 +1,4 @@
-"""Tests for mvector.data.prepare and create_data.py: tiny fake corpora written in tmp_path."""
+"""Tests for mvector.data.corpora and create_data.py: tiny fake corpora written in tmp_path."""
 
 from __future__ import annotations
 
@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mvector.data.prepare import (
+from mvector.data.corpora import prepare_corpus
+from mvector.data.corpora.cnceleb import prepare_cnceleb
+from mvector.data.corpora.common import (
     check_audio_file,
     generate_trial_lines,
-    prepare_cnceleb,
-    prepare_corpus,
-    prepare_folder,
-    prepare_voxceleb,
-    prepare_zhvoice,
     sample_trial_pairs,
     split_speakers,
     write_list,
     write_trials,
 )
+from mvector.data.corpora.folder import prepare_folder
+from mvector.data.corpora.voxceleb import prepare_voxceleb
+from mvector.data.corpora.zhvoice import prepare_zhvoice
 from mvector.errors import ConfigError, DataListError
 
 REPO = Path(__file__).resolve().parents[1]

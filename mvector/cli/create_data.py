@@ -19,7 +19,8 @@ import warnings
 from typing import Sequence
 
 from mvector.cli.common import CliParser, HelpFormatter, add_flag, run_cli
-from mvector.data.prepare import CORPORA, DEFAULT_MAX_TRIALS, PATH_MODES, prepare_corpus
+from mvector.data.corpora import CORPORA, prepare_corpus
+from mvector.data.corpora.common import DEFAULT_MAX_TRIALS, PATH_MODES
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

@@ -1,37 +1,15 @@
-"""Data-list preparation for common corpora: a speaker folder tree, zhvoice, CN-Celeb and VoxCeleb.
+"""The part of data-list preparation every corpus layout shares: what a preparation wrote (:class:`PreparedData`),
+writing lists and trial files (paths relative to the list's folder where they resolve to the same file), the
+speaker split and generated trials, audio checks and conversion, scanning a speaker tree, official trial files,
+and the tail every ``prepare_*`` ends with (:func:`write_prepared`). The layouts themselves are the modules beside
+this one; :mod:`mvector.data.corpora` describes the files written.
 
-Every ``prepare_*`` function scans a corpus, checks the audio (header only by default), splits the speakers
-into a training and a speaker-disjoint test set, and writes three files into ``output_dir``:
-
-- ``train_list.txt`` and ``test_list.txt``: ``path<TAB>label`` lines, labels 0..K-1 numbered separately in
-  each list, speakers sorted by name;
-- ``trials.txt``: ``label enroll test`` lines (VoxCeleb format, 1 = same speaker), either the corpus's
-  official trials or trials generated from the test list (balanced target / non-target);
-- ``skipped.txt`` (only when something was skipped): ``path<TAB>reason`` for each unusable file.
-
-Paths of audio inside ``output_dir`` (the list file's folder) are written relative to it when that resolves to the
-same file, which is the rule every mvector list reader follows; audio outside ``output_dir`` is written with its
-absolute path (``paths="inside"``, the default), so moving the list folder never breaks a line.
-``paths="relative"`` writes ``../`` paths too (move the lists and the audio together), ``paths="absolute"`` only
-absolute paths. Files are written atomically
-(temporary file, then rename), so an interrupted run never leaves a half-written list.
-
->>> import tempfile, numpy as np, soundfile as sf
->>> root = Path(tempfile.mkdtemp())
->>> for spk in ["alice", "bob", "carol", "dave"]:
-...     for k in range(3):
-...         (root / "audio" / spk).mkdir(parents=True, exist_ok=True)
-...         sf.write(str(root / "audio" / spk / f"{k}.wav"), np.zeros(800, "float32"), 16000)
->>> data = prepare_folder(root / "audio", root / "lists", test_speakers=2, seed=1)
->>> data.num_train_speakers, data.num_test_speakers, data.num_trials, data.num_target_trials
-(2, 2, 12, 6)
->>> (root / "lists" / "train_list.txt").read_text().splitlines()[0].split("\\t")[1]
-'0'
+>>> sorted(PATH_MODES)
+['absolute', 'inside', 'relative']
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -44,18 +22,13 @@ import soundfile as sf
 
 from mvector.data.trials import generate_trials
 from mvector.errors import AudioError, ConfigError, DataListError
-from mvector.registry import Registry
 from mvector.utils.files import atomic_open
 from mvector.utils.threads import usable_cpus
 
 __all__ = [
     "PreparedData",
-    "CORPORA",
-    "prepare_folder",
-    "prepare_zhvoice",
-    "prepare_cnceleb",
-    "prepare_voxceleb",
-    "prepare_corpus",
+    "PATH_MODES",
+    "DEFAULT_MAX_TRIALS",
     "write_list",
     "write_trials",
     "split_speakers",
@@ -64,6 +37,18 @@ __all__ = [
     "convert_to_wav",
     "check_audio_file",
     "readable_extensions",
+    "output_folder",
+    "parallel_map",
+    "filter_readable",
+    "require_dir",
+    "scan_speaker_tree",
+    "single_file_note",
+    "write_prepared",
+    "split_and_write",
+    "as_roots",
+    "read_fields",
+    "trial_label",
+    "official_evaluation",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -75,7 +60,7 @@ DEFAULT_MAX_TRIALS = 20000
 _SNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".w64", ".rf64", ".caf"}
 # Common audio containers soundfile cannot decode: found files are reported as skipped, not silently ignored.
 _UNSUPPORTED_EXTENSIONS = {".m4a", ".aac", ".mp4", ".wma", ".amr", ".webm", ".3gp", ".ape", ".mka"}
-_CONVERT_HINT = "convert it to wav first, e.g. `ffmpeg -i in.m4a -ac 1 -ar 16000 out.wav`"
+CONVERT_HINT = "convert it to wav first, e.g. `ffmpeg -i in.m4a -ac 1 -ar 16000 out.wav`"
 
 
 def readable_extensions() -> frozenset[str]:
@@ -146,8 +131,13 @@ def _path_mode(paths: str) -> Union[bool, str]:
     return {"inside": "inside", "relative": True, "absolute": False}[paths]
 
 
-def _output_folder(output_dir: PathLike, create: bool = True) -> Path:
-    """``output_dir`` (created if missing); a path naming an existing file is a :class:`ConfigError`."""
+def output_folder(output_dir: PathLike, create: bool = True) -> Path:
+    """``output_dir`` (created if missing); a path naming an existing file is a :class:`ConfigError`.
+
+    >>> import tempfile
+    >>> output_folder(Path(tempfile.mkdtemp()) / "lists").is_dir()
+    True
+    """
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} exists and is not a folder; give a folder for the lists")
@@ -436,8 +426,12 @@ def convert_to_wav(src: PathLike, dst: PathLike, sample_rate: int = 16000) -> No
         raise AudioError(f"{dst}: cannot write converted audio ({err})") from err
 
 
-def _parallel_map(func: Callable, items: Sequence, num_workers: int | None) -> list:
-    """Map in threads (libsndfile and soxr release the GIL); serial for small inputs or one worker."""
+def parallel_map(func: Callable, items: Sequence, num_workers: int | None) -> list:
+    """Map in threads (libsndfile and soxr release the GIL); serial for small inputs or one worker.
+
+    >>> parallel_map(abs, [-1, 2, -3], num_workers=2)
+    [1, 2, 3]
+    """
     workers = num_workers if num_workers is not None else min(8, usable_cpus())
     if workers <= 1 or len(items) < 2 * workers:
         return [func(x) for x in items]
@@ -445,10 +439,17 @@ def _parallel_map(func: Callable, items: Sequence, num_workers: int | None) -> l
         return list(pool.map(func, items))
 
 
-def _filter_readable(
+def filter_readable(
     records: list[tuple[str, str]], check_audio: bool, num_workers: int | None, skipped: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
-    problems = _parallel_map(lambda rec: check_audio_file(rec[0], full=check_audio), records, num_workers)
+    """The ``(path, speaker)`` records whose audio reads (header only, or every sample with ``check_audio``); the
+    others go to ``skipped`` with the reason.
+
+    >>> skipped = []
+    >>> filter_readable([("/no/such.wav", "a")], False, 1, skipped), skipped[0][0]
+    ([], '/no/such.wav')
+    """
+    problems = parallel_map(lambda rec: check_audio_file(rec[0], full=check_audio), records, num_workers)
     good = []
     for rec, problem in zip(records, problems):
         if problem is None:
@@ -463,7 +464,14 @@ def _filter_readable(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _require_dir(path: Path, what: str) -> Path:
+def require_dir(path: Path, what: str) -> Path:
+    """``path`` when it is a folder, else a :class:`DataListError` naming ``what``.
+
+    >>> require_dir(Path("/no/such"), "audio root")
+    Traceback (most recent call last):
+    ...
+    mvector.errors.DataListError: audio root not found: /no/such
+    """
     if not path.exists():
         raise DataListError(f"{what} not found: {path}")
     if not path.is_dir():
@@ -471,10 +479,12 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _scan_speaker_tree(
+def scan_speaker_tree(
     root: Path, skipped: list[tuple[str, str]], notes: list[str], exclude: Sequence[Path] = ()
 ) -> list[tuple[str, str]]:
-    """``root/<speaker>/**/<audio>`` -> (absolute path, speaker) records, sorted."""
+    """``root/<speaker>/**/<audio>`` -> (absolute path, speaker) records, sorted; files no list can hold or no
+    decoder reads go to ``skipped``, loose files to ``notes``. Example: :func:`split_and_write` and the package's.
+    """
     readable = readable_extensions()
     excluded = {os.path.realpath(p) for p in exclude}
     records: list[tuple[str, str]] = []
@@ -501,7 +511,7 @@ def _scan_speaker_tree(
                 elif ext in readable:
                     records.append((full, entry.name))
                 elif ext in _UNSUPPORTED_EXTENSIONS or ext == ".mp3":
-                    skipped.append((full, f"{ext} is not readable by soundfile; {_CONVERT_HINT}"))
+                    skipped.append((full, f"{ext} is not readable by soundfile; {CONVERT_HINT}"))
     if loose:
         notes.append(f"{loose} audio file(s) directly in {root} have no speaker folder and were ignored")
     return records
@@ -513,7 +523,12 @@ def _labels_for(records: list[tuple[str, str]]) -> list[tuple[str, int]]:
     return [(path, index[spk]) for path, spk in sorted(records, key=lambda r: (r[1], r[0]))]
 
 
-def _single_file_note(records: list[tuple[str, str]], where: str) -> str | None:
+def single_file_note(records: list[tuple[str, str]], where: str) -> str | None:
+    """A warning naming the speakers with one file (no target trial can use them), or None.
+
+    >>> single_file_note([("a.wav", "ann"), ("b.wav", "bob"), ("c.wav", "bob")], "test")
+    '1 test speaker(s) have a single file, so no target trial can use them: ann'
+    """
     counts: dict[str, int] = {}
     for _, spk in records:
         counts[spk] = counts.get(spk, 0) + 1
@@ -524,7 +539,7 @@ def _single_file_note(records: list[tuple[str, str]], where: str) -> str | None:
     return f"{len(lonely)} {where} speaker(s) have a single file, so no target trial can use them: {shown}"
 
 
-def _finish(
+def write_prepared(
     output_dir: PathLike,
     train: list[tuple[str, str]],
     test: list[tuple[str, str]],
@@ -535,7 +550,10 @@ def _finish(
     official_trials: list[tuple[int, str, str]] | None = None,
     paths: str = "inside",
 ) -> PreparedData:
-    out = _output_folder(output_dir)
+    """Write ``train_list.txt``, ``test_list.txt``, ``trials.txt`` (the ``official_trials``, subsampled to
+    ``num_trials``, or pairs drawn from the test records) and ``skipped.txt`` into ``output_dir``; every note is
+    also a warning. Example: :func:`split_and_write`."""
+    out = output_folder(output_dir)
     relative = _path_mode(paths)
     if not train and not test:
         raise DataListError("no usable audio found" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
@@ -553,7 +571,7 @@ def _finish(
             trials = [trials[i] for i in np.sort(rng.choice(len(trials), size=int(num_trials), replace=False))]
         result.official_trials = True
     else:
-        note = _single_file_note(test, "test")
+        note = single_file_note(test, "test")
         if note:
             notes.append(note)
         paths = [p for p, _ in test_items]
@@ -588,174 +606,42 @@ def _finish(
     return result
 
 
-# ---------------------------------------------------------------------------------------------------------
-# corpora
-# ---------------------------------------------------------------------------------------------------------
-
-
-def prepare_folder(
-    root: PathLike,
+def split_and_write(
     output_dir: PathLike,
-    test_ratio: float = 0.1,
-    test_speakers: int | None = None,
-    num_trials: int | None = None,
-    seed: int = 0,
-    paths: str = "inside",
-    check_audio: bool = False,
-    num_workers: int | None = None,
-) -> PreparedData:
-    """Lists for any ``root/<speaker>/**/<audio file>`` tree; the speaker is the first-level folder name.
-
-    Audio is every file soundfile can decode (see :func:`readable_extensions`); m4a/aac and similar are
-    reported as skipped. The test speakers are chosen by :func:`split_speakers`; trials are generated
-    from the test list by :func:`sample_trial_pairs`. ``output_dir`` is never scanned, even inside ``root``.
-    Example: see the module docstring.
-
-    >>> prepare_folder("/no/such/folder", "/tmp/out")
-    Traceback (most recent call last):
-    ...
-    mvector.errors.DataListError: audio root not found: /no/such/folder
-    """
-    root = _require_dir(Path(root), "audio root")
-    skipped: list[tuple[str, str]] = []
-    notes: list[str] = []
-    found = _scan_speaker_tree(root, skipped, notes, exclude=[Path(output_dir)])
-    if not found:
-        raise DataListError(
-            f"no audio found under {root}: expected {root}/<speaker>/.../<file> with one of "
-            f"{', '.join(sorted(readable_extensions()))}"
-            + (f" ({len(skipped)} unreadable-format file(s))" if skipped else "")
-        )
-    records = _filter_readable(found, check_audio, num_workers, skipped)
-    note = _single_file_note(records, "corpus")
-    if note:
-        notes.append(note)
-    train_spk, test_spk = split_speakers({s for _, s in records}, test_ratio, test_speakers, seed)
-    test_set = set(test_spk)
-    train = [r for r in records if r[1] not in test_set]
-    test = [r for r in records if r[1] in test_set]
-    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
-
-
-def _read_infodata(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataListError(f"{path}:{number}: not a JSON object ({err.msg})") from err
-            if not isinstance(row, dict) or "index" not in row or "speaker" not in row:
-                raise DataListError(f"{path}:{number}: expected an object with 'index' (mp3 path) and 'speaker'")
-            rows.append((number, row))
-    return rows
-
-
-def prepare_zhvoice(
-    root: PathLike,
-    output_dir: PathLike,
-    test_ratio: float = 0.1,
-    test_speakers: int | None = None,
-    num_trials: int | None = None,
-    seed: int = 0,
-    paths: str = "inside",
-    check_audio: bool = False,
-    num_workers: int | None = None,
-    convert_wav: bool = False,
-    wav_dir: PathLike | None = None,
-    sample_rate: int = 16000,
-    infodata: PathLike | None = None,
-) -> PreparedData:
-    """Lists for zhvoice: ``root/text/infodata.json`` holds one JSON object per line with ``index`` (the mp3
-    path relative to ``root``) and ``speaker``.
-
-    ``convert_wav`` decodes every mp3 to a mono ``sample_rate`` wav, next to it (same name, ``.wav``) or under
-    ``wav_dir`` keeping the relative layout, in ``num_workers`` threads; the mp3 files are kept, an existing
-    readable wav is reused, and files that fail to convert are skipped and counted. Without conversion the
-    lists point at the mp3 files (soundfile decodes mp3 with libsndfile >= 1.1, but slowly).
-
-    >>> import tempfile
-    >>> prepare_zhvoice(tempfile.mkdtemp(), tempfile.mkdtemp())  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    mvector.errors.DataListError: zhvoice infodata.json not found: .../text/infodata.json
-    """
-    root = _require_dir(Path(root), "zhvoice root")
-    info_path = Path(infodata) if infodata is not None else root / "text" / "infodata.json"
-    if not info_path.is_file():
-        raise DataListError(f"zhvoice infodata.json not found: {info_path}")
-    skipped: list[tuple[str, str]] = []
-    notes: list[str] = []
-    found: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for number, row in _read_infodata(info_path):
-        full = os.path.abspath(os.path.join(root, str(row["index"])))
-        if full in seen:
-            continue
-        seen.add(full)
-        if not os.path.isfile(full):
-            skipped.append((full, f"listed in {info_path.name}:{number} but not found"))
-            continue
-        found.append((full, str(row["speaker"])))
-    if not found:
-        raise DataListError(f"no audio found for the {len(skipped)} entries of {info_path}")
-    if convert_wav:
-        records = _convert_records(found, root, wav_dir, sample_rate, num_workers, skipped)
-    else:
-        records = _filter_readable(found, check_audio, num_workers, skipped)
-    train_spk, test_spk = split_speakers({s for _, s in records}, test_ratio, test_speakers, seed)
-    test_set = set(test_spk)
-    train = [r for r in records if r[1] not in test_set]
-    test = [r for r in records if r[1] in test_set]
-    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
-
-
-def _convert_records(
-    found: list[tuple[str, str]],
-    root: Path,
-    wav_dir: PathLike | None,
-    sample_rate: int,
-    num_workers: int | None,
+    records: list[tuple[str, str]],
     skipped: list[tuple[str, str]],
-) -> list[tuple[str, str]]:
-    root_abs = os.path.abspath(root)
+    notes: list[str],
+    test_ratio: float,
+    test_speakers: int | None,
+    num_trials: int | None,
+    seed: int,
+    paths: str,
+) -> PreparedData:
+    """Split ``(path, speaker)`` records into speaker-disjoint training and test sets (:func:`split_speakers`) and
+    write the lists with trials generated from the test set (:func:`write_prepared`): what every corpus without
+    official trials ends with.
 
-    def target(src: str) -> str:
-        stem = os.path.splitext(src)[0] + ".wav"
-        if wav_dir is None:
-            return stem
-        return os.path.join(os.path.abspath(wav_dir), os.path.relpath(stem, root_abs))
-
-    def work(rec: tuple[str, str]) -> str | None:
-        src = rec[0]
-        dst = target(src)
-        if os.path.exists(dst):
-            try:
-                info = sf.info(dst)
-                if info.frames > 0 and info.samplerate == sample_rate and info.channels == 1:
-                    return None  # converted by an earlier run
-            except Exception:
-                pass
-        try:
-            convert_to_wav(src, dst, sample_rate)
-        except AudioError as err:
-            return str(err)
-        return None
-
-    problems = _parallel_map(work, found, num_workers)
-    records = []
-    for rec, problem in zip(found, problems):
-        if problem is None:
-            records.append((target(rec[0]), rec[1]))
-        else:
-            skipped.append((rec[0], problem))
-    return records
+    >>> import tempfile, numpy as np, soundfile as sf
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for k in range(6):
+    ...     sf.write(str(root / f"{k}.wav"), np.zeros(800, "float32"), 16000)
+    >>> records = [(str(root / f"{k}.wav"), f"spk{k % 3}") for k in range(6)]
+    >>> split_and_write(root / "lists", records, [], [], 0.1, 2, None, 0, "inside").num_test_speakers
+    2
+    """
+    train_spk, test_spk = split_speakers({s for _, s in records}, test_ratio, test_speakers, seed)
+    test_set = set(test_spk)
+    train = [r for r in records if r[1] not in test_set]
+    test = [r for r in records if r[1] in test_set]
+    return write_prepared(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
 
 
-def _as_roots(root: PathLike | Sequence[PathLike]) -> list[Path]:
+def as_roots(root: PathLike | Sequence[PathLike]) -> list[Path]:
+    """One corpus root or several, as a non-empty list of paths.
+
+    >>> as_roots("vox1"), as_roots(["vox1", "vox2"])
+    ([PosixPath('vox1')], [PosixPath('vox1'), PosixPath('vox2')])
+    """
     if isinstance(root, (str, os.PathLike)):
         return [Path(root)]
     roots = [Path(r) for r in root]
@@ -764,18 +650,16 @@ def _as_roots(root: PathLike | Sequence[PathLike]) -> list[Path]:
     return roots
 
 
-def _existing_variant(path: str) -> str | None:
-    """The file itself, or the same name with .flac/.wav swapped (CN-Celeb ships flac; its lists say .wav)."""
-    if os.path.isfile(path):
-        return path
-    stem, _ = os.path.splitext(path)
-    for ext in (".flac", ".wav"):
-        if os.path.isfile(stem + ext):
-            return stem + ext
-    return None
+def read_fields(path: Path, count: int) -> list[tuple[int, list[str]]]:
+    """``(line number, fields)`` of each non-empty line with exactly ``count`` whitespace-separated fields; another
+    count is a :class:`DataListError` naming the line.
 
-
-def _read_fields(path: Path, count: int) -> list[tuple[int, list[str]]]:
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "trials.txt"
+    >>> _ = p.write_text("1 a.wav b.wav\\n\\n0 a.wav c.wav\\n")
+    >>> read_fields(p, 3)
+    [(1, ['1', 'a.wav', 'b.wav']), (3, ['0', 'a.wav', 'c.wav'])]
+    """
     rows = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -788,7 +672,12 @@ def _read_fields(path: Path, count: int) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _trial_label(text: str, where: str) -> int:
+def trial_label(text: str, where: str) -> int:
+    """1 for ``1`` / ``target``, 0 for ``0`` / ``nontarget``; anything else is a :class:`DataListError` at ``where``.
+
+    >>> trial_label("target", "trials.lst:3"), trial_label("0", "trials.lst:4")
+    (1, 0)
+    """
     lowered = text.lower()
     if lowered in ("1", "target"):
         return 1
@@ -797,253 +686,24 @@ def _trial_label(text: str, where: str) -> int:
     raise DataListError(f"{where}: trial label must be 0/1 (or target/nontarget), got {text!r}")
 
 
-def _official_eval(
+def official_evaluation(
     pairs: list[tuple[int, str, str, str, str]],
     check_audio: bool,
     num_workers: int | None,
     skipped: list[tuple[str, str]],
 ) -> tuple[list[tuple[str, str]], list[tuple[int, str, str]], int]:
-    """From resolved trials (label, enroll path, enroll speaker, test path, test speaker) -> test records, trials."""
+    """From resolved trials (label, enroll path, enroll speaker, test path, test speaker): the test records, the
+    trials whose files read, and how many were dropped.
+
+    >>> official_evaluation([(1, "/no/a.wav", "a", "/no/b.wav", "a")], False, 1, [])
+    ([], [], 1)
+    """
     speaker_of: dict[str, str] = {}
     for _, ep, es, tp, ts in pairs:
         speaker_of.setdefault(ep, es)
         speaker_of.setdefault(tp, ts)
     records = sorted(speaker_of.items())
-    good = {p for p, _ in _filter_readable(records, check_audio, num_workers, skipped)}
+    good = {p for p, _ in filter_readable(records, check_audio, num_workers, skipped)}
     trials = [(label, ep, tp) for label, ep, _, tp, _ in pairs if ep in good and tp in good]
     test = [r for r in records if r[0] in good]
     return test, trials, len(pairs) - len(trials)
-
-
-def prepare_cnceleb(
-    root: PathLike | Sequence[PathLike],
-    output_dir: PathLike,
-    test_ratio: float = 0.1,
-    test_speakers: int | None = None,
-    num_trials: int | None = None,
-    seed: int = 0,
-    paths: str = "inside",
-    check_audio: bool = False,
-    num_workers: int | None = None,
-) -> PreparedData:
-    """Lists for CN-Celeb1 and/or CN-Celeb2 (``root`` may be several corpus folders).
-
-    Training audio is ``<root>/data/<speaker>/*.flac|wav`` for the development speakers: those in
-    ``dev/dev.lst`` (CN-Celeb1) or ``spk.lst`` (CN-Celeb2), else every speaker not used in evaluation.
-    The first root with ``eval/lists/enroll.lst`` (``<id>-enroll enroll/<id>-enroll.wav``) and
-    ``eval/lists/trials.lst`` (``<id>-enroll test/<file>.wav <0|1>``) gives the official test list and
-    trials (paths relative to ``eval/``; a listed ``.wav`` may be stored as ``.flac``); a given ``num_trials``
-    subsamples them. Without official lists the speakers are split and trials generated as for folders.
-
-    >>> import tempfile
-    >>> prepare_cnceleb(tempfile.mkdtemp(), tempfile.mkdtemp())  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    mvector.errors.DataListError: CN-Celeb data folder not found: .../data
-    """
-    roots = _as_roots(root)
-    skipped: list[tuple[str, str]] = []
-    notes: list[str] = []
-    eval_pairs: list[tuple[int, str, str, str, str]] | None = None
-    for r in roots:
-        lists = r / "eval" / "lists"
-        if eval_pairs is None and (lists / "trials.lst").is_file() and (lists / "enroll.lst").is_file():
-            eval_pairs = _read_cnceleb_trials(r / "eval", lists, skipped)
-    eval_speakers = {p[2] for p in eval_pairs} | {p[4] for p in eval_pairs} if eval_pairs else set()
-
-    train: list[tuple[str, str]] = []
-    for r in roots:
-        data = _require_dir(r / "data", "CN-Celeb data folder")
-        for list_file in (r / "dev" / "dev.lst", r / "spk.lst"):
-            if list_file.is_file():
-                wanted = {
-                    line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()
-                }
-                break
-        else:
-            wanted = None
-        found = _scan_speaker_tree(data, skipped, notes)
-        train += [rec for rec in found if (wanted is None or rec[1] in wanted) and rec[1] not in eval_speakers]
-    if not train and eval_pairs is None:
-        raise DataListError(f"no audio found under {', '.join(str(r / 'data') for r in roots)}")
-    train = _filter_readable(train, check_audio, num_workers, skipped)
-
-    if eval_pairs is None:
-        train_spk, test_spk = split_speakers({s for _, s in train}, test_ratio, test_speakers, seed)
-        test_set = set(test_spk)
-        test = [r for r in train if r[1] in test_set]
-        train = [r for r in train if r[1] not in test_set]
-        return _finish(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
-    test, trials, dropped = _official_eval(eval_pairs, check_audio, num_workers, skipped)
-    if dropped:
-        notes.append(f"{dropped} official trial(s) dropped because a file is missing or unreadable")
-    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, official_trials=trials, paths=paths)
-
-
-def _read_cnceleb_trials(
-    eval_dir: Path, lists: Path, skipped: list[tuple[str, str]]
-) -> list[tuple[int, str, str, str, str]]:
-    enroll: dict[str, str] = {}
-    for number, (utt, rel) in _read_fields(lists / "enroll.lst", 2):
-        path = _existing_variant(os.path.abspath(os.path.join(eval_dir, rel)))
-        if path is None:
-            skipped.append(
-                (os.path.abspath(os.path.join(eval_dir, rel)), f"listed in enroll.lst:{number} but not found")
-            )
-        else:
-            enroll[utt] = path
-    pairs = []
-    missing_tests: set[str] = set()
-    for number, (enroll_id, rel, label_text) in _read_fields(lists / "trials.lst", 3):
-        label = _trial_label(label_text, f"{lists / 'trials.lst'}:{number}")
-        if enroll_id not in enroll:
-            continue
-        listed = os.path.abspath(os.path.join(eval_dir, rel))
-        test_path = _existing_variant(listed)
-        if test_path is None:
-            if listed not in missing_tests:
-                missing_tests.add(listed)
-                skipped.append((listed, f"listed in trials.lst:{number} but not found"))
-            continue
-        enroll_spk = enroll_id[: -len("-enroll")] if enroll_id.endswith("-enroll") else enroll_id
-        test_spk = os.path.basename(rel).split("-")[0]
-        pairs.append((label, enroll[enroll_id], enroll_spk, test_path, test_spk))
-    return pairs
-
-
-def _vox_audio_dir(root: Path) -> Path:
-    for candidate in (root / "wav", root / "aac", root / "dev" / "aac", root / "dev" / "wav"):
-        if candidate.is_dir():
-            return candidate
-    return root
-
-
-def prepare_voxceleb(
-    root: PathLike | Sequence[PathLike],
-    output_dir: PathLike,
-    test_ratio: float = 0.1,
-    test_speakers: int | None = None,
-    num_trials: int | None = None,
-    seed: int = 0,
-    paths: str = "inside",
-    check_audio: bool = False,
-    num_workers: int | None = None,
-    trials_file: PathLike | None = None,
-) -> PreparedData:
-    """Lists for VoxCeleb1/2 (``root`` may be several corpus folders, e.g. VoxCeleb1 and VoxCeleb2 dev).
-
-    Audio is ``<root>/wav/<id>/<youtube id>/<n>.wav`` (also ``aac/`` or ``dev/aac/``, or ``root`` itself).
-    VoxCeleb2 ships AAC ``.m4a``, which soundfile cannot read: those files are reported as skipped and must
-    be converted to wav first (e.g. with ffmpeg). ``trials_file`` is an official list such as
-    ``veri_test2.txt``, ``list_test_hard2.txt`` or ``list_test_all2.txt`` (``label path1 path2``, paths
-    relative to ``wav/``; found as given or inside a root): its files form the test list, every speaker in it
-    is kept out of training, and its trials are written (``num_trials`` subsamples them). Without it the
-    speakers are split and trials generated as for folders.
-
-    >>> import tempfile
-    >>> prepare_voxceleb("/no/such/vox", tempfile.mkdtemp())
-    Traceback (most recent call last):
-    ...
-    mvector.errors.DataListError: VoxCeleb root not found: /no/such/vox
-    """
-    roots = [_require_dir(r, "VoxCeleb root") for r in _as_roots(root)]
-    audio_dirs = [_vox_audio_dir(r) for r in roots]
-    skipped: list[tuple[str, str]] = []
-    notes: list[str] = []
-    found: list[tuple[str, str]] = []
-    for folder in audio_dirs:
-        found += _scan_speaker_tree(folder, skipped, notes, exclude=[Path(output_dir)])
-    if not found:
-        m4a = sum(1 for p, _ in skipped if p.lower().endswith(".m4a"))
-        hint = f"; {m4a} .m4a file(s) found: {_CONVERT_HINT}" if m4a else ""
-        raise DataListError(f"no readable audio found under {', '.join(map(str, audio_dirs))}{hint}")
-
-    if trials_file is None:
-        records = _filter_readable(found, check_audio, num_workers, skipped)
-        train_spk, test_spk = split_speakers({s for _, s in records}, test_ratio, test_speakers, seed)
-        test_set = set(test_spk)
-        train = [r for r in records if r[1] not in test_set]
-        test = [r for r in records if r[1] in test_set]
-        return _finish(output_dir, train, test, skipped, notes, num_trials, seed, paths=paths)
-
-    trial_path = _find_trials_file(trials_file, roots)
-    pairs = []
-    missing: set[str] = set()
-    for number, (label_text, first, second) in _read_fields(trial_path, 3):
-        label = _trial_label(label_text, f"{trial_path}:{number}")
-        resolved = []
-        for rel in (first, second):
-            hit = next((os.path.join(d, rel) for d in audio_dirs if os.path.isfile(os.path.join(d, rel))), None)
-            if hit is None and rel not in missing:
-                missing.add(rel)
-                skipped.append((rel, f"listed in {trial_path.name}:{number} but not found under the audio folders"))
-            resolved.append(hit)
-        if resolved[0] and resolved[1]:
-            pairs.append(
-                (
-                    label,
-                    os.path.abspath(resolved[0]),
-                    _first_part(first),
-                    os.path.abspath(resolved[1]),
-                    _first_part(second),
-                )
-            )
-    if not pairs:
-        raise DataListError(f"{trial_path}: none of its trials point at files under {', '.join(map(str, audio_dirs))}")
-    test, trials, dropped = _official_eval(pairs, check_audio, num_workers, skipped)
-    if dropped:
-        notes.append(f"{dropped} official trial(s) dropped because a file is missing or unreadable")
-    trial_speakers = {p[2] for p in pairs} | {p[4] for p in pairs}
-    train = _filter_readable([r for r in found if r[1] not in trial_speakers], check_audio, num_workers, skipped)
-    return _finish(output_dir, train, test, skipped, notes, num_trials, seed, official_trials=trials, paths=paths)
-
-
-def _first_part(rel: str) -> str:
-    return rel.replace("\\", "/").split("/")[0]
-
-
-def _find_trials_file(trials_file: PathLike, roots: Sequence[Path]) -> Path:
-    given = Path(trials_file)
-    if given.is_file():
-        return given
-    if not given.is_absolute():
-        for r in roots:
-            for candidate in (r / given, r / "meta" / given):
-                if candidate.is_file():
-                    return candidate
-    raise DataListError(
-        f"trials file not found: {trials_file} (looked as given and inside {', '.join(map(str, roots))})"
-    )
-
-
-#: Corpus name -> preparation function (what ``create_data.py <corpus>`` calls).
-#: Corpus layouts ``create_data.py`` knows: name -> preparer(root, output_dir, **options).
-CORPORA = Registry("corpus", section="create_data options")
-CORPORA.add("folder", prepare_folder)
-CORPORA.add("zhvoice", prepare_zhvoice)
-CORPORA.add("cnceleb", prepare_cnceleb, aliases=("cn-celeb",))
-CORPORA.add("voxceleb", prepare_voxceleb)
-
-
-def prepare_corpus(corpus: str, root: PathLike | Sequence[PathLike], output_dir: PathLike, **options) -> PreparedData:
-    """Dispatch to the ``prepare_*`` function of ``corpus``; options not accepted by it are a ConfigError.
-
-    >>> prepare_corpus("voxceleb1", "x", "y")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    mvector.errors.ConfigError: unknown corpus 'voxceleb1'; did you mean 'voxceleb'? Valid: cnceleb, ...
-    """
-    import inspect
-
-    from mvector.errors import check_keys
-
-    func = CORPORA.get_entry(corpus)
-    accepted = [p for p in inspect.signature(func).parameters if p not in ("root", "output_dir")]
-    check_keys(options, accepted, f"options of {func.__name__}")
-    if corpus in ("folder", "zhvoice"):
-        roots = _as_roots(root)
-        if len(roots) != 1:
-            raise ConfigError(f"corpus {corpus!r} takes one root folder, got {len(roots)}")
-        root = roots[0]
-    _output_folder(output_dir, create=False)  # a file in the way is refused before the corpus is scanned
-    return func(root, output_dir, **options)
