@@ -93,7 +93,7 @@ def run_demo(
     train_speakers: int = 40,
     utterances_per_speaker: int = 12,
     test_speakers: int = 16,
-    use_gpu: bool = False,
+    use_gpu: bool | None = None,
 ) -> dict[str, Any]:
     """Synthesize a corpus under ``work_dir``, train, evaluate; returns untrained and trained metrics."""
     from mvector.evaluation.evaluator import EvalSettings, Evaluator
@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", default="demo_output")
     parser.add_argument("--max_epoch", type=int, default=20, help="training epochs (20: about 45 s on 2 cores)")
-    parser.add_argument("--use_gpu", action=argparse.BooleanOptionalAction, default=False, help="train on CUDA")
+    parser.add_argument(
+        "--use_gpu", action=argparse.BooleanOptionalAction, default=None,
+        help="train on CUDA (default: when CUDA is available)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (None: the usable CPUs not busy)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:

@@ -111,3 +111,26 @@ def test_train_help_names_the_real_default_config():
 
     text = " ".join(build_parser("mvector train").format_help().split())
     assert "default: ecapa_tdnn" in text
+
+
+@pytest.mark.parametrize("name,parser", PARSERS, ids=IDS)
+def test_use_gpu_has_the_one_default(name, parser):
+    """--use_gpu, wherever a command has it, defaults to None: CUDA when available (utils.device.select_device)."""
+    for action in parser._actions:
+        if "--use_gpu" in action.option_strings:
+            assert action.default is None, f"{name} --use_gpu defaults to {action.default!r}"
+            assert "when CUDA is available" in action.help
+
+
+def test_python_entry_points_have_the_one_use_gpu_default():
+    import inspect
+
+    from mvector.demo import run_demo
+    from mvector.evaluation.model_eval import evaluate_model_folder
+    from mvector.inference.predictor import MVectorPredictor
+    from mvector.training.distributed import DistContext
+    from mvector.training.trainer import MVectorTrainer
+
+    entry_points = (run_demo, evaluate_model_folder, MVectorPredictor.__init__, DistContext.from_env)
+    for func in (*entry_points, MVectorTrainer.__init__):
+        assert inspect.signature(func).parameters["use_gpu"].default is None, func.__qualname__

@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
+from mvector.cli.common import (
+    CliParser,
+    HelpFormatter,
+    add_flag,
+    add_threads_argument,
+    add_use_gpu_flag,
+    apply_threads,
+    run_cli,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -69,7 +77,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="store the calibration even from fewer than 10 speakers or 300 non-target trials (refused otherwise)",
     )
     parser.add_argument("--save_image_path", default=None, help="folder for the reliability plot (reliability.png)")
-    add_flag(parser, "--use_gpu", default=False, help="embed on CUDA")
+    add_use_gpu_flag(parser, "embed on CUDA")
     add_threads_argument(parser)
     parser.add_argument("--batch_size", type=int, default=32, help="recordings per embedding batch")
     return parser

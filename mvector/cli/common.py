@@ -167,14 +167,27 @@ class CliParser(argparse.ArgumentParser):
         return super().parse_known_args(self.spell_flags(items), namespace)
 
 
+def add_use_gpu_flag(parser, help: str = "run on CUDA") -> argparse.Action:
+    """``--use_gpu`` / ``--no-use_gpu`` with the one default of every command: None, CUDA when available (the rule
+    of :func:`~mvector.utils.device.select_device`; :func:`parse_args` turns None into the answer).
+
+    >>> parser = CliParser(prog="demo")
+    >>> _ = add_use_gpu_flag(parser)
+    >>> parser.parse_args([]).use_gpu is None, parser.parse_args(["--no-use_gpu"]).use_gpu
+    (True, False)
+    """
+    return add_flag(parser, "--use_gpu", default=None, help=f"{help} (default: when CUDA is available)")
+
+
 def base_parser(
     description: str, prog: str | None = None, default_configs: str | None = DEFAULT_CONFIG, configs_note: str = "",
-    use_gpu: bool | None = None,
 ) -> CliParser:
     """A parser with ``--configs`` and ``--use_gpu``; any ``--section.key=value`` is a config override.
 
-    ``configs_note`` says in ``--help`` what a ``--configs`` of None means (``default_configs=None``); ``use_gpu``
-    is ``--use_gpu``'s default (None: CUDA when available).
+    ``configs_note`` says in ``--help`` what a ``--configs`` of None means (``default_configs=None``).
+
+    >>> base_parser("Train.", prog="mvector train").parse_args([]).configs
+    'ecapa_tdnn'
     """
     parser = CliParser(
         prog=prog,
@@ -187,8 +200,7 @@ def base_parser(
         help=f"bundled config ({', '.join(bundled_configs())}) or YAML path"
         + (f" ({configs_note})" if configs_note else ""),
     )
-    gpu_help = "run on CUDA" + (" (default: when CUDA is available)" if use_gpu is None else "")
-    add_flag(parser, "--use_gpu", default=use_gpu, help=gpu_help)
+    add_use_gpu_flag(parser)
     add_threads_argument(parser)
     return parser
 

@@ -13,7 +13,15 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
+from mvector.cli.common import (
+    CliParser,
+    HelpFormatter,
+    add_flag,
+    add_threads_argument,
+    add_use_gpu_flag,
+    apply_threads,
+    run_cli,
+)
 from mvector.config import DEFAULT_MODEL_PATH
 
 
@@ -28,7 +36,7 @@ def build_parser(prog: str | None = None) -> CliParser:
     parser.add_argument("--audio_path2", required=True, help="second recording")
     parser.add_argument("--model_path", default=DEFAULT_MODEL_PATH, help="model or export folder")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the stored one)")
-    add_flag(parser, "--use_gpu", default=False, help="run on CUDA")
+    add_use_gpu_flag(parser)
     add_threads_argument(parser)
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"

@@ -24,7 +24,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
+from mvector.cli.common import (
+    CliParser,
+    HelpFormatter,
+    add_flag,
+    add_threads_argument,
+    add_use_gpu_flag,
+    apply_threads,
+    run_cli,
+)
 from mvector.config import DEFAULT_MODEL_PATH
 
 __all__ = ["main", "build_parser"]
@@ -98,7 +106,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_flag(parser, "--plot", default=False, help="also write OUT/<stem>.png, the who-spoke-when timeline")
     parser.add_argument("--reference", default=None, help="reference RTTM: print the DER of each recording")
     parser.add_argument("--collar", type=float, default=0.25, help="DER collar each side of a reference boundary")
-    add_flag(parser, "--use_gpu", default=False, help="run the model on CUDA")
+    add_use_gpu_flag(parser, "run the model on CUDA")
     add_flag(parser, "--progress", default=True, help="show a progress bar on stderr")
     add_threads_argument(parser)
     return parser

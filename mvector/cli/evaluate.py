@@ -23,7 +23,7 @@ from mvector.config import DEFAULT_MODEL_PATH
 def build_parser(prog: str | None = None):
     """The argument parser of ``mvector eval`` / ``eval.py``."""
     parser = base_parser(
-        __doc__.splitlines()[0], prog=prog, default_configs=None, use_gpu=False,
+        __doc__.splitlines()[0], prog=prog, default_configs=None,
         configs_note="default: the configuration stored with the model",
     )
     parser.description = __doc__

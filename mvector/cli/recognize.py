@@ -23,7 +23,15 @@ import sys
 import time
 from typing import Sequence
 
-from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, apply_threads, run_cli
+from mvector.cli.common import (
+    CliParser,
+    HelpFormatter,
+    add_flag,
+    add_threads_argument,
+    add_use_gpu_flag,
+    apply_threads,
+    run_cli,
+)
 from mvector.config import DEFAULT_MODEL_PATH
 from mvector.errors import MVectorError, SpeakerDBError
 from mvector.utils.files import dumps_json
@@ -133,7 +141,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--checks", default="warn", choices=["warn", "refuse", "off"],
         help="--register: enrolment quality checks (speech, clipping, level, SNR, bandwidth, agreement)",
     )
-    add_flag(parser, "--use_gpu", default=False, help="run on CUDA")
+    add_use_gpu_flag(parser)
     add_threads_argument(parser)
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"

@@ -16,7 +16,7 @@ import ipaddress
 import sys
 from typing import Sequence
 
-from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, run_cli
+from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, add_use_gpu_flag, run_cli
 from mvector.errors import ConfigError
 
 # (importable names, pip package): python-multipart is imported as python_multipart (older releases: multipart)
@@ -55,7 +55,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "torchscript", "onnx"], help="how to run the model"
     )
-    add_flag(parser, "--use_gpu", default=False, help="run the model on CUDA")
+    add_use_gpu_flag(parser, "run the model on CUDA")
     add_flag(parser, "--keep_audio", default=False, help="keep enrolled audio in the database folder")
     parser.add_argument("--max_upload_mb", type=float, default=10.0, help="size limit of one uploaded recording")
     parser.add_argument("--max_files", type=int, default=10, help="recordings per enrolment request at most")

@@ -63,7 +63,7 @@ def evaluate_model_folder(
     model_path: PathLike,
     configs: Union[str, os.PathLike, Mapping[str, Any], None] = None,
     overrides: Union[Mapping[str, Any], Sequence[str], None] = None,
-    use_gpu: bool = False,
+    use_gpu: bool | None = None,
     backend: str = "auto",
     cohort_list: PathLike | None = None,
     asnorm_top_k: int = 300,

@@ -47,11 +47,12 @@ class DistContext:
 
     @classmethod
     def from_env(
-        cls, use_gpu: bool = True, env: Mapping[str, str] | None = None, timeout_minutes: float = 30.0
+        cls, use_gpu: bool | None = None, env: Mapping[str, str] | None = None, timeout_minutes: float = 30.0
     ) -> DistContext:
         """Read torchrun's ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``; initialise the process group when needed.
 
-        ``use_gpu`` with no CUDA device raises a :class:`~mvector.errors.ConfigError` instead of silently training
+        ``use_gpu`` follows :func:`~mvector.utils.device.select_device` (None: CUDA when available); ``True`` with
+        no CUDA device raises a :class:`~mvector.errors.ConfigError` instead of silently training
         on CPU. Ranks wait at most ``timeout_minutes`` for each other (``train_conf.dist_timeout_minutes``).
 
         >>> DistContext.from_env(use_gpu=True, env={}) if not torch.cuda.is_available() else None
@@ -63,7 +64,7 @@ class DistContext:
         world_size = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", "0"))
         local_rank = int(env.get("LOCAL_RANK", "0"))
-        device = select_device(bool(use_gpu), local_rank)
+        device = select_device(use_gpu, local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
         if world_size > 1 and not dist.is_initialized():

@@ -143,7 +143,7 @@ class MVectorTrainer:
     def __init__(
         self,
         configs: Union[str, os.PathLike, Mapping[str, Any]] = DEFAULT_CONFIG,
-        use_gpu: bool = True,
+        use_gpu: bool | None = None,
         overrides: Union[Mapping[str, Any], Sequence[str], None] = None,
         augment_conf_path: PathLike | None = None,
         callbacks: Sequence[Callback] = (),
