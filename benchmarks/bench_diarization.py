@@ -61,18 +61,18 @@ def _peak_mib(who: int = resource.RUSAGE_SELF) -> float:
 
 def run_mvector(model_path: str, items: list, segmentation_step: float) -> dict[str, list]:
     """Every mvector system on every item: ``{system: [(turns, seconds, duration), ...]}``."""
-    from mvector.inference.clustering import relabel
-    from mvector.inference.diarization import (
+    from mvector.inference.classic_diarization import (
         AudioBlocks,
         DiarizationConfig,
         Diarizer,
         PredictorEmbedder,
-        SegmentationDiarizer,
-        load_segmentation,
         window_spans,
     )
+    from mvector.inference.clustering import relabel
+    from mvector.inference.diarization import load_segmentation
     from mvector.inference.predictor import MVectorPredictor
     from mvector.inference.segmentation import find_segmentation_model
+    from mvector.inference.segmentation_diarization import SegmentationDiarizer
 
     predictor = MVectorPredictor(model_path, use_gpu=False)
     embedder = PredictorEmbedder(predictor)

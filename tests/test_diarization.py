@@ -19,6 +19,7 @@ from mvector.data.conversations import generate_conversation, write_conversation
 from mvector.data.rttm import Segment, read_rttm
 from mvector.errors import AudioError, ConfigError
 from mvector.evaluation.der import diarization_error
+from mvector.inference.classic_diarization import DiarizationConfig, Diarizer
 from mvector.inference.clustering import (
     absorb_small_clusters,
     agglomerative_clustering,
@@ -26,7 +27,7 @@ from mvector.inference.clustering import (
     merge_similar_clusters,
     spectral_clustering,
 )
-from mvector.inference.diarization import DiarizationConfig, Diarizer, diarize_with_predictor
+from mvector.inference.diarization import diarize_with_predictor
 
 SR = 8000
 PITCHES = (300.0, 470.0, 730.0, 1130.0, 1750.0)

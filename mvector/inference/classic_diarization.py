@@ -69,7 +69,7 @@ from mvector.inference.clustering import METHODS, cluster_centroids, cluster_emb
 from mvector.utils.files import atomic_write_text
 
 __all__ = [
-    "Embedder",
+    "SegmentEmbedder",
     "PredictorEmbedder",
     "DiarizationConfig",
     "DiarizationResult",
@@ -95,8 +95,10 @@ PathLike = Union[str, os.PathLike]
 _FRAME_CHUNK = 2000  # re-segmentation frames handled at once (100 s at 50 ms)
 
 
-class Embedder(Protocol):
-    """What the pipeline needs from a model: its sample rate and a batch embedding of waveforms."""
+class SegmentEmbedder(Protocol):
+    """What the diarization pipelines need from a model: its sample rate and a batch embedding of waveforms (not
+    :class:`mvector.embedding.backends.Embedder`, the inference backends; :class:`PredictorEmbedder` adapts a
+    predictor to this)."""
 
     sample_rate: int
 
@@ -126,7 +128,7 @@ def clustering_threshold(predictor: Any) -> float:
 
 
 class PredictorEmbedder:
-    """An :class:`Embedder` over :class:`~mvector.inference.predictor.MVectorPredictor`: its batched ``embed_batch``.
+    """A :class:`SegmentEmbedder` over :class:`~mvector.inference.predictor.MVectorPredictor` (its ``embed_batch``).
 
     Each window goes through the predictor's own preprocessing (dB normalisation as the model was trained), and
     windows are batched by length. ``threshold`` (the default clustering and naming threshold) is the score at which a
@@ -463,7 +465,7 @@ def _viterbi(scores: np.ndarray, penalty: float) -> np.ndarray:
 
 
 class Diarizer:
-    """The diarization pipeline over an :class:`Embedder` (see the module docs).
+    """The diarization pipeline over an :class:`SegmentEmbedder` (see the module docs).
 
     Args:
         embedder: ``sample_rate`` and ``embed_waveforms(waves) -> [N, D]``; an optional ``threshold`` attribute
@@ -477,7 +479,7 @@ class Diarizer:
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: SegmentEmbedder,
         config: DiarizationConfig | None = None,
         speaker_db: Any = None,
         speech_detector: Any = None,

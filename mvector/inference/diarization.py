@@ -38,37 +38,11 @@ import numpy as np
 
 from mvector.audio.vad import VADConfig
 from mvector.errors import ConfigError
-from mvector.inference.classic_diarization import (
-    DEFAULT_THRESHOLD,
-    PIPELINES,
-    VADS,
-    AudioBlocks,
-    DiarizationConfig,
-    DiarizationResult,
-    Diarizer,
-    Embedder,
-    PredictorEmbedder,
-    window_spans,
-)
+from mvector.inference.classic_diarization import DiarizationConfig, DiarizationResult, Diarizer, PredictorEmbedder
 from mvector.inference.segmentation import Segmenter, find_segmentation_model, speech_regions
 from mvector.inference.segmentation_diarization import SegmentationDiarizer
 
-__all__ = [
-    "Embedder",
-    "PredictorEmbedder",
-    "DiarizationConfig",
-    "DiarizationResult",
-    "Diarizer",
-    "SegmentationDiarizer",
-    "diarize_with_predictor",
-    "build_diarizer",
-    "load_segmentation",
-    "AudioBlocks",
-    "DEFAULT_THRESHOLD",
-    "PIPELINES",
-    "VADS",
-    "window_spans",
-]
+__all__ = ["diarize_with_predictor", "build_diarizer", "load_segmentation"]
 
 _LOADED: dict[tuple[str, float], Any] = {}
 

@@ -712,9 +712,9 @@ class MVectorPredictor:
         return self.gallery_db(gallery).names()
 
     def diarize(self, audio: AudioInput, sample_rate: int | None = None, **options: Any) -> Any:
-        """Who spoke when in ``audio``: a :class:`~mvector.inference.diarization.DiarizationResult`.
+        """Who spoke when in ``audio``: a :class:`~mvector.inference.classic_diarization.DiarizationResult`.
 
-        ``options`` are :class:`~mvector.inference.diarization.DiarizationConfig` fields (``num_speakers=2``,
+        ``options`` are :class:`~mvector.inference.classic_diarization.DiarizationConfig` fields (``num_speakers=2``,
         ``min_speakers``, ``max_speakers``, ``pipeline``, ``vad``, ``clustering`` ...); the segmentation pipeline
         (overlapping turns, count estimated) runs when its model is found, else the classic one. Clusters matching
         a speaker enrolled in this predictor's database get that name. ``result.save(folder, stem)`` writes RTTM

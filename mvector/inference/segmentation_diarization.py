@@ -134,9 +134,9 @@ class SegmentationDiarizer(Diarizer):
 
     Args:
         embedder: ``sample_rate`` and ``embed_waveforms(waves) -> [N, D]`` (an optional ``threshold`` is the
-            default clustering and naming threshold), as for :class:`~mvector.inference.diarization.Diarizer`.
+            default clustering and naming threshold), as for :class:`~mvector.inference.classic_diarization.Diarizer`.
         segmentation: the segmentation network (:func:`mvector.pretrained.frame_models.load_frame_model`).
-        config: a :class:`~mvector.inference.diarization.DiarizationConfig`.
+        config: a :class:`~mvector.inference.classic_diarization.DiarizationConfig`.
         speaker_db: optional speaker database naming the clusters.
     """
 
