@@ -6,8 +6,10 @@ evaluation, the predictor and export build models the same way. It depends on no
 * :data:`EMBEDDING_KEYS` is the one list of configuration keys that change an embedding (model, features, audio
   preprocessing): a checkpoint's values win over a user's for these, and two configurations that differ in one of
   them make different embeddings.
-* :func:`build_embedding_model` (featurizer + backbone), :func:`build_head`, :func:`build_optimizer`,
-  :func:`build_scheduler` build from a configuration; the featurizer's sample rate is the dataset's.
+* :func:`build_embedding_model` (featurizer + backbone), :func:`build_head_for`, :func:`build_optimizer_for`,
+  :func:`build_scheduler_for` build from a whole configuration (``*_for``, like :func:`build_featurizer_for`);
+  the registries' ``build_head`` / ``build_optimizer`` / ``build_scheduler`` build from a name or one section.
+  The featurizer's sample rate is the dataset's.
 * :func:`resolve_model_dir` finds a model folder (recovering an interrupted save the same way for every reader);
   :func:`model_from_checkpoint` rebuilds the model of a checkpoint folder with its stored configuration.
 
@@ -30,10 +32,8 @@ from mvector.checkpoint import load_checkpoint, model_fingerprint, recover_check
 from mvector.config import load_config
 from mvector.errors import CheckpointError, ConfigError
 from mvector.features import build_featurizer
-from mvector.models import EmbeddingModel, build_backbone
-from mvector.models import build_head as _build_head
-from mvector.optim import build_optimizer as _build_optimizer
-from mvector.optim import build_scheduler as _build_scheduler
+from mvector.models import EmbeddingModel, build_backbone, build_head
+from mvector.optim import build_optimizer, build_scheduler
 
 __all__ = [
     "EMBEDDING_KEYS",
@@ -42,9 +42,9 @@ __all__ = [
     "model_name",
     "build_featurizer_for",
     "build_embedding_model",
-    "build_head",
-    "build_optimizer",
-    "build_scheduler",
+    "build_head_for",
+    "build_optimizer_for",
+    "build_scheduler_for",
     "resolve_model_dir",
     "stored_config",
     "model_from_checkpoint",
@@ -128,26 +128,38 @@ def build_embedding_model(conf: Mapping[str, Any]) -> EmbeddingModel:
     return EmbeddingModel(featurizer, backbone)
 
 
-def build_head(conf: Mapping[str, Any], embd_dim: int, num_speakers: int) -> tuple[torch.nn.Module, dict | None]:
+def build_head_for(conf: Mapping[str, Any], embd_dim: int, num_speakers: int) -> tuple[torch.nn.Module, dict | None]:
     """The classifier head of ``use_loss``/``loss_conf`` and the margin-schedule settings (or None).
 
-    >>> head, schedule = build_head({"use_loss": "AAM", "loss_conf": {"margin_scheduler": {"end_epoch": 2}}}, 8, 3)
+    >>> head, schedule = build_head_for({"use_loss": "AAM", "loss_conf": {"margin_scheduler": {"end_epoch": 2}}}, 8, 3)
     >>> type(head).__name__, schedule
     ('AAMHead', {'end_epoch': 2})
     """
     loss_conf = dict(conf.get("loss_conf") or {})
     schedule = loss_conf.pop("margin_scheduler", None)
-    return _build_head(conf["use_loss"], embd_dim, num_speakers, **loss_conf), schedule
+    return build_head(conf["use_loss"], embd_dim, num_speakers, **loss_conf), schedule
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], conf: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """The optimiser of ``optimizer_conf``."""
-    return _build_optimizer(params, conf["optimizer_conf"])
+def build_optimizer_for(params: Iterable[torch.nn.Parameter], conf: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser of a configuration's ``optimizer_conf`` (:func:`mvector.optim.build_optimizer`).
+
+    >>> from mvector.config import load_config
+    >>> type(build_optimizer_for([torch.nn.Parameter(torch.zeros(1))], load_config(validate=False))).__name__
+    'Adam'
+    """
+    return build_optimizer(params, conf["optimizer_conf"])
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, conf: Mapping[str, Any], steps_per_epoch: int) -> Any:
-    """The per-step learning-rate schedule of ``optimizer_conf`` over ``train_conf.max_epoch`` epochs."""
-    return _build_scheduler(optimizer, conf["optimizer_conf"], steps_per_epoch, int(conf["train_conf"]["max_epoch"]))
+def build_scheduler_for(optimizer: torch.optim.Optimizer, conf: Mapping[str, Any], steps_per_epoch: int) -> Any:
+    """The per-step learning-rate schedule of a configuration's ``optimizer_conf`` over ``train_conf.max_epoch``
+    epochs (:func:`mvector.optim.build_scheduler`).
+
+    >>> from mvector.config import load_config
+    >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    >>> build_scheduler_for(opt, load_config(validate=False), steps_per_epoch=10).total_steps
+    300
+    """
+    return build_scheduler(optimizer, conf["optimizer_conf"], steps_per_epoch, int(conf["train_conf"]["max_epoch"]))
 
 
 def resolve_model_dir(model_path: PathLike) -> Path:

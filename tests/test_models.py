@@ -221,7 +221,7 @@ def test_very_short_clips():
         assert out.shape == (2, 12) and torch.isfinite(out).all()
 
 
-def test_build_head_wrapper():
+def test_build_head_by_loss_name():
     from mvector.models.heads import AAMHead
 
     head = build_head("AAM", 16, 4)

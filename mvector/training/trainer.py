@@ -31,9 +31,9 @@ from mvector.audio.augment import build_augmenter, load_augmentation_config, spe
 from mvector.build import (
     EMBEDDING_KEYS,
     build_embedding_model,
-    build_head,
-    build_optimizer,
-    build_scheduler,
+    build_head_for,
+    build_optimizer_for,
+    build_scheduler_for,
     config_differences,
     model_name,
 )
@@ -299,7 +299,7 @@ class MVectorTrainer:
         if device.type == "cpu" and os.environ.get("MVECTOR_CPU_KEEP_FREED_MEMORY", "1") != "0":
             keep_freed_memory()
         self.embedding_model = self.build_embedding_model().to(device)
-        self.head, self.margin_conf = build_head(self.configs, self.embedding_model.embd_dim, self.num_classes)
+        self.head, self.margin_conf = build_head_for(self.configs, self.embedding_model.embd_dim, self.num_classes)
         self.model = SpeakerModel(self.embedding_model.backbone, self.head).to(device)
         augment = self.configs.get("augment_conf") or None
         spec_kwargs = spec_augment_kwargs(augment) if augment else None
@@ -313,8 +313,8 @@ class MVectorTrainer:
     def setup_optimizer(self) -> None:
         """Optimiser, per-step schedule, margin schedule and AMP gradient scaler."""
         tc = self.configs["train_conf"]
-        self.optimizer = build_optimizer(self.model.parameters(), self.configs)
-        self.scheduler = build_scheduler(self.optimizer, self.configs, self.steps_per_epoch)
+        self.optimizer = build_optimizer_for(self.model.parameters(), self.configs)
+        self.scheduler = build_scheduler_for(self.optimizer, self.configs, self.steps_per_epoch)
         self.margin_scheduler = None
         if self.margin_conf and isinstance(self.head, CEHead):
             warnings.warn("loss_conf.margin_scheduler has no effect with the CE loss", stacklevel=2)
