@@ -409,9 +409,8 @@ def _baseline(model_path: Path, clips: list[bytes], args: argparse.Namespace) ->
                 kind = ("verify", "identify", "verify_speaker")[(index + i) % 3]
                 if kind == "verify":
                     p.contrast(a, b)
-                elif kind == "identify":  # as the service does for top_k > 1: the decision, then the candidates
-                    p.recognize(a)
-                    p.recognize(a, top_k=3)
+                elif kind == "identify":  # as the service does for top_k > 1: the decision with the candidates
+                    p.recognize(a, candidates=3)
                 else:
                     p.similarity(p.embed(a), p.db.mean_embedding(f"seed{i % 4}"))
                 count += 1

@@ -138,7 +138,7 @@ def test_predictor_recognize_answers_unknown(tmp_path: Path) -> None:
     p.register("ann", clip[0])
     p.register("bob", clip[1])
     stranger = clip[2]
-    top = p.recognize(stranger, top_k=2)
+    top = p.rank_speakers(stranger, top_k=2)
     best, second = top[0][1], top[1][1]
     name, score = p.recognize(stranger, threshold=best + 1e-6)  # below the threshold: unknown
     assert name is None and score == pytest.approx(best)

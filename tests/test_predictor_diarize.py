@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from mvector.data.conversations import generate_conversation
 from mvector.demo import tiny_checkpoint
 from mvector.inference.predictor import MVectorPredictor
@@ -29,4 +31,9 @@ def test_recognize_lists_candidates_with_the_decision_from_one_search(tmp_path):
         predictor.register(name, clip)
     result = predictor.recognize(clips["bob"], candidates=3)
     assert result[0] == "bob" and [n for n, _ in result.candidates][0] == "bob" and len(result.candidates) == 3
-    assert result.candidates == predictor.recognize(clips["bob"], top_k=3)  # the same list as a top-k search
+    assert result.candidates == predictor.rank_speakers(clips["bob"], top_k=3)  # the same list as the ranking
+    from mvector.evaluation.openset import IdentificationResult
+
+    plain = predictor.recognize(clips["ann"])  # one return type, with or without candidates
+    assert isinstance(result, IdentificationResult) and isinstance(plain, IdentificationResult)
+    assert plain.candidates == [] and "top_k" not in inspect.signature(predictor.recognize).parameters

@@ -141,7 +141,7 @@ def test_enrol_verify_identify_list_delete(served, model_dir):
         assert pair["score"] == pytest.approx(score, abs=1e-5) and pair["same_speaker"] == same
         assert pair["threshold"] == 0.5
         who = client.post("/v1/identify?top_k=2", content=a3, headers=r).json()
-        expected = local.recognize(a3, top_k=2)
+        expected = local.rank_speakers(a3, top_k=2)
         assert [(c["name"], round(c["score"], 4)) for c in who["candidates"]] == [
             (n, round(s, 4)) for n, s in expected
         ]

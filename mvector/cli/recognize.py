@@ -238,9 +238,13 @@ def _recognize(predictor, args, files, emit) -> int:
     failed = 0
     for path in files:
         try:
-            result = predictor.recognize(path, top_k=args.top_k, margin=args.margin, score_norm=args.score_norm,
-                                         cohort_top_k=args.cohort_top_k, threshold=args.threshold,
-                                         among=args.among)  # fmt: skip
+            if args.top_k > 1:
+                result = predictor.rank_speakers(path, top_k=args.top_k, score_norm=args.score_norm,
+                                                 cohort_top_k=args.cohort_top_k, among=args.among)  # fmt: skip
+            else:
+                result = predictor.recognize(path, margin=args.margin, score_norm=args.score_norm,
+                                             cohort_top_k=args.cohort_top_k, threshold=args.threshold,
+                                             among=args.among)  # fmt: skip
         except MVectorError as err:  # one bad file: say so on its own line and go on with the others
             failed += 1
             message = str(err) if path in str(err) else f"{path}: {err}"

@@ -519,11 +519,58 @@ class MVectorPredictor:
             )
         return rule
 
+    def rank_speakers(
+        self,
+        audio: AudioInput,
+        top_k: int = 5,
+        sample_rate: int | None = None,
+        score_norm: str | None = None,
+        cohort_top_k: int = 300,
+        gallery: str | None = None,
+        among: Sequence[str] | None = None,
+    ) -> list[tuple[str, float]]:
+        """The ``top_k`` best-scoring enrolled speakers ``[(name, score), ...]``, best first, with no decision (what
+        ``mvector recognize --top_k K`` lists); the scores, ``score_norm``, ``gallery`` and ``among`` are those of
+        :meth:`recognize`.
+
+        >>> import numpy as np, tempfile
+        >>> from mvector.demo import tiny_checkpoint
+        >>> p = MVectorPredictor(tiny_checkpoint(tempfile.mkdtemp()), audio_db_path=tempfile.mkdtemp(), use_gpu=False)
+        >>> rng = np.random.default_rng(0)
+        >>> voices = {name: (rng.standard_normal(16000).astype("float32") * 0.1, 16000) for name in ("ann", "bob")}
+        >>> for name, voice in voices.items():
+        ...     p.register(name, voice)
+        >>> [name for name, _ in p.rank_speakers(voices["bob"], top_k=2)]
+        ['bob', 'ann']
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+        emb = self.embed(audio, sample_rate)
+        return self._search(self.gallery_db(gallery), emb, top_k, score_norm, cohort_top_k, among)
+
+    def _search(
+        self, db: SpeakerDatabase, emb: np.ndarray, want: int, score_norm: str | None, cohort_top_k: int,
+        among: Sequence[str] | None,
+    ) -> list[tuple[str, float]]:
+        """The ``want`` best speakers of ``db`` (only those in ``among`` when given) for the embedding ``emb`` on the
+        scale ``score_norm`` asks for (by default the model's: its stored AS-norm cohort when it has one, else the
+        cosine)."""  # fmt: skip
+        if score_norm == "gallery":  # AS-norm with the other enrolled speakers as the cohort
+            hits = self._gallery_normed(db, emb, cohort_top_k, among)[: max(want, 1)]
+        elif score_norm is None and self.score_norm is not None:  # the model's own cohort: its threshold's scale
+            hits = db.search(
+                self.score_norm.transform(emb[None])[0], top_k=max(want, 1), score_norm="as_norm",
+                cohort_top_k=self.score_norm.top_k, cohort=self.score_norm.cohort, transform=self.score_norm.transform,
+                among=among,
+            )[0]  # fmt: skip
+        else:
+            hits = db.search(emb, top_k=max(want, 1), score_norm=score_norm, cohort_top_k=cohort_top_k, among=among)[0]
+        return [(nm, float(sc)) for nm, sc in hits]
+
     def recognize(
         self,
         audio: AudioInput,
         threshold: float | None = None,
-        top_k: int = 1,
         sample_rate: int | None = None,
         margin: float | None = None,
         score_norm: str | None = None,
@@ -534,7 +581,7 @@ class MVectorPredictor:
         fpir: float | None = None,
         gallery: str | None = None,
         among: Sequence[str] | None = None,
-    ) -> Any:
+    ) -> IdentificationResult:
         """Who is speaking: ``(name, score)``, or ``(None, best score)`` for *unknown*, decided over the gallery
         ``gallery`` (default :attr:`gallery`), or only over the enrolled names in ``among`` (then the gallery size
         every rule uses is the number of those names).
@@ -560,17 +607,16 @@ class MVectorPredictor:
         calibration ``.llr`` / ``.probability`` of the best match, and with the posterior rule ``.posteriors``
         (``{name: posterior}`` of the best ten speakers) and ``.p_unknown``.
 
-        ``candidates=k`` also lists the ``k`` best ``(name, score)`` pairs in ``.candidates``.
+        ``candidates=k`` also lists the ``k`` best ``(name, score)`` pairs in ``.candidates`` (the list alone, with no
+        decision, is :meth:`rank_speakers`).
         ``score_norm="as_norm"`` scores against the database's stored cohort
         (:meth:`~mvector.inference.speaker_db.SpeakerDatabase.set_cohort`), ``score_norm="gallery"`` against the other
         enrolled speakers (at least 3; :func:`~mvector.evaluation.gallery.gallery_as_norm`, ``cohort_top_k`` of
-        them); AS-norm scores live on another scale, so a ``threshold`` must then be given. With ``top_k > 1``
-        returns the ``top_k`` best ``[(name, score), ...]`` candidates instead (no decision). An empty database
-        raises :class:`~mvector.errors.SpeakerDBError`.
+        them); AS-norm scores live on another scale, so a ``threshold`` must then be given. An empty database
+        raises :class:`~mvector.errors.SpeakerDBError`. Always returns an
+        :class:`~mvector.evaluation.openset.IdentificationResult`.
         """
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
-        if score_norm is not None and threshold is None and top_k == 1:
+        if score_norm is not None and threshold is None:
             raise ConfigError(
                 "score_norm='as_norm' gives scores on another scale than the model's threshold; pass threshold= "
                 "(e.g. chosen on AS-normed trials)"
@@ -591,22 +637,11 @@ class MVectorPredictor:
         use_margin = self.margin if margin is None else float(margin)
         emb = self.embed(audio, sample_rate)
         db = self.gallery_db(gallery)
-        want = top_k if top_k > 1 else max(2 if use_margin > 0 else 1, int(candidates))
+        want = max(2 if use_margin > 0 else 1, int(candidates))
         n = len(db) if among is None else len(set(among))
-        if chosen in ("posterior", "posterior_fpir") and top_k == 1:
+        if chosen in ("posterior", "posterior_fpir"):
             want = max(want, n)  # every enrolled speaker takes part in the posterior
-        if score_norm == "gallery":  # AS-norm with the other enrolled speakers as the cohort
-            hits = self._gallery_normed(db, emb, cohort_top_k, among)[: max(want, 1)]
-        elif score_norm is None and self.score_norm is not None:  # the model's own cohort: its threshold's scale
-            hits = db.search(
-                self.score_norm.transform(emb[None])[0], top_k=max(want, 1), score_norm="as_norm",
-                cohort_top_k=self.score_norm.top_k, cohort=self.score_norm.cohort, transform=self.score_norm.transform,
-                among=among,
-            )[0]  # fmt: skip
-        else:
-            hits = db.search(emb, top_k=max(want, 1), score_norm=score_norm, cohort_top_k=cohort_top_k, among=among)[0]
-        if top_k > 1:
-            return [(nm, float(sc)) for nm, sc in hits]
+        hits = self._search(db, emb, want, score_norm, cohort_top_k, among)
         n = max(n, len(hits))
         answer, limit, source, extras = self._decide(chosen, hits, n, p0, target, use_margin, threshold, score_norm)
         llr = probability = None
