@@ -431,7 +431,7 @@ def test_predictor_with_a_duration_calibration_decides_on_the_llr(tiny_setup, tm
     assert r_long.score == pytest.approx(r_short.score, abs=1e-5)
     assert r_long.llr == pytest.approx(10.0 * r_long.score - 10.0 + 2.0 * np.log(2.0), abs=1e-4)
     assert r_short.llr == pytest.approx(10.0 * r_short.score - 10.0 + 2.0 * np.log(0.5), abs=1e-4)
-    assert r_long.same is True and r_short.same is False  # the decision is on the LLR
+    assert r_long.same_speaker is True and r_short.same_speaker is False  # the decision is on the LLR
 
 
 def test_predictor_ignores_a_calibration_of_as_norm_scores(tiny_setup, tmp_path: Path) -> None:

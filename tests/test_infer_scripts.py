@@ -75,10 +75,10 @@ def test_contrast_json_and_text(setup):
     )
     assert rc1 == 0, err1
     (result,) = json_lines(out1)
-    assert {"score", "same", "llr", "probability", "threshold", "threshold_source"} <= set(result)
+    assert {"score", "same_speaker", "llr", "probability", "threshold", "threshold_source"} <= set(result)
     assert result["llr"] is None  # no calibration in this model folder: no LLR, not a made-up one
     score, same = MVectorPredictor(model, use_gpu=False).contrast(a, b)
-    assert result["score"] == pytest.approx(score, abs=1e-5) and result["same"] is same
+    assert result["score"] == pytest.approx(score, abs=1e-5) and result["same_speaker"] is same
     assert rc2 == 0, err2
     assert "score 1.00000 -> the same speaker (threshold 0.25000)" in out2
 

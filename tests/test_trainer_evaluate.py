@@ -25,7 +25,7 @@ def test_trainer_evaluate_uses_its_lists_and_keeps_the_operating_point_unless_as
     assert json.loads((model / "evaluations" / "list.json").read_text())["eer"] == metrics["eer"]
     assert json.loads((model / "result.json").read_text())["threshold"] == 0.123  # not moved
     with pytest.raises(ConfigError, match="3 speakers"):  # too few voices to store an operating point ...
-        trainer.evaluate(resume_model=model, write_result=True)
+        trainer.evaluate(resume_model=model, set_threshold=True)
     assert json.loads((model / "result.json").read_text())["threshold"] == 0.123
-    trainer.evaluate(resume_model=model, write_result=True, force=True)  # ... unless forced
+    trainer.evaluate(resume_model=model, set_threshold=True, force=True)  # ... unless forced
     assert json.loads((model / "result.json").read_text())["threshold"] == metrics["threshold"]

@@ -3,7 +3,7 @@
 Example:
     mvector contrast --audio_path1 a.wav --audio_path2 b.wav \
         --model_path models/EcapaTdnn_MelSpectrogram/best_model
-    mvector contrast --audio_path1 a.wav --audio_path2 b.wav --json     # {"score": 0.81, "same": true}
+    mvector contrast --audio_path1 a.wav --audio_path2 b.wav --json     # {"score": 0.81, "same_speaker": true}
 
 Errors (a missing file or model folder, unreadable audio) print one line and exit with status 2.
 """
@@ -46,7 +46,8 @@ def build_parser(prog: str | None = None) -> CliParser:
     )
     add_flag(
         parser, "--json", default=False,
-        help='print one JSON object: {"score", "same", "llr", "probability", "prior", "threshold", "threshold_source"}',
+        help='print one JSON object: {"score", "same_speaker", "llr", "probability", "prior", "threshold", '
+        '"threshold_source"} (the names of POST /v1/verify)',
     )
     return parser
 
@@ -62,13 +63,13 @@ def _main(argv=None, prog=None) -> None:
         model_path=args.model_path, use_gpu=args.use_gpu, threshold=args.threshold, backend=args.backend
     )
     result = predictor.contrast(args.audio_path1, args.audio_path2, prior=args.prior)
-    score, same = result
+    score, same_speaker = result
     if args.json:
         from mvector.utils.files import dumps_json
 
         print(dumps_json({**result.to_dict(), "score": round(score, 6)}))
         return
-    verdict = "the same speaker" if same else "different speakers"
+    verdict = "the same speaker" if same_speaker else "different speakers"
     pair = f"{args.audio_path1} vs {args.audio_path2}"
     line = f"{pair}: score {score:.5f} -> {verdict} (threshold {result.threshold:.5f})"
     if result.llr is not None:

@@ -12,8 +12,8 @@ trainer checkpoint folder (``models/EcapaTdnn_MelSpectrogram/best_model``) or a 
 >>> model_dir = tiny_checkpoint(tempfile.mkdtemp())
 >>> p = MVectorPredictor(model_path=model_dir, audio_db_path=tempfile.mkdtemp(), use_gpu=False)
 >>> wave = np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1
->>> score, same = p.contrast((wave, 16000), (wave, 16000))
->>> round(score, 4), same
+>>> score, same_speaker = p.contrast((wave, 16000), (wave, 16000))
+>>> round(score, 4), same_speaker
 (1.0, True)
 >>> p.register("alice", (wave, 16000))
 >>> p.recognize((wave, 16000))[0], p.speakers()
@@ -409,10 +409,10 @@ class MVectorPredictor:
             llr = float(np.asarray(self.calibration.llr(np.array([score]), quality))[0])
             probability = float(sigmoid(llr + logit(at)))
         source = self.threshold_source if threshold is None else "given by the caller"
-        same = score >= limit
+        same_speaker = score >= limit
         if threshold is None and self.llr_threshold is not None and llr is not None:
-            same = llr >= self.llr_threshold
-        return ContrastResult(score, same, llr, probability, at if llr is not None else None, limit, source)
+            same_speaker = llr >= self.llr_threshold
+        return ContrastResult(score, same_speaker, llr, probability, at if llr is not None else None, limit, source)
 
     # ------------------------------------------------------------------ identification
     @property

@@ -9,29 +9,29 @@ __all__ = ["ContrastResult"]
 
 
 class ContrastResult(tuple):
-    """The answer of a verification: unpacks as ``(score, same)`` like a plain tuple, and also carries the
+    """The answer of a verification: unpacks as ``(score, same_speaker)`` like the seed's tuple, and also carries the
     calibrated ``llr`` and ``probability`` of "same speaker" at ``prior`` (``None`` without a calibration) and
     the ``threshold`` used with its ``threshold_source`` (a sentence, or a dict).
 
     >>> r = ContrastResult(0.8, True, llr=2.0, probability=0.88, prior=0.5, threshold=0.6)
-    >>> score, same = r
-    >>> score, same, r.llr, r.probability
-    (0.8, True, 2.0, 0.88)
-    >>> r.to_dict()["probability"]
-    0.88
+    >>> score, same_speaker = r
+    >>> score, same_speaker, r.same_speaker, r.llr, r.probability
+    (0.8, True, True, 2.0, 0.88)
+    >>> r.to_dict()["same_speaker"], r.to_dict()["probability"]
+    (True, 0.88)
     """
 
     def __new__(
         cls,
         score: float,
-        same: bool,
+        same_speaker: bool,
         llr: float | None = None,
         probability: float | None = None,
         prior: float | None = None,
         threshold: float | None = None,
         threshold_source: str | Mapping[str, Any] | None = None,
     ) -> ContrastResult:
-        obj = super().__new__(cls, (float(score), bool(same)))
+        obj = super().__new__(cls, (float(score), bool(same_speaker)))
         obj.llr = None if llr is None else float(llr)
         obj.probability = None if probability is None else float(probability)
         obj.prior = None if prior is None else float(prior)
@@ -52,15 +52,20 @@ class ContrastResult(tuple):
         return self[0]
 
     @property
+    def same_speaker(self) -> bool:
+        """The decision: ``score >= threshold`` (the HTTP API's ``same_speaker``)."""
+        return self[1]
+
+    @property
     def same(self) -> bool:
-        """The decision."""
+        """Temporary: ``mvector/service/app.py`` still reads ``.same``; removed once it reads :attr:`same_speaker`."""
         return self[1]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
             "score": self.score,
-            "same": self.same,
+            "same_speaker": self.same_speaker,
             "llr": self.llr,
             "probability": self.probability,
             "prior": self.prior,
@@ -69,4 +74,5 @@ class ContrastResult(tuple):
         }
 
     def __getnewargs__(self):  # copy / pickle of the tuple keep the extras
-        return (self.score, self.same, self.llr, self.probability, self.prior, self.threshold, self.threshold_source)
+        extras = (self.llr, self.probability, self.prior, self.threshold, self.threshold_source)
+        return (self.score, self.same_speaker, *extras)

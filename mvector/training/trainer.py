@@ -596,15 +596,16 @@ class MVectorTrainer:
         save_image_path: PathLike | None = None,
         cohort_list: PathLike | None = None,
         asnorm_top_k: int = 300,
-        write_result: bool = False,
+        set_threshold: bool = False,
         force: bool = False,
     ) -> dict[str, Any]:
         """Evaluate a checkpoint folder with this trainer's data lists: :func:`mvector.evaluation.model_eval.
         evaluate_model_folder`, which ``eval.py`` runs too.
 
         The checkpoint's model configuration is used; the metrics go to ``MODEL/evaluations/``, and
-        ``write_result`` also stores them as the folder's ``result.json`` (its operating point), refused from
-        fewer than 10 speakers or 300 non-target trials unless ``force``.
+        ``set_threshold`` also stores them as the folder's ``result.json`` (its operating point, as
+        ``mvector eval --set_threshold``), refused from fewer than 10 speakers or 300 non-target trials unless
+        ``force``.
         """
         from mvector.evaluation.model_eval import evaluate_model_folder
 
@@ -620,7 +621,7 @@ class MVectorTrainer:
             cohort_list=cohort_list,
             asnorm_top_k=asnorm_top_k,
             save_image_path=save_image_path,
-            set_threshold=write_result,
+            set_threshold=set_threshold,
             force=force,
         )
         for note in run.notes:
