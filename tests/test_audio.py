@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +380,39 @@ def test_save_wav_refuses_bad_data(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         save_wav(path, np.zeros(3, np.float32), -1)
     assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def wav_with_rate(path: Path, rate: int, seconds_of_samples: int = 2000) -> Path:
+    """A valid PCM WAV whose header claims ``rate`` Hz."""
+    samples = (np.sin(np.arange(seconds_of_samples) * 0.3) * 8000).astype("<i2").tobytes()
+    header = b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16
+    ) + b"data" + struct.pack("<I", len(samples))
+    path.write_bytes(header + samples)
+    return path
+
+
+def test_absurd_sample_rate_is_refused_and_skipped(tmp_path):
+    from mvector.audio import audio_duration
+    from mvector.data.dataset import TrainDataset, Unreadable
+    from mvector.data.lists import Utterance
+
+    bad = wav_with_rate(tmp_path / "one_hz.wav", 1)
+    with pytest.raises(AudioError, match=r"one_hz\.wav: sample rate 1 Hz is outside"):
+        load_audio(bad, 16000, max_duration=3.0)
+    with pytest.raises(AudioError, match="one_hz.wav"):
+        audio_duration(bad)
+    ds = TrainDataset([Utterance(str(bad), 0)], min_duration=0.0)
+    assert isinstance(ds[0], Unreadable) and "sample rate" in ds[0].reason
+
+
+def test_crop_happens_before_resampling(tmp_path, monkeypatch):
+    import mvector.audio.io as audio_io
+
+    path = tmp_path / "long.wav"
+    save_wav(path, np.sin(np.arange(44100 * 20) * 0.01).astype("float32") * 0.5, 44100)
+    seen = []
+    real = audio_io.resample
+    monkeypatch.setattr(audio_io, "resample", lambda x, a, b: seen.append(len(x)) or real(x, a, b))
+    wave = load_audio(path, 16000, max_duration=1.5, rng=np.random.default_rng(0))
+    assert wave.shape == (24000,) and seen and seen[0] < 44100 * 2  # 1.5 s resampled, not 20 s

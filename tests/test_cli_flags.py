@@ -134,3 +134,10 @@ def test_python_entry_points_have_the_one_use_gpu_default():
     entry_points = (run_demo, evaluate_model_folder, MVectorPredictor.__init__, DistContext.from_env)
     for func in (*entry_points, MVectorTrainer.__init__):
         assert inspect.signature(func).parameters["use_gpu"].default is None, func.__qualname__
+
+
+def test_top_level_config_keys_are_accepted_as_flags():
+    from mvector.cli.common import base_parser, parse_args
+
+    _, ov = parse_args(base_parser("t"), ["--use_model=TDNN", "--use_loss=AM", "--model_conf.channels=64"])
+    assert ov == {"use_model": "TDNN", "use_loss": "AM", "model_conf.channels": "64"}

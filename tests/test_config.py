@@ -244,3 +244,12 @@ def test_save_and_reload_round_trip(tmp_path):
 def test_feature_sample_rate_must_agree():
     with pytest.raises(ConfigError, match="sample_rate"):
         load_config({"feature_conf": {"sample_rate": 8000}}, validate=False)
+
+
+def test_a_bad_backbone_value_names_its_key():
+    from mvector.build import build_embedding_model
+    from mvector.config import load_config
+
+    conf = load_config("ecapa_tdnn", {"model_conf.channels": "1x"}, validate=False)
+    with pytest.raises(ConfigError, match=r"model_conf\.channels .*expected an integer, got '1x'"):
+        build_embedding_model(conf)

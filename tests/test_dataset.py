@@ -200,3 +200,19 @@ def test_bad_arguments() -> None:
         TrainDataset([], max_duration=0)
     with pytest.raises(ConfigError, match="min_duration"):
         TrainDataset([], max_duration=1.0, min_duration=2.0)
+
+
+def test_any_per_file_failure_is_skipped(tmp_path, monkeypatch):
+    import mvector.data.dataset as dataset_module
+    from mvector.data.dataset import TrainDataset, Unreadable
+    from mvector.data.lists import Utterance
+
+    path = tmp_path / "a.wav"
+    save_wav(path, np.zeros(16000, "float32") + 0.1, 16000)
+
+    def explode(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(dataset_module, "load_audio", explode)
+    item = TrainDataset([Utterance(str(path), 0)], min_duration=0.0)[0]
+    assert isinstance(item, Unreadable) and item.reason == "MemoryError"

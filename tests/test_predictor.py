@@ -471,3 +471,44 @@ def test_record_with_a_fake_device(monkeypatch):
     assert opened["rate"] == 16000 and opened["channels"] == 1 and opened["closed"] and opened["terminated"]
     with pytest.raises(MicrophoneUnavailable, match="Invalid input device"):
         record_seconds(0.1, device_index=99)
+
+
+def test_contrast_and_embed_batch_name_the_short_recording(tmp_path):
+    from mvector.demo import tiny_checkpoint
+    from mvector.inference.predictor import MVectorPredictor
+
+    save_wav(tmp_path / "short.wav", np.full(100, 0.1, "float32"), 16000)
+    good = (np.full(16000, 0.1, "float32"), 16000)
+    with MVectorPredictor(tiny_checkpoint(tmp_path / "m"), use_gpu=False) as p:
+        with pytest.raises(AudioError, match=r"input 1 \(.*short\.wav\) is 100 samples"):
+            p.contrast(good, tmp_path / "short.wav")
+        with pytest.raises(AudioError, match=r"input 2 \(.*short\.wav\)"):
+            p.embed_batch([good, good, str(tmp_path / "short.wav"), good])
+
+
+def test_long_cjk_emoji_name_with_keep_audio(tmp_path):
+    from mvector.demo import tiny_checkpoint
+    from mvector.inference.predictor import MVectorPredictor
+
+    name = "语音识别😀" * 20  # 100 characters, 320 bytes: longer than a file name may be
+    wave = (np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
+    with MVectorPredictor(tiny_checkpoint(tmp_path / "m"), audio_db_path=tmp_path / "db", use_gpu=False,
+                          keep_audio=True) as p:
+        p.register(name, wave)
+        assert p.speakers() == [name]
+        files = p.db.audio_files(name)
+        assert len(files) == 1 and files[0].is_file() and len(files[0].parent.name.encode()) <= 255
+        p.remove(name)
+        assert not files[0].parent.exists()  # its kept audio goes with it
+
+
+def test_all_zero_audio_warns_on_embed_and_enrol(tmp_path):
+    from mvector.demo import tiny_checkpoint
+    from mvector.inference.predictor import MVectorPredictor
+
+    silent = (np.zeros(16000, "float32"), 16000)
+    with MVectorPredictor(tiny_checkpoint(tmp_path / "m"), audio_db_path=tmp_path / "db", use_gpu=False) as p:
+        with pytest.warns(UserWarning, match="digital silence"):
+            p.embed(silent)
+        with pytest.warns(UserWarning, match="digital silence"):
+            p.register("alice", silent)

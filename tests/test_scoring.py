@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mvector.audio import save_wav
 from mvector.data.trials import generate_trials
 from mvector.errors import DataListError
 from mvector.evaluation.metrics import compute_eer
@@ -218,3 +219,40 @@ def test_plots_are_valid_pngs(tmp_path):
     assert os.path.getsize(det) > 5000
     with pytest.raises(ValueError, match="no target"):
         save_det_plot([0.1, 0.2], [0, 0], tmp_path / "bad.png")
+
+
+def test_det_plot_ticks_axes_and_title(tmp_path, monkeypatch):
+    from scipy.special import ndtri
+
+    import mvector.evaluation.scoring as scoring
+
+    ticks = scoring.det_ticks(1e-4, 0.999)
+    assert ticks[-1] == 0.999 and all(b - a >= 0.25 for a, b in zip(ndtri(ticks), ndtri(ticks[1:])))
+    seen = {}
+    real_save = scoring._save
+
+    def spy(fig, path):
+        ax = fig.axes[0]
+        seen.update(title=ax.get_title(), xlim=ax.get_xlim(), legend=ax.get_legend())
+        real_save(fig, path)
+
+    monkeypatch.setattr(scoring, "_save", spy)
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(0.1, 1, 200), rng.normal(0, 1, 2000)]  # a weak model: curve near the diagonal
+    scoring.save_det_plot(scores, np.r_[np.ones(200), np.zeros(2000)], tmp_path / "det.png", title="TDNN on t.txt")
+    assert "TDNN on t.txt" in seen["title"] and "200 target" in seen["title"]
+    assert seen["xlim"][1] == pytest.approx(ndtri(0.999))
+    assert seen["legend"].get_bbox_to_anchor().y0 < seen["legend"].axes.bbox.y0  # below the axes, off the curve
+
+
+def test_trials_with_one_class_name_the_file(tmp_path):
+    from mvector.demo import tiny_checkpoint
+    from mvector.embedding.backends import open_backend
+    from mvector.evaluation.evaluator import EvalSettings, Evaluator
+
+    for name in ("a.wav", "b.wav"):
+        save_wav(tmp_path / name, np.random.default_rng(1).standard_normal(16000).astype("float32") * 0.1, 16000)
+    (tmp_path / "trials.txt").write_text("1 a.wav b.wav\n")
+    ev = Evaluator(open_backend(tiny_checkpoint(tmp_path / "m")), EvalSettings(), progress=False)
+    with pytest.raises(DataListError, match=r"trials\.txt.*only one class"):
+        ev.evaluate(trials_list=tmp_path / "trials.txt")

@@ -402,3 +402,12 @@ def test_kill_loop_while_enrolling_with_kept_audio(tmp_path: Path) -> None:
         start += 100000
         audit_folder(folder, seen["ack"], seen["removing"], seen["removed"])
     assert len(seen["ack"]) >= 8 and seen["removed"]
+
+
+def test_empty_database_file_is_refused(tmp_path):
+    from mvector.inference.speaker_db import DB_FILENAME, SpeakerDatabase
+
+    (tmp_path / DB_FILENAME).write_bytes(b"")
+    with pytest.raises(SpeakerDBError, match="empty .*0 bytes"):
+        SpeakerDatabase(tmp_path, "fingerprint", 4)
+    assert (tmp_path / DB_FILENAME).stat().st_size == 0  # left as it was
