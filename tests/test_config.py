@@ -43,7 +43,7 @@ def test_bundled_configs_load_and_validate():
         conf = load_config(name)
         assert conf["preprocess_conf"]["feature_method"] in FEATURIZERS
         assert conf["dataset_conf"]["sample_rate"] == 16000
-    assert load_config("ecapa_tdnn")["preprocess_conf"]["feature_method"] == "MelSpectrogram"  # issue 16
+    assert load_config("ecapa_tdnn")["preprocess_conf"]["feature_method"] == "MelSpectrogram"  # docs/accuracy.md
 
 
 def test_original_readme_snippets_load(tmp_path):

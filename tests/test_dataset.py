@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from mvector.audio import load_audio, save_wav
 from mvector.audio.augment import build_augmenter
+from mvector.config import load_config
 from mvector.data.dataset import (
     Batch,
     EvalDataset,
@@ -216,3 +217,31 @@ def test_any_per_file_failure_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset_module, "load_audio", explode)
     item = TrainDataset([Utterance(str(path), 0)], min_duration=0.0)[0]
     assert isinstance(item, Unreadable) and item.reason == "MemoryError"
+
+
+def _clip(folder, name: str, seconds: float, sample_rate: int = 16000) -> str:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    path = folder / name
+    save_wav(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sample_rate)
+    return str(path)
+
+
+def test_short_clips_are_repeated_to_fill_the_crop_or_left_short(tmp_path):
+    path = _clip(tmp_path, "short.wav", 0.7)
+    padded = TrainDataset([Utterance(path, 0)], max_duration=2.0, normalize=False)
+    repeated = TrainDataset([Utterance(path, 0)], max_duration=2.0, normalize=False, short_clips="repeat")
+    short, _ = padded[0]
+    full, _ = repeated[0]
+    assert short.shape == (11200,)
+    assert full.shape == (32000,)
+    np.testing.assert_array_equal(full[:11200], short)
+    np.testing.assert_array_equal(full[11200:22400], short)  # the clip again, from its start
+    long_path = _clip(tmp_path, "long.wav", 3.0)
+    assert TrainDataset([Utterance(long_path, 0)], max_duration=2.0, short_clips="repeat")[0][0].shape == (32000,)
+    with pytest.raises(ConfigError, match="short_clips"):
+        TrainDataset([Utterance(path, 0)], short_clips="loop")
+
+
+def test_config_names_a_bad_short_clips_value():
+    with pytest.raises(ConfigError, match="dataset_conf.short_clips"):
+        load_config("ecapa_tdnn", {"dataset_conf.short_clips": "tile"})

@@ -1,5 +1,6 @@
-"""Decisions over a gallery (issue 21): the posterior and FPIR rules on scores with known distributions, the FPIR
-threshold following the gallery, AS-norm over a tiny gallery, the acceptance calls, the threshold warnings."""
+"""Decisions over a gallery (mvector.evaluation.gallery): the posterior and FPIR rules on scores with known
+distributions, the FPIR threshold following the gallery, AS-norm over a tiny gallery, the acceptance calls, the
+threshold warnings."""
 
 from __future__ import annotations
 
