@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import TINY_TRAINING
 
 from mvector.audio import save_wav
 from mvector.data.synthetic import generate_corpus
@@ -28,14 +29,7 @@ from mvector.errors import CheckpointError, ConfigError, DataListError, MVectorE
 
 SMALL = {
     "use_model": "TDNN",
-    "dataset_conf.batch_size": "8",
-    "dataset_conf.num_workers": "0",
-    "dataset_conf.max_duration": "1.0",
-    "dataset_conf.min_duration": "0.3",
-    "dataset_conf.eval_batch_size": "8",
-    "feature_conf.n_mels": "40",
-    "model_conf.channels": "32",
-    "model_conf.embd_dim": "32",
+    **TINY_TRAINING,
     "train_conf.max_epoch": "1",
     "train_conf.log_interval": "100",
     "train_conf.log_backend": "none",

@@ -304,6 +304,7 @@ def calibration_report(
         out["frr_threshold"] = float((s[y] < threshold).mean())
     return out
 
+
 # ------------------------------------------------------------------------------------------------ workflows
 def cross_validated_llrs(
     scores: Any,
