@@ -96,6 +96,10 @@ def test_the_default_config_lists_every_fixed_key():
         else:
             assert section in raw
     assert defaults() == load_config(DEFAULT_CONFIG)
+    from mvector.build import model_name
+    from mvector.config import DEFAULT_MODEL_PATH
+
+    assert DEFAULT_MODEL_PATH == f"models/{model_name(defaults())}/best_model"  # where the default recipe saves
 
 
 def test_a_partial_yaml_gets_the_documented_defaults(tmp_path):
