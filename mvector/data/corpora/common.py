@@ -15,7 +15,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import soundfile as sf
@@ -47,6 +47,7 @@ __all__ = [
     "split_and_write",
     "as_roots",
     "read_fields",
+    "numbered_lines",
     "trial_label",
     "official_evaluation",
 ]
@@ -661,15 +662,28 @@ def read_fields(path: Path, count: int) -> list[tuple[int, list[str]]]:
     [(1, ['1', 'a.wav', 'b.wav']), (3, ['0', 'a.wav', 'c.wav'])]
     """
     rows = []
+    for number, line in numbered_lines(path):
+        parts = line.split()
+        if len(parts) != count:
+            raise DataListError(f"{path}:{number}: expected {count} fields, got {len(parts)}: {line!r}")
+        rows.append((number, parts))
+    return rows
+
+
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, stripped line)`` of each non-blank line of a UTF-8 text file.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "list.txt"
+    >>> _ = p.write_text(" a \\n\\n b\\n")
+    >>> list(numbered_lines(p))
+    [(1, 'a'), (3, 'b')]
+    """
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != count:
-                raise DataListError(f"{path}:{number}: expected {count} fields, got {len(parts)}: {line.strip()!r}")
-            rows.append((number, parts))
-    return rows
+            line = line.strip()
+            if line:
+                yield number, line
 
 
 def trial_label(text: str, where: str) -> int:

@@ -21,6 +21,7 @@ from mvector.data.corpora.common import (
     PreparedData,
     convert_to_wav,
     filter_readable,
+    numbered_lines,
     parallel_map,
     require_dir,
     split_and_write,
@@ -32,18 +33,14 @@ __all__ = ["prepare_zhvoice"]
 
 def _read_infodata(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataListError(f"{path}:{number}: not a JSON object ({err.msg})") from err
-            if not isinstance(row, dict) or "index" not in row or "speaker" not in row:
-                raise DataListError(f"{path}:{number}: expected an object with 'index' (mp3 path) and 'speaker'")
-            rows.append((number, row))
+    for number, line in numbered_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataListError(f"{path}:{number}: not a JSON object ({err.msg})") from err
+        if not isinstance(row, dict) or "index" not in row or "speaker" not in row:
+            raise DataListError(f"{path}:{number}: expected an object with 'index' (mp3 path) and 'speaker'")
+        rows.append((number, row))
     return rows
 
 
