@@ -471,3 +471,29 @@ def test_enrolment_warnings_and_refusals_reach_the_client_without_server_paths(m
         assert "too little speech" in body["message"] and str(tmp_path) not in body["message"]
         assert [s["name"] for s in client.get("/v1/speakers").json()] == ["loud"]
         assert "warnings" not in client.get("/v1/speakers/loud").json()
+
+
+def test_answers_name_no_server_folder(tmp_path):
+    """Where a threshold came from is said without the server's folders: a model folder holding its evaluation
+    (result.json) is named by its own name in /v1/verify, /v1/identify and /v1/model, never by its path."""
+    model = tiny_checkpoint(tmp_path / "secret-place" / "model")
+    (model / "result.json").write_text(json.dumps({"threshold": 0.3, "eer": 0.1}), encoding="utf-8")
+    db = tmp_path / "secret-place" / "db"
+    with KeyStore(db) as store:
+        _, key = store.create("write")
+    app = create_app(ServiceConfig(model_path=str(model), audio_db_path=str(db), threads=SAME_THREADS))
+    with running(app) as (_, url), httpx.Client(base_url=url, timeout=60) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = bearer(key)
+        assert client.post("/v1/speakers?name=alice", content=audio_bytes(1.5, 0, 1), headers=r).status_code == 201
+        answers = [
+            client.post("/v1/identify", content=audio_bytes(1.5, 0, 2), headers=r).json(),
+            client.post("/v1/verify", files={"audio1": audio_bytes(1.5, 0, 3), "audio2": audio_bytes(1.5, 1, 4)},
+                        headers=r).json(),
+            client.get("/v1/model", headers=r).json(),
+        ]  # fmt: skip
+    assert "result.json" in answers[0]["promise"]  # the source is still said ...
+    for answer in answers:
+        assert "secret-place" not in json.dumps(answer), answer  # ... without the folders around it

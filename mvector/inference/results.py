@@ -56,11 +56,6 @@ class ContrastResult(tuple):
         """The decision: ``score >= threshold`` (the HTTP API's ``same_speaker``)."""
         return self[1]
 
-    @property
-    def same(self) -> bool:
-        """Temporary: ``mvector/service/app.py`` still reads ``.same``; removed once it reads :attr:`same_speaker`."""
-        return self[1]
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {

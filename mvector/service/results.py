@@ -11,7 +11,7 @@ values, and the check of a number a client sends (a threshold).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import Query
@@ -24,9 +24,10 @@ __all__ = ["RESULT_EXTRAS", "result_extras", "finite_parameter", "threshold_quer
 RESULT_EXTRAS = ("llr", "probability", "prior", "unknown", "margin", "reason", "calibrated", "threshold_source")
 
 
-def result_extras(result: Any) -> dict[str, Any]:
+def result_extras(result: Any, public: Callable[[str], str] = str) -> dict[str, Any]:
     """Calibrated attributes of a predictor result (``llr``, ``probability``, ...), where it has them; a number
-    that is not finite becomes null (JSON has no NaN)."""
+    that is not finite becomes null (JSON has no NaN); texts pass through ``public`` (the service's
+    :meth:`~mvector.service.state.ServiceState.public`: no server folders in answers)."""
     out: dict[str, Any] = {}
     for name in RESULT_EXTRAS:
         value = getattr(result, name, None)
@@ -37,7 +38,7 @@ def result_extras(result: Any) -> dict[str, Any]:
         elif isinstance(value, (int, float, np.number)):
             out[name] = float(value) if math.isfinite(float(value)) else None
         elif isinstance(value, str):
-            out[name] = value
+            out[name] = public(value)
     return out
 
 

@@ -32,7 +32,7 @@ class ServiceConfig:
     audio_db_path: str = "audio_db"
     threshold: Optional[float] = None
     backend: str = "auto"
-    use_gpu: bool = False
+    use_gpu: bool | None = None
     keep_audio: bool = False
     max_upload_mb: float = 10.0
     max_files: int = 10

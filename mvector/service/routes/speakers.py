@@ -128,10 +128,10 @@ async def verify_speaker(
     result = p.decide(float(p.pair_score(emb, mean)), limit)  # calibrated LLR / probability when available
     return {
         "score": result.score,
-        "same_speaker": result.same,
+        "same_speaker": result.same_speaker,
         "threshold": float(result.threshold),
         "speaker": name,
-        **result_extras(result),
+        **result_extras(result, state.public),
     }
 
 

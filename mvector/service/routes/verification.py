@@ -9,7 +9,7 @@ recordings the same speaker?) and ``POST /v1/identify`` (who among the enrolled 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -68,7 +68,8 @@ async def verify(
     limit = p.threshold if threshold is None else finite_parameter(threshold, "threshold")
     result = await state.run_job(lambda pr: pr.contrast(a, b, threshold=limit))
     score, same = result[0], result[1]
-    return {"score": float(score), "same_speaker": bool(same), "threshold": float(limit), **result_extras(result)}
+    extras = result_extras(result, state.public)
+    return {"score": float(score), "same_speaker": bool(same), "threshold": float(limit), **extras}
 
 
 @router.post(
@@ -107,20 +108,24 @@ async def identify(
     if best is None:
         limit = p.threshold if given is None else given
         return {"name": None, "score": None, "unknown": True, "threshold": limit, "candidates": [], "enrolled": 0}
-    return identification_answer(best, hits, count, p.threshold)
+    return identification_answer(best, hits, count, p.threshold, state.public)
 
 
-def identification_answer(best: Any, hits: list | None, count: int, default_threshold: float) -> dict[str, Any]:
+def identification_answer(
+    best: Any, hits: list | None, count: int, default_threshold: float, public: Callable[[str], str] = str
+) -> dict[str, Any]:
     """The JSON of a recognition ``best`` over ``count`` enrolled speakers (``hits``: its candidates, None for
-    top-1), with the open-set rule's attributes where the result has them."""
+    top-1), with the open-set rule's attributes where the result has them; texts pass through ``public``."""
     name, score = best[0], float(best[1])
     if hits is None:  # top_k == 1: the answer is the only candidate (none when unknown)
         hits = [(name, score)] if name is not None else []
-    extras = result_extras(best)
+    extras = result_extras(best, public)
     for attr in ("rule", "promise", "gallery_size", "expected_fpir", "p_unknown"):
         value = getattr(best, attr, None)
-        if value is not None:
-            extras[attr] = value if isinstance(value, str) else float(value) if attr != "gallery_size" else int(value)
+        if isinstance(value, str):
+            extras[attr] = public(value)
+        elif value is not None:
+            extras[attr] = int(value) if attr == "gallery_size" else float(value)
     if getattr(best, "posteriors", None) is not None:
         extras["posteriors"] = {str(k): float(v) for k, v in best.posteriors.items()}
     return {
