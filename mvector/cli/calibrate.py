@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from mvector.cli.common import (
     CliParser,
@@ -137,6 +137,24 @@ def _run(args: argparse.Namespace) -> dict:
         ),
         score_type=predictor.score_type,  # the scale the predictor scores on (its stored AS-norm cohort, or cosine)
     )
+    result = _summary(args, cal, report, scores, labels, trials, n_speakers)
+    if note:
+        result["note"] = note
+    if not args.dry_run:
+        output = Path(args.output) if args.output else predictor.model_path
+        result["saved"] = str(save_calibration(cal, output))
+    if args.save_image_path:
+        result["reliability_plot"] = str(
+            save_reliability_plot(scores, labels, Path(args.save_image_path) / "reliability.png", cal, quality)
+        )
+    return result
+
+
+def _summary(
+    args: argparse.Namespace, cal: Any, report: dict, scores: Any, labels: Any, trials: list, n_speakers: int
+) -> dict:
+    """What ``mvector calibrate`` prints: the fit's measures, the operating point with Wilson intervals of its
+    rates, and speaker-bootstrap intervals of the EER and minDCF."""
     result = {
         "cllr": report["cllr"],
         "min_cllr": report["min_cllr"],
@@ -166,15 +184,6 @@ def _run(args: argparse.Namespace) -> dict:
         ci = trial_bootstrap_metrics(scores, labels, [spk[t[1]] for t in trials], [spk[t[2]] for t in trials],
                                      p_target=args.p_target, rounds=100)  # fmt: skip
         result["eer_ci95"], result["min_dcf_ci95"] = ci["eer"], ci["min_dcf"]
-    if note:
-        result["note"] = note
-    if not args.dry_run:
-        output = Path(args.output) if args.output else predictor.model_path
-        result["saved"] = str(save_calibration(cal, output))
-    if args.save_image_path:
-        result["reliability_plot"] = str(
-            save_reliability_plot(scores, labels, Path(args.save_image_path) / "reliability.png", cal, quality)
-        )
     return result
 
 

@@ -215,6 +215,19 @@ class MVectorPredictor:
         self.max_duration = float(ds["eval_max_duration"])
         if threshold is not None and not np.isfinite(float(threshold)):
             raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+        self._load_decision_rules(threshold, prior, margin)
+        self.open_set_rule = self._resolve_rule(open_set_rule, threshold is not None)
+        self.audio_db_path: Union[Path, str] = audio_db_path if is_url(audio_db_path) else Path(audio_db_path)
+        self.gallery = check_gallery(gallery)
+        self.keep_audio = bool(keep_audio)
+        self._store: Store | None = None
+        self._dbs: dict[str, SpeakerDatabase] = {}
+        self._db_lock = threading.Lock()
+
+    def _load_decision_rules(self, threshold: float | None, prior: float | None, margin: float) -> None:
+        """The scale scores are on (the model's stored AS-norm cohort or cosine), the calibration fitted on that
+        scale, the prior, the margin and the threshold with where it came from (given, the calibration's operating
+        point, the evaluation's EER threshold or the default), and the stored non-target tail."""
         # The model's own score normalisation (a training cohort, score_norm.npz): every score is AS-norm then.
         self.score_norm: ScoreNorm | None = ScoreNorm.load(self.model_path, int(self.embedder.embd_dim))
         self.score_type = "as_norm_model" if self.score_norm is not None else "cosine"
@@ -257,13 +270,6 @@ class MVectorPredictor:
         self.nontarget: NonTargetTail | None = None
         if self.calibration is not None and self.calibration.nontarget is not None:
             self.nontarget = NonTargetTail.from_dict(self.calibration.nontarget)
-        self.open_set_rule = self._resolve_rule(open_set_rule, threshold is not None)
-        self.audio_db_path: Union[Path, str] = audio_db_path if is_url(audio_db_path) else Path(audio_db_path)
-        self.gallery = check_gallery(gallery)
-        self.keep_audio = bool(keep_audio)
-        self._store: Store | None = None
-        self._dbs: dict[str, SpeakerDatabase] = {}
-        self._db_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @property

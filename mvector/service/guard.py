@@ -148,6 +148,8 @@ class RequestGuard:
                 self.budget.release(state)
 
     async def _handle(self, scope: Scope, state: dict, receive: Receive, send: Send) -> None:
+        # Longer than 80 lines on purpose: the checks of one request in the order they must run (key before any
+        # body byte, rate of refusals, request cap, body cap, audio budget), read top to bottom in one place.
         method, path = scope["method"], scope["path"]
         client = client_of(scope) or "-"
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
