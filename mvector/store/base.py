@@ -236,6 +236,11 @@ class GalleryStore(abc.ABC):
         :class:`~mvector.errors.SpeakerDBError` naming both models otherwise)."""
 
     @abc.abstractmethod
+    def owner(self) -> tuple[str, int] | None:
+        """``(model fingerprint, embedding size)`` of the gallery when it exists (it need not be opened), else None;
+        nothing is created."""
+
+    @abc.abstractmethod
     def snapshot(self, since: int | None) -> Changes | None:
         """In one consistent read: None when the gallery is still at version ``since``; everything (``full``) when
         ``since`` is None; else the speakers removed and written after ``since``."""
@@ -311,8 +316,9 @@ class KeyBackend(abc.ABC):
 
     @abc.abstractmethod
     def audit(self, row: AuditRow, aggregate_since: float | None) -> None:
-        """Add an audit row; with ``aggregate_since``, a row of the same key, client, action, status and replica
-        opened since then is counted up instead (its target and detail become this row's)."""
+        """Add an audit row (its ``count`` and ``last`` as given: a copied row keeps them); with
+        ``aggregate_since``, a row of the same key, client, action, status and replica opened since then is counted
+        up instead (its target and detail become this row's)."""
 
     @abc.abstractmethod
     def purge_audit(self, before: float) -> int:

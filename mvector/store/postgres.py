@@ -338,6 +338,11 @@ class PostgresGallery(GalleryStore):
             ).fetchone()
         self.embd_dim = check_owner(self.where, str(row[0]), int(row[1]), model_fingerprint, embd_dim)
 
+    def owner(self) -> tuple[str, int] | None:
+        self._store.ensure_schema()
+        row = self._one("SELECT model_fingerprint, embd_dim FROM mvector_galleries WHERE name = %s")
+        return None if row is None else (str(row[0]), int(row[1]))
+
     def close(self) -> None:
         with self._conn.lock:
             self._conn.drop()

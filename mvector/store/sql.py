@@ -107,10 +107,10 @@ def record_audit(
             (row.time, row.target, row.detail, found[0]),
         )
         return
-    marks = ", ".join([mark] * 10)
-    execute(
+    marks = ", ".join([mark] * 12)
+    execute(  # a given row's count and last time are kept (a copied, aggregated row stays whole)
         f"INSERT INTO {table} (time, key_id, key_name, action, target, status, detail, client, replica, gallery, "
-        f"count) VALUES ({marks}, 1)",
+        f"count, last) VALUES ({marks})",
         (row.time, row.key_id, row.key_name, row.action, row.target, row.status, row.detail, row.client,
-         row.replica, row.gallery),
+         row.replica, row.gallery, int(row.count), row.last),
     )

@@ -349,6 +349,24 @@ class SQLiteGallery(GalleryStore):
                 self.close()
                 raise
 
+    def owner(self) -> tuple[str, int] | None:
+        with self._lock:
+            if self._conn is None and not self.path.is_file():
+                return None
+            try:
+                conn = self._conn or sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+                try:
+                    meta = dict(conn.execute(
+                        "SELECT key, value FROM meta WHERE key IN ('model_fingerprint', 'embd_dim')").fetchall())
+                finally:
+                    if conn is not self._conn:
+                        conn.close()
+            except sqlite3.DatabaseError as err:
+                raise SpeakerDBError(f"{self.path}: cannot read the speaker database ({err})") from None
+            if "model_fingerprint" not in meta:
+                return None
+            return str(meta["model_fingerprint"]), int(meta["embd_dim"])
+
     def _init_schema(self, model_fingerprint: str, embd_dim: int) -> None:
         with immediate(self._db) as conn:
             for statement in _SCHEMA.split(";"):
