@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diarize": ("diarize", "who spoke when: diarize a recording into RTTM and JSON"),
     "serve": ("serve", "run the HTTP verification service"),
     "keys": ("keys", "create, list and revoke API keys of the HTTP service"),
+    "gallery": ("gallery", "copy galleries, API keys and audit log between stores (folder <-> PostgreSQL)"),
     "samples": ("samples", "write sample recordings (synthetic speakers) for the README's examples"),
 }
 
