@@ -1,0 +1,118 @@
+"""The approximate index (mvector.inference.ann_index): agrees with exact search on genuine probes, follows a
+changing gallery (a replaced mean, a removed speaker are never answered again, dead slots are rebuilt away), answers
+exactly under its row threshold, and refuses bad input with a clear error. Small galleries only (5 000 rows)."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+
+from mvector.errors import SpeakerDBError
+from mvector.inference import ann_index
+from mvector.inference.ann_index import ApproximateIndex
+
+pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'mvector[ann]')")
+
+DIM = 32
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def probes(rng: np.random.Generator, rows: np.ndarray, picks: np.ndarray, cos: float = 0.75) -> np.ndarray:
+    sigma = np.sqrt((1 / cos**2 - 1) / DIM)
+    q = rows[picks] + sigma * rng.standard_normal((len(picks), DIM)).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_recall_against_exact_search(kind):
+    rng = np.random.default_rng(1)
+    rows = unit(rng, 5000)
+    ids = np.arange(100, 5100)  # speaker ids need not start at 0
+    index = ApproximateIndex(DIM, kind=kind, min_rows=1000, effort=64 if kind == "hnsw" else 48)
+    index.build(ids, rows)
+    assert index.approximate and len(index) == 5000
+    q = probes(rng, rows, rng.choice(5000, 200, replace=False))
+    exact = ids[np.argmax(q @ rows.T, axis=1)]
+    found, scores = index.search(q, k=3)
+    assert np.mean(found[:, 0] == exact) >= 0.95
+    hit = found[:, 0] == exact  # the scores are the exact inner products of the rows found
+    np.testing.assert_allclose(scores[hit, 0], np.max(q @ rows.T, axis=1)[hit], atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_follows_a_changing_gallery(kind):
+    rng = np.random.default_rng(2)
+    rows = unit(rng, 3000)
+    index = ApproximateIndex(DIM, kind=kind, min_rows=500)
+    index.add(np.arange(3000), rows)
+    assert index.approximate
+    # a speaker's mean replaced: its new vector finds it, its old one no longer does
+    new = unit(rng, 1)
+    index.add(np.array([42]), new)
+    assert index.search(new, k=1)[0][0, 0] == 42
+    assert 42 not in index.search(rows[[42]], k=5)[0][0]
+    # removed speakers are never answered, even when the query is their own vector
+    gone = np.arange(0, 300)
+    index.remove(gone)
+    found = index.search(rows[gone], k=5)[0]
+    assert not np.isin(found, gone).any() and len(index) == 2700
+    # past a quarter of dead slots the index is rebuilt from its live rows, and still answers the same
+    index.remove(np.arange(300, 1200))
+    assert index._dead == 0 and len(index) == 1800
+    keep = np.arange(1200, 3000)
+    found = index.search(rows[keep[:100]], k=1)[0][:, 0]
+    assert np.mean(found == keep[:100]) >= 0.98
+    assert index.search(new, k=1)[0][0, 0] == 42 or 42 < 1200  # 42 was removed with 0..1199
+
+
+def test_small_gallery_is_exact_and_grows_into_approximate():
+    rng = np.random.default_rng(3)
+    rows = unit(rng, 400)
+    index = ApproximateIndex(DIM, min_rows=300)
+    index.add(np.arange(200), rows[:200])
+    assert not index.approximate
+    q = unit(rng, 50)
+    found, scores = index.search(q, k=4)
+    exact = np.argsort(-(q @ rows[:200].T), axis=1)[:, :4]
+    np.testing.assert_array_equal(found, exact)
+    index.add(np.arange(200, 400), rows[200:])  # crossing min_rows rebuilds as HNSW
+    assert index.approximate and len(index) == 400
+    assert (index.search(rows[:50], k=1)[0][:, 0] == np.arange(50)).all()
+    # fewer rows than k: the missing places are -1
+    small = ApproximateIndex(DIM, min_rows=10**9)
+    small.add(np.array([7]), rows[:1])
+    assert small.search(rows[:1], k=3)[0].tolist() == [[7, -1, -1]]
+
+
+def test_bad_input_is_refused_clearly(monkeypatch):
+    with pytest.raises(SpeakerDBError, match="kind must be one of hnsw, ivf"):
+        ApproximateIndex(DIM, kind="lsh")
+    index = ApproximateIndex(DIM, min_rows=10**9)
+    with pytest.raises(SpeakerDBError, match="expected 2 rows of size 32"):
+        index.add(np.arange(2), np.zeros((2, 8), np.float32))
+    with pytest.raises(SpeakerDBError, match="non-negative"):
+        index.add(np.array([-1]), np.zeros((1, DIM), np.float32))
+    with pytest.raises(SpeakerDBError, match="given twice"):
+        index.add(np.array([1, 1]), np.zeros((2, DIM), np.float32))
+    with pytest.raises(SpeakerDBError, match="queries must be"):
+        index.search(np.zeros((1, 3), np.float32))
+    with pytest.raises(SpeakerDBError, match="effort must be a positive integer"):
+        index.set_effort(0)
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("no faiss here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    assert not ann_index.faiss_available()
+    with pytest.raises(SpeakerDBError, match=r"pip install 'mvector\[ann\]'"):
+        ApproximateIndex(DIM)
