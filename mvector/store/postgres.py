@@ -32,7 +32,8 @@ import numpy as np
 
 from mvector.errors import SpeakerDBError, StoreError, StoreUnavailableError
 from mvector.store.base import AuditRow, Changes, GalleryStore, GalleryWrite, KeyBackend, KeyRow, Store, StoredAnswer
-from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, full_load, record_audit
+from mvector.store.bulk_read import read_postgres
+from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, record_audit
 
 try:  # an optional dependency: the folder store works without it
     import psycopg
@@ -352,12 +353,11 @@ class PostgresGallery(GalleryStore):
         if since is not None and version == since:
             return None
         dim = self.embd_dim
-        if since is None:
+        if since is None:  # everything: the server joins each chunk's rows (mvector.store.bulk_read)
             total = int(conn.execute("SELECT COUNT(*) FROM mvector_speakers WHERE gallery = %s",
                                      (self.name,)).fetchone()[0])
-            with conn.cursor(binary=True) as cur:
-                cur.execute("SELECT id, name, mean FROM mvector_speakers WHERE gallery = %s ORDER BY id", (self.name,))
-                return full_load(cur.fetchmany, total, dim, version, self.where)
+            ids, names, means = read_postgres(conn, "mvector_speakers", self.name, total, dim, self.where)
+            return Changes(version, [], ids, names, means, full=True)
         gone = [int(r[0]) for r in conn.execute(
             "SELECT speaker_id FROM mvector_removed WHERE gallery = %s AND version > %s", (self.name, since))]
         rows = conn.execute(

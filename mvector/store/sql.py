@@ -11,12 +11,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mvector.errors import SpeakerDBError
-from mvector.store.base import AuditRow, Changes
+from mvector.store.base import AuditRow
 
-__all__ = ["audit_filter", "audit_row", "blobs", "check_owner", "full_load", "record_audit"]
+__all__ = ["audit_filter", "audit_row", "blobs", "check_owner", "record_audit"]
 
-#: Rows fetched at a time by a full load.
-LOAD_CHUNK = 65536
 
 
 def blobs(rows: Sequence[Sequence[Any]], dim: int, column: int = 0) -> np.ndarray:
@@ -29,26 +27,6 @@ def blobs(rows: Sequence[Sequence[Any]], dim: int, column: int = 0) -> np.ndarra
     if len(joined) != 4 * dim * len(rows):
         raise SpeakerDBError("damaged gallery (an embedding has the wrong size)")
     return np.frombuffer(joined, dtype=np.float32).reshape(len(rows), dim)
-
-
-def full_load(fetchmany: Callable[[int], Sequence[Any]], total: int, dim: int, version: int, where: str) -> Changes:
-    """Every speaker ``(id, name, mean bytes)`` of a query, read in chunks into one preallocated matrix (``total``
-    rows counted in the same snapshot), as a full :class:`Changes`."""
-    ids = np.empty(total, np.int64)
-    means = np.empty((total, dim), np.float32)
-    names: list[str] = []
-    at = 0
-    while True:
-        chunk = fetchmany(LOAD_CHUNK)
-        if not chunk:
-            break
-        if at + len(chunk) > total:
-            raise SpeakerDBError(f"{where}: the speaker table changed while it was read")
-        ids[at : at + len(chunk)] = [r[0] for r in chunk]
-        names.extend(r[1] for r in chunk)
-        means[at : at + len(chunk)] = blobs(chunk, dim, 2)
-        at += len(chunk)
-    return Changes(version, [], ids[:at], names, means[:at], full=True)
 
 
 def check_owner(where: str, stored_fp: str, stored_dim: int, model_fingerprint: str, embd_dim: int) -> int:

@@ -49,7 +49,8 @@ from mvector.store.base import (
     Store,
     StoredAnswer,
 )
-from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, full_load, record_audit
+from mvector.store.bulk_read import read_sqlite
+from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, record_audit
 from mvector.utils.files import PRIVATE_FILE_MODE, create_private_file, private_mkdir
 
 __all__ = ["DB_FILENAME", "GALLERIES_DIR", "SERVICE_DB", "SQLiteGallery", "SQLiteKeys", "SQLiteStore"]
@@ -411,10 +412,13 @@ class SQLiteGallery(GalleryStore):
         if since is not None and version == since:
             return None
         dim = self.embd_dim
-        if since is None:  # everything, read in chunks into one preallocated matrix
+        if since is None:  # everything: names first, then the means in chunks (mvector.store.bulk_read)
             total = int(conn.execute("SELECT COUNT(*) FROM speakers").fetchone()[0])
-            cursor = conn.execute("SELECT id, name, mean FROM speakers ORDER BY id")
-            return full_load(cursor.fetchmany, total, dim, version, self.where)
+            ids, names, means = read_sqlite(
+                conn, "SELECT id, name FROM speakers ORDER BY id", "SELECT mean FROM speakers ORDER BY id", total, dim,
+                str(self.path),
+            )
+            return Changes(version, [], ids, names, means, full=True)
         gone = [int(r[0]) for r in conn.execute("SELECT speaker_id FROM removed WHERE version > ?", (since,))]
         rows = conn.execute("SELECT id, name, mean FROM speakers WHERE updated > ? ORDER BY id", (since,)).fetchall()
         return Changes(
