@@ -1,0 +1,292 @@
+"""A gallery at 10 k / 100 k / 1 M speakers on both stores (SQLite folder, PostgreSQL): what one replica costs.
+
+For each store and size, with synthetic 192-d unit embeddings (one utterance per speaker):
+
+* bulk enrolment: ``SpeakerDatabase.add_many`` in chunks of 100 k speakers (speakers per second);
+* a replica's cold start, in a fresh process: open the gallery and answer the first search (every mean read into
+  the in-memory matrix), and its memory: resident-set growth against the matrix's own size (n x 192 x 4 bytes);
+* exact search in that replica: one query (p50 / p99 over ``--queries`` probes) and a batch of 100 queries, with a
+  bare numpy scan of the same matrix (``matrix @ q`` + argmax) measured in the same process as the floor;
+* with ``--ann``: the approximate index (:mod:`mvector.inference.ann_index`) built over that matrix: build time,
+  its memory, one-query p50 / p99 and recall@1 (the fraction of probes whose top-1 is exact search's top-1).
+
+Probes are enrolled speakers' vectors with noise (cosine ``--probe_cos`` to their speaker, about 0.75 by default:
+a same-speaker score of a real model), so exact search knows the right answer.
+
+    python benchmarks/bench_gallery_scale.py --sizes 10000 100000 --stores sqlite postgres
+    python benchmarks/bench_gallery_scale.py --sizes 1000000 --stores sqlite postgres --ann
+    python benchmarks/bench_gallery_scale.py --postgres_url postgresql://user:pw@host/db ...   # an existing server
+
+Without ``--postgres_url`` a throwaway PostgreSQL is started (tests/postgres_server.py: initdb in a temporary folder,
+fsync off, 32 MB shared buffers) and removed afterwards. Prints one JSON object; ``--table`` also prints the README's
+Markdown rows. Targets at 1 M on 2 cores: cold start <= 5 s from PostgreSQL, exact p50 <= 30 ms, memory <= 1.3x
+the matrix; approximate p50 <= 2 ms with recall@1 >= 0.99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, add_repo_to_path, emit, machine_info
+
+add_repo_to_path()
+
+from mvector.inference.speaker_db import SpeakerDatabase  # noqa: E402
+
+CHUNK = 100_000
+FINGERPRINT = "bench-gallery-scale"
+TARGETS = {"cold_start_s": 5.0, "search_p50_ms": 30.0, "memory_ratio": 1.3, "ann_p50_ms": 2.0, "ann_recall": 0.99}
+
+
+def unit_rows(seed: int, chunk: int, n: int, dim: int) -> np.ndarray:
+    """Chunk ``chunk``'s ``n`` unit rows (deterministic, so a replica can rebuild any probe's speaker)."""
+    rows = np.random.default_rng([seed, chunk]).standard_normal((n, dim), dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def name_of(i: int) -> str:
+    return f"spk{i:07d}"
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def enrol(location: str, gallery: str, n: int, dim: int, seed: int) -> dict:
+    """Bulk-enrol ``n`` speakers (chunks of 100 k) into a new gallery; returns the rate."""
+    spent = 0.0
+    with SpeakerDatabase(location, FINGERPRINT, dim, gallery=gallery) as db:
+        if len(db):
+            raise SystemExit(f"{location} already holds speakers; give an empty store")
+        for chunk, start in enumerate(range(0, n, CHUNK)):
+            count = min(CHUNK, n - start)
+            rows = unit_rows(seed, chunk, count, dim)
+            items = {name_of(start + i): rows[i] for i in range(count)}
+            t0 = time.perf_counter()
+            db.add_many(items)
+            spent += time.perf_counter() - t0
+    return {"enrol_s": round(spent, 2), "enrol_speakers_per_s": round(n / spent, 1)}
+
+
+def probes(n: int, dim: int, seed: int, count: int, cos: float) -> tuple[np.ndarray, list[str]]:
+    """``count`` noisy unit probes of enrolled speakers (cosine about ``cos`` to their speaker) and their names."""
+    rng = np.random.default_rng([seed, 999])
+    first = unit_rows(seed, 0, min(n, CHUNK), dim)
+    picks = rng.choice(len(first), size=min(count, len(first)), replace=False)
+    sigma = np.sqrt((1.0 / cos**2 - 1.0) / dim)  # |noise|^2 = dim * sigma^2 gives the wanted cosine on average
+    noisy = first[picks] + sigma * rng.standard_normal((len(picks), dim), dtype=np.float32)
+    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32), [name_of(int(i)) for i in picks]
+
+
+def replica(args: argparse.Namespace) -> dict:
+    """One replica's cold start, memory and searches (run in a fresh process)."""
+    queries, expected = probes(args.n, args.dim, args.seed, args.queries, args.probe_cos)
+    from mvector.store import open_store
+
+    open_store(args.location)  # the store's modules (psycopg ...) are imported before memory is measured
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    db = SpeakerDatabase(args.location, FINGERPRINT, args.dim, gallery=args.gallery)
+    first = db.search(queries[0])
+    cold = time.perf_counter() - t0
+    after = rss_bytes()
+    cache = db._cache
+    matrix = cache.matrix[: cache.count]
+    out = {
+        "cold_start_s": round(cold, 3),
+        "matrix_mb": round(matrix.nbytes / 2**20, 1),
+        "rss_delta_mb": round((after - before) / 2**20, 1),
+        "memory_ratio": round((after - before) / matrix.nbytes, 3),
+    }
+    assert first[0][0][0] == expected[0], (first, expected[0])
+    single, hits = [], 0
+    for q, name in zip(queries, expected):
+        t = time.perf_counter()
+        top = db.search(q)[0][0][0]
+        single.append(time.perf_counter() - t)
+        hits += top == name
+    out["search"] = percentiles(single)
+    out["search_found_own_speaker"] = round(hits / len(queries), 4)
+    bare = []
+    for q in queries:
+        t = time.perf_counter()
+        int(np.argmax(matrix @ q))
+        bare.append(time.perf_counter() - t)
+    out["bare_numpy_scan"] = percentiles(bare)
+    out["search_vs_bare_p50"] = round(out["search"]["p50_ms"] / out["bare_numpy_scan"]["p50_ms"], 2)
+    batch = queries[:100]
+    times = []
+    for _ in range(args.batch_repeats):
+        t = time.perf_counter()
+        db.search(batch)
+        times.append(time.perf_counter() - t)
+    out["search_100"] = percentiles(times)
+    if args.ann:
+        out["ann"] = ann(matrix, cache.ids[: cache.count], queries, args)
+    db.close()
+    return out
+
+
+def ann(matrix: np.ndarray, ids: np.ndarray, queries: np.ndarray, args: argparse.Namespace) -> dict:
+    """Build the approximate index over the replica's matrix; its build time, memory, latency and recall@1."""
+    from mvector.inference.ann_index import ApproximateIndex
+
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    index = ApproximateIndex(matrix.shape[1], kind=args.ann_kind, min_rows=0)
+    index.build(ids, matrix)
+    built = time.perf_counter() - t0
+    grown = rss_bytes() - before
+    exact = ids[np.argmax(queries @ matrix.T, axis=1)]
+    out: dict = {"kind": args.ann_kind, "build_s": round(built, 1), "rss_delta_mb": round(grown / 2**20, 1),
+                 "memory_ratio": round(grown / matrix.nbytes, 3), "settings": []}
+    for effort in args.ann_effort:
+        index.set_effort(effort)
+        lat, agree = [], 0
+        for q, want in zip(queries, exact):
+            t = time.perf_counter()
+            got = index.search(q[None], 1)[0][0, 0]
+            lat.append(time.perf_counter() - t)
+            agree += int(got) == int(want)
+        out["settings"].append({"effort": effort, **percentiles(lat), "recall_at_1": round(agree / len(queries), 4)})
+    return out
+
+
+def run_replica(location: str, gallery: str, n: int, args: argparse.Namespace) -> dict:
+    """:func:`replica` in a fresh Python process (its own memory and caches, as a new replica has)."""
+    cmd = [
+        sys.executable, __file__, "--replica", "--location", location, "--gallery", gallery, "--n", str(n),
+        "--dim", str(args.dim),
+        "--seed", str(args.seed), "--queries", str(args.queries), "--probe_cos", str(args.probe_cos),
+        "--batch_repeats", str(args.batch_repeats),
+    ]
+    if args.ann:
+        cmd += ["--ann", "--ann_kind", args.ann_kind, "--ann_effort", *map(str, args.ann_effort)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=Path(__file__).parent)
+    if done.returncode != 0:
+        raise SystemExit(f"replica failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def with_option(url: str, setting: str) -> str:
+    """``url`` with a server setting added to its ``options`` parameter (``-c name=value``).
+
+    >>> with_option("postgresql://u:p@h/db", "statement_timeout=0")
+    'postgresql://u:p@h/db?options=-c%20statement_timeout%3D0'
+    """
+    from urllib.parse import quote
+
+    return url + ("&" if "?" in url else "?") + "options=" + quote(f"-c {setting}", safe="")
+
+
+def table(results: list[dict], load: list[float]) -> str:
+    """The README's Markdown rows."""
+    lines = [
+        "| store | speakers | enrol (speakers/s) | cold start (s) | memory (x matrix) | exact 1 query p50 / p99 (ms) "
+        "| bare numpy p50 (ms) | exact 100 queries p50 / p99 (ms) | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['store']} | {r['speakers']:,} | {r['enrol_speakers_per_s']:,.0f} | {r['cold_start_s']} | "
+            f"{r['memory_ratio']} ({r['rss_delta_mb']:.0f} / {r['matrix_mb']:.0f} MB) | "
+            f"{r['search']['p50_ms']} / {r['search']['p99_ms']} | {r['bare_numpy_scan']['p50_ms']} | "
+            f"{r['search_100']['p50_ms']} / {r['search_100']['p99_ms']} | {r['load_1min']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--stores", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
+    parser.add_argument("--postgres_url", default=None, help="an existing, empty PostgreSQL database (default: a "
+                        "throwaway server); each size uses its own gallery")
+    parser.add_argument("--dim", type=int, default=192)
+    parser.add_argument("--seed", type=int, default=27)
+    parser.add_argument("--queries", type=int, default=300, help="probes for the one-query latency and recall")
+    parser.add_argument("--batch_repeats", type=int, default=20, help="repeats of the 100-query batch")
+    parser.add_argument("--probe_cos", type=float, default=0.75, help="probe-to-speaker cosine (noise level)")
+    parser.add_argument("--ann", action="store_true", help="also build and measure the approximate index")
+    parser.add_argument("--ann_kind", default="hnsw", help="which approximate index (ann_index.SEARCH_INDEXES)")
+    parser.add_argument("--ann_effort", type=int, nargs="+", default=[32, 64, 128],
+                        help="search effort settings to measure (HNSW efSearch / IVF nprobe)")
+    parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary folder)")
+    parser.add_argument("--table", action="store_true", help="also print the README's Markdown rows")
+    parser.add_argument("--replica", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--location", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--gallery", default="default", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.replica:
+        print(json.dumps(replica(args)), flush=True)
+        return
+
+    root = Path(tempfile.mkdtemp(prefix="bench_gallery_scale_", dir=args.dir))
+    server = None
+    results = []
+    started = time.perf_counter()
+    try:
+        for store in args.stores:
+            for n in args.sizes:
+                if store == "sqlite":
+                    location = str(root / f"db_{n}")
+                else:
+                    if args.postgres_url is None and server is None:
+                        sys.path.insert(0, str(ROOT / "tests"))
+                        from postgres_server import start_server
+
+                        server = start_server()
+                    location = args.postgres_url or server.new_database()
+                gallery = f"scale-{n}" if args.postgres_url else "default"  # a given database: one gallery a size
+                row = {"store": store, "speakers": n, "load_before": round(os.getloadavg()[0], 2)}
+                # a bulk write of 100 k speakers may pass the store's 15 s statement timeout on a busy machine: the
+                # enrolment lifts it; the replica runs with the store's defaults
+                loader = location if store == "sqlite" else with_option(location, "statement_timeout=0")
+                row.update(enrol(loader, gallery, n, args.dim, args.seed))
+                row.update(run_replica(location, gallery, n, args))
+                row["load_1min"] = round(os.getloadavg()[0], 2)
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                if store == "sqlite":
+                    shutil.rmtree(location, ignore_errors=True)
+                elif args.postgres_url is None:
+                    server.sql(f"DROP DATABASE {location.rsplit('/', 1)[1]}")
+    finally:
+        if server is not None:
+            server.close()
+        shutil.rmtree(root, ignore_errors=True)
+    report = {
+        "benchmark": "gallery_scale",
+        "targets_at_1M": TARGETS,
+        "results": results,
+        "dim": args.dim,
+        "probe_cos": args.probe_cos,
+        "total_s": round(time.perf_counter() - started, 1),
+        "machine": machine_info(["platform", "processor", "cpu_count", "cpus_usable", "load_average", "python",
+                                 "numpy", "blas"]),
+        "note": "a shared machine: compare rows by their ratios (search vs bare numpy scan in the same process)",
+    }
+    emit(report, indent=None)
+    if args.table:
+        print(table(results, []))
+
+
+if __name__ == "__main__":
+    main()
