@@ -116,3 +116,34 @@ def test_bad_input_is_refused_clearly(monkeypatch):
     assert not ann_index.faiss_available()
     with pytest.raises(SpeakerDBError, match=r"pip install 'mvector\[ann\]'"):
         ApproximateIndex(DIM)
+
+
+def test_speaker_database_with_an_approximate_index(tmp_path, monkeypatch):
+    """Replicas on one folder: one searching exactly, one through HNSW; enrolments and removals of either are seen
+    by the other's index at its next search, and searches with among / score_norm stay exact."""
+    from mvector.inference.speaker_db import SpeakerDatabase
+
+    monkeypatch.setattr(ann_index, "MIN_ROWS", 500)  # approximate from 500 speakers on
+    rng = np.random.default_rng(4)
+    rows = unit(rng, 2000)
+    folder = str(tmp_path / "db")
+    with pytest.raises(SpeakerDBError, match="search_index must be one of exact, hnsw, ivf"):
+        SpeakerDatabase(folder, "m", DIM, search_index="annoy")
+    writer = SpeakerDatabase(folder, "m", DIM)
+    reader = SpeakerDatabase(folder, "m", DIM, search_index="hnsw", index_effort=64)
+    writer.add_many({f"s{i:04d}": rows[i] for i in range(1500)})
+    assert reader.search(rows[10])[0][0][0] == "s0010" and reader._index.approximate
+    q = probes(rng, rows, np.arange(0, 1500, 10))
+    exact = [r[0][0] for r in writer.search(q)]
+    approx = [r[0][0] for r in reader.search(q)]
+    assert np.mean(np.array(exact) == np.array(approx)) >= 0.95
+    writer.add_many({f"s{i:04d}": rows[i] for i in range(1500, 2000)})  # another process enrols
+    writer.remove("s0010")
+    assert reader.search(rows[1700])[0][0][0] == "s1700"
+    assert "s0010" not in [n for n, _ in reader.search(rows[10], top_k=5)[0]]
+    reader.add("late", rows[10])  # the reader's own write goes into its index too
+    assert reader.search(rows[10])[0][0][0] == "late"
+    # among= and score_norm searches stay exact
+    assert reader.search(rows[5], among=["s0005", "s0006"])[0][0][0] == "s0005"
+    writer.close()
+    reader.close()

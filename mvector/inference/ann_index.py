@@ -103,7 +103,7 @@ class ApproximateIndex:
         kind: ``hnsw`` or ``ivf``.
         effort: search effort (HNSW efSearch, IVF nprobe); more is slower and closer to exact. Default:
             :data:`DEFAULT_EFFORT`.
-        min_rows: below this many live rows searches are exact (a flat index).
+        min_rows: below this many live rows searches are exact (a flat index); default :data:`MIN_ROWS`.
 
     Thread-safe: one lock around every change and search.
 
@@ -114,13 +114,16 @@ class ApproximateIndex:
     [[6]]
     """
 
-    def __init__(self, dim: int, kind: str = "hnsw", effort: int | None = None, min_rows: int = MIN_ROWS) -> None:
+    def __init__(
+        self, dim: int, kind: str = "hnsw", effort: int | None = None, min_rows: int | None = None
+    ) -> None:
         if kind not in APPROXIMATE_KINDS:
             raise SpeakerDBError(f"approximate index kind must be one of {', '.join(APPROXIMATE_KINDS)}, got {kind!r}")
         self._faiss = _faiss()
         self.dim = _positive(dim, "dim")
         self.kind = kind
         self.effort = _positive(DEFAULT_EFFORT[kind] if effort is None else effort, "effort")
+        min_rows = MIN_ROWS if min_rows is None else min_rows
         if isinstance(min_rows, bool) or not isinstance(min_rows, (int, np.integer)) or min_rows < 0:
             raise SpeakerDBError(f"min_rows must be a non-negative integer, got {min_rows!r}")
         self.min_rows = int(min_rows)
