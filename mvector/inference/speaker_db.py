@@ -72,13 +72,14 @@ import numpy as np
 
 from mvector.audio import load_audio
 from mvector.errors import AudioError, InvalidNameError, SpeakerDBError, SpeakerExistsError, UnknownSpeakerError
+from mvector.inference.ann_index import APPROXIMATE_KINDS, ApproximateIndex
 from mvector.inference.idempotency import RETENTION_SECONDS, IdempotentWrite, Replayed, StoredAnswer
 from mvector.inference.speaker_files import clean_leftovers, folder_name, make_folder, write_wav
 from mvector.inference.speaker_names import normalise_name, validate_name
 from mvector.store import DEFAULT_GALLERY, Changes, GalleryWrite, Store, open_store
 from mvector.store.sqlite import DB_FILENAME
 
-__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "WRITE_MODES", "SpeakerDatabase"]
+__all__ = ["DB_FILENAME", "SAMPLE_RATE", "SCORE_NORMS", "SEARCH_INDEXES", "WRITE_MODES", "SpeakerDatabase"]
 
 SAMPLE_RATE = 16000
 #: What :meth:`SpeakerDatabase.add` does with a name: ``any`` (create or add to), ``create`` (refuse an enrolled
@@ -101,6 +102,8 @@ def _hook(point: str) -> None:
 
 #: Score normalisations :meth:`SpeakerDatabase.search` can apply.
 SCORE_NORMS = (None, "as_norm")
+#: How plain searches run: ``exact`` (every mean) or an approximate index (:mod:`mvector.inference.ann_index`).
+SEARCH_INDEXES = ("exact", *APPROXIMATE_KINDS)
 
 
 def _as_embeddings(value: Any, embd_dim: int, what: str) -> np.ndarray:
@@ -183,19 +186,24 @@ def _undo(actions: list[Callable[[], None]]) -> None:
 
 
 class _MeanCache:
-    """In-memory copy of the speakers' normalised means: one float32 matrix for a single vectorised scan."""
+    """In-memory copy of the speakers' normalised means: one float32 matrix for a single vectorised scan. An
+    approximate ``index`` (:class:`~mvector.inference.ann_index.ApproximateIndex`), when given, follows every
+    change."""
 
     @classmethod
-    def adopt(cls, full: Changes) -> _MeanCache:
+    def adopt(cls, full: Changes, index: ApproximateIndex | None = None) -> _MeanCache:
         """A cache holding a full load's arrays as they are (no copy: a million rows are loaded once)."""
-        cache = cls(full.means.shape[1])
+        cache = cls(full.means.shape[1], index=index)
         cache.matrix, cache.ids, cache.names = full.means, full.ids, list(full.names)
         cache.count = len(full.ids)
         cache.row_of = dict(zip(full.ids.tolist(), range(cache.count)))
         cache.id_of = dict(zip(cache.names, full.ids.tolist()))
+        if index is not None:
+            index.build(full.ids, full.means)
         return cache
 
-    def __init__(self, embd_dim: int, capacity: int = 0) -> None:
+    def __init__(self, embd_dim: int, capacity: int = 0, index: ApproximateIndex | None = None) -> None:
+        self.index = index
         self.matrix = np.empty((capacity, embd_dim), dtype=np.float32)
         self.ids = np.empty(capacity, dtype=np.int64)
         self.names: list[str] = []
@@ -225,6 +233,8 @@ class _MeanCache:
                 self.names.append(name)
                 self.id_of[name] = sid
             self.matrix[row] = mean
+        if self.index is not None and len(ids):
+            self.index.add(np.asarray(ids, dtype=np.int64), np.asarray(means, dtype=np.float32))
 
     def append_block(self, ids: np.ndarray, names: list[str], means: np.ndarray) -> None:
         """Append speakers known to be new (bulk load path)."""
@@ -236,11 +246,15 @@ class _MeanCache:
         self.row_of.update(zip(ids.tolist(), range(start, start + len(ids))))
         self.id_of.update(zip(names, ids.tolist()))
         self.count += len(ids)
+        if self.index is not None and len(ids):
+            self.index.add(ids, means)
 
     def remove(self, sid: int) -> None:
         row = self.row_of.pop(sid, None)
         if row is None:
             return
+        if self.index is not None:
+            self.index.remove(np.array([sid], dtype=np.int64))
         last = self.count - 1
         del self.id_of[self.names[row]]
         if row != last:  # move the last row into the hole
@@ -263,6 +277,11 @@ class SpeakerDatabase:
         embd_dim: the embedding size; must match the gallery's.
         keep_audio: also keep enrolled audio as 16 kHz WAV files beside the gallery (a folder store only).
         gallery: the gallery's name (:data:`~mvector.store.DEFAULT_GALLERY` is the folder's own database).
+        search_index: ``exact`` (the default: every mean is scored) or an approximate index kept beside the matrix,
+            ``hnsw`` or ``ivf`` (:mod:`mvector.inference.ann_index`, needs ``mvector[ann]``): used by plain
+            searches (no ``score_norm``, ``transform`` or ``among``), which then may miss the best speaker for a
+            measured share of queries; the others stay exact.
+        index_effort: the approximate index's search effort (HNSW efSearch / IVF nprobe; default per kind).
 
     >>> import tempfile, numpy as np
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -280,7 +299,13 @@ class SpeakerDatabase:
         embd_dim: int,
         keep_audio: bool = False,
         gallery: str = DEFAULT_GALLERY,
+        search_index: str = "exact",
+        index_effort: int | None = None,
     ) -> None:
+        if search_index not in SEARCH_INDEXES:
+            raise SpeakerDBError(f"search_index must be one of {', '.join(SEARCH_INDEXES)}, got {search_index!r}")
+        self.search_index = search_index
+        self._index = None if search_index == "exact" else ApproximateIndex(embd_dim, search_index, index_effort)
         if not isinstance(model_fingerprint, str) or not model_fingerprint:
             raise SpeakerDBError(f"model_fingerprint must be a non-empty string, got {model_fingerprint!r}")
         if isinstance(embd_dim, bool) or not isinstance(embd_dim, (int, np.integer)) or embd_dim < 1:
@@ -367,7 +392,7 @@ class SpeakerDatabase:
         if changes is None:
             return
         if changes.full or self._cache is None:
-            self._cache = _MeanCache.adopt(changes)
+            self._cache = _MeanCache.adopt(changes, self._index)
         else:
             for sid in changes.removed:
                 self._cache.remove(int(sid))
@@ -1014,6 +1039,8 @@ class SpeakerDatabase:
                 raise SpeakerDBError(
                     f"no speakers enrolled in {self.path}; register speakers before recognising (add / add_many)"
                 )
+            if self._index is not None and among is None and score_norm is None and transform is None:
+                return self._approximate(cache, queries, min(int(top_k), cache.count))
             rows = None if among is None else self._rows_among(cache, among)
             count = cache.count if rows is None else len(rows)
             names = cache.names if rows is None else [cache.names[r] for r in rows]
@@ -1058,6 +1085,15 @@ class SpeakerDatabase:
                 ):
                     results.append([(names[r], float(v)) for r, v in zip(idx, vals)])
             return results
+
+    def _approximate(self, cache: _MeanCache, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """A plain search through the approximate index (ids it did not find, -1, are left out)."""
+        assert self._index is not None
+        ids, scores = self._index.search(queries, k)
+        return [
+            [(cache.names[cache.row_of[i]], float(v)) for i, v in zip(id_row, score_row) if i >= 0]
+            for id_row, score_row in zip(ids.tolist(), scores.tolist())
+        ]
 
     def _rows_among(self, cache: _MeanCache, among: Sequence[str]) -> np.ndarray:
         """The cache rows of the names in ``among`` (each once, in the order given); unknown names are an error."""
