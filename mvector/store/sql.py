@@ -16,7 +16,6 @@ from mvector.store.base import AuditRow
 __all__ = ["audit_filter", "audit_row", "blobs", "check_owner", "record_audit"]
 
 
-
 def blobs(rows: Sequence[Sequence[Any]], dim: int, column: int = 0) -> np.ndarray:
     """The float32 embeddings stored as bytes in ``column`` of ``rows``, as one ``[n, dim]`` array.
 
