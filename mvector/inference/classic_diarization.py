@@ -199,7 +199,7 @@ class DiarizationConfig:
     segmentation_step: float = 2.5
     min_embedding_speech: float = 0.5
     max_piece: float = 3.0
-    min_cluster_pieces: int = 5
+    min_cluster_pieces: int = 8
     min_gap: float = 0.1
     min_turn: float = 0.05
 
