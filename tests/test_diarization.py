@@ -326,3 +326,113 @@ def test_command_line_end_to_end(tiny_model, tmp_path, capsys):
 
     assert main([str(tmp_path / "nope.wav"), "--model_path", str(tiny_model), "--progress", "false"]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- counting speakers (segmentation pipeline rule)
+def _speaker_pieces(counts: list[int], seed: int, dim: int = 32, noise: float = 0.27) -> tuple[np.ndarray, np.ndarray]:
+    """Piece embeddings of speakers with ``counts[k]`` pieces each: an orthogonal direction per speaker plus
+    noise large enough that single pieces of one speaker are only about 0.5-0.6 alike (as short CAM++ pieces
+    are)."""
+    rng = np.random.default_rng(seed)
+    centres = 1.6 * np.linalg.qr(rng.standard_normal((dim, len(counts))))[0].T  # distinct voices: orthogonal
+    labels = np.repeat(np.arange(len(counts)), counts)
+    emb = centres[labels] + noise * rng.standard_normal((len(labels), dim))
+    order = rng.permutation(len(labels))  # interleaved in time, as pieces of a conversation are
+    return emb[order], labels[order]
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(((a[:, None] == a[None, :]) == (b[:, None] == b[None, :])).all())
+
+
+def test_silhouette_equals_a_direct_count():
+    from mvector.inference.clustering import normalize_rows, silhouette
+
+    rng = np.random.default_rng(3)
+    emb = normalize_rows(rng.standard_normal((23, 5)))
+    labels = rng.integers(0, 4, 23)
+    labels[0] = 5  # a singleton scores 0
+    sim = emb @ emb.T
+    expected = []
+    for i in range(23):
+        own = [j for j in range(23) if labels[j] == labels[i] and j != i]
+        if not own:
+            expected.append(0.0)
+            continue
+        a = np.mean([1 - sim[i, j] for j in own])
+        b = min(np.mean([1 - sim[i, j] for j in range(23) if labels[j] == k]) for k in set(labels) - {labels[i]})
+        expected.append((b - a) / max(a, b))
+    assert silhouette(sim, labels) == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+@pytest.mark.parametrize("speakers", [2, 3, 4, 5, 6, 7])
+def test_count_by_silhouette_finds_the_number_of_speakers(speakers):
+    """2..7 speakers, unequal amounts of speech, max_speakers 8: the count and the partition are found."""
+    from mvector.inference.clustering import count_by_silhouette, normalize_rows
+
+    counts = [12 + 7 * ((3 * k) % 5) for k in range(speakers)]
+    emb, truth = _speaker_pieces(counts, seed=speakers)
+    unit = normalize_rows(emb)
+    same = (unit @ unit.T)[truth[:, None] == truth[None, :]]
+    assert np.median(same[same < 0.999]) < 0.7  # pieces of one speaker are far from identical
+    labels = count_by_silhouette(emb, 1, 8, min_cluster_size=8)
+    assert int(labels.max()) + 1 == speakers
+    assert _same_partition(labels, truth)
+
+
+def test_count_by_silhouette_one_speaker_bounds_and_small_clusters():
+    from mvector.inference.clustering import count_by_silhouette
+
+    one, _ = _speaker_pieces([60], seed=1)
+    assert count_by_silhouette(one, 1, 8, 8, same_speaker=0.75).max() == 0
+    assert count_by_silhouette(one, 2, 8, 8, same_speaker=0.75).max() == 1  # min_speakers=2: the fewest allowed
+    five, truth = _speaker_pieces([20] * 5, seed=2)
+    assert int(count_by_silhouette(five, 1, 3, 8).max()) + 1 == 3  # max_speakers
+    assert int(count_by_silhouette(five, 6, 8, 1).max()) + 1 == 6  # min_speakers
+    # three speakers and two stray pieces of a fourth voice: clusters under 8 pieces are not candidates
+    three, truth = _speaker_pieces([25, 25, 25, 2], seed=4)
+    labels = count_by_silhouette(three, 1, 8, min_cluster_size=8)
+    assert int(labels.max()) + 1 == 3
+    keep = truth < 3
+    assert _same_partition(labels[keep], truth[keep])
+    # nothing qualifies (every cluster too small): one speaker, or the fewest allowed
+    tiny, _ = _speaker_pieces([3, 3], seed=5)
+    assert count_by_silhouette(tiny, 1, 8, min_cluster_size=8).max() == 0
+    assert int(count_by_silhouette(tiny, 2, 8, min_cluster_size=8).max()) + 1 == 2
+
+
+def test_segmentation_pipeline_clustering_step_honours_its_settings():
+    """Count open: the silhouette rule; ``threshold`` given: the threshold rule; ``num_speakers``: that many."""
+    from types import SimpleNamespace
+
+    from mvector.inference.segmentation_diarization import SegmentationDiarizer
+
+    network = SimpleNamespace(sample_rate=16000, frame_step=0.016875, frame_duration=0.0619,
+                              num_frames=lambda samples: 589)
+    emb, truth = _speaker_pieces([30, 22, 40, 18], seed=7)
+    seconds = np.full(len(emb), 2.0)
+
+    def labels(**settings: object) -> np.ndarray:
+        diarizer = SegmentationDiarizer(PitchEmbedder(), network, DiarizationConfig(**settings))
+        return diarizer.cluster_pieces(emb, seconds)
+
+    assert _same_partition(labels(), truth)
+    assert labels(threshold=-0.5).max() == 0  # the threshold rule: every cluster is alike enough to merge
+    assert int(labels(num_speakers=2).max()) + 1 == 2
+    assert int(labels(max_speakers=3).max()) + 1 == 3
+
+
+def test_local_speakers_round_trip_and_a_wrong_file(tmp_path):
+    from mvector.inference.segmentation_diarization import LocalSpeakers
+
+    rng = np.random.default_rng(0)
+    acts = [rng.integers(0, 2, (589, 3)).astype(np.uint8) for _ in range(3)]
+    local = LocalSpeakers(17.5, [0, 148, 296], acts, [589, 589, 400], [(0, 1, 3, 90, True), (2, 0, 5, 9, False)],
+                          rng.standard_normal((2, 192)).astype(np.float32))
+    again = LocalSpeakers.load(local.save(tmp_path / "rec.npz"))
+    assert again.owners == local.owners and again.offsets == local.offsets and again.valid == local.valid
+    assert all((a == b).all() for a, b in zip(again.activities, acts))
+    assert np.array_equal(again.embeddings, local.embeddings) and again.duration == 17.5
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ConfigError, match="other.npz"):
+        LocalSpeakers.load(tmp_path / "other.npz")

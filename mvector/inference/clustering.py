@@ -7,6 +7,8 @@
   diarization using normalized maximum eigengap") and symmetrised, its graph Laplacian, the number of speakers
   taken from the largest eigengap between ``min_speakers`` and ``max_speakers`` (or given), and k-means on the
   row-normalised eigenvectors of the smallest eigenvalues (Ng, Jordan and Weiss, 2001).
+* :func:`count_by_silhouette`: the number of speakers as the spectral partition with the highest
+  :func:`silhouette` (what the segmentation pipeline uses with the count open).
 * :func:`merge_similar_clusters`: joins clusters whose centroids are more similar than a threshold (this is what
   lets a one-speaker recording come out as one speaker after spectral clustering).
 * :func:`absorb_small_clusters`: hands the points of tiny clusters (a few stray windows) to the nearest big one.
@@ -39,8 +41,6 @@ __all__ = [
     "normalize_rows",
     "relabel",
     "agglomerative_clustering",
-    "centroid_agglomerative_clustering",
-    "refine_speakers",
     "silhouette",
     "count_by_silhouette",
     "spectral_clustering",
@@ -142,129 +142,6 @@ def agglomerative_clustering(
     else:
         target = low
     return relabel(fcluster(tree, t=target, criterion="maxclust"))
-
-
-def centroid_agglomerative_clustering(
-    embeddings: np.ndarray,
-    threshold: float | None = 0.7,
-    num_speakers: int | None = None,
-    min_speakers: int = 1,
-    max_speakers: int | None = None,
-) -> np.ndarray:
-    """Centroid-linkage clustering on cosine similarity: the two clusters whose centroids (unit-length means of
-    their unit-length members) are the most similar merge, while that similarity exceeds ``threshold`` (or until
-    ``num_speakers`` remain), kept within ``min_speakers``..``max_speakers``.
-
-    Unlike average linkage, a large cluster is compared through its centroid, where the noise of its members
-    averages out: one speaker's pieces agree with their own centroid far better than with each other, while two
-    speakers' centroids stay apart, so the stopping threshold separates "same" from "different" more cleanly.
-    Memory is ``N x N`` similarities (callers subsample long recordings, see :func:`cluster_embeddings`).
-
-    >>> emb = np.array([[1.0, 0.0], [0.9, 0.2], [0.0, 1.0], [0.2, 0.9], [0.7, 0.7]])
-    >>> centroid_agglomerative_clustering(emb, threshold=0.95).tolist()
-    [0, 0, 1, 1, 2]
-    >>> centroid_agglomerative_clustering(emb, threshold=0.4).tolist()
-    [0, 0, 0, 0, 0]
-    >>> centroid_agglomerative_clustering(emb, num_speakers=2).tolist()
-    [0, 0, 1, 1, 0]
-    """
-    emb = normalize_rows(_check(embeddings))
-    n = len(emb)
-    low, high = _speaker_range(n, num_speakers, min_speakers, max_speakers)
-    if num_speakers is None and threshold is None:
-        raise ConfigError("centroid clustering needs a threshold or num_speakers")
-    labels = np.arange(n)
-    sums = emb.copy()
-    alive = np.ones(n, dtype=bool)
-    sim = emb @ emb.T
-    np.fill_diagonal(sim, -np.inf)
-    partner = np.argmax(sim, axis=1)  # each row's most similar cluster, and that similarity
-    best = sim[np.arange(n), partner]
-    count = n
-    while count > low:
-        a = int(np.argmax(best))
-        b = int(partner[a])
-        if num_speakers is None and count <= high and best[a] <= float(threshold):
-            break
-        a, b = min(a, b), max(a, b)
-        sums[a] += sums[b]
-        labels[labels == b] = a
-        alive[b] = False
-        row = normalize_rows(sums) @ normalize_rows(sums[a : a + 1])[0]
-        row[~alive] = -np.inf
-        row[a] = -np.inf
-        sim[a, :] = row
-        sim[:, a] = row
-        sim[b, :] = -np.inf
-        sim[:, b] = -np.inf
-        best[b] = -np.inf
-        stale = alive & np.isin(partner, [a, b])
-        stale[a] = True
-        partner[stale] = np.argmax(sim[stale], axis=1)
-        best[stale] = sim[stale, partner[stale]]
-        better = alive & ~stale & (row > best)
-        partner[better] = a
-        best[better] = row[better]
-        count -= 1
-    return relabel(labels)
-
-
-def refine_speakers(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    weights: np.ndarray | None = None,
-    concentration: float = 10.0,
-    min_share: float = 0.0,
-    iterations: int = 10,
-    min_speakers: int = 1,
-) -> np.ndarray:
-    """Re-estimate speakers from a first clustering: a mixture of von Mises-Fisher distributions on the unit
-    sphere (one shared ``concentration``), fitted by EM from ``labels``, whose speakers holding less than
-    ``min_share`` of the total ``weights`` (e.g. seconds of speech; default one per point) are dropped.
-
-    Each iteration gives every point posteriors ``p(k | x) ~ share_k * exp(concentration * cos(x, mean_k))``,
-    then each speaker's mean direction and share of speech from them; the speaker with the smallest share under
-    ``min_share`` is removed (its points go where the posteriors send them) until none is, keeping at least
-    ``min_speakers``. This is a PLDA-free cousin of VBx's re-estimation (Landini et al., 2022), without the
-    hidden Markov model over time: stray clusters of a few mixed pieces dissolve into the speakers they resemble,
-    and points first put with the wrong speaker move. Returns hard labels renumbered ``0, 1, ...``.
-
-    >>> rng = np.random.default_rng(0)
-    >>> centres = rng.standard_normal((2, 8))
-    >>> emb = np.repeat(centres, 30, axis=0) + 0.3 * rng.standard_normal((60, 8))
-    >>> first = np.repeat([0, 1], 30); first[[3, 40]] = 2; first[10] = 1   # a stray cluster and a wrong point
-    >>> refine_speakers(emb, first, min_share=0.1).tolist() == [0] * 30 + [1] * 30
-    True
-    """
-    emb = normalize_rows(_check(embeddings))
-    labels = relabel(labels)
-    if len(labels) != len(emb):
-        raise ConfigError(f"{len(labels)} labels for {len(emb)} embeddings")
-    w = np.ones(len(emb)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(emb),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ConfigError("weights must be one finite, non-negative number per embedding, not all zero")
-    if not concentration > 0:
-        raise ConfigError(f"concentration must be > 0, got {concentration!r}")
-    post = np.eye(int(labels.max()) + 1)[labels]
-    steps = 0
-    while True:  # EM steps, and after each one the removal of every too small speaker, smallest first
-        mass = (post * w[:, None]).sum(axis=0)
-        share = mass / mass.sum()
-        smallest = int(np.argmin(share))
-        if share[smallest] < float(min_share) and len(share) > max(1, int(min_speakers)):
-            post = np.delete(post, smallest, axis=1)  # the points' other posteriors decide where they go
-            post[post.sum(axis=1) <= 0] = 1.0
-            post /= post.sum(axis=1, keepdims=True)
-            continue
-        if steps >= max(1, int(iterations)):
-            break
-        steps += 1
-        means = normalize_rows((post * w[:, None]).T @ emb)
-        logits = float(concentration) * (emb @ means.T) + np.log(np.maximum(share, 1e-12))
-        logits -= logits.max(axis=1, keepdims=True)
-        post = np.exp(logits)
-        post /= post.sum(axis=1, keepdims=True)
-    return relabel(np.argmax(post, axis=1))
 
 
 def _pruned_affinity(sim: np.ndarray, neighbours: int) -> np.ndarray:
@@ -420,7 +297,7 @@ def count_by_silhouette(
     """Labels with the number of speakers estimated: spectral clustering (:func:`spectral_clustering`) at every
     count from ``max(2, min_speakers)`` to ``max_speakers``, keeping the partition of the highest
     :func:`silhouette` among those whose clusters all hold at least ``min_cluster_size`` points. One speaker
-    (when ``min_speakers`` allows it) when no partition qualifies, or when the two centroids of the best
+    (or ``min_speakers`` when more) when no partition qualifies, or when the two centroids of the best
     two-cluster partition are more similar than ``same_speaker`` (a cosine similarity).
 
     The silhouette asks of every point whether it sits closer to its own cluster than to the next one, so it
@@ -449,15 +326,12 @@ def count_by_silhouette(
         score = silhouette(sim, labels)
         if score > best_score:
             best, best_score = labels, score
-    if low <= 1:
-        if best_score == -np.inf:
-            return np.zeros(n, dtype=np.int64)
-        two = best if int(best.max()) == 1 else spectral_clustering(emb, num_speakers=2, seed=seed)
-        centroids = cluster_centroids(emb, two)
-        if float(centroids[0] @ centroids[1]) > float(same_speaker):
-            return np.zeros(n, dtype=np.int64)
-    elif best_score == -np.inf:  # nothing qualified and one speaker is not allowed: the fewest allowed
-        best = spectral_clustering(emb, num_speakers=low, seed=seed)
+    if best_score == -np.inf:  # no partition qualifies: one speaker, or the fewest allowed
+        return np.zeros(n, dtype=np.int64) if low <= 1 else spectral_clustering(emb, num_speakers=low, seed=seed)
+    two = best if int(best.max()) == 1 else spectral_clustering(emb, num_speakers=2, seed=seed)
+    centroids = cluster_centroids(emb, two)
+    if float(centroids[0] @ centroids[1]) > float(same_speaker):  # sounds like one speaker: the fewest allowed
+        return np.zeros(n, dtype=np.int64) if low <= 1 else spectral_clustering(emb, num_speakers=low, seed=seed)
     return relabel(best)
 
 

@@ -1,0 +1,274 @@
+"""Compare rules that estimate the number of speakers, on the segmentation pipeline's cached local speakers.
+
+``bench_diarization.py --cache_dir CACHE --work_dir WORK`` keeps every recording's local speakers and piece
+embeddings (``LocalSpeakers.save``); this script finishes the pipeline on them with each rule below (seconds
+per rule instead of a pass over the audio) and prints, per rule, the DER with the count open, the same
+pipeline's DER with the count given, their ratio, and how often the count is exact. Use it on a *tuning* set
+(e.g. ``--voices train --seed 0``), then measure the chosen rule once with ``bench_diarization.py`` on a held-out
+set (``--voices dev --seed 100000``).
+
+Rules: ``threshold`` (the previous default: average-linkage clustering stopped at 0.55 sets the count, spectral
+clustering at it draws the partition); ``centroid T`` (centroid-linkage clustering stopped at T, clusters under
+3 % of the clean speech handed to the nearest other, optionally re-estimated by ``vmf_reestimate`` or redrawn by
+spectral clustering at that count); ``silhouette M`` (the pipeline's rule: :func:`count_by_silhouette` with
+clusters of at least M pieces); ``silhouette M, merge T`` (then clusters with centroids above T joined).
+
+    python benchmarks/tune_diarization_count.py --cache_dir CACHE --work_dir WORK [--reference_dir DIR ...]
+
+>>> lab = centroid_linkage(np.array([[1.0, 0.0], [0.9, 0.2], [0.0, 1.0], [0.2, 0.9]]), threshold=0.9)
+>>> lab.tolist()
+[0, 0, 1, 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from common import add_repo_to_path, emit, machine_info
+
+add_repo_to_path()
+
+from mvector.data.rttm import read_rttm  # noqa: E402
+from mvector.evaluation.der import diarization_error  # noqa: E402
+from mvector.inference.clustering import (  # noqa: E402
+    cluster_centroids,
+    normalize_rows,
+    relabel,
+)
+
+
+def centroid_linkage(
+    embeddings: np.ndarray,
+    threshold: float | None = 0.7,
+    num_speakers: int | None = None,
+    min_speakers: int = 1,
+    max_speakers: int | None = None,
+) -> np.ndarray:
+    """Centroid-linkage clustering on cosine similarity: the two clusters whose centroids (unit-length means of
+    their unit-length members) are the most similar merge, while that similarity exceeds ``threshold`` (or until
+    ``num_speakers`` remain), kept within ``min_speakers``..``max_speakers``.
+
+    Unlike average linkage, a large cluster is compared through its centroid, where the noise of its members
+    averages out: one speaker's pieces agree with their own centroid far better than with each other, while two
+    speakers' centroids stay apart, so the stopping threshold separates "same" from "different" more cleanly.
+    Memory is ``N x N`` similarities (callers subsample long recordings, see :func:`cluster_embeddings`).
+
+    >>> emb = np.array([[1.0, 0.0], [0.9, 0.2], [0.0, 1.0], [0.2, 0.9], [0.7, 0.7]])
+    >>> centroid_linkage(emb, threshold=0.95).tolist()
+    [0, 0, 1, 1, 2]
+    >>> centroid_linkage(emb, threshold=0.4).tolist()
+    [0, 0, 0, 0, 0]
+    >>> centroid_linkage(emb, num_speakers=2).tolist()
+    [0, 0, 1, 1, 0]
+    """
+    emb = normalize_rows(np.asarray(embeddings, dtype=np.float64))
+    n = len(emb)
+    low = int(num_speakers or min_speakers)
+    high = int(num_speakers or max_speakers or n)
+    if num_speakers is None and threshold is None:
+        raise ValueError("centroid clustering needs a threshold or num_speakers")
+    labels = np.arange(n)
+    sums = emb.copy()
+    alive = np.ones(n, dtype=bool)
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    partner = np.argmax(sim, axis=1)  # each row's most similar cluster, and that similarity
+    best = sim[np.arange(n), partner]
+    count = n
+    while count > low:
+        a = int(np.argmax(best))
+        b = int(partner[a])
+        if num_speakers is None and count <= high and best[a] <= float(threshold):
+            break
+        a, b = min(a, b), max(a, b)
+        sums[a] += sums[b]
+        labels[labels == b] = a
+        alive[b] = False
+        row = normalize_rows(sums) @ normalize_rows(sums[a : a + 1])[0]
+        row[~alive] = -np.inf
+        row[a] = -np.inf
+        sim[a, :] = row
+        sim[:, a] = row
+        sim[b, :] = -np.inf
+        sim[:, b] = -np.inf
+        best[b] = -np.inf
+        stale = alive & np.isin(partner, [a, b])
+        stale[a] = True
+        partner[stale] = np.argmax(sim[stale], axis=1)
+        best[stale] = sim[stale, partner[stale]]
+        better = alive & ~stale & (row > best)
+        partner[better] = a
+        best[better] = row[better]
+        count -= 1
+    return relabel(labels)
+
+
+def vmf_reestimate(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None = None,
+    concentration: float = 10.0,
+    min_share: float = 0.0,
+    iterations: int = 10,
+    min_speakers: int = 1,
+) -> np.ndarray:
+    """Re-estimate speakers from a first clustering: a mixture of von Mises-Fisher distributions on the unit
+    sphere (one shared ``concentration``), fitted by EM from ``labels``, whose speakers holding less than
+    ``min_share`` of the total ``weights`` (e.g. seconds of speech; default one per point) are dropped.
+
+    Each iteration gives every point posteriors ``p(k | x) ~ share_k * exp(concentration * cos(x, mean_k))``,
+    then each speaker's mean direction and share of speech from them; the speaker with the smallest share under
+    ``min_share`` is removed (its points go where the posteriors send them) until none is, keeping at least
+    ``min_speakers``. This is a PLDA-free cousin of VBx's re-estimation (Landini et al., 2022), without the
+    hidden Markov model over time: stray clusters of a few mixed pieces dissolve into the speakers they resemble,
+    and points first put with the wrong speaker move. Returns hard labels renumbered ``0, 1, ...``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> centres = rng.standard_normal((2, 8))
+    >>> emb = np.repeat(centres, 30, axis=0) + 0.3 * rng.standard_normal((60, 8))
+    >>> first = np.repeat([0, 1], 30); first[[3, 40]] = 2; first[10] = 1   # a stray cluster and a wrong point
+    >>> vmf_reestimate(emb, first, min_share=0.1).tolist() == [0] * 30 + [1] * 30
+    True
+    """
+    emb = normalize_rows(np.asarray(embeddings, dtype=np.float64))
+    labels = relabel(labels)
+    if len(labels) != len(emb):
+        raise ValueError(f"{len(labels)} labels for {len(emb)} embeddings")
+    w = np.ones(len(emb)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(emb),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weights must be one finite, non-negative number per embedding, not all zero")
+    if not concentration > 0:
+        raise ValueError(f"concentration must be > 0, got {concentration!r}")
+    post = np.eye(int(labels.max()) + 1)[labels]
+    steps = 0
+    while True:  # EM steps, and after each one the removal of every too small speaker, smallest first
+        mass = (post * w[:, None]).sum(axis=0)
+        share = mass / mass.sum()
+        smallest = int(np.argmin(share))
+        if share[smallest] < float(min_share) and len(share) > max(1, int(min_speakers)):
+            post = np.delete(post, smallest, axis=1)  # the points' other posteriors decide where they go
+            post[post.sum(axis=1) <= 0] = 1.0
+            post /= post.sum(axis=1, keepdims=True)
+            continue
+        if steps >= max(1, int(iterations)):
+            break
+        steps += 1
+        means = normalize_rows((post * w[:, None]).T @ emb)
+        logits = float(concentration) * (emb @ means.T) + np.log(np.maximum(share, 1e-12))
+        logits -= logits.max(axis=1, keepdims=True)
+        post = np.exp(logits)
+        post /= post.sum(axis=1, keepdims=True)
+    return relabel(np.argmax(post, axis=1))
+
+
+def absorb_by_share(embeddings: np.ndarray, labels: np.ndarray, seconds: np.ndarray, share: float) -> np.ndarray:
+    """Hand the clusters holding under ``share`` of the total ``seconds``, smallest first, to their nearest other
+    cluster (point by point, by centroid similarity).
+
+    >>> absorb_by_share(np.array([[1.0, 0], [1, 0.1], [0, 1.0]]), np.array([0, 0, 1]), np.ones(3), 0.4).tolist()
+    [0, 0, 0]
+    """
+    labels = relabel(labels)
+    while labels.max() >= 1:
+        mass = np.bincount(labels, weights=seconds)
+        k = int(np.argmin(mass))
+        if mass[k] >= share * mass.sum():
+            break
+        sims = normalize_rows(embeddings[labels == k]) @ cluster_centroids(embeddings, labels).T
+        sims[:, k] = -np.inf
+        labels = labels.copy()
+        labels[labels == k] = np.argmax(sims, axis=1)
+        labels = relabel(labels)
+    return labels
+
+
+def rules() -> dict[str, tuple[dict, Callable | None]]:
+    """Name -> (configuration overrides, replacement of ``cluster_pieces`` or None for the pipeline's own)."""
+    out: dict[str, tuple[dict, Callable | None]] = {"threshold 0.55 (previous)": ({"threshold": 0.55}, None)}
+
+    def centroid(t: float, then: str) -> Callable:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+            labels = centroid_linkage(x, t, None, self.config.min_speakers, None)
+            labels = absorb_by_share(x, labels, seconds, 0.03)
+            if then == "vmf" and labels.max() >= 1:
+                labels = vmf_reestimate(x, labels, seconds, 20.0, 0.03)
+            if then == "spectral" and labels.max() >= 1 and len(x) >= 8:
+                labels = relabel(self.cluster_with(x, num_speakers=int(labels.max()) + 1, min_cluster_windows=1))
+            if labels.max() + 1 > self.config.max_speakers:
+                labels = centroid_linkage(x, None, self.config.max_speakers)
+            return relabel(labels)
+        return cluster
+
+    for t in (0.6, 0.7, 0.8):
+        for then in ("", "vmf", "spectral"):
+            out[f"centroid {t}, 3 % share{', ' + then if then else ''}"] = ({}, centroid(t, then))
+    for m in (5, 8):
+        out[f"silhouette {m}"] = ({"min_cluster_pieces": m}, None)
+    for t in (0.7, 0.8):
+        out[f"silhouette 8, merge {t}"] = ({"min_cluster_pieces": 8, "merge_threshold": t}, None)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache_dir", required=True, help="bench_diarization.py's --cache_dir (LocalSpeakers npz)")
+    parser.add_argument("--work_dir", required=True, nargs="+", help="folders holding the reference NAME.rttm")
+    parser.add_argument("--model_path", required=True, help="the embedding model the cache was made with")
+    parser.add_argument("--collar", type=float, default=0.25)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from mvector.inference.diarization import DiarizationConfig, PredictorEmbedder, load_segmentation
+    from mvector.inference.predictor import MVectorPredictor
+    from mvector.inference.segmentation import find_segmentation_model
+    from mvector.inference.segmentation_diarization import LocalSpeakers, SegmentationDiarizer
+
+    folder = find_segmentation_model()
+    if folder is None:
+        raise SystemExit("segmentation_3_0 not found: mvector import segmentation_3_0")
+    embedder = PredictorEmbedder(MVectorPredictor(args.model_path, use_gpu=False))
+    network = load_segmentation(folder)
+    recordings = []
+    for path in sorted(Path(args.cache_dir).glob("*.npz")):
+        stem = path.name.split(".")[0]
+        refs = [Path(d) / f"{stem}.rttm" for d in args.work_dir if (Path(d) / f"{stem}.rttm").exists()]
+        if refs:
+            recordings.append((stem, LocalSpeakers.load(path), read_rttm(refs[0])[stem]))
+    if not recordings:
+        raise SystemExit(f"no cached recording in {args.cache_dir} has a reference RTTM in {args.work_dir}")
+    given = []
+    for _stem, local, ref in recordings:
+        n = len({t.speaker for t in ref})
+        turns = SegmentationDiarizer(embedder, network, DiarizationConfig(num_speakers=n)).finish(local).turns
+        given.append(diarization_error(ref, turns, collar=args.collar))
+    given_der = sum(r.missed + r.false_alarm + r.confusion for r in given) / sum(r.total for r in given)
+    report: dict = {"benchmark": "diarization count rules", "recordings": [r[0] for r in recordings],
+                    "machine": machine_info(), "count_given_der": round(given_der, 4), "rules": {}}
+    lines = ["| rule | DER count open | / count given | count exact | count errors |", "|---|---|---|---|---|"]
+    for name, (overrides, cluster) in rules().items():
+        began = time.perf_counter()
+        kind = SegmentationDiarizer if cluster is None else type("Rule", (SegmentationDiarizer,),
+                                                                  {"cluster_pieces": cluster})
+        errors, scored = [], []
+        for _stem, local, ref in recordings:
+            turns = kind(embedder, network, DiarizationConfig(**overrides)).finish(local).turns
+            scored.append(diarization_error(ref, turns, collar=args.collar))
+            errors.append(len({t.speaker for t in turns}) - len({t.speaker for t in ref}))
+        der = sum(r.missed + r.false_alarm + r.confusion for r in scored) / sum(r.total for r in scored)
+        exact = sum(e == 0 for e in errors)
+        report["rules"][name] = {"der": round(der, 4), "ratio_to_given": round(der / given_der, 2),
+                                 "count_exact": f"{exact}/{len(errors)}", "count_errors": errors,
+                                 "seconds": round(time.perf_counter() - began, 1)}
+        lines.append(f"| {name} | {100 * der:.1f} % | {der / given_der:.2f}x | {exact}/{len(errors)} | {errors} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    print(f"count given: {100 * given_der:.1f} %\n" + "\n".join(lines), file=sys.stderr)
+    emit(report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
