@@ -436,3 +436,14 @@ def test_local_speakers_round_trip_and_a_wrong_file(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ConfigError, match="other.npz"):
         LocalSpeakers.load(tmp_path / "other.npz")
+
+
+def test_count_by_silhouette_subsamples_long_recordings():
+    """Above max_points pieces a subsample is clustered (memory bounded) and every piece still gets its speaker."""
+    from mvector.inference.clustering import count_by_silhouette
+
+    emb, truth = _speaker_pieces([70, 50, 90], seed=11)
+    labels = count_by_silhouette(emb, 1, 8, min_cluster_size=8, max_points=60)
+    assert len(labels) == 210 and _same_partition(labels, truth)
+    with pytest.raises(ConfigError, match="max_points"):
+        count_by_silhouette(emb, max_points=1)

@@ -293,6 +293,7 @@ def count_by_silhouette(
     min_cluster_size: int = 1,
     same_speaker: float = 1.0,
     seed: int = 0,
+    max_points: int = 2000,
 ) -> np.ndarray:
     """Labels with the number of speakers estimated: spectral clustering (:func:`spectral_clustering`) at every
     count from ``max(2, min_speakers)`` to ``max_speakers``, keeping the partition of the highest
@@ -302,7 +303,8 @@ def count_by_silhouette(
 
     The silhouette asks of every point whether it sits closer to its own cluster than to the next one, so it
     needs no similarity threshold on the embeddings, whose typical levels vary with the voices, the recording and
-    the length of the pieces; only the one-speaker decision does.
+    the length of the pieces; only the one-speaker decision does. Above ``max_points`` points an evenly spaced
+    subsample is clustered and every point goes to its nearest centroid (memory ``max_points``\\ :sup:`2`).
 
     >>> rng = np.random.default_rng(0)
     >>> centres = rng.standard_normal((4, 16))
@@ -314,6 +316,12 @@ def count_by_silhouette(
     1
     """
     emb = normalize_rows(_check(embeddings))
+    if int(max_points) < 2:
+        raise ConfigError(f"max_points must be >= 2, got {max_points!r}")
+    if len(emb) > int(max_points):
+        pick = np.unique(np.linspace(0, len(emb) - 1, int(max_points)).round().astype(np.int64))
+        labels = count_by_silhouette(emb[pick], min_speakers, max_speakers, min_cluster_size, same_speaker, seed)
+        return relabel(np.argmax(emb @ cluster_centroids(emb[pick], labels).T, axis=1))
     n = len(emb)
     low, high = _speaker_range(n, None, min_speakers, max_speakers)
     sim = emb @ emb.T

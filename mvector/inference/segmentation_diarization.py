@@ -12,11 +12,16 @@ The pipeline (:class:`SegmentationDiarizer`, what ``mvector diarize`` runs when 
    people under one local label within a 10 s window. A local speaker without such a run is embedded from all its
    frames and only *assigned* to a cluster later, never used to form one. (``max_piece=0`` gives one embedding
    per chunk and local speaker, whose local speakers then go to distinct clusters by the Hungarian method.)
-3. **Clustering with an estimated count**: average-linkage agglomerative clustering on cosine similarity stopped
-   at ``threshold`` (default: 0.5 + :data:`PIECE_THRESHOLD_MARGIN`; the model's verification threshold is not
-   used, see that constant), within ``min_speakers``..``max_speakers``, clusters of fewer
-   than ``min_cluster_pieces`` pieces absorbed, sets the number of speakers; spectral clustering at that number
-   (or at ``num_speakers`` when given) draws the partition.
+3. **Clustering with an estimated count** (:meth:`SegmentationDiarizer.cluster_pieces`): spectral clustering
+   of the clean pieces at every count from 2 to ``max_speakers``; the count is that of the partition with the
+   highest silhouette (:func:`~mvector.inference.clustering.count_by_silhouette`) among those whose clusters all
+   hold at least ``min_cluster_pieces`` pieces (8), one speaker when the best two-way split's centroids are
+   more alike than :data:`ONE_SPEAKER_SIMILARITY`. No similarity threshold decides the count, because the
+   similarity levels of short pieces vary with the voices and the recording (see that constant and
+   docs/diarization.md for the tuning). With ``threshold`` given (or ``clustering`` not ``auto``) the previous
+   rule runs instead: average-linkage clustering stopped at ``threshold`` sets the count (clusters of fewer than
+   ``min_cluster_pieces`` pieces absorbed), spectral clustering at it draws the partition. With
+   ``num_speakers``, spectral clustering at that count.
 4. **Reconstruction**: every active frame of a local speaker takes the cluster of its nearest piece; on the global
    frame grid each cluster's activity is the mean over the chunks covering the frame, and the number of speakers
    talking is the rounded mean of the chunks' local counts; each frame keeps that many most active clusters.
@@ -346,7 +351,7 @@ class SegmentationDiarizer(Diarizer):
         c = self.config
         if c.clustering == "auto" and c.num_speakers is None and c.threshold is None:
             labels = count_by_silhouette(embeddings, c.min_speakers, c.max_speakers, c.min_cluster_pieces,
-                                         ONE_SPEAKER_SIMILARITY, c.seed)
+                                         ONE_SPEAKER_SIMILARITY, c.seed, c.max_cluster_windows)
             if c.merge_threshold is not None:
                 labels = merge_similar_clusters(embeddings, labels, float(c.merge_threshold), c.min_speakers)
             return labels
