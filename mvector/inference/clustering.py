@@ -298,8 +298,8 @@ def count_by_silhouette(
     """Labels with the number of speakers estimated: spectral clustering (:func:`spectral_clustering`) at every
     count from ``max(2, min_speakers)`` to ``max_speakers``, keeping the partition of the highest
     :func:`silhouette` among those whose clusters all hold at least ``min_cluster_size`` points. One speaker
-    (or ``min_speakers`` when more) when no partition qualifies, or when the two centroids of the best
-    two-cluster partition are more similar than ``same_speaker`` (a cosine similarity).
+    (or ``min_speakers`` when more) when no partition qualifies, or when every two centroids of the best
+    partition are more similar than ``same_speaker`` (a cosine similarity).
 
     The silhouette asks of every point whether it sits closer to its own cluster than to the next one, so it
     needs no similarity threshold on the embeddings, whose typical levels vary with the voices, the recording and
@@ -336,9 +336,10 @@ def count_by_silhouette(
             best, best_score = labels, score
     if best_score == -np.inf:  # no partition qualifies: one speaker, or the fewest allowed
         return np.zeros(n, dtype=np.int64) if low <= 1 else spectral_clustering(emb, num_speakers=low, seed=seed)
-    two = best if int(best.max()) == 1 else spectral_clustering(emb, num_speakers=2, seed=seed)
-    centroids = cluster_centroids(emb, two)
-    if float(centroids[0] @ centroids[1]) > float(same_speaker):  # sounds like one speaker: the fewest allowed
+    # one speaker when even the least alike clusters of the best partition are alike (not a fixed two-way split:
+    # splitting many voices in two averages several voices into each half, whose centroids then look alike)
+    centroids = cluster_centroids(emb, best)
+    if float((centroids @ centroids.T).min()) > float(same_speaker):
         return np.zeros(n, dtype=np.int64) if low <= 1 else spectral_clustering(emb, num_speakers=low, seed=seed)
     return relabel(best)
 
