@@ -223,7 +223,8 @@ def main() -> None:
     parser.add_argument("--collar", type=float, default=0.25)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    from mvector.inference.diarization import DiarizationConfig, PredictorEmbedder, load_segmentation
+    from mvector.inference.classic_diarization import DiarizationConfig, PredictorEmbedder
+    from mvector.inference.diarization import load_segmentation
     from mvector.inference.predictor import MVectorPredictor
     from mvector.inference.segmentation import find_segmentation_model
     from mvector.inference.segmentation_diarization import LocalSpeakers, SegmentationDiarizer
