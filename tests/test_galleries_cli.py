@@ -1,4 +1,4 @@
-"""Named galleries and the ``among`` restriction from the command line and from Python (issue 27), on a folder."""
+"""Named galleries and the ``among`` restriction from the command line and from Python, on a folder."""
 
 from __future__ import annotations
 

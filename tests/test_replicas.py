@@ -1,4 +1,4 @@
-"""Two ``mvector serve`` replicas (separate working folders, two loopback ports) against one PostgreSQL (issue 27).
+"""Two ``mvector serve`` replicas (separate working folders, two loopback ports) against one PostgreSQL.
 
 What the replicas must do together: an enrolment on one is found by the other at its next request, a deletion on
 one is honoured by the other; a key created or revoked through one is honoured or refused by the other at once;

@@ -1,4 +1,4 @@
-"""The service under attack (issue 20): a real ``mvector serve`` on 127.0.0.1 spoken to as an attacker would, over
+"""The service under attack: a real ``mvector serve`` on 127.0.0.1 spoken to as an attacker would, over
 raw sockets where a well-behaved client library would not send what an attacker sends.
 
 Memory bounds are measured on the server process (``VmRSS`` from ``/proc``): a keyless 3 GB body, chunked bodies
@@ -38,13 +38,13 @@ LIMITS = [
     "--header_timeout", "1", "--body_timeout", "1", "--max_connections", "24", "--max_audio_mb", "40",
     "--audio_wait", "1", "--refusal_limit", "40",
 ]  # fmt: skip
-#: RSS growth allowed for the unread-body attacks (row 1) and the FLAC flood (row 2), in MiB (before issue 20: +3 GB
-#: and +2.6 GB).
-ROW1_BOUND_MB = 30
-ROW2_BOUND_MB = 160  # measured 27-29 MiB alone and 97 MiB during the full suite on the shared machine: the
+#: RSS growth allowed for the unread-body attacks and the FLAC flood, in MiB (before the request guard and the audio
+#: budget: +3 GB and +2.6 GB).
+UNREAD_BODY_BOUND_MB = 30
+FLAC_FLOOD_BOUND_MB = 160  # measured 27-29 MiB alone and 97 MiB during the full suite on the shared machine: the
 # --max_audio_mb 40 budget plus what glibc keeps in the arenas of the threads that decoded and embedded. The
 # model's own working set for two 20 s crops (about 200 MB, flat after two requests) is measured out first.
-# Decoded whole, 20 clients x 2 recordings x 90 MB would be 3.6 GB; before issue 20 the server grew 2.6 GB.
+# Decoded whole, 20 clients x 2 recordings x 90 MB would be 3.6 GB; before the audio budget the server grew 2.6 GB.
 
 
 def rss_mb(pid: int) -> float:
@@ -141,7 +141,7 @@ def attacked(tmp_path_factory):
     assert "Traceback" not in server.log(), server.log()
 
 
-def test_row1_nothing_is_read_before_the_key_on_any_route(attacked):
+def test_guard_reads_nothing_before_the_key_on_any_route(attacked):
     server, keys = attacked
     spec = httpx.get(server.url + "/openapi.json").json()
     before = rss_mb(server.proc.pid)
@@ -171,11 +171,11 @@ def test_row1_nothing_is_read_before_the_key_on_any_route(attacked):
     status, _, body, took = flood(server.port, head, seconds=3.0, chunk=8192, chunked=True)
     assert status == 413 and json.loads(body)["code"] == "upload_too_large", body
     grown = rss_mb(server.proc.pid) - before
-    print(f"row 1: RSS grew {grown:.1f} MiB")
-    assert grown < ROW1_BOUND_MB, f"the server grew by {grown:.0f} MiB"
+    print(f"unread bodies: RSS grew {grown:.1f} MiB")
+    assert grown < UNREAD_BODY_BOUND_MB, f"the server grew by {grown:.0f} MiB"
 
 
-def test_row1_slow_headers_and_stalled_bodies_are_dropped_with_408(attacked):
+def test_server_drops_slow_headers_and_stalled_bodies_with_408(attacked):
     server, keys = attacked
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -202,7 +202,7 @@ def test_row1_slow_headers_and_stalled_bodies_are_dropped_with_408(attacked):
     assert httpx.get(server.url + "/health").status_code == 200
 
 
-def test_row1_connections_over_the_limit_get_503_json(attacked):
+def test_server_answers_connections_over_the_limit_with_503_json(attacked):
     server, _ = attacked
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(24)]
     try:
@@ -217,7 +217,7 @@ def test_row1_connections_over_the_limit_get_503_json(attacked):
         time.sleep(0.1)
 
 
-def test_row2_a_flac_bomb_decodes_into_bounded_memory(attacked):
+def test_audio_budget_decodes_a_flac_bomb_into_bounded_memory(attacked):
     server, keys = attacked
     bomb = bomb_flac()
     assert len(bomb) < 30_000
@@ -239,11 +239,11 @@ def test_row2_a_flac_bomb_decodes_into_bounded_memory(attacked):
     for a in answers:
         if a.status_code == 503:
             assert a.json()["code"] == "overloaded" and a.headers["retry-after"] == "1"
-    print(f"row 2: RSS grew {grown:.1f} MiB, answers {sorted(codes)}")
-    assert grown < ROW2_BOUND_MB, f"the server grew by {grown:.0f} MiB for 20 concurrent bomb verifications"
+    print(f"FLAC flood: RSS grew {grown:.1f} MiB, answers {sorted(codes)}")
+    assert grown < FLAC_FLOOD_BOUND_MB, f"the server grew by {grown:.0f} MiB for 20 concurrent bomb verifications"
 
 
-def test_row3_the_audit_log_cannot_be_forged_or_flooded(attacked):
+def test_audit_log_cannot_be_forged_or_flooded(attacked):
     server, keys = attacked
     with KeyStore(server.audio_db_path) as store:  # a key of its own: this test gets it rate-limited
         attacker = store.create("read", name="attacker")[1]
@@ -278,7 +278,7 @@ def test_row3_the_audit_log_cannot_be_forged_or_flooded(attacked):
     ).stdout  # fmt: skip
 
 
-def test_row6_proxy_headers_are_ignored_unless_the_proxy_is_listed(attacked, tmp_path):
+def test_proxy_headers_are_ignored_unless_the_proxy_is_listed(attacked, tmp_path):
     server, keys = attacked
     w, admin = bearer(keys["write"]), bearer(keys["admin"])
     spoof = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"}
@@ -309,7 +309,7 @@ def test_docs_work_offline_pages_cannot_be_framed_and_answers_hold_no_paths(atta
             assert "http://" not in resp.text and "https://" not in resp.text  # nothing from elsewhere
         assert client.get("/static/docs.js").status_code == 200
         model = client.get("/v1/model", headers=r).text
-        refused = json.loads(model)["refused_since_start"]  # the keyless floods of the row 1 test were counted
+        refused = json.loads(model)["refused_since_start"]  # the keyless floods of the unread-body test were counted
         assert refused["unauthorized"] >= 28 and refused["too_large"] >= 1 and refused["timeouts"] >= 1, refused
         for folder in (server.audio_db_path, str(server.model_dir), str(Path(server.model_dir).parent)):
             assert folder not in model

@@ -1,4 +1,4 @@
-"""A bounded schemathesis run (all checks) against a live ``mvector serve`` on 127.0.0.1 (issue 28, item 5).
+"""A bounded schemathesis run (all checks) against a live ``mvector serve`` on 127.0.0.1.
 
 A fixed number of examples per operation and a fixed generation (``--generation-deterministic``) keep it under a
 minute. The key it uses is an admin key, so every route is reached; the server refuses a key's revocation of
