@@ -39,7 +39,7 @@ def test_sqlite_reader_matches_rows_and_checks_sizes(monkeypatch):
 
 
 def test_postgres_reader_matches_rows(postgres_url, monkeypatch):
-    monkeypatch.setattr(bulk_read, "_CHUNK", 4)
+    monkeypatch.setattr(bulk_read, "_COPY_BATCH", 50)  # records cut across the parsed batches
     means = rows(len(NAMES))
     store = open_store(postgres_url)
     gallery = store.gallery("house")
@@ -56,4 +56,27 @@ def test_postgres_reader_matches_rows(postgres_url, monkeypatch):
     np.testing.assert_array_equal(full.means, means)
     with SpeakerDatabase(postgres_url, "fp", DIM, gallery="house") as db:  # a replica's cold start uses it
         assert db.search(means[26])[0][0][0] == "new\nline"
+    store.close()
+
+
+def test_postgres_reader_keeps_id_order_and_refuses_a_damaged_mean(postgres_url):
+    import psycopg
+
+    store = open_store(postgres_url)
+    gallery = store.gallery("damaged")
+    gallery.open("fp", DIM)
+    means = rows(40)
+    with gallery.write() as w:
+        first = w.allocate_ids(40)
+        w.insert_speakers(np.arange(first, first + 40), [f"s{i}" for i in range(40)], means, np.ones(40, np.int64), 0.0)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # a rewritten row moves in the heap
+        conn.execute("UPDATE mvector_speakers SET n_utts = 2 WHERE gallery = 'damaged' AND id = %s", (first,))
+    full = gallery.snapshot(None)
+    assert full.ids.tolist() == list(range(first, first + 40)) and full.names[0] == "s0"
+    np.testing.assert_array_equal(full.means, means)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE mvector_speakers SET mean = '\\x0000' WHERE gallery = 'damaged' AND id = %s",
+                     (first + 7,))  # fmt: skip
+    with pytest.raises(SpeakerDBError, match="damaged gallery"):
+        gallery.snapshot(None)
     store.close()

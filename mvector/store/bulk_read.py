@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 from typing import Any
 
 import numpy as np
@@ -89,43 +90,102 @@ def read_postgres(
     conn: Any, table: str, gallery: str, total: int, dim: int, where: str
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """``(ids, names, means)`` of the ``total`` speakers of ``gallery`` in ``table`` (columns ``gallery, id, name,
-    mean``), inside the caller's ``REPEATABLE READ`` transaction. Each chunk (a range of ids) comes back as one
-    row of values the server concatenated (``string_agg``): the ids as 8-byte big-endian integers, the means' bytes
-    and the names joined by newlines, in binary form, so the client makes no per-row objects."""
+    mean``), inside the caller's ``REPEATABLE READ`` transaction (both reads see one snapshot).
+
+    The ids and means come as one binary ``COPY``: every row is ``2 + (4 + 8) + (4 + 4·dim)`` bytes, so numpy
+    reads the stream as an array of fixed-size records (no object per row, no sort on the server); the names come
+    as a second, text ``COPY`` of ``id, name`` and are put in the same order; rows come back ordered by id."""
+    from psycopg import sql
+
+    record = np.dtype([("fields", ">i2"), ("id_size", ">i4"), ("id", ">i8"), ("mean_size", ">i4"),
+                       ("mean", "<f4", (dim,))])  # fmt: skip
     ids = np.empty(total, np.int64)
     means = np.empty((total, dim), np.float32)
-    names: list[str] = []
-    at = 0
-    # Chunks are id ranges (the stores give ids out one after the other), so no chunk needs a sort: an ORDER BY
-    # ... LIMIT over a freshly loaded table, before PostgreSQL has statistics, sorts every remaining row on disk for
-    # each chunk. The three aggregates consume the same rows in the same sequence: ids, means and names stay aligned.
-    sql = (
-        "SELECT count(*), string_agg(int8send(id), ''::bytea), string_agg(mean, ''::bytea), "
-        f"string_agg(name, E'\\n') FROM {table} WHERE gallery = %s AND id >= %s AND id < %s"
-    )
-    with conn.cursor(binary=True) as cur:
-        low, high = cur.execute(f"SELECT min(id), max(id) FROM {table} WHERE gallery = %s", (gallery,)).fetchone()
-        for start in range(int(low or 0), int(high or -1) + 1, _CHUNK):
-            count, id_bytes, mean_bytes, joined = cur.execute(sql, (gallery, start, start + _CHUNK)).fetchone()
-            count = int(count)
-            if not count:
-                continue
-            if at + count > total:
-                raise SpeakerDBError(f"{where}: the speaker table changed while it was read")
-            if len(mean_bytes) != 4 * dim * count or len(id_bytes) != 8 * count:
-                raise SpeakerDBError(f"{where}: damaged gallery (a mean embedding has the wrong size)")
-            chunk_ids = np.frombuffer(id_bytes, ">i8")
-            ids[at : at + count] = chunk_ids
-            means[at : at + count] = np.frombuffer(mean_bytes, np.float32).reshape(count, dim)
-            chunk_names = joined.split("\n")
-            if len(chunk_names) != count:  # a name holding a newline (written before the name rule): by id
-                found = dict(cur.execute(
-                    f"SELECT id, name FROM {table} WHERE gallery = %s AND id >= %s AND id < %s",
-                    (gallery, start, start + _CHUNK),
-                ).fetchall())
-                chunk_names = [found[i] for i in chunk_ids.tolist()]
-            names.extend(chunk_names)
-            at += count
-            del id_bytes, mean_bytes, joined
+    source = sql.SQL("(SELECT {} FROM {} WHERE gallery = {})")
+    with conn.cursor() as cur:
+        query = source.format(sql.SQL("id, mean"), sql.Identifier(table), sql.Literal(gallery))
+        with cur.copy(sql.SQL("COPY {} TO STDOUT (FORMAT BINARY)").format(query)) as copy:
+            at = _read_records(copy, record, ids, means, where)
+        query = source.format(sql.SQL("id, name"), sql.Identifier(table), sql.Literal(gallery))
+        with cur.copy(sql.SQL("COPY {} TO STDOUT").format(query)) as copy:
+            text = b"".join(bytes(block) for block in copy).decode("utf-8")
+    ids, means = ids[:at], means[:at]
+    if at > 1 and not bool(np.all(ids[1:] > ids[:-1])):  # rows rewritten since they were enrolled: by id, as stored
+        order = np.argsort(ids, kind="stable")
+        ids, means = ids[order], means[order]
+    names = _names_in_order(text, ids, where)
+    del text
     release_free_memory()
-    return ids[:at], names, means[:at]
+    return ids, names, means
+
+
+#: bytes of a binary COPY stream gathered before they are parsed (records cut across blocks wait for the rest)
+_COPY_BATCH = 4 << 20
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
+def _read_records(copy: Any, record: np.dtype, ids: np.ndarray, means: np.ndarray, where: str) -> int:
+    """Fill ``ids`` and ``means`` from a binary ``COPY`` of ``id, mean`` rows, a few MB at a time; returns the
+    number of rows. A row of another shape (a mean of the wrong size) is refused as a damaged gallery."""
+    pending = bytearray()
+    at, header = 0, None
+    for block in copy:
+        pending += block
+        if header is None:
+            if len(pending) < 19:
+                continue
+            if bytes(pending[:11]) != _COPY_SIGNATURE:
+                raise SpeakerDBError(f"{where}: PostgreSQL sent no binary COPY stream")
+            header = 19 + int.from_bytes(pending[15:19], "big")
+            if len(pending) < header:
+                continue
+            del pending[:header]
+        if len(pending) >= _COPY_BATCH:
+            at = _take_records(pending, record, ids, means, at, where)
+    at = _take_records(pending, record, ids, means, at, where)
+    if bytes(pending) != b"\xff\xff":  # the trailer: what is left is not a whole row
+        raise SpeakerDBError(f"{where}: damaged gallery (a mean embedding has the wrong size)")
+    return at
+
+
+def _take_records(
+    pending: bytearray, record: np.dtype, ids: np.ndarray, means: np.ndarray, at: int, where: str
+) -> int:
+    """Move the whole records at the head of ``pending`` into the arrays (in place); returns the new row count."""
+    n = len(pending) // record.itemsize  # the 2-byte trailer, shorter than any record, stays in pending
+    if n == 0:
+        return at
+    rows = np.frombuffer(pending, record, count=n)
+    bad = (rows["fields"] != 2) | (rows["id_size"] != 8) | (rows["mean_size"] != record["mean"].itemsize)
+    if bad.any():
+        raise SpeakerDBError(f"{where}: damaged gallery (a mean embedding has the wrong size)")
+    if at + n > len(ids):
+        raise SpeakerDBError(f"{where}: the speaker table changed while it was read")
+    ids[at : at + n] = rows["id"]
+    means[at : at + n] = rows["mean"]
+    del rows
+    del pending[: n * record.itemsize]
+    return at + n
+
+
+_TEXT_ESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", "v": "\v"}
+
+
+def _names_in_order(text: str, ids: np.ndarray, where: str) -> list[str]:
+    """The names of a text ``COPY`` of ``id, name`` rows, in the order of ``ids`` (a name holding a backslash or a
+    control character comes escaped, as COPY writes it, and is read back)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != len(ids):
+        raise SpeakerDBError(f"{where}: the speaker table changed while it was read")
+    by_id: dict[int, str] = {}
+    for line in lines:
+        key, _, name = line.partition("\t")
+        if "\\" in name:
+            name = re.sub(r"\\(.)", lambda m: _TEXT_ESCAPES.get(m.group(1), m.group(1)), name)
+        by_id[int(key)] = name
+    try:
+        return [by_id[i] for i in ids.tolist()]
+    except KeyError:
+        raise SpeakerDBError(f"{where}: the speaker table changed while it was read") from None

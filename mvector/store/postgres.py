@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
@@ -136,6 +137,9 @@ CREATE TABLE IF NOT EXISTS mvector_audit (
 );
 CREATE INDEX IF NOT EXISTS mvector_audit_time ON mvector_audit ((COALESCE(last, time)));
 """
+#: the tables and indexes :data:`_SCHEMA` creates (all present: nothing to create)
+_SCHEMA_OBJECTS = re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCHEMA)
+
 
 
 def _first_line(err: BaseException) -> str:
@@ -559,10 +563,14 @@ class PostgresStore(Store):
             if self._schema_ready:
                 return
             with self._admin.guard("creating the tables") as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                # Every table and index there already (a replica's start): no DDL. A CREATE INDEX, even IF NOT
+                # EXISTS, waits for an autovacuum ANALYZE of its table: seconds after a bulk enrolment.
+                found = conn.execute("SELECT count(to_regclass(n)) FROM unnest(%s::text[]) AS n", (_SCHEMA_OBJECTS,))
+                if int(found.fetchone()[0]) != len(_SCHEMA_OBJECTS):
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
             self._admin.drop()
             self._schema_ready = True
 
