@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``python -m mvector.demo [--work_dir DIR] [--max_epoch N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", default="demo_output")
-    parser.add_argument("--max_epoch", type=int, default=20, help="training epochs (20: about 45 s on 2 cores)")
+    parser.add_argument("--max_epoch", type=int, default=20, help="training epochs (20: about 80 s on 2 idle cores)")
     parser.add_argument(
         "--use_gpu", action=argparse.BooleanOptionalAction, default=None,
         help="train on CUDA (default: when CUDA is available)",

@@ -117,6 +117,7 @@ async def verify_speaker(
     state = service_state(request)
     p = await state.ready_predictor()
     name = checked_name(name)
+    limit = None if threshold is None else finite_parameter(threshold, "threshold")  # before any audio is read
     await known_speaker(p, name, gallery)
     audio = await one_recording(request)
     emb = (await asyncio.wrap_future(state.worker.submit_embed([audio])))[0]
@@ -124,7 +125,6 @@ async def verify_speaker(
         mean = await anyio.to_thread.run_sync(lambda: p.gallery_db(gallery).mean_embedding(name))
     except SpeakerDBError:  # removed while the recording was embedded
         raise not_enrolled(name) from None
-    limit = None if threshold is None else finite_parameter(threshold, "threshold")
     result = p.decide(float(p.pair_score(emb, mean)), limit)  # calibrated LLR / probability when available
     return {
         "score": result.score,

@@ -59,13 +59,13 @@ async def verify(
 ) -> dict[str, Any]:
     state = service_state(request)
     p = await state.ready_predictor()
+    limit = p.threshold if threshold is None else finite_parameter(threshold, "threshold")  # before the uploads
     got, _ = await read_uploads(request, {"audio1": 1, "audio2": 1})
     for name in ("audio1", "audio2"):
         if not got.get(name):
             raise ServiceError(400, "missing_field", f"field {name!r} (a recording) is required", name)
     a = await decode(request, got["audio1"][0], "audio1")
     b = await decode(request, got["audio2"][0], "audio2")
-    limit = p.threshold if threshold is None else finite_parameter(threshold, "threshold")
     result = await state.run_job(lambda pr: pr.contrast(a, b, threshold=limit))
     score, same = result[0], result[1]
     extras = result_extras(result, state.public)
