@@ -115,6 +115,49 @@ def test_two_handles_catch_up_before_answering(location, rng):
         assert two.search((x + y) / 2)[0][0][0] == "alice"
 
 
+def test_the_record_of_removals_stays_bounded_and_a_replica_far_behind_reloads(location, rng, monkeypatch):
+    """Each removal forgets the removal records more than REMOVALS_KEPT writes old; a replica that far behind
+    cannot rely on them and reloads the whole gallery (so it still never names a removed speaker), one closer
+    behind catches up from the records."""
+    from mvector.store import base
+
+    monkeypatch.setattr(base, "REMOVALS_KEPT", 4)
+    rows = unit(rng, 12)
+    with SpeakerDatabase(location, "fp", DIM) as writer, SpeakerDatabase(location, "fp", DIM) as near, \
+            SpeakerDatabase(location, "fp", DIM) as far:  # fmt: skip
+        writer.add_many({f"s{i:02d}": rows[i] for i in range(12)})
+        assert far.search(rows[0])[0][0][0] == "s00" and near.search(rows[0])[0][0][0] == "s00"
+        for i in range(8):  # eight writes: far falls more than four behind
+            writer.remove(f"s{i:02d}")
+            if i == 5:
+                assert near.search(rows[11])[0][0][0] == "s11"  # near catches up two writes before the end
+        version = writer._version
+        remaining = [n for n, _ in far.search(rows[0], top_k=12)[0]]
+        assert sorted(remaining) == [f"s{i:02d}" for i in range(8, 12)]  # a full reload: no removed speaker
+        assert sorted(n for n, _ in near.search(rows[0], top_k=12)[0]) == sorted(remaining)
+        records = _removal_versions(location)
+        assert records and min(records) > version - 4 and len(records) <= 4  # the old records are gone
+
+
+def _removal_versions(location: str) -> list[int]:
+    """The versions in the gallery's record of removals, read straight from the store's tables."""
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location) as conn:
+            return [int(r[0]) for r in conn.execute("SELECT version FROM mvector_removed WHERE gallery = 'default'")]
+    import sqlite3
+
+    from mvector.store.sqlite import DB_FILENAME
+
+    db = Path(location) / DB_FILENAME
+    conn = sqlite3.connect(db)
+    try:
+        return [int(r[0]) for r in conn.execute("SELECT version FROM removed")]
+    finally:
+        conn.close()
+
+
 def test_create_races_between_handles_enrol_one_speaker(location, rng):
     """Many writers creating one name at once from two handles: exactly one wins, the others are refused."""
     dbs = [SpeakerDatabase(location, "fp", DIM) for _ in range(2)]

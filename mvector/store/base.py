@@ -45,10 +45,15 @@ __all__ = [
     "GalleryWrite",
     "KeyBackend",
     "KeyRow",
+    "REMOVALS_KEPT",
     "Store",
     "StoredAnswer",
     "check_gallery",
 ]
+
+#: How many writes (gallery versions) back the record of removed speakers reaches: each removal deletes the records
+#: older than that, so the record stays bounded; a replica further behind than that reloads the whole gallery.
+REMOVALS_KEPT = 100_000
 
 #: The gallery an existing database folder opens as, and the one every caller uses when it names none.
 DEFAULT_GALLERY = "default"

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from mvector.errors import SpeakerDBError, StoreError, StoreUnavailableError
+from mvector.store import base
 from mvector.store.base import AuditRow, Changes, GalleryStore, GalleryWrite, KeyBackend, KeyRow, Store, StoredAnswer
 from mvector.store.bulk_read import read_postgres
 from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, record_audit
@@ -288,6 +289,8 @@ class _Write(GalleryWrite):
         self._q("DELETE FROM mvector_utterances WHERE gallery = %s AND speaker_id = %s", (sid,))
         self._q("DELETE FROM mvector_speakers WHERE gallery = %s AND id = %s", (sid,))
         self._q("INSERT INTO mvector_removed (gallery, version, speaker_id) VALUES (%s, %s, %s)", (self.version, sid))
+        expired = self.version - base.REMOVALS_KEPT
+        self._q("DELETE FROM mvector_removed WHERE gallery = %s AND version <= %s", (expired,))
         return kept
 
     def remove_utterance(self, utterance_id: int) -> None:
@@ -357,6 +360,8 @@ class PostgresGallery(GalleryStore):
         if since is not None and version == since:
             return None
         dim = self.embd_dim
+        if since is not None and since < version - base.REMOVALS_KEPT:  # its removals may be forgotten: reload all
+            since = None
         if since is None:  # everything: the server joins each chunk's rows (mvector.store.bulk_read)
             total = int(conn.execute("SELECT COUNT(*) FROM mvector_speakers WHERE gallery = %s",
                                      (self.name,)).fetchone()[0])

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from mvector.errors import SpeakerDBError, StoreError
+from mvector.store import base
 from mvector.store.base import (
     DEFAULT_GALLERY,
     AuditRow,
@@ -268,6 +269,7 @@ class _Write(GalleryWrite):
         conn.execute("DELETE FROM speakers WHERE id = ?", (sid,))
         conn.execute("DELETE FROM speaker_times WHERE speaker_id = ?", (sid,))
         conn.execute("INSERT INTO removed (version, speaker_id) VALUES (?, ?)", (self.version, sid))
+        conn.execute("DELETE FROM removed WHERE version <= ?", (self.version - base.REMOVALS_KEPT,))
         return kept
 
     def remove_utterance(self, utterance_id: int) -> None:
@@ -412,6 +414,8 @@ class SQLiteGallery(GalleryStore):
         if since is not None and version == since:
             return None
         dim = self.embd_dim
+        if since is not None and since < version - base.REMOVALS_KEPT:  # its removals may be forgotten: reload all
+            since = None
         if since is None:  # everything: names first, then the means in chunks (mvector.store.bulk_read)
             total = int(conn.execute("SELECT COUNT(*) FROM speakers").fetchone()[0])
             ids, names, means = read_sqlite(
