@@ -7,7 +7,8 @@ For each store and size, with synthetic 192-d unit embeddings (one utterance per
   the in-memory matrix), and its memory: resident-set growth against the matrix's own size (n x 192 x 4 bytes);
 * exact search in that replica: one query (p50 / p99 over ``--queries`` probes) and a batch of 100 queries, with a
   bare numpy scan of the same matrix (``matrix @ q`` + argmax) measured in the same process as the floor;
-* with ``--ann``: the approximate index (:mod:`mvector.inference.ann_index`) built over that matrix: build time,
+* with ``--ann``: the approximate index (:mod:`mvector.inference.ann_index`, ``--ann_kind``, PQ codes by default)
+  built over that matrix and searched through ``SpeakerDatabase.search`` as ``search_index=...`` does: build time,
   its memory, one-query p50 / p99 and recall@1 (the fraction of probes whose top-1 is exact search's top-1).
 
 Probes are enrolled speakers' vectors with noise (cosine ``--probe_cos`` to their speaker, about 0.75 by default:
@@ -40,6 +41,7 @@ from common import ROOT, add_repo_to_path, emit, machine_info
 
 add_repo_to_path()
 
+from mvector.inference.ann_index import APPROXIMATE_KINDS  # noqa: E402
 from mvector.inference.speaker_db import SpeakerDatabase  # noqa: E402
 
 CHUNK = 100_000
@@ -138,22 +140,27 @@ def replica(args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - t)
     out["search_100"] = percentiles(times)
     if args.ann:
-        out["ann"] = ann(matrix, cache.ids[: cache.count], queries, args)
+        out["ann"] = ann(db, queries, args)
     db.close()
     return out
 
 
-def ann(matrix: np.ndarray, ids: np.ndarray, queries: np.ndarray, args: argparse.Namespace) -> dict:
-    """Build the approximate index over the replica's matrix; its build time, memory, latency and recall@1."""
+def ann(db: SpeakerDatabase, queries: np.ndarray, args: argparse.Namespace) -> dict:
+    """Give the replica an approximate index over its matrix (as ``SpeakerDatabase(search_index=...)`` does at its
+    first load) and measure plain searches through it: build time, the index's memory, one-query p50 / p99 and
+    recall@1 (the share of probes whose top-1 is exact search's top-1)."""
     from mvector.inference.ann_index import ApproximateIndex
 
+    cache = db._cache
+    matrix, ids = cache.matrix[: cache.count], cache.ids[: cache.count]
+    exact = [cache.names[r] for r in np.argmax(queries @ matrix.T, axis=1)]
     before = rss_bytes()
     t0 = time.perf_counter()
-    index = ApproximateIndex(matrix.shape[1], kind=args.ann_kind, min_rows=0)
+    index = ApproximateIndex(matrix.shape[1], kind=args.ann_kind, min_rows=0, rows_of=db._means_of)
     index.build(ids, matrix)
     built = time.perf_counter() - t0
     grown = rss_bytes() - before
-    exact = ids[np.argmax(queries @ matrix.T, axis=1)]
+    db._index = index  # what search_index=... gives a replica; plain searches now go through it
     out: dict = {"kind": args.ann_kind, "build_s": round(built, 1), "rss_delta_mb": round(grown / 2**20, 1),
                  "memory_ratio": round(grown / matrix.nbytes, 3), "settings": []}
     for effort in args.ann_effort:
@@ -161,9 +168,9 @@ def ann(matrix: np.ndarray, ids: np.ndarray, queries: np.ndarray, args: argparse
         lat, agree = [], 0
         for q, want in zip(queries, exact):
             t = time.perf_counter()
-            got = index.search(q[None], 1)[0][0, 0]
+            got = db.search(q)[0][0][0]
             lat.append(time.perf_counter() - t)
-            agree += int(got) == int(want)
+            agree += got == want
         out["settings"].append({"effort": effort, **percentiles(lat), "recall_at_1": round(agree / len(queries), 4)})
     return out
 
@@ -224,9 +231,9 @@ def main() -> None:
     parser.add_argument("--batch_repeats", type=int, default=20, help="repeats of the 100-query batch")
     parser.add_argument("--probe_cos", type=float, default=0.75, help="probe-to-speaker cosine (noise level)")
     parser.add_argument("--ann", action="store_true", help="also build and measure the approximate index")
-    parser.add_argument("--ann_kind", default="hnsw", help="which approximate index (ann_index.SEARCH_INDEXES)")
-    parser.add_argument("--ann_effort", type=int, nargs="+", default=[32, 64, 128],
-                        help="search effort settings to measure (HNSW efSearch / IVF nprobe)")
+    parser.add_argument("--ann_kind", default="pq", choices=APPROXIMATE_KINDS, help="which approximate index")
+    parser.add_argument("--ann_effort", type=int, nargs="+", default=[16, 64],
+                        help="search effort settings to measure (PQ rows re-scored / HNSW efSearch / IVF nprobe)")
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary folder)")
     parser.add_argument("--table", action="store_true", help="also print the README's Markdown rows")
     parser.add_argument("--replica", action="store_true", help=argparse.SUPPRESS)

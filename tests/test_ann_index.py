@@ -1,6 +1,9 @@
 """The approximate index (mvector.inference.ann_index): agrees with exact search on genuine probes, follows a
 changing gallery (a replaced mean, a removed speaker are never answered again, dead slots are rebuilt away), answers
-exactly under its row threshold, and refuses bad input with a clear error. Small galleries only (5 000 rows)."""
+exactly under its row threshold, and refuses bad input with a clear error. Small galleries only (5 000 rows).
+
+The ``pq`` kind keeps only codes and reads exact rows from its owner (``rows_of``); here the owner is
+:class:`RowTable`, an id-indexed array that the tests keep up to date as a gallery's mean cache would."""
 
 from __future__ import annotations
 
@@ -29,12 +32,45 @@ def probes(rng: np.random.Generator, rows: np.ndarray, picks: np.ndarray, cos: f
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+class RowTable:
+    """Exact rows by speaker id, for the pq kind's ``rows_of``."""
+
+    def __init__(self) -> None:
+        self.rows = np.zeros((0, DIM), np.float32)
+        self.calls = 0
+
+    def put(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        if ids.max() >= len(self.rows):
+            grown = np.zeros((int(ids.max()) + 1, DIM), np.float32)
+            grown[: len(self.rows)] = self.rows
+            self.rows = grown
+        self.rows[ids] = rows
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.rows[ids]
+
+
+def make(kind: str, **kwargs) -> tuple[ApproximateIndex, RowTable]:
+    table = RowTable()
+    return ApproximateIndex(DIM, kind=kind, rows_of=table if kind == "pq" else None, **kwargs), table
+
+
+def put(index: ApproximateIndex, table: RowTable, ids: np.ndarray, rows: np.ndarray) -> None:
+    table.put(ids, rows)  # the owner's rows change first, as in the mean cache
+    index.add(ids, rows)
+
+
+KINDS = ["pq", "hnsw", "ivf"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_recall_against_exact_search(kind):
     rng = np.random.default_rng(1)
     rows = unit(rng, 5000)
     ids = np.arange(100, 5100)  # speaker ids need not start at 0
-    index = ApproximateIndex(DIM, kind=kind, min_rows=1000, effort=64 if kind == "hnsw" else 48)
+    index, table = make(kind, min_rows=1000, effort=48 if kind == "ivf" else 64)
+    table.put(ids, rows)
     index.build(ids, rows)
     assert index.approximate and len(index) == 5000
     q = probes(rng, rows, rng.choice(5000, 200, replace=False))
@@ -46,16 +82,16 @@ def test_recall_against_exact_search(kind):
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_follows_a_changing_gallery(kind):
     rng = np.random.default_rng(2)
     rows = unit(rng, 3000)
-    index = ApproximateIndex(DIM, kind=kind, min_rows=500)
-    index.add(np.arange(3000), rows)
+    index, table = make(kind, min_rows=500)
+    put(index, table, np.arange(3000), rows)
     assert index.approximate
     # a speaker's mean replaced: its new vector finds it, its old one no longer does
     new = unit(rng, 1)
-    index.add(np.array([42]), new)
+    put(index, table, np.array([42]), new)
     assert index.search(new, k=1)[0][0, 0] == 42
     assert 42 not in index.search(rows[[42]], k=5)[0][0]
     # removed speakers are never answered, even when the query is their own vector
@@ -74,27 +110,38 @@ def test_follows_a_changing_gallery(kind):
 
 def test_small_gallery_is_exact_and_grows_into_approximate():
     rng = np.random.default_rng(3)
-    rows = unit(rng, 400)
-    index = ApproximateIndex(DIM, min_rows=300)
-    index.add(np.arange(200), rows[:200])
+    rows = unit(rng, 1000)
+    index, table = make("pq", min_rows=700)  # the default kind
+    assert index.kind == "pq"
+    put(index, table, np.arange(200), rows[:200])
     assert not index.approximate
     q = unit(rng, 50)
     found, scores = index.search(q, k=4)
     exact = np.argsort(-(q @ rows[:200].T), axis=1)[:, :4]
     np.testing.assert_array_equal(found, exact)
-    index.add(np.arange(200, 400), rows[200:])  # crossing min_rows rebuilds as HNSW
-    assert index.approximate and len(index) == 400
-    assert (index.search(rows[:50], k=1)[0][:, 0] == np.arange(50)).all()
+    put(index, table, np.arange(200, 1000), rows[200:])  # crossing min_rows rebuilds as PQ codes
+    assert index.approximate and len(index) == 1000
+    calls = table.calls
+    found, scores = index.search(rows[:50], k=1)
+    assert (found[:, 0] == np.arange(50)).all() and table.calls == calls + 1  # candidates re-scored exactly
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert index.memory_bytes() < rows.nbytes / 4  # codes, not rows
     # fewer rows than k: the missing places are -1
-    small = ApproximateIndex(DIM, min_rows=10**9)
-    small.add(np.array([7]), rows[:1])
+    small, small_table = make("pq", min_rows=10**9)
+    put(small, small_table, np.array([7]), rows[:1])
     assert small.search(rows[:1], k=3)[0].tolist() == [[7, -1, -1]]
+    tiny, tiny_table = make("pq", min_rows=0, effort=2)  # approximate with fewer rows than k
+    put(tiny, tiny_table, np.arange(700), rows[:700])
+    found, scores = tiny.search(rows[:2], k=800)
+    assert found.shape == (2, 800) and (found[:, 700:] == -1).all() and found[0, 0] == 0 and found[1, 0] == 1
 
 
 def test_bad_input_is_refused_clearly(monkeypatch):
-    with pytest.raises(SpeakerDBError, match="kind must be one of hnsw, ivf"):
+    with pytest.raises(SpeakerDBError, match="kind must be one of pq, hnsw, ivf"):
         ApproximateIndex(DIM, kind="lsh")
-    index = ApproximateIndex(DIM, min_rows=10**9)
+    with pytest.raises(SpeakerDBError, match="give it rows_of"):
+        ApproximateIndex(DIM, kind="pq")
+    index = ApproximateIndex(DIM, kind="hnsw", min_rows=10**9)
     with pytest.raises(SpeakerDBError, match="expected 2 rows of size 32"):
         index.add(np.arange(2), np.zeros((2, 8), np.float32))
     with pytest.raises(SpeakerDBError, match="non-negative"):
@@ -118,19 +165,20 @@ def test_bad_input_is_refused_clearly(monkeypatch):
         ApproximateIndex(DIM)
 
 
-def test_speaker_database_with_an_approximate_index(tmp_path, monkeypatch):
-    """Replicas on one folder: one searching exactly, one through HNSW; enrolments and removals of either are seen
-    by the other's index at its next search, and searches with among / score_norm stay exact."""
+@pytest.mark.parametrize("kind", ["pq", "hnsw"])
+def test_speaker_database_with_an_approximate_index(tmp_path, monkeypatch, kind):
+    """Replicas on one folder: one searching exactly, one through an approximate index; enrolments and removals of
+    either are seen by the other's index at its next search, and searches with among / score_norm stay exact."""
     from mvector.inference.speaker_db import SpeakerDatabase
 
     monkeypatch.setattr(ann_index, "MIN_ROWS", 500)  # approximate from 500 speakers on
     rng = np.random.default_rng(4)
     rows = unit(rng, 2000)
     folder = str(tmp_path / "db")
-    with pytest.raises(SpeakerDBError, match="search_index must be one of exact, hnsw, ivf"):
+    with pytest.raises(SpeakerDBError, match="search_index must be one of exact, pq, hnsw, ivf"):
         SpeakerDatabase(folder, "m", DIM, search_index="annoy")
     writer = SpeakerDatabase(folder, "m", DIM)
-    reader = SpeakerDatabase(folder, "m", DIM, search_index="hnsw", index_effort=64)
+    reader = SpeakerDatabase(folder, "m", DIM, search_index=kind, index_effort=64)
     writer.add_many({f"s{i:04d}": rows[i] for i in range(1500)})
     assert reader.search(rows[10])[0][0][0] == "s0010" and reader._index.approximate
     q = probes(rng, rows, np.arange(0, 1500, 10))

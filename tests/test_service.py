@@ -30,7 +30,7 @@ from service_helpers import running  # noqa: E402
 from mvector.checkpoint import model_fingerprint  # noqa: E402
 from mvector.data.synthetic import make_voices, synthesize_utterance  # noqa: E402
 from mvector.demo import tiny_checkpoint  # noqa: E402
-from mvector.errors import AudioError  # noqa: E402
+from mvector.errors import AudioError, ConfigError  # noqa: E402
 from mvector.inference.predictor import MVectorPredictor  # noqa: E402
 from mvector.service.app import create_app  # noqa: E402
 from mvector.service.keys import KeyStore  # noqa: E402
@@ -421,6 +421,46 @@ def test_serve_cli_errors(model_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mvector.cli.serve", "--model_path", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2 and out.stderr.startswith("error: ") and "does not exist" in out.stderr
+
+
+def test_serve_with_an_approximate_index_answers_as_exact_search(model_dir, tmp_path):
+    """``mvector serve --search_index pq`` over 20,000 speakers (past the index's exact threshold): plain
+    identifications go through the PQ index, whose candidates are re-scored exactly, so a recording of an enrolled
+    speaker gets the names and scores exact search gives; a bad value is refused before the server starts."""
+    pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'mvector[ann]')")
+    from mvector.service.state import default_predictor_factory
+
+    db = tmp_path / "db"
+    a1, a2 = audio_bytes(1.5, 0, 1), audio_bytes(1.5, 1, 2)
+    with MVectorPredictor(model_dir, audio_db_path=db, use_gpu=False) as local:
+        rng = np.random.default_rng(0)
+        crowd = rng.standard_normal((20_000, local.embd_dim)).astype(np.float32)
+        local.db.add_many({f"s{i:05d}": crowd[i] for i in range(len(crowd))})
+        local.register("alice", a1)
+        local.register("bob", a2)
+        exact = {name: local.rank_speakers(audio, top_k=3) for name, audio in (("alice", a1), ("bob", a2))}
+    config = ServiceConfig(model_path=str(model_dir), audio_db_path=str(db), use_gpu=False, search_index="pq")
+    with default_predictor_factory(config)() as predictor:
+        assert predictor.search_index == "pq" and predictor.db._index.kind == "pq"
+        assert predictor.rank_speakers(a1, top_k=3) and predictor.db._index.approximate
+    with KeyStore(db) as store:
+        _, key = store.create("read")
+    server = ServerProcess(model_dir, db, extra_args=[*LIMITS, "--search_index", "pq"]).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for name, audio in (("alice", a1), ("bob", a2)):
+                who = client.post("/v1/identify?top_k=3", content=audio, headers=bearer(key)).json()
+                assert [(c["name"], round(c["score"], 4)) for c in who["candidates"]] == [
+                    (n, round(v, 4)) for n, v in exact[name]
+                ]
+                assert who["candidates"][0]["name"] == name
+    finally:
+        assert server.stop() == 0, server.log()
+    with pytest.raises(ConfigError, match="search_index"):
+        ServiceConfig(search_index="annoy")
+    out = subprocess.run([sys.executable, "-m", "mvector.cli.serve", "--model_path", str(model_dir),
+                          "--search_index", "annoy"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "--search_index" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_model_that_fails_to_load_is_reported_not_hidden(tmp_path):

@@ -387,3 +387,21 @@ def test_folder_layout_default_gallery_and_named_galleries(tmp_path: Path, rng: 
     with sqlite3.connect(str(folder / DB_FILENAME)) as conn:  # the default gallery is the plain old file
         assert conn.execute("SELECT name FROM speakers").fetchall() == [("alice",)]
         assert conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0] == 1
+
+
+def test_best_columns_equal_a_full_sort_on_long_rows():
+    """The top-k shortcut (argmax for one, block maxima for a few of a long row) picks what a full sort picks,
+    the tail past the last whole block and rows with ties included."""
+    from mvector.inference.speaker_db import _best_columns
+
+    rng = np.random.default_rng(0)
+    for n in (10, 4096 * 16, 4096 * 16 + 17, 200_003):
+        for k in (1, 2, 5, 16, 17):
+            if k >= n:
+                continue
+            scores = rng.standard_normal((3, n)).astype(np.float32)
+            scores[1, -3:] = 10.0  # the best three in the tail
+            scores[2] = np.round(scores[2], 1)  # many ties
+            got = np.sort(np.take_along_axis(scores, _best_columns(scores, k), axis=1), axis=1)
+            np.testing.assert_array_equal(got, np.sort(scores, axis=1)[:, -k:])
+            assert all(len(set(row)) == k for row in _best_columns(scores, k).tolist())  # k distinct columns

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from mvector.cli.common import CliParser, HelpFormatter, add_flag, add_threads_argument, add_use_gpu_flag, run_cli
 from mvector.errors import ConfigError
+from mvector.inference.ann_index import SEARCH_INDEXES, faiss_available
 
 # (importable names, pip package): python-multipart is imported as python_multipart (older releases: multipart)
 _NEEDED = (
@@ -57,6 +58,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     add_use_gpu_flag(parser, "run the model on CUDA")
     add_flag(parser, "--keep_audio", default=False, help="keep enrolled audio in the database folder")
+    parser.add_argument(
+        "--search_index", default="exact", choices=list(SEARCH_INDEXES),
+        help="how plain identifications search a gallery: exact (every speaker) or an approximate index "
+        "(pq recommended; needs mvector[ann]; see the README's 'Several machines')",
+    )
     parser.add_argument("--max_upload_mb", type=float, default=10.0, help="size limit of one uploaded recording")
     parser.add_argument("--max_files", type=int, default=10, help="recordings per enrolment request at most")
     parser.add_argument("--max_duration", type=float, default=60.0, help="seconds per recording at most")
@@ -183,6 +189,8 @@ def _serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
     resolve_model_dir(args.model_path)  # a missing folder is one clear error before the server starts
     _check_store(args.audio_db_path, args.keep_audio)
+    if args.search_index != "exact" and not faiss_available():
+        raise ConfigError(f"--search_index {args.search_index} needs faiss-cpu: pip install 'mvector[ann]'")
     config = ServiceConfig(
         model_path=args.model_path,
         audio_db_path=args.audio_db_path,
@@ -190,6 +198,7 @@ def _serve(args: argparse.Namespace) -> None:
         backend=args.backend,
         use_gpu=args.use_gpu,
         keep_audio=args.keep_audio,
+        search_index=args.search_index,
         max_upload_mb=args.max_upload_mb,
         max_files=args.max_files,
         max_duration=args.max_duration,

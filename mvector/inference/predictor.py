@@ -51,8 +51,9 @@ from mvector.evaluation.gallery import (
 )
 from mvector.evaluation.openset import IdentificationResult, OpenSetAnswer, open_set_decision
 from mvector.evaluation.score_norm import ScoreNorm
+from mvector.inference.ann_index import faiss_available
 from mvector.inference.results import ContrastResult
-from mvector.inference.speaker_db import SpeakerDatabase
+from mvector.inference.speaker_db import SEARCH_INDEXES, SpeakerDatabase
 from mvector.inference.speaker_names import validate_name
 from mvector.store import DEFAULT_GALLERY, Store, check_gallery, is_url, open_store
 from mvector.utils.device import select_device
@@ -154,6 +155,10 @@ class MVectorPredictor:
         fpir: the ``fpir`` rule's target share of strangers given a name (default 0.05).
         gallery: the named gallery enrolment, identification and removal use unless a call names another
             (default ``"default"``: the folder's own database).
+        search_index: how a gallery's plain searches run: ``"exact"`` (default: every enrolled mean is scored) or
+            an approximate index, ``"pq"`` (recommended), ``"hnsw"`` or ``"ivf"`` (needs ``mvector[ann]``; see
+            :class:`~mvector.inference.speaker_db.SpeakerDatabase`). Decisions with a score normalisation or a
+            candidate list stay exact.
 
     The threshold comes, in order, from ``threshold``, the operating point stored in ``calibration.json`` (how it
     was chosen and on what data: :attr:`threshold_info`), the EER threshold in ``result.json`` / ``meta.json``, or
@@ -182,7 +187,13 @@ class MVectorPredictor:
         unknown_prior: float = DEFAULT_UNKNOWN_PRIOR,
         fpir: float = DEFAULT_FPIR,
         gallery: str = DEFAULT_GALLERY,
+        search_index: str = "exact",
     ):
+        if search_index not in SEARCH_INDEXES:
+            raise ConfigError(f"search_index must be one of {', '.join(SEARCH_INDEXES)}, got {search_index!r}")
+        if search_index != "exact" and not faiss_available():
+            raise ConfigError(f"search_index {search_index!r} needs faiss-cpu: pip install 'mvector[ann]'")
+        self.search_index = search_index
         if open_set_rule not in OPEN_SET_RULES:
             raise ConfigError(f"open_set_rule must be one of {', '.join(OPEN_SET_RULES)}, got {open_set_rule!r}")
         for what, value in (("unknown_prior", unknown_prior), ("fpir", fpir)):
@@ -450,7 +461,14 @@ class MVectorPredictor:
         with self._db_lock:
             db = self._dbs.get(name)
             if db is None:
-                db = SpeakerDatabase(store, self.fingerprint, self.embd_dim, keep_audio=self.keep_audio, gallery=name)
+                db = SpeakerDatabase(
+                    store,
+                    self.fingerprint,
+                    self.embd_dim,
+                    keep_audio=self.keep_audio,
+                    gallery=name,
+                    search_index=self.search_index,
+                )
                 self._dbs[name] = db
             return db
 

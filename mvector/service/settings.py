@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from mvector.errors import ConfigError
+from mvector.inference.ann_index import SEARCH_INDEXES
 from mvector.service.budget import default_audio_budget_mb
 
 __all__ = ["ServiceConfig", "MB", "FORM_OVERHEAD", "SMALL_BODY"]
@@ -53,6 +54,7 @@ class ServiceConfig:
     audit_retention_days: float = 90.0
     forwarded_allow_ips: tuple = field(default_factory=tuple)
     replica_name: Optional[str] = None
+    search_index: str = "exact"
 
     def __post_init__(self) -> None:
         if self.max_audio_mb is None:
@@ -74,6 +76,7 @@ class ServiceConfig:
             "max_batch": self.max_batch >= 1,
             "decode_threads": self.decode_threads >= 1,
             "threads": self.threads is None or self.threads >= 1,
+            "search_index": self.search_index in SEARCH_INDEXES,
         }
         for name, ok in checks.items():
             if not ok:

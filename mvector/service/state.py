@@ -58,6 +58,7 @@ def default_predictor_factory(config: ServiceConfig) -> Callable[[], Any]:
             threshold=config.threshold,
             backend=config.backend,
             keep_audio=config.keep_audio,
+            search_index=config.search_index,
         )
 
     return predictor_factory
