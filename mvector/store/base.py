@@ -204,6 +204,15 @@ class GalleryWrite(abc.ABC):
         """A speaker's utterance ids, embeddings ``[n, D]`` and kept audio paths, in enrolment order."""
 
     @abc.abstractmethod
+    def every_utterance(self) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Every utterance of the gallery in one read: speaker ids ``[n]`` (ascending), embeddings ``[n, D]`` and
+        kept audio paths, each speaker's in enrolment order."""
+
+    @abc.abstractmethod
+    def every_time(self) -> dict[int, tuple[float, float]]:
+        """``speaker id -> (first enrolled, last added to)`` as Unix times, for every speaker that has them."""
+
+    @abc.abstractmethod
     def remove_speaker(self, speaker_id: int) -> list[str]:
         """Delete a speaker and its utterances (recorded as removed at :attr:`version`); returns its audio paths."""
 

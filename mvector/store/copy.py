@@ -124,14 +124,16 @@ def _read_rows(gallery: GalleryStore, w: GalleryWrite, fingerprint: str, dim: in
     """Every row of ``gallery``, read inside its transaction ``w``."""
     full = w.snapshot(None)
     assert full is not None
+    owners, embeddings, audio = w.every_utterance()  # one read each, not one query per speaker
+    when = w.every_time()
+    first, last = np.searchsorted(owners, full.ids, "left"), np.searchsorted(owners, full.ids, "right")
     utterances, times, audio_files = [], [], 0
-    for sid in full.ids.tolist():
-        _, embeddings, audio = w.utterances(int(sid))
-        if len(embeddings) == 0:
+    for sid, a, b in zip(full.ids.tolist(), first.tolist(), last.tolist()):
+        if a == b:
             raise SpeakerDBError(f"{gallery.where}: damaged gallery (speaker id {sid} has no recordings)")
-        utterances.append(np.array(embeddings, dtype=np.float32))
-        times.append(gallery.times(int(sid)))
-        audio_files += sum(a is not None for a in audio)
+        utterances.append(embeddings[a:b])
+        times.append(when.get(sid))
+        audio_files += sum(p is not None for p in audio[a:b])
     cohort, source = gallery.cohort()
     return GalleryRows(
         gallery.name, fingerprint, dim, list(full.names), np.array(full.means, np.float32), utterances, times,

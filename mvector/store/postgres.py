@@ -35,7 +35,7 @@ from mvector.errors import SpeakerDBError, StoreError, StoreUnavailableError
 from mvector.store import base
 from mvector.store.base import AuditRow, Changes, GalleryStore, GalleryWrite, KeyBackend, KeyRow, Store, StoredAnswer
 from mvector.store.bulk_read import read_postgres
-from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, record_audit
+from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, record_audit, utterance_rows
 
 try:  # an optional dependency: the folder store works without it
     import psycopg
@@ -280,6 +280,20 @@ class _Write(GalleryWrite):
             (int(speaker_id),),
         ).fetchall()
         return [int(r[0]) for r in rows], blobs(rows, self._g.embd_dim, 1), [r[2] for r in rows]
+
+    def every_utterance(self) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        with self._conn.cursor(name="mvector_every_utterance") as cursor:  # server-side: read a chunk at a time
+            cursor.execute(
+                "SELECT speaker_id, embedding, audio FROM mvector_utterances WHERE gallery = %s "
+                "ORDER BY speaker_id, id", (self._name,),
+            )
+            return utterance_rows(cursor, self._g.embd_dim)
+
+    def every_time(self) -> dict[int, tuple[float, float]]:
+        rows = self._q(
+            "SELECT id, enrolled_at, updated_at FROM mvector_speakers WHERE gallery = %s AND enrolled_at IS NOT NULL"
+        )
+        return {int(r[0]): (float(r[1]), float(r[2])) for r in rows}
 
     def remove_speaker(self, speaker_id: int) -> list[str]:
         sid = int(speaker_id)

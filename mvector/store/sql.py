@@ -13,7 +13,7 @@ import numpy as np
 from mvector.errors import SpeakerDBError
 from mvector.store.base import AuditRow
 
-__all__ = ["audit_filter", "audit_row", "blobs", "check_owner", "record_audit"]
+__all__ = ["audit_filter", "audit_row", "blobs", "check_owner", "record_audit", "utterance_rows"]
 
 
 def blobs(rows: Sequence[Sequence[Any]], dim: int, column: int = 0) -> np.ndarray:
@@ -26,6 +26,31 @@ def blobs(rows: Sequence[Sequence[Any]], dim: int, column: int = 0) -> np.ndarra
     if len(joined) != 4 * dim * len(rows):
         raise SpeakerDBError("damaged gallery (an embedding has the wrong size)")
     return np.frombuffer(joined, dtype=np.float32).reshape(len(rows), dim)
+
+
+def utterance_rows(cursor: Any, dim: int, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """Rows ``(speaker id, embedding bytes, audio path)`` of an executed ``cursor``, read ``chunk`` at a time, as
+    ``(ids [n] int64, embeddings [n, dim] float32, audio paths)``: no Python object per row outlives its chunk.
+
+    >>> import sqlite3
+    >>> conn = sqlite3.connect(":memory:")
+    >>> ids, emb, audio = utterance_rows(conn.execute("SELECT 3, ?, NULL", (np.ones(2, np.float32).tobytes(),)), 2)
+    >>> ids.tolist(), emb.tolist(), audio
+    ([3], [[1.0, 1.0]], [None])
+    """
+    owners: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
+    audio: list[str | None] = []
+    while True:
+        rows = cursor.fetchmany(chunk)
+        if not rows:
+            break
+        owners.append(np.fromiter((int(r[0]) for r in rows), np.int64, len(rows)))
+        parts.append(blobs(rows, dim, 1))
+        audio.extend(r[2] for r in rows)
+    if not parts:
+        return np.empty(0, np.int64), np.empty((0, dim), np.float32), audio
+    return np.concatenate(owners), np.concatenate(parts), audio
 
 
 def check_owner(where: str, stored_fp: str, stored_dim: int, model_fingerprint: str, embd_dim: int) -> int:

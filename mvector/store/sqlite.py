@@ -51,7 +51,7 @@ from mvector.store.base import (
     StoredAnswer,
 )
 from mvector.store.bulk_read import read_sqlite
-from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, record_audit
+from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, record_audit, utterance_rows
 from mvector.utils.files import PRIVATE_FILE_MODE, create_private_file, private_mkdir
 
 __all__ = ["DB_FILENAME", "GALLERIES_DIR", "SERVICE_DB", "SQLiteGallery", "SQLiteKeys", "SQLiteStore"]
@@ -260,6 +260,14 @@ class _Write(GalleryWrite):
             "SELECT id, embedding, audio FROM utterances WHERE speaker_id = ? ORDER BY id", (int(speaker_id),)
         ).fetchall()
         return [int(r[0]) for r in rows], blobs(rows, self._gallery.embd_dim, 1), [r[2] for r in rows]
+
+    def every_utterance(self) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        cursor = self._conn.execute("SELECT speaker_id, embedding, audio FROM utterances ORDER BY speaker_id, id")
+        return utterance_rows(cursor, self._gallery.embd_dim)
+
+    def every_time(self) -> dict[int, tuple[float, float]]:
+        rows = self._conn.execute("SELECT speaker_id, enrolled, updated FROM speaker_times")
+        return {int(r[0]): (float(r[1]), float(r[2])) for r in rows}
 
     def remove_speaker(self, speaker_id: int) -> list[str]:
         conn, sid = self._conn, int(speaker_id)
