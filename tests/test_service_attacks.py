@@ -41,10 +41,10 @@ LIMITS = [
 #: RSS growth allowed for the unread-body attacks and the FLAC flood, in MiB (before the request guard and the audio
 #: budget: +3 GB and +2.6 GB).
 UNREAD_BODY_BOUND_MB = 30
-FLAC_FLOOD_BOUND_MB = 256  # measured 27-29 MiB alone, 97-185 MiB during full suites (167 MiB in a clean-clone CI
-# run on a quiet machine): the --max_audio_mb 40 budget plus what glibc keeps in the arenas of the threads that
-# decoded and embedded, which varies from run to run. Still a tenth of the unbounded server's growth. The
-# model's own working set for two 20 s crops (about 200 MB, flat after two requests) is measured out first.
+FLAC_FLOOD_BOUND_MB = 64  # measured 7-13 MiB over the whole module (the --max_audio_mb 40 budget at most, then
+# the heap trimmed when the budget empties); 71-190 MiB, varying from run to run, before the trim: glibc kept the
+# freed decoding buffers in the heaps of the threads that used them. The model's own working set for two 20 s crops
+# (about 200 MB, flat after two requests) is measured out first.
 # Decoded whole, 20 clients x 2 recordings x 90 MB would be 3.6 GB; before the audio budget the server grew 2.6 GB.
 
 

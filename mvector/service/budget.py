@@ -29,6 +29,7 @@ import os
 from typing import Any, MutableMapping, Optional
 
 from mvector.service.errors import ServiceError
+from mvector.utils.heap import release_free_memory
 
 __all__ = ["AudioBudget", "default_audio_budget_mb", "REQUEST_OWNER"]
 
@@ -39,6 +40,7 @@ REQUEST_OWNER: contextvars.ContextVar[Optional[MutableMapping[str, Any]]] = cont
 
 _KEY = "mvector_audio_bytes"
 _MB = 1024 * 1024
+_TRIM_AFTER = 8 * _MB  # a release at least this large that empties the budget trims the heap
 
 
 def default_audio_budget_mb() -> float:
@@ -97,6 +99,11 @@ class AudioBudget:
         nbytes = owner.pop(_KEY, 0)
         if nbytes:
             self.held -= nbytes
+            if self.held == 0 and nbytes >= _TRIM_AFTER:
+                # nothing held any more: give the freed decoding buffers back to the system, or glibc keeps them in
+                # the heaps of the threads that used them (the process then grew by 20-190 MB per flood of large
+                # recordings, varying from run to run, instead of returning to where it was)
+                release_free_memory()
             if self._changed is not None:
                 changed = self._changed
 

@@ -9,8 +9,8 @@ more memory than the matrix it built. These readers avoid both:
   one object per row. It runs in the caller's snapshot transaction (``REPEATABLE READ``), so the chunks agree;
 * SQLite (:func:`read_sqlite`): ids and names first, then the means in chunks (the chunk's blobs are freed before the
   next one is read, so no long-lived object sits between them);
-* then :func:`release_free_memory` hands the freed heap back to the system (glibc ``malloc_trim``; a no-op
-  elsewhere).
+* then :func:`mvector.utils.heap.release_free_memory` hands the freed heap back to the system (glibc
+  ``malloc_trim``; a no-op elsewhere).
 
 >>> import sqlite3, numpy as np
 >>> conn = sqlite3.connect(":memory:")
@@ -24,35 +24,17 @@ more memory than the matrix it built. These readers avoid both:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import re
 from typing import Any
 
 import numpy as np
 
 from mvector.errors import SpeakerDBError
+from mvector.utils.heap import release_free_memory
 
-__all__ = ["read_postgres", "read_sqlite", "release_free_memory"]
+__all__ = ["read_postgres", "read_sqlite"]
 
 _CHUNK = 65536
-
-
-def release_free_memory() -> bool:
-    """Return the heap memory freed by a bulk read to the system (glibc ``malloc_trim(0)``); False where there is
-    no such call (another C library or platform).
-
-    >>> isinstance(release_free_memory(), bool)
-    True
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-    return True
 
 
 def read_sqlite(
