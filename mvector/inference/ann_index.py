@@ -7,10 +7,10 @@ in a couple of milliseconds, an approximate index reads much less:
 * ``pq`` (the recommended kind): every mean compressed to a product-quantised code of 4 bits per 4 dimensions
   (faiss ``IndexPQFastScan``: 24 bytes for 192-d, 1/32 of the float row), scanned in full with SIMD lookup tables;
   the ``effort`` best codes are then re-scored exactly against the gallery's own float rows (``rows_of``), so the
-  scores returned are exact and the index adds about 3 % to a replica's memory. It needs no cluster structure in
-  the data: a speaker is missed only when the code's error pushes its true row out of the ``effort`` best, which
-  a same-speaker probe (cosine 0.75 against at most ~0.35 for a stranger among a million random means) never does
-  in the benchmark. Building a million rows takes seconds;
+  scores returned are exact and the index adds about 5 % to a replica's memory (codes and slot tables). It needs
+  no cluster structure in the data: a speaker is missed only when the codes' error pushes its true row out of the
+  ``effort`` best, rare for a same-speaker probe (cosine 0.5-0.75) among a million random means whose best
+  stranger scores about 0.35 (measured in the benchmark). Building a million rows takes seconds;
 * ``hnsw``: a navigable small-world graph (faiss ``IndexHNSWFlat``, 32 links per node); a search walks the graph,
   visiting about ``effort`` (efSearch) candidates. Memory: the vectors again plus the links (about 1.3x the
   matrix); building a million rows takes many minutes on two cores;
