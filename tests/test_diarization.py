@@ -401,8 +401,61 @@ def test_count_by_silhouette_one_speaker_bounds_and_small_clusters():
     assert int(count_by_silhouette(tiny, 2, 8, min_cluster_size=8).max()) + 1 == 2
 
 
+@pytest.mark.parametrize("speakers", [2, 3, 4, 5, 6, 7])
+def test_count_by_eigengap_finds_the_number_of_speakers(speakers):
+    """2..7 speakers, unequal amounts of speech, max_speakers 8: the count and the partition are found."""
+    from mvector.inference.clustering import count_by_eigengap
+
+    counts = [12 + 7 * ((3 * k) % 5) for k in range(speakers)]
+    emb, truth = _speaker_pieces(counts, seed=speakers)
+    labels = count_by_eigengap(emb, 1, 8, min_cluster_size=8, same_speaker=0.65)
+    assert int(labels.max()) + 1 == speakers
+    assert _same_partition(labels, truth)
+
+
+def test_count_by_eigengap_lowers_the_count_past_small_clusters():
+    """Three speakers and a few stray pieces of a fourth voice: a cluster under min_cluster_size is no speaker."""
+    from mvector.inference.clustering import count_by_eigengap, spectral_clustering
+
+    emb, truth = _speaker_pieces([25, 25, 25, 6], seed=4)
+    assert int(spectral_clustering(emb, None, 2, 8).max()) + 1 == 4  # the eigengap alone sees the strays
+    labels = count_by_eigengap(emb, 1, 8, min_cluster_size=8)
+    assert int(labels.max()) + 1 == 3
+    keep = truth < 3
+    assert _same_partition(labels[keep], truth[keep])
+    assert int(count_by_eigengap(emb, 1, 8, min_cluster_size=1).max()) + 1 == 4  # the strays allowed: 4
+
+
+def test_count_by_eigengap_one_speaker_and_bounds():
+    from mvector.inference.clustering import count_by_eigengap
+
+    one, _ = _speaker_pieces([60], seed=1)
+    assert count_by_eigengap(one, 1, 8, 8, same_speaker=0.65).max() == 0
+    assert count_by_eigengap(one, 1, 8, 8, same_speaker=1.0).max() >= 1  # no one-speaker test: split
+    assert int(count_by_eigengap(one, 2, 8, 8, same_speaker=0.65).max()) + 1 >= 2  # min_speakers=2 honoured
+    two, truth = _speaker_pieces([30, 30], seed=6)
+    assert _same_partition(count_by_eigengap(two, 1, 8, 8, same_speaker=0.65), truth)  # distinct: not merged
+    five, _ = _speaker_pieces([20] * 5, seed=2)
+    assert 2 <= int(count_by_eigengap(five, 1, 3, 8).max()) + 1 <= 3  # max_speakers
+    assert int(count_by_eigengap(five, 6, 8, 1).max()) + 1 >= 6  # min_speakers
+    assert count_by_eigengap(five, 1, 1).max() == 0  # max_speakers=1
+    tiny, _ = _speaker_pieces([3, 3], seed=5)  # every cluster too small: the fewest counted, two
+    assert int(count_by_eigengap(tiny, 2, 8, min_cluster_size=8).max()) + 1 == 2
+
+
+def test_count_by_eigengap_subsamples_long_recordings():
+    """Above max_points pieces a subsample is clustered (memory bounded) and every piece still gets its speaker."""
+    from mvector.inference.clustering import count_by_eigengap
+
+    emb, truth = _speaker_pieces([70, 50, 90], seed=11)
+    labels = count_by_eigengap(emb, 1, 8, min_cluster_size=8, max_points=60)
+    assert len(labels) == 210 and _same_partition(labels, truth)
+    with pytest.raises(ConfigError, match="max_points"):
+        count_by_eigengap(emb, max_points=1)
+
+
 def test_segmentation_pipeline_clustering_step_honours_its_settings():
-    """Count open: the silhouette rule; ``threshold`` given: the threshold rule; ``num_speakers``: that many."""
+    """Count open: the eigengap rule; ``threshold`` given: the threshold rule; ``num_speakers``: that many."""
     from types import SimpleNamespace
 
     from mvector.inference.segmentation_diarization import SegmentationDiarizer

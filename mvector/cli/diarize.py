@@ -87,16 +87,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--clustering",
         default="auto",
         choices=["auto", "spectral", "agglomerative"],
-        help="auto: with the count open, the segmentation pipeline picks the count by the silhouette of spectral "
-        "partitions (the threshold rule when --threshold is given) and the classic one clusters agglomeratively at "
-        "--threshold; spectral when the count is given; spectral with an open count estimates it from the eigengap",
+        help="auto: with the count open, the segmentation pipeline picks the count by the eigengap of spectral "
+        "clustering, clusters of at least 8 pieces (the threshold rule when --threshold is given) and the classic "
+        "one clusters agglomeratively at --threshold; spectral when the count is given; spectral with an open count "
+        "estimates it from the eigengap",
     )
     parser.add_argument(
         "--threshold",
         type=_optional_float,
         default=None,
         help="cosine threshold of agglomerative clustering (default: the model's decision threshold; the "
-        "segmentation pipeline then counts by silhouette instead)",
+        "segmentation pipeline then counts by the eigengap instead)",
     )
     parser.add_argument(
         "--name_threshold",

@@ -7,8 +7,10 @@
   diarization using normalized maximum eigengap") and symmetrised, its graph Laplacian, the number of speakers
   taken from the largest eigengap between ``min_speakers`` and ``max_speakers`` (or given), and k-means on the
   row-normalised eigenvectors of the smallest eigenvalues (Ng, Jordan and Weiss, 2001).
+* :func:`count_by_eigengap`: the number of speakers from the eigengap of the NME-SC affinity, lowered until every
+  cluster holds enough points (what the segmentation pipeline uses with the count open).
 * :func:`count_by_silhouette`: the number of speakers as the spectral partition with the highest
-  :func:`silhouette` (what the segmentation pipeline uses with the count open).
+  :func:`silhouette` (the segmentation pipeline's previous rule, kept for comparison).
 * :func:`merge_similar_clusters`: joins clusters whose centroids are more similar than a threshold (this is what
   lets a one-speaker recording come out as one speaker after spectral clustering).
 * :func:`absorb_small_clusters`: hands the points of tiny clusters (a few stray windows) to the nearest big one.
@@ -42,6 +44,7 @@ __all__ = [
     "relabel",
     "agglomerative_clustering",
     "silhouette",
+    "count_by_eigengap",
     "count_by_silhouette",
     "spectral_clustering",
     "estimate_num_speakers",
@@ -342,6 +345,62 @@ def count_by_silhouette(
     if float((centroids @ centroids.T).min()) > float(same_speaker):
         return np.zeros(n, dtype=np.int64) if low <= 1 else spectral_clustering(emb, num_speakers=low, seed=seed)
     return relabel(best)
+
+
+def count_by_eigengap(
+    embeddings: np.ndarray,
+    min_speakers: int = 1,
+    max_speakers: int = 8,
+    min_cluster_size: int = 1,
+    same_speaker: float = 1.0,
+    seed: int = 0,
+    max_points: int = 2000,
+) -> np.ndarray:
+    """Labels with the number of speakers estimated by the eigengap (NME-SC), kept only with big enough clusters.
+
+    :func:`spectral_clustering` with the count open between ``max(2, min_speakers)`` and ``max_speakers``: the
+    neighbour pruning ``p`` that minimises ``p / eigengap`` (Park et al., 2019) and the count at that largest
+    eigengap. While a cluster of that partition holds fewer than ``min_cluster_size`` points (stray pieces of a
+    mixed or noisy window cannot make a speaker) the count goes down by one and the points are partitioned again,
+    down to ``max(2, min_speakers)``. One speaker (when ``min_speakers`` allows it) when every two centroids of the
+    final partition are more similar than ``same_speaker`` (a cosine similarity). Above ``max_points`` points an
+    evenly spaced subsample is clustered and every point goes to its nearest centroid (memory
+    ``max_points``\\ :sup:`2`).
+
+    The eigengap asks how clearly the pruned neighbour graph falls apart into groups, not how similar the points
+    are, so no similarity threshold sets the count; only the one-speaker decision needs one.
+
+    >>> rng = np.random.default_rng(0)
+    >>> centres = rng.standard_normal((4, 16))
+    >>> emb = np.repeat(centres, 15, axis=0) + 0.4 * rng.standard_normal((60, 16))
+    >>> labels = count_by_eigengap(emb, max_speakers=7, min_cluster_size=5)
+    >>> int(labels.max()) + 1, len({tuple(labels[i : i + 15]) for i in range(0, 60, 15)})
+    (4, 4)
+    >>> int(count_by_eigengap(emb[:15], max_speakers=7, same_speaker=0.8).max()) + 1
+    1
+    """
+    emb = normalize_rows(_check(embeddings))
+    if int(max_points) < 2:
+        raise ConfigError(f"max_points must be >= 2, got {max_points!r}")
+    if len(emb) > int(max_points):
+        pick = np.unique(np.linspace(0, len(emb) - 1, int(max_points)).round().astype(np.int64))
+        labels = count_by_eigengap(emb[pick], min_speakers, max_speakers, min_cluster_size, same_speaker, seed)
+        return relabel(np.argmax(emb @ cluster_centroids(emb[pick], labels).T, axis=1))
+    n = len(emb)
+    low, high = _speaker_range(n, None, min_speakers, max_speakers)
+    if high <= 1:
+        return np.zeros(n, dtype=np.int64)
+    floor = max(2, low)
+    labels = relabel(spectral_clustering(emb, None, floor, high, seed=seed))
+    k = int(labels.max()) + 1
+    while k > floor and np.bincount(labels, minlength=k).min() < int(min_cluster_size):
+        k -= 1
+        labels = relabel(spectral_clustering(emb, num_speakers=k, seed=seed))
+    if low <= 1 and labels.max() >= 1:
+        centroids = cluster_centroids(emb, labels)
+        if float((centroids @ centroids.T).min()) > float(same_speaker):
+            return np.zeros(n, dtype=np.int64)
+    return labels
 
 
 def kmeans(points: np.ndarray, k: int, n_init: int = 10, seed: int = 0) -> np.ndarray:
