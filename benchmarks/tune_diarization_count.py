@@ -7,11 +7,21 @@ pipeline's DER with the count given, their ratio, and how often the count is exa
 (e.g. ``--voices train --seed 0``), then measure the chosen rule once with ``bench_diarization.py`` on a held-out
 set (``--voices dev --seed 100000``).
 
-Rules: ``threshold`` (the previous default: average-linkage clustering stopped at 0.55 sets the count, spectral
-clustering at it draws the partition); ``centroid T`` (centroid-linkage clustering stopped at T, clusters under
-3 % of the clean speech handed to the nearest other, optionally re-estimated by ``vmf_reestimate`` or redrawn by
-spectral clustering at that count); ``silhouette M`` (the pipeline's rule: :func:`count_by_silhouette` with
-clusters of at least M pieces); ``silhouette M, merge T`` (then clusters with centroids above T joined).
+Rules: ``threshold`` (an older default: average-linkage clustering stopped at 0.55 sets the count, spectral
+clustering at it draws the partition); ``calibrated AHC T`` (average linkage stopped at T, the LLR = 0 point of a
+logistic calibration of piece-pair cosine scores fitted on the tuning sets, which gave 0.45; the clusters of at
+least 8 pieces are counted and spectral clustering at that count draws the partition); ``centroid T``
+(centroid-linkage clustering stopped at T, clusters under 3 % of the clean speech handed to the nearest other,
+optionally re-estimated by ``vmf_reestimate`` or redrawn by spectral clustering at that count); ``silhouette M``
+(the previous rule: :func:`count_by_silhouette` with clusters of at least M pieces, one speaker above 0.75);
+``eigengap`` (the NME-SC eigengap count alone); ``eigengap, clusters >= M`` (:func:`count_by_eigengap`; M = 8 is
+the pipeline's own rule); ``tracks`` (pieces of overlapping windows that cover the same stretch of audio, and the
+consecutive pieces of one local speaker's run, joined into one node with their mean embedding before the
+eigengap rule).
+
+Besides DER and counts, every rule is asked to count the pieces of each single voice of every recording (the
+reference says whose a piece is): how often it then finds one speaker (``single voices as one``), the case that
+:data:`~mvector.inference.segmentation_diarization.ONE_SPEAKER_SIMILARITY` is set for.
 
     python benchmarks/tune_diarization_count.py --cache_dir CACHE --work_dir WORK [--reference_dir DIR ...]
 
@@ -23,6 +33,7 @@ clusters of at least M pieces); ``silhouette M, merge T`` (then clusters with ce
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import warnings
@@ -37,10 +48,14 @@ add_repo_to_path()
 from mvector.data.rttm import read_rttm  # noqa: E402
 from mvector.evaluation.der import diarization_error  # noqa: E402
 from mvector.inference.clustering import (  # noqa: E402
+    agglomerative_clustering,
     cluster_centroids,
+    count_by_silhouette,
     normalize_rows,
     relabel,
+    spectral_clustering,
 )
+from mvector.inference.segmentation_diarization import LocalSpeakers, SegmentationDiarizer  # noqa: E402
 
 
 def centroid_linkage(
@@ -188,9 +203,50 @@ def absorb_by_share(embeddings: np.ndarray, labels: np.ndarray, seconds: np.ndar
     return labels
 
 
+def piece_tracks(owners: list[tuple[int, int, int, int, bool]], offsets: list[int], runs: bool = True) -> np.ndarray:
+    """Track of every piece ``(chunk, local speaker, first frame, end frame, clean)``: pieces of different windows
+    whose global frame spans overlap by more than half of their union (the same stretch of audio), and with
+    ``runs`` the consecutive pieces of one local speaker's run in a window, share a track.
+
+    >>> piece_tracks([(0, 0, 0, 10, True), (1, 1, 0, 8, True), (0, 2, 40, 50, True)], [0, 2]).tolist()
+    [0, 0, 1]
+    """
+    start = np.array([offsets[o[0]] + o[2] for o in owners])
+    end = np.array([offsets[o[0]] + o[3] for o in owners])
+    parent = np.arange(len(owners))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    order = np.argsort(start, kind="stable")
+    for pos, i in enumerate(order):
+        for j in order[pos + 1 :]:
+            if start[j] > end[i]:
+                break
+            if owners[i][0] == owners[j][0]:
+                touching = owners[i][3] == owners[j][2] or owners[j][3] == owners[i][2]
+                if runs and owners[i][1] == owners[j][1] and touching:
+                    parent[root(i)] = root(j)
+                continue
+            union = max(end[i], end[j]) - min(start[i], start[j])
+            if (min(end[i], end[j]) - max(start[i], start[j])) / union > 0.5:
+                parent[root(i)] = root(j)
+    return relabel(np.array([root(i) for i in range(len(owners))]))
+
+
 def rules() -> dict[str, tuple[dict, Callable | None]]:
     """Name -> (configuration overrides, replacement of ``cluster_pieces`` or None for the pipeline's own)."""
-    out: dict[str, tuple[dict, Callable | None]] = {"threshold 0.55 (previous)": ({"threshold": 0.55}, None)}
+    out: dict[str, tuple[dict, Callable | None]] = {"threshold 0.55 (older)": ({"threshold": 0.55}, None)}
+
+    def calibrated(t: float) -> Callable:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+            count = int((np.bincount(agglomerative_clustering(x, t)) >= self.config.min_cluster_pieces).sum())
+            count = max(1, min(count, self.config.max_speakers))
+            return relabel(spectral_clustering(x, count)) if count > 1 else np.zeros(len(x), np.int64)
+        return cluster
 
     def centroid(t: float, then: str) -> Callable:
         def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -205,14 +261,64 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
             return relabel(labels)
         return cluster
 
+    def silhouette(m: int) -> Callable:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+            return count_by_silhouette(x, 1, self.config.max_speakers, m, 0.75)
+        return cluster
+
+    def eigengap_alone(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        return relabel(spectral_clustering(x, None, 2, self.config.max_speakers))
+
+    def tracks(runs: bool) -> Callable:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+            owners = getattr(self, "clean_owners", None)
+            if owners is None or len(owners) != len(x):  # single-voice trials: no timeline
+                return SegmentationDiarizer.cluster_pieces(self, x, seconds)
+            track = piece_tracks(owners, self.local_offsets, runs)
+            if track.max() < 2:
+                return np.zeros(len(x), np.int64)
+            base = SegmentationDiarizer.cluster_pieces
+            return relabel(base(self, cluster_centroids(x, track), np.bincount(track, weights=seconds))[track])
+        return cluster
+
+    out["calibrated AHC 0.45, clusters >= 8 counted, spectral"] = ({}, calibrated(0.45))
     for t in (0.6, 0.7, 0.8):
         for then in ("", "vmf", "spectral"):
             out[f"centroid {t}, 3 % share{', ' + then if then else ''}"] = ({}, centroid(t, then))
     for m in (5, 8):
-        out[f"silhouette {m}"] = ({"min_cluster_pieces": m}, None)
-    for t in (0.7, 0.8):
-        out[f"silhouette 8, merge {t}"] = ({"min_cluster_pieces": 8, "merge_threshold": t}, None)
+        out[f"silhouette, clusters >= {m} (previous: 8)"] = ({}, silhouette(m))
+    out["eigengap (NME-SC) alone"] = ({}, eigengap_alone)
+    for m in (5, 10):
+        out[f"eigengap, clusters >= {m}"] = ({"min_cluster_pieces": m}, None)
+    out["eigengap, clusters >= 8 (chosen)"] = ({}, None)
+    out["tracks (same audio) then eigengap, clusters >= 8 tracks"] = ({}, tracks(False))
+    out["tracks (same audio + runs) then eigengap, clusters >= 8 tracks"] = ({}, tracks(True))
     return out
+
+
+def piece_speakers(local: Any, reference: list, frame_step: float) -> np.ndarray:
+    """The reference speaker (index into the sorted names) talking most in each piece's frames, -1 for none."""
+    names = sorted({t.speaker for t in reference})
+    frames = int(math.ceil(local.duration / frame_step)) + 2
+    talking = np.zeros((frames, len(names)), dtype=bool)
+    for t in reference:
+        talking[int(round(t.start / frame_step)) : int(round(t.end / frame_step)), names.index(t.speaker)] = True
+    out = []
+    for chunk, speaker, a, b, _ in local.owners:
+        where = np.flatnonzero(local.activities[chunk][a:b, speaker]) + a + local.offsets[chunk]
+        votes = talking[where[where < frames]].sum(axis=0)
+        out.append(int(np.argmax(votes)) if votes.sum() else -1)
+    return np.array(out, dtype=np.int64)
+
+
+class TunedDiarizer(SegmentationDiarizer):
+    """The pipeline, remembering the clean pieces' owners and the window offsets for rules that use the timeline."""
+
+    def finish(self, local: LocalSpeakers) -> Any:
+        clean = [o for o in local.owners if o[4]]
+        self.clean_owners = clean if len(clean) >= 2 else list(local.owners)
+        self.local_offsets = local.offsets
+        return super().finish(local)
 
 
 def main() -> None:
@@ -221,13 +327,13 @@ def main() -> None:
     parser.add_argument("--work_dir", required=True, nargs="+", help="folders holding the reference NAME.rttm")
     parser.add_argument("--model_path", required=True, help="the embedding model the cache was made with")
     parser.add_argument("--collar", type=float, default=0.25)
+    parser.add_argument("--rules", nargs="*", default=None, help="only the rules whose names contain these words")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     from mvector.inference.classic_diarization import DiarizationConfig, PredictorEmbedder
     from mvector.inference.diarization import load_segmentation
     from mvector.inference.predictor import MVectorPredictor
     from mvector.inference.segmentation import find_segmentation_model
-    from mvector.inference.segmentation_diarization import LocalSpeakers, SegmentationDiarizer
 
     folder = find_segmentation_model()
     if folder is None:
@@ -242,6 +348,13 @@ def main() -> None:
             recordings.append((stem, LocalSpeakers.load(path), read_rttm(refs[0])[stem]))
     if not recordings:
         raise SystemExit(f"no cached recording in {args.cache_dir} has a reference RTTM in {args.work_dir}")
+    frame_step = float(network.frame_step)
+    voices = []  # the clean pieces of each single voice of each recording (at least 8 of them)
+    for _stem, local, ref in recordings:
+        whose = piece_speakers(local, ref, frame_step)
+        clean = np.array([o[4] for o in local.owners], dtype=bool)
+        voices += [local.embeddings[clean & (whose == k)] for k in range(len({t.speaker for t in ref}))
+                   if (clean & (whose == k)).sum() >= 8]
     given = []
     for _stem, local, ref in recordings:
         n = len({t.speaker for t in ref})
@@ -250,22 +363,28 @@ def main() -> None:
     given_der = sum(r.missed + r.false_alarm + r.confusion for r in given) / sum(r.total for r in given)
     report: dict = {"benchmark": "diarization count rules", "recordings": [r[0] for r in recordings],
                     "machine": machine_info(), "count_given_der": round(given_der, 4), "rules": {}}
-    lines = ["| rule | DER count open | / count given | count exact | count errors |", "|---|---|---|---|---|"]
+    lines = ["| rule | DER count open | / count given | count exact | single voices as one | count errors |",
+             "|---|---|---|---|---|---|"]
     for name, (overrides, cluster) in rules().items():
+        if args.rules and not any(word in name for word in args.rules):
+            continue
         began = time.perf_counter()
-        kind = SegmentationDiarizer if cluster is None else type("Rule", (SegmentationDiarizer,),
-                                                                  {"cluster_pieces": cluster})
+        kind = TunedDiarizer if cluster is None else type("Rule", (TunedDiarizer,), {"cluster_pieces": cluster})
         errors, scored = [], []
         for _stem, local, ref in recordings:
             turns = kind(embedder, network, DiarizationConfig(**overrides)).finish(local).turns
             scored.append(diarization_error(ref, turns, collar=args.collar))
             errors.append(len({t.speaker for t in turns}) - len({t.speaker for t in ref}))
+        single = kind(embedder, network, DiarizationConfig(**overrides))
+        ones = sum(int(single.cluster_pieces(x, np.ones(len(x))).max() == 0) for x in voices)
         der = sum(r.missed + r.false_alarm + r.confusion for r in scored) / sum(r.total for r in scored)
         exact = sum(e == 0 for e in errors)
         report["rules"][name] = {"der": round(der, 4), "ratio_to_given": round(der / given_der, 2),
                                  "count_exact": f"{exact}/{len(errors)}", "count_errors": errors,
+                                 "single_voices_as_one": f"{ones}/{len(voices)}",
                                  "seconds": round(time.perf_counter() - began, 1)}
-        lines.append(f"| {name} | {100 * der:.1f} % | {der / given_der:.2f}x | {exact}/{len(errors)} | {errors} |")
+        lines.append(f"| {name} | {100 * der:.1f} % | {der / given_der:.2f}x | {exact}/{len(errors)} | "
+                     f"{ones}/{len(voices)} | {errors} |")
         print(lines[-1], file=sys.stderr, flush=True)
     print(f"count given: {100 * given_der:.1f} %\n" + "\n".join(lines), file=sys.stderr)
     emit(report)
