@@ -289,6 +289,27 @@ def silhouette(similarity: np.ndarray, labels: np.ndarray) -> float:
     return float(score.mean())
 
 
+def _bounded(embeddings: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Unit-length ``embeddings`` and, above ``max_points`` rows, the rows of an evenly spaced subsample (else None)."""
+    emb = normalize_rows(_check(embeddings))
+    if int(max_points) < 2:
+        raise ConfigError(f"max_points must be >= 2, got {max_points!r}")
+    if len(emb) <= int(max_points):
+        return emb, None
+    return emb, np.unique(np.linspace(0, len(emb) - 1, int(max_points)).round().astype(np.int64))
+
+
+def _assign_to_centroids(emb: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Every row of ``emb`` to the nearest centroid of ``points`` clustered as ``labels``."""
+    return relabel(np.argmax(emb @ cluster_centroids(points, labels).T, axis=1))
+
+
+def _all_alike(emb: np.ndarray, labels: np.ndarray, same_speaker: float) -> bool:
+    """Whether every two centroids of the partition ``labels`` are more similar than ``same_speaker``."""
+    centroids = cluster_centroids(emb, labels)
+    return float((centroids @ centroids.T).min()) > float(same_speaker)
+
+
 def count_by_silhouette(
     embeddings: np.ndarray,
     min_speakers: int = 1,
@@ -318,13 +339,10 @@ def count_by_silhouette(
     >>> int(count_by_silhouette(emb[:15], max_speakers=7, same_speaker=0.8).max()) + 1
     1
     """
-    emb = normalize_rows(_check(embeddings))
-    if int(max_points) < 2:
-        raise ConfigError(f"max_points must be >= 2, got {max_points!r}")
-    if len(emb) > int(max_points):
-        pick = np.unique(np.linspace(0, len(emb) - 1, int(max_points)).round().astype(np.int64))
+    emb, pick = _bounded(embeddings, max_points)
+    if pick is not None:
         labels = count_by_silhouette(emb[pick], min_speakers, max_speakers, min_cluster_size, same_speaker, seed)
-        return relabel(np.argmax(emb @ cluster_centroids(emb[pick], labels).T, axis=1))
+        return _assign_to_centroids(emb, emb[pick], labels)
     n = len(emb)
     low, high = _speaker_range(n, None, min_speakers, max_speakers)
     sim = emb @ emb.T
@@ -341,8 +359,7 @@ def count_by_silhouette(
         return np.zeros(n, dtype=np.int64) if low <= 1 else spectral_clustering(emb, num_speakers=low, seed=seed)
     # one speaker when even the least alike clusters of the best partition are alike (not a fixed two-way split:
     # splitting many voices in two averages several voices into each half, whose centroids then look alike)
-    centroids = cluster_centroids(emb, best)
-    if float((centroids @ centroids.T).min()) > float(same_speaker):
+    if _all_alike(emb, best, same_speaker):
         return np.zeros(n, dtype=np.int64) if low <= 1 else spectral_clustering(emb, num_speakers=low, seed=seed)
     return relabel(best)
 
@@ -379,13 +396,10 @@ def count_by_eigengap(
     >>> int(count_by_eigengap(emb[:15], max_speakers=7, same_speaker=0.8).max()) + 1
     1
     """
-    emb = normalize_rows(_check(embeddings))
-    if int(max_points) < 2:
-        raise ConfigError(f"max_points must be >= 2, got {max_points!r}")
-    if len(emb) > int(max_points):
-        pick = np.unique(np.linspace(0, len(emb) - 1, int(max_points)).round().astype(np.int64))
+    emb, pick = _bounded(embeddings, max_points)
+    if pick is not None:
         labels = count_by_eigengap(emb[pick], min_speakers, max_speakers, min_cluster_size, same_speaker, seed)
-        return relabel(np.argmax(emb @ cluster_centroids(emb[pick], labels).T, axis=1))
+        return _assign_to_centroids(emb, emb[pick], labels)
     n = len(emb)
     low, high = _speaker_range(n, None, min_speakers, max_speakers)
     if high <= 1:
@@ -396,10 +410,8 @@ def count_by_eigengap(
     while k > floor and np.bincount(labels, minlength=k).min() < int(min_cluster_size):
         k -= 1
         labels = relabel(spectral_clustering(emb, num_speakers=k, seed=seed))
-    if low <= 1 and labels.max() >= 1:
-        centroids = cluster_centroids(emb, labels)
-        if float((centroids @ centroids.T).min()) > float(same_speaker):
-            return np.zeros(n, dtype=np.int64)
+    if low <= 1 and labels.max() >= 1 and _all_alike(emb, labels, same_speaker):
+        return np.zeros(n, dtype=np.int64)
     return labels
 
 
