@@ -443,17 +443,6 @@ def test_count_by_eigengap_one_speaker_and_bounds():
     assert int(count_by_eigengap(tiny, 2, 8, min_cluster_size=8).max()) + 1 == 2
 
 
-def test_count_by_eigengap_subsamples_long_recordings():
-    """Above max_points pieces a subsample is clustered (memory bounded) and every piece still gets its speaker."""
-    from mvector.inference.clustering import count_by_eigengap
-
-    emb, truth = _speaker_pieces([70, 50, 90], seed=11)
-    labels = count_by_eigengap(emb, 1, 8, min_cluster_size=8, max_points=60)
-    assert len(labels) == 210 and _same_partition(labels, truth)
-    with pytest.raises(ConfigError, match="max_points"):
-        count_by_eigengap(emb, max_points=1)
-
-
 def test_segmentation_pipeline_clustering_step_honours_its_settings():
     """Count open: the eigengap rule; ``threshold`` given: the threshold rule; ``num_speakers``: that many."""
     from types import SimpleNamespace
@@ -491,12 +480,14 @@ def test_local_speakers_round_trip_and_a_wrong_file(tmp_path):
         LocalSpeakers.load(tmp_path / "other.npz")
 
 
-def test_count_by_silhouette_subsamples_long_recordings():
+@pytest.mark.parametrize("rule", ["count_by_silhouette", "count_by_eigengap"])
+def test_count_rules_subsample_long_recordings(rule):
     """Above max_points pieces a subsample is clustered (memory bounded) and every piece still gets its speaker."""
-    from mvector.inference.clustering import count_by_silhouette
+    from mvector.inference import clustering
 
+    count = getattr(clustering, rule)
     emb, truth = _speaker_pieces([70, 50, 90], seed=11)
-    labels = count_by_silhouette(emb, 1, 8, min_cluster_size=8, max_points=60)
+    labels = count(emb, 1, 8, min_cluster_size=8, max_points=60)
     assert len(labels) == 210 and _same_partition(labels, truth)
     with pytest.raises(ConfigError, match="max_points"):
-        count_by_silhouette(emb, max_points=1)
+        count(emb, max_points=1)

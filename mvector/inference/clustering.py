@@ -387,14 +387,14 @@ def count_by_eigengap(
     The eigengap asks how clearly the pruned neighbour graph falls apart into groups, not how similar the points
     are, so no similarity threshold sets the count; only the one-speaker decision needs one.
 
-    >>> rng = np.random.default_rng(0)
-    >>> centres = rng.standard_normal((4, 16))
-    >>> emb = np.repeat(centres, 15, axis=0) + 0.4 * rng.standard_normal((60, 16))
-    >>> labels = count_by_eigengap(emb, max_speakers=7, min_cluster_size=5)
-    >>> int(labels.max()) + 1, len({tuple(labels[i : i + 15]) for i in range(0, 60, 15)})
-    (4, 4)
-    >>> int(count_by_eigengap(emb[:15], max_speakers=7, same_speaker=0.8).max()) + 1
-    1
+    >>> rng = np.random.default_rng(1)
+    >>> voices = np.repeat(rng.standard_normal((3, 24)), [20, 30, 25], axis=0)
+    >>> emb = voices + 0.5 * rng.standard_normal(voices.shape)
+    >>> labels = count_by_eigengap(emb, max_speakers=8, min_cluster_size=8)
+    >>> int(labels.max()) + 1, [len(set(labels[a:b])) for a, b in ((0, 20), (20, 50), (50, 75))]
+    (3, [1, 1, 1])
+    >>> count_by_eigengap(emb[20:50], max_speakers=8, min_cluster_size=8, same_speaker=0.6).max()  # one voice
+    np.int64(0)
     """
     emb, pick = _bounded(embeddings, max_points)
     if pick is not None:
