@@ -191,7 +191,14 @@ def test_speaker_database_with_an_approximate_index(tmp_path, monkeypatch, kind)
     assert "s0010" not in [n for n, _ in reader.search(rows[10], top_k=5)[0]]
     reader.add("late", rows[10])  # the reader's own write goes into its index too
     assert reader.search(rows[10])[0][0][0] == "late"
-    # among= and score_norm searches stay exact
+    # among= and score_norm searches stay exact, and so does a search for many (the index is not asked)
     assert reader.search(rows[5], among=["s0005", "s0006"])[0][0][0] == "s0005"
+
+    def not_asked(*args, **kwargs):
+        raise AssertionError("the approximate index was asked for a search of many")
+
+    monkeypatch.setattr(reader._index, "search", not_asked)
+    every = reader.search(rows[5], top_k=2000)[0]
+    assert len(every) == 2000 and every[0][0] == "s0005"
     writer.close()
     reader.close()

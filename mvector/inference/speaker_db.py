@@ -86,6 +86,9 @@ SAMPLE_RATE = 16000
 #: name), ``append`` (refuse a name that is not enrolled).
 WRITE_MODES = ("any", "create", "append")
 _SCORE_BLOCK = 1 << 24  # at most this many scores ([queries, speakers]) are held at once in a batch search
+# an approximate index answers searches for a few best speakers only; a search for many (a posterior over every
+# enrolled speaker asks for all of them) reads the whole matrix anyway and is done exactly
+_APPROXIMATE_MAX_K = 1024
 
 PathLike = Union[str, os.PathLike]
 
@@ -359,8 +362,10 @@ class SpeakerDatabase:
         gallery: the gallery's name (:data:`~mvector.store.DEFAULT_GALLERY` is the folder's own database).
         search_index: ``exact`` (the default: every mean is scored) or an approximate index kept beside the matrix,
             ``pq`` (recommended), ``hnsw`` or ``ivf`` (:mod:`mvector.inference.ann_index`, needs ``mvector[ann]``):
-            used by plain searches (no ``score_norm``, ``transform`` or ``among``), which then may miss the best
-            speaker for a measured share of queries; the others stay exact.
+            used by plain searches (no ``score_norm``, ``transform`` or ``among``) for a few best speakers (``top_k``
+            at most 1,024 and a sixteenth of the gallery), which then may miss the best speaker for a measured share
+            of queries; the others stay exact (a posterior over every enrolled speaker reads the whole matrix
+            anyway).
         index_effort: the approximate index's search effort (PQ rows re-scored exactly / HNSW efSearch / IVF
             nprobe; default per kind).
 
@@ -1124,8 +1129,10 @@ class SpeakerDatabase:
                 raise SpeakerDBError(
                     f"no speakers enrolled in {self.path}; register speakers before recognising (add / add_many)"
                 )
-            if self._index is not None and among is None and score_norm is None and transform is None:
-                return self._approximate(cache, queries, min(int(top_k), cache.count))
+            k = min(int(top_k), cache.count)
+            plain = among is None and score_norm is None and transform is None
+            if self._index is not None and plain and k <= _APPROXIMATE_MAX_K and k * 16 <= cache.count:
+                return self._approximate(cache, queries, k)
             rows = None if among is None else self._rows_among(cache, among)
             count = cache.count if rows is None else len(rows)
             names = cache.names if rows is None else [cache.names[r] for r in rows]
