@@ -214,6 +214,8 @@ class Recipe:
     description: str
     config: dict | str | None
     augmentation: dict | str | None
+    #: Trained from the weights of ``--pretrained DIR`` (``train.py --pretrained_model DIR``).
+    pretrained: bool = False
 
 
 RECIPES: dict[str, Recipe] = {
@@ -304,6 +306,12 @@ RECIPES: dict[str, Recipe] = {
         "v3_c with batches of 16",
         {"dataset_conf.batch_size": 16, "optimizer_conf.min_lr": 1.0e-5},
         {"speed.speaker_per_speed": True},
+    ),
+    "campplus_finetune": Recipe(
+        "the bundled campplus_finetune.yml from the weights of --pretrained DIR (an imported CAM++), no augmentation",
+        "campplus_finetune",
+        None,
+        pretrained=True,
     ),
     "v0_hop20": Recipe(
         "(a) with a 20 ms frame shift (50 frames/s)", _changed(V0_CONFIG, {"feature_conf.frame_shift": 20}), V0_AUGMENT
@@ -506,15 +514,23 @@ def run_recipe(
     channels: int = 0,
     seed: int | None = None,
     keep_models: Path | None = None,
+    pretrained: Path | None = None,
 ) -> dict:
     """Train ``recipe`` on ``corpus/train_list.txt`` for ``epochs`` and score ``corpus/dev_trials.txt``.
+
+    A ``pretrained`` recipe starts from the weights in the ``pretrained`` folder, as ``train.py
+    --pretrained_model`` does.
 
     ``channels`` > 0 replaces the recipe's ``model_conf.channels`` (a cheaper proxy of the same recipe);
     ``seed`` replaces its ``train_conf.seed`` (initialisation, data order, augmentation draws);
     ``keep_models`` keeps the model folder (with the last 3 epochs' checkpoints) as ``keep_models/<name>``.
     """
     conf = recipe_config(recipe)
-    overrides: dict[str, Any] = {"model_conf.channels": channels} if channels else {}
+    if recipe.pretrained and pretrained is None:
+        raise SystemExit(f"--recipes {name}: needs --pretrained DIR (the model folder it starts from)")
+    # --channels: a narrower ECAPA; a model without a channels setting (CAM++) keeps its shape
+    has_channels = "channels" in (conf.get("model_conf") or {})
+    overrides: dict[str, Any] = {"model_conf.channels": channels} if channels and has_channels else {}
     if seed is not None:
         overrides["train_conf.seed"] = seed
     overrides |= {
@@ -533,7 +549,11 @@ def run_recipe(
     trainer = TimedTrainer(conf, use_gpu=False, overrides=overrides, augment_conf_path=aug or None)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        result = trainer.train(save_model_path=str(models), overwrite=keep_models is not None)
+        result = trainer.train(
+            save_model_path=str(models),
+            overwrite=keep_models is not None,
+            pretrained_model=pretrained if recipe.pretrained else None,
+        )
     call_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     tail = tail_figures(Path(result["model_dir"]) / "last_model", corpus / "dev_trials.txt")
@@ -543,6 +563,7 @@ def run_recipe(
     fc = trainer.configs
     return {
         "description": recipe.description,
+        **({"pretrained_model": str(pretrained)} if recipe.pretrained else {}),
         **_short(result),
         "tail": tail,
         "tail_eval_s": round(tail_s, 1),
@@ -558,7 +579,22 @@ def run_recipe(
         },
         "optimizer_conf": fc["optimizer_conf"],
         "loss_conf": fc["loss_conf"],
+        "train_conf": {k: fc["train_conf"][k] for k in ("freeze_backbone_epochs", "freeze_backbone_bn", "head_init")},
+        "model_conf": fc["model_conf"],
         "augmentation": fc.get("augment_conf") or None,
+    }
+
+
+def imported_row(folder: Path, trials_path: Path) -> dict:
+    """The ``imported`` row: the model folder of ``--pretrained`` scored as it is (no training), the same way as
+    the trained rows (``tail_figures``)."""
+    t0 = time.perf_counter()
+    tail = tail_figures(folder, trials_path)
+    return {
+        "description": f"the model in --pretrained ({folder}) as it is, no training",
+        "eer": tail["eer"],
+        "tail": tail,
+        "tail_eval_s": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -570,11 +606,15 @@ def corpus_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     if missing:
         parser.error(f"--corpus {corpus}: missing {', '.join(missing)} (make one with ../shared/tools/corpus)")
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
-    unknown = [n for n in names if n != "mfcc" and n not in RECIPES]
+    unknown = [n for n in names if n not in ("mfcc", "imported") and n not in RECIPES]
     if unknown or not names:
-        parser.error(f"--recipes: unknown {unknown or names}; choose from mfcc, {', '.join(RECIPES)}")
+        parser.error(f"--recipes: unknown {unknown or names}; choose from mfcc, imported, {', '.join(RECIPES)}")
+    pretrained = Path(args.pretrained) if args.pretrained else None
+    needs = [n for n in names if n == "imported" or (n in RECIPES and RECIPES[n].pretrained)]
+    if needs and (pretrained is None or not (pretrained / "model.pt").is_file()):
+        parser.error(f"--recipes {','.join(needs)}: needs --pretrained DIR, a model folder (mvector import ...)")
     if args.step_times:
-        if args.step_times < 1 or "mfcc" in names or len(names) < 2:
+        if args.step_times < 1 or "mfcc" in names or "imported" in names or len(names) < 2:
             parser.error("--step-times N needs N >= 1 and at least two trained recipes (not mfcc) in --recipes")
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -606,10 +646,12 @@ def corpus_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                 mfcc = {f"n_mfcc_{n}": mfcc_baseline(trials, n) for n in (20, 40)}
                 best = min(mfcc.values(), key=lambda m: m["eer"])
                 rows[name] = {"description": "MFCC mean+std, untrained (best of 20 / 40 MFCC)", **best, **mfcc}
+            elif name == "imported":
+                rows[name] = imported_row(pretrained, corpus / "dev_trials.txt")
             else:
                 rows[name] = run_recipe(
                     name, RECIPES[name], corpus, epochs, args.eval_every, tmp, args.channels, args.seed,
-                    Path(args.keep_models) if args.keep_models else None,
+                    Path(args.keep_models) if args.keep_models else None, pretrained,
                 )
             rows[name]["wall_s"] = round(time.perf_counter() - t0, 1)
             print(f"{name}: EER {rows[name]['eer']:.4f} in {rows[name]['wall_s']} s", file=sys.stderr, flush=True)
@@ -632,9 +674,25 @@ def corpus_mode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         )
         report["ratio_eer_default_vs_seed_like"] = round(d["eer"] / max(b["eer"], 1e-9), 3)
         report["ratio_train_time_default_vs_seed_like"] = round(d["train_wall_s"] / max(b["train_wall_s"], 1e-9), 3)
+    if all(n in rows for n in ("campplus_finetune", "imported", "default")):
+        report["finetune"] = finetune_figure(rows)
     report["wall_s"] = round(time.perf_counter() - wall_start, 1)
     report["machine"] = {**machine_info(), "load_average_at_start": load_start}
     emit(report)
+
+
+def finetune_figure(rows: Mapping[str, Mapping[str, Any]]) -> dict:
+    """Issue 23 item 3: the fine-tuned model against both its parents (the imported model as it is, the default
+    trained from scratch), EER / minDCF(0.01) / FRR at FAR 1 % with their intervals; ``beats_both`` compares the
+    EERs."""
+    keys = ("eer", "min_dcf_0.01", "frr_at_far_1%")
+    out: dict[str, Any] = {
+        name: {k: rows[name]["tail"][k] for k in keys} | {f"{k}_ci": rows[name]["tail"][f"{k}_ci"] for k in keys}
+        for name in ("campplus_finetune", "imported", "default")
+    }
+    ft = rows["campplus_finetune"]["tail"]["eer"]
+    out["beats_both"] = bool(ft < rows["imported"]["tail"]["eer"] and ft < rows["default"]["tail"]["eer"])
+    return out
 
 
 def main() -> None:
@@ -680,6 +738,11 @@ def main() -> None:
         help="with --corpus: keep each recipe's model folder as DIR/<recipe>/<Model>_<Feature> (last 3 epochs)",
     )
     parser.add_argument("--step-batch", type=int, default=16, help="batch size of the --step-times steps")
+    parser.add_argument(
+        "--pretrained", default=None, metavar="DIR",
+        help="with --corpus: the model folder that the imported row scores as it is and campplus_finetune starts "
+        "from (mvector import campplus_zh_en --output_dir DIR)",
+    )
     parser.add_argument("--list-recipes", action="store_true", help="print the recipe names and exit")
     parser.add_argument("overrides", nargs="*", help="more config overrides, key=value (e.g. model_conf.channels=128)")
     args = parser.parse_args()
@@ -687,6 +750,7 @@ def main() -> None:
         for name, recipe in RECIPES.items():
             print(f"{name:18s} {recipe.description}")
         print(f"{'mfcc':18s} MFCC mean+std baseline, untrained")
+        print(f"{'imported':18s} the model folder of --pretrained as it is, untrained here")
         return
     if args.corpus is not None:
         if args.overrides or args.quick or args.no_noise or args.speed or args.no_augment:

@@ -112,6 +112,9 @@ SCHEMA: dict[str, Any] = {
         "scheduler": Key(str, "WarmupCosine (stepped per batch) or Constant"),
         "warmup_epochs": Key(float, "linear warm-up length in epochs (fractions allowed)"),
         "min_lr": Key(float, "learning rate at the end of the cosine decay"),
+        "backbone_lr_scale": Key(
+            float, "the backbone's rate as a fraction of the head's (fine-tuning a pretrained backbone: e.g. 0.1)"
+        ),
     },
     "train_conf": {
         "max_epoch": Key(int, "training epochs"),
@@ -126,6 +129,14 @@ SCHEMA: dict[str, Any] = {
         "log_dir": Key(str, "folder for training logs (scalars)"),
         "log_seconds": Key(float, "also log at least this often (s), whatever log_interval says"),
         "freeze_backbone_epochs": Key(int, "train only the head for this many first epochs (fine-tuning)"),
+        "freeze_backbone_bn": Key(
+            bool, "keep the backbone's batch-norm statistics as loaded for the whole run (fine-tuning)"
+        ),
+        "head_init": Key(
+            str,
+            "random, or class_means: each speaker's head row starts as the mean embedding of its training clips "
+            "from the loaded backbone (fine-tuning)",
+        ),
         "dist_timeout_minutes": Key(float, "how long ranks wait for each other before failing (torchrun)"),
         "gpu_augment": Key((bool, str), "waveform augmentation as batched ops on the device: auto (on CUDA)"),
     },
@@ -141,6 +152,9 @@ SCHEMA: dict[str, Any] = {
         "max_per_speaker": Key(int, "training utterances per speaker embedded for the cohort at each evaluation"),
     },
 }
+
+#: Values of ``train_conf.head_init``: how the classifier head starts.
+HEAD_INITS = ("random", "class_means")
 
 #: Largest backbone a configuration may describe (parameters; 4 GB in float32 before optimiser state).
 MAX_MODEL_PARAMETERS = 1_000_000_000
@@ -646,7 +660,11 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     SCHEDULERS.resolve(oc["scheduler"])
     if oc["learning_rate"] <= 0:
         raise ConfigError(f"optimizer_conf.learning_rate must be positive, got {oc['learning_rate']}")
-    for key in ("weight_decay", "momentum", "warmup_epochs", "min_lr"):
+    if tc["freeze_backbone_epochs"] < 0:
+        raise ConfigError(f"train_conf.freeze_backbone_epochs must be >= 0, got {tc['freeze_backbone_epochs']}")
+    if tc["head_init"] not in HEAD_INITS:
+        raise ConfigError(f"train_conf.head_init must be one of {', '.join(HEAD_INITS)}, got {tc['head_init']!r}")
+    for key in ("weight_decay", "momentum", "warmup_epochs", "min_lr", "backbone_lr_scale"):
         if oc[key] < 0:
             raise ConfigError(f"optimizer_conf.{key} must be >= 0, got {oc[key]}")
 

@@ -313,7 +313,7 @@ class MVectorTrainer:
     def setup_optimizer(self) -> None:
         """Optimiser, per-step schedule, margin schedule and AMP gradient scaler."""
         tc = self.configs["train_conf"]
-        self.optimizer = build_optimizer_for(self.model.parameters(), self.configs)
+        self.optimizer = build_optimizer_for(self._parameter_groups(), self.configs)
         self.scheduler = build_scheduler_for(self.optimizer, self.configs, self.steps_per_epoch)
         self.margin_scheduler = None
         if self.margin_conf and isinstance(self.head, CEHead):
@@ -336,6 +336,20 @@ class MVectorTrainer:
         self.amp_dtype = torch.bfloat16 if tc["amp_dtype"] == "bfloat16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
 
+    def _parameter_groups(self) -> Any:
+        """All parameters at ``learning_rate``, or (``optimizer_conf.backbone_lr_scale`` != 1) two groups: the
+        backbone at ``learning_rate × backbone_lr_scale``, the head at ``learning_rate``; the schedule scales
+        both alike."""
+        oc = self.configs["optimizer_conf"]
+        scale = float(oc["backbone_lr_scale"])
+        if scale == 1.0:
+            return self.model.parameters()
+        rate = float(oc["learning_rate"])
+        return [
+            {"params": list(self.model.backbone.parameters()), "lr": rate * scale},
+            {"params": list(self.head.parameters()), "lr": rate},
+        ]
+
     # ------------------------------------------------------------------ phase: restore
     def restore(self, resume_model: PathLike | None = None, pretrained_model: PathLike | None = None) -> None:
         """Continue a run exactly (``resume_model``) or start from matching weights (``pretrained_model``)."""
@@ -345,6 +359,43 @@ class MVectorTrainer:
             self._resume(Path(resume_model))
         elif pretrained_model is not None:
             self._load_pretrained(Path(pretrained_model))
+        if resume_model is None and self.configs["train_conf"]["head_init"] == "class_means":
+            self.init_head_from_class_means()
+
+    def init_head_from_class_means(self) -> None:
+        """``train_conf.head_init: class_means``: every speaker's head row (each of its sub-centers) becomes the
+        mean of its training clips' L2-normalised embeddings from the backbone as it is now (after
+        ``--pretrained_model``), so the classifier is right from the first step and its first gradients into a
+        pretrained backbone are those of a trained head, not of random rows. The clips are embedded whole and
+        unaugmented, as evaluation embeds them (one pass over the training list; every process computes the same
+        rows under torchrun). Rows of the extra speed classes (``speaker_per_speed``) and of speakers with no
+        readable clip stay random."""
+        from mvector.evaluation.evaluator import EvalSettings, Evaluator
+
+        ds = self.configs["dataset_conf"]
+        utts = self._read_train_list()
+        paths = list(utts.paths())
+        labels = torch.as_tensor(utts.labels, dtype=torch.int64)
+        workers = default_num_workers(self.ctx.device, ds["num_workers"], cap=4)
+        model = self.embedding_model.eval()
+        evaluator = Evaluator(model, EvalSettings.from_dataset_conf(ds, workers), progress=False, log=self.log)
+        start = time.perf_counter()
+        emb = evaluator.embed_paths(paths, desc="head init")
+        ok = torch.as_tensor(emb.ok, dtype=torch.bool)
+        vectors = torch.nn.functional.normalize(torch.as_tensor(emb.vectors[emb.ok], dtype=torch.float32), dim=1)
+        labels = labels[ok]
+        sums = torch.zeros(self.num_speakers, vectors.shape[1]).index_add_(0, labels, vectors)
+        counts = torch.bincount(labels, minlength=self.num_speakers)
+        weight = self.head.weight
+        per_class = weight.shape[0] // self.num_classes  # sub-centers
+        with torch.no_grad():
+            for speaker in torch.nonzero(counts).flatten().tolist():
+                mean = torch.nn.functional.normalize(sums[speaker], dim=0).to(weight.device, weight.dtype)
+                weight[speaker * per_class : (speaker + 1) * per_class] = mean
+        self.log(
+            f"head_init class_means: {int((counts > 0).sum())} of {self.num_classes} head classes from "
+            f"{int(ok.sum())} training clips ({time.perf_counter() - start:.0f} s)"
+        )
 
     def adopt_checkpoint_augmentation(self, resume_model: PathLike) -> None:
         """Resuming without an augmentation given: take the ``augment_conf`` the run started with."""
@@ -506,6 +557,10 @@ class MVectorTrainer:
         self.model.train()
         if freeze:  # only the head learns: the backbone's weights and batch-norm statistics stay as loaded
             self.model.backbone.eval()
+        elif self.configs["train_conf"]["freeze_backbone_bn"]:  # weights learn, running statistics stay as loaded
+            for module in self.model.backbone.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         self.embedding_model.featurizer.train()
         info = self._last_info = StepInfo(epoch, self.max_epoch, self.steps_per_epoch, global_step=self.global_step)
         skipped: list[tuple[str, str]] = []
