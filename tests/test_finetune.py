@@ -189,6 +189,29 @@ def test_the_bundled_recipe_sets_the_fine_tuning_keys():
     conf = load_config("campplus_finetune")
     tc, oc = conf["train_conf"], conf["optimizer_conf"]
     assert tc["head_init"] == "class_means" and tc["freeze_backbone_bn"] is True
-    assert 0 < oc["backbone_lr_scale"] < 1
+    assert tc["freeze_backbone_epochs"] == 0 and oc["warmup_epochs"] == 0
+    assert conf["loss_conf"]["margin"] == 0.2 and conf["loss_conf"].get("margin_scheduler") is None
     default = load_config("ecapa_tdnn")
     assert default["train_conf"]["head_init"] == "random" and default["optimizer_conf"]["backbone_lr_scale"] == 1.0
+    assert default["train_conf"]["freeze_backbone_bn"] is False
+
+
+def test_the_recipe_front_end_is_the_imported_models():
+    """What the weights mean: the recipe's front end, normalisation and model equal those an import writes."""
+    from mvector.build import EMBEDDING_KEYS, build_embedding_model
+    from mvector.pretrained import catalogue_entry
+    from mvector.pretrained.importer import pretrained_config
+
+    imported, recipe = pretrained_config(catalogue_entry("campplus_zh_en")), load_config("campplus_finetune")
+    for key in EMBEDDING_KEYS:
+        section, _, name = key.partition(".")
+        if name:
+            assert imported[section][name] == recipe[section][name], key
+    model_a, model_b = build_embedding_model(imported), build_embedding_model(recipe)
+    assert repr(model_a) == repr(model_b)  # the same featurizer and backbone, argument for argument
+    assert model_a.backbone.state_dict().keys() == model_b.backbone.state_dict().keys()
+    wave = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fa = model_a.featurizer(wave, torch.tensor([16000]))[0]
+        fb = model_b.featurizer(wave, torch.tensor([16000]))[0]
+    assert torch.equal(fa, fb)
