@@ -30,6 +30,14 @@ on the dev trials after each epoch, the training wall time (evaluation excluded)
 recipes (:data:`RECIPES`) are complete settings, so a row of ``benchmarks/RESULTS.md`` stays reproducible when
 the bundled default changes; ``default`` is the bundled ``ecapa_tdnn.yml`` + ``augmentation.yml`` as they are now.
 ``mfcc`` is the untrained MFCC mean+std baseline. In this mode ``--tts DIR`` is not used.
+
+Fine-tuning against both its parents (issue 23), one run: the imported model as it is, the bundled
+``campplus_finetune`` recipe started from it, the default from scratch (the JSON's ``finetune`` entry)::
+
+    python benchmarks/bench_accuracy.py --corpus CORPUS --recipes imported,default,campplus_finetune \
+        --pretrained models/campplus_zh_en --threads 1 --eval-every 0
+
+``--channels`` narrows the ECAPA recipes only (a CAM++ keeps its shape).
 """
 
 from __future__ import annotations
