@@ -191,6 +191,17 @@ def run_replica(location: str, gallery: str, n: int, args: argparse.Namespace) -
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def settle(url: str) -> float:
+    """``VACUUM ANALYZE`` the database after a bulk load (what autovacuum would start on its own a moment later,
+    competing with the replica for the same cores); its seconds."""
+    import psycopg
+
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    return round(time.perf_counter() - t0, 1)
+
+
 def with_option(url: str, setting: str) -> str:
     """``url`` with a server setting added to its ``options`` parameter (``-c name=value``).
 
@@ -234,6 +245,8 @@ def main() -> None:
     parser.add_argument("--ann_kind", default="pq", choices=APPROXIMATE_KINDS, help="which approximate index")
     parser.add_argument("--ann_effort", type=int, nargs="+", default=[16, 64],
                         help="search effort settings to measure (PQ rows re-scored / HNSW efSearch / IVF nprobe)")
+    parser.add_argument("--settle", action="store_true", help="VACUUM ANALYZE a PostgreSQL database after the bulk "
+                        "load, before the replica is measured (else autovacuum may run during the measurement)")
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary folder)")
     parser.add_argument("--table", action="store_true", help="also print the README's Markdown rows")
     parser.add_argument("--replica", action="store_true", help=argparse.SUPPRESS)
@@ -267,6 +280,8 @@ def main() -> None:
                 # enrolment lifts it; the replica runs with the store's defaults
                 loader = location if store == "sqlite" else with_option(location, "statement_timeout=0")
                 row.update(enrol(loader, gallery, n, args.dim, args.seed))
+                if store == "postgres" and args.settle:
+                    row["settle_s"] = settle(loader)
                 row.update(run_replica(location, gallery, n, args))
                 row["load_1min"] = round(os.getloadavg()[0], 2)
                 results.append(row)
