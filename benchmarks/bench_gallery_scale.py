@@ -96,6 +96,17 @@ def probes(n: int, dim: int, seed: int, count: int, cos: float) -> tuple[np.ndar
     return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32), [name_of(int(i)) for i in picks]
 
 
+def timed_searches(db: SpeakerDatabase, queries: np.ndarray, wanted: list[str]) -> tuple[list[float], int]:
+    """One ``db.search`` per query: the seconds of each, and how many named the wanted speaker first."""
+    seconds, hits = [], 0
+    for q, want in zip(queries, wanted):
+        t = time.perf_counter()
+        top = db.search(q)[0][0][0]
+        seconds.append(time.perf_counter() - t)
+        hits += top == want
+    return seconds, hits
+
+
 def replica(args: argparse.Namespace) -> dict:
     """One replica's cold start, memory and searches (run in a fresh process)."""
     queries, expected = probes(args.n, args.dim, args.seed, args.queries, args.probe_cos)
@@ -117,12 +128,7 @@ def replica(args: argparse.Namespace) -> dict:
         "memory_ratio": round((after - before) / matrix.nbytes, 3),
     }
     assert first[0][0][0] == expected[0], (first, expected[0])
-    single, hits = [], 0
-    for q, name in zip(queries, expected):
-        t = time.perf_counter()
-        top = db.search(q)[0][0][0]
-        single.append(time.perf_counter() - t)
-        hits += top == name
+    single, hits = timed_searches(db, queries, expected)
     out["search"] = percentiles(single)
     out["search_found_own_speaker"] = round(hits / len(queries), 4)
     bare = []
@@ -165,12 +171,7 @@ def ann(db: SpeakerDatabase, queries: np.ndarray, args: argparse.Namespace) -> d
                  "memory_ratio": round(grown / matrix.nbytes, 3), "settings": []}
     for effort in args.ann_effort:
         index.set_effort(effort)
-        lat, agree = [], 0
-        for q, want in zip(queries, exact):
-            t = time.perf_counter()
-            got = db.search(q)[0][0][0]
-            lat.append(time.perf_counter() - t)
-            agree += got == want
+        lat, agree = timed_searches(db, queries, exact)
         out["settings"].append({"effort": effort, **percentiles(lat), "recall_at_1": round(agree / len(queries), 4)})
     return out
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from typing import Any
 
 __all__ = ["release_free_memory"]
 
 
+@functools.cache
 def _libc_function(name: str) -> Any | None:
+    """The C library's function ``name``, looked up once (``find_library`` runs ``ldconfig``: not per request)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return getattr(libc, name)
@@ -35,6 +38,6 @@ def release_free_memory() -> bool:
     trim = _libc_function("malloc_trim")
     if trim is None:
         return False
-    trim.argtypes = [ctypes.c_size_t]
+    trim.argtypes = [ctypes.c_size_t]  # the same object each call: setting it again is cheap
     trim(0)
     return True
