@@ -39,7 +39,7 @@ def test_sqlite_reader_matches_rows_and_checks_sizes(monkeypatch):
 
 
 def test_postgres_reader_matches_rows(postgres_url, monkeypatch):
-    monkeypatch.setattr(bulk_read, "_COPY_BATCH", 50)  # records cut across the parsed batches
+    monkeypatch.setattr(bulk_read, "_COPY_ROWS", 4)  # many parsed batches, the legacy names in one of them
     means = rows(len(NAMES))
     store = open_store(postgres_url)
     gallery = store.gallery("house")
@@ -79,4 +79,33 @@ def test_postgres_reader_keeps_id_order_and_refuses_a_damaged_mean(postgres_url)
                      (first + 7,))  # fmt: skip
     with pytest.raises(SpeakerDBError, match="damaged gallery"):
         gallery.snapshot(None)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # mended: the same connection reads it whole
+        conn.execute("UPDATE mvector_speakers SET mean = %s WHERE gallery = 'damaged' AND id = %s",
+                     (means[7].tobytes(), first + 7))  # fmt: skip
+    np.testing.assert_array_equal(gallery.snapshot(None).means, means)
+    store.close()
+
+
+def test_postgres_reader_sizes_its_arrays_by_the_rows_read(postgres_url, monkeypatch):
+    """The arrays are sized by the ids given out; when most of those speakers were removed the rows are copied to
+    their size, and where the ids given out would not fit in memory the rows are counted first."""
+    store = open_store(postgres_url)
+    gallery = store.gallery("sparse")
+    gallery.open("fp", DIM)
+    means = rows(5)
+    with gallery.write() as w:
+        first = w.allocate_ids(100)  # 100 ids given out, 5 speakers left
+        w.insert_speakers(np.arange(first, first + 5), [f"s{i}" for i in range(5)], means, np.ones(5, np.int64), 0.0)
+    full = gallery.snapshot(None)
+    assert full.ids.tolist() == list(range(first, first + 5)) and full.names == [f"s{i}" for i in range(5)]
+    assert full.means.base is None or full.means.base.nbytes == means.nbytes  # its own 5 rows, not 100
+    np.testing.assert_array_equal(full.means, means)
+    from mvector.store import postgres
+
+    monkeypatch.setattr(postgres, "_memory_bytes", lambda: 1000)  # 100 rows of 6 floats would not fit: count
+    counted = []
+    real = bulk_read.read_postgres
+    monkeypatch.setattr(postgres, "read_postgres", lambda *a: counted.append(a[3]) or real(*a))
+    np.testing.assert_array_equal(gallery.snapshot(None).means, means)
+    assert counted == [5]
     store.close()

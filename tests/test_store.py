@@ -115,6 +115,33 @@ def test_two_handles_catch_up_before_answering(location, rng):
         assert two.search((x + y) / 2)[0][0][0] == "alice"
 
 
+def test_a_search_that_overlaps_its_version_read_answers_from_the_newest_gallery(location, rng):
+    """A replica searches its cached means while its version read is out (PostgreSQL: the query is sent first and
+    answered meanwhile); when another replica wrote in between, that answer is dropped: it catches up and searches
+    again, also when a name in ``among`` was unknown to its cache. The read always ends, so the connection serves
+    the next call, even when the caller's work failed or another read came first."""
+    x, y = unit(rng, 2)
+    with SpeakerDatabase(location, "fp", DIM) as one, SpeakerDatabase(location, "fp", DIM) as two:
+        one.add("alice", x)
+        assert two.search(y)[0][0][0] == "alice"  # two's cache holds alice only
+        one.add("bob", y)
+        assert two.search(y)[0][0][0] == "bob"
+        one.add("carol", -x)
+        assert [n for n, _ in two.search(x, among=["carol"])[0]] == ["carol"]
+        assert two.search(x, top_k=3, score_norm=None)[0][0][0] == "alice"
+        gallery = two._gallery
+        with pytest.raises(ValueError, match="failed"):
+            with gallery.reading_version():
+                raise ValueError("the caller's work failed")
+        assert gallery.count() == 3 and gallery.version() == one._gallery.version() == 3
+        with gallery.reading_version() as version_now:
+            assert gallery.count() == 3  # another read on the connection first: the answer is taken before it
+            assert version_now() == version_now() == 3
+        one.remove("carol")
+        with gallery.reading_version() as version_now:
+            assert version_now() == 4
+
+
 def test_the_record_of_removals_stays_bounded_and_a_replica_far_behind_reloads(location, rng, monkeypatch):
     """Each removal forgets the removal records more than REMOVALS_KEPT writes old; a replica that far behind
     cannot rely on them and reloads the whole gallery (so it still never names a removed speaker), one closer

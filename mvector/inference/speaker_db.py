@@ -1121,7 +1121,19 @@ class SpeakerDatabase:
             raise SpeakerDBError(f"cohort_top_k must be a positive integer, got {cohort_top_k!r}")
         queries = _as_embeddings(embeddings, self.embd_dim, "search query")
         queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+        args = (queries, int(top_k), score_norm, int(cohort_top_k), cohort, transform, among)
         with self._lock:
+            self._check_open()
+            if self._cache is not None and self._cache.count:
+                # Search the cached means while the store reads its version (a database round trip); the answer
+                # stands when nothing was written meanwhile, else the cache catches up and searches again.
+                with self._gallery.reading_version() as version_now:
+                    try:
+                        found = self._ranked(self._cache, *args)
+                    except SpeakerDBError:  # e.g. a name in ``among`` enrolled elsewhere: decide after catching up
+                        found = None
+                    if found is not None and version_now() == self._version:
+                        return found
             self._refresh()
             cache = self._cache
             assert cache is not None
@@ -1129,54 +1141,68 @@ class SpeakerDatabase:
                 raise SpeakerDBError(
                     f"no speakers enrolled in {self.path}; register speakers before recognising (add / add_many)"
                 )
-            k = min(int(top_k), cache.count)
-            plain = among is None and score_norm is None and transform is None
-            if self._index is not None and plain and k <= _APPROXIMATE_MAX_K and k * 16 <= cache.count:
-                return self._approximate(cache, queries, k)
-            rows = None if among is None else self._rows_among(cache, among)
-            count = cache.count if rows is None else len(rows)
-            names = cache.names if rows is None else [cache.names[r] for r in rows]
-            k = min(int(top_k), count)
-            means = cache.matrix[: cache.count]
-            if transform is not None:
-                means = np.ascontiguousarray(transform(means), dtype=np.float32)
-            if score_norm == "as_norm":
-                if cohort is None:
-                    cohort_u, key = self._cohort_unit(), "stored"
-                else:
-                    cohort_u = _as_embeddings(cohort, self.embd_dim, "cohort")
-                    cohort_u = (cohort_u / np.linalg.norm(cohort_u, axis=1, keepdims=True)).astype(np.float32)
-                    key = hashlib.sha256(cohort_u.tobytes()).hexdigest() + str(transform is not None)
-                stats = self._speaker_stats
-                if stats is None or stats[:2] != (self._version, (int(cohort_top_k), key)):
-                    mu, sd = _top_k_stats(means, cohort_u, int(cohort_top_k))
-                    stats = self._speaker_stats = (self._version, (int(cohort_top_k), key), mu, sd)
-                spk_mu, spk_sd = stats[2], stats[3]
-                if rows is not None:
-                    spk_mu, spk_sd = spk_mu[rows], spk_sd[rows]
-                q_mu, q_sd = _top_k_stats(queries, cohort_u, int(cohort_top_k))
+            return self._ranked(cache, *args)
+
+    def _ranked(
+        self,
+        cache: _MeanCache,
+        queries: np.ndarray,
+        top_k: int,
+        score_norm: str | None,
+        cohort_top_k: int,
+        cohort: np.ndarray | None,
+        transform: Callable[[np.ndarray], np.ndarray] | None,
+        among: Sequence[str] | None,
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`search` over the cached means as they are (the caller holds the lock)."""
+        k = min(int(top_k), cache.count)
+        plain = among is None and score_norm is None and transform is None
+        if self._index is not None and plain and k <= _APPROXIMATE_MAX_K and k * 16 <= cache.count:
+            return self._approximate(cache, queries, k)
+        rows = None if among is None else self._rows_among(cache, among)
+        count = cache.count if rows is None else len(rows)
+        names = cache.names if rows is None else [cache.names[r] for r in rows]
+        k = min(int(top_k), count)
+        means = cache.matrix[: cache.count]
+        if transform is not None:
+            means = np.ascontiguousarray(transform(means), dtype=np.float32)
+        if score_norm == "as_norm":
+            if cohort is None:
+                cohort_u, key = self._cohort_unit(), "stored"
+            else:
+                cohort_u = _as_embeddings(cohort, self.embd_dim, "cohort")
+                cohort_u = (cohort_u / np.linalg.norm(cohort_u, axis=1, keepdims=True)).astype(np.float32)
+                key = hashlib.sha256(cohort_u.tobytes()).hexdigest() + str(transform is not None)
+            stats = self._speaker_stats
+            if stats is None or stats[:2] != (self._version, (int(cohort_top_k), key)):
+                mu, sd = _top_k_stats(means, cohort_u, int(cohort_top_k))
+                stats = self._speaker_stats = (self._version, (int(cohort_top_k), key), mu, sd)
+            spk_mu, spk_sd = stats[2], stats[3]
             if rows is not None:
-                means = means[rows]
-            block = max(1, _SCORE_BLOCK // count)
-            results: list[list[tuple[str, float]]] = []
-            for start in range(0, len(queries), block):
-                q = queries[start : start + block]
-                scores = (means @ q[0])[None] if len(q) == 1 else q @ means.T  # one BLAS call per block
-                if score_norm == "as_norm":
-                    qm, qs = q_mu[start : start + block, None], q_sd[start : start + block, None]
-                    scores = 0.5 * ((scores - spk_mu[None]) / spk_sd[None] + (scores - qm) / qs)
-                if k < count:
-                    top = _best_columns(scores, k)
-                else:
-                    top = np.broadcast_to(np.arange(k), (len(q), k))
-                top_scores = np.take_along_axis(scores, top, axis=1)
-                order = np.argsort(-top_scores, axis=1, kind="stable")
-                for idx, vals in zip(
-                    np.take_along_axis(top, order, axis=1).tolist(),
-                    np.take_along_axis(top_scores, order, axis=1).tolist(),
-                ):
-                    results.append([(names[r], float(v)) for r, v in zip(idx, vals)])
-            return results
+                spk_mu, spk_sd = spk_mu[rows], spk_sd[rows]
+            q_mu, q_sd = _top_k_stats(queries, cohort_u, int(cohort_top_k))
+        if rows is not None:
+            means = means[rows]
+        block = max(1, _SCORE_BLOCK // count)
+        results: list[list[tuple[str, float]]] = []
+        for start in range(0, len(queries), block):
+            q = queries[start : start + block]
+            scores = (means @ q[0])[None] if len(q) == 1 else q @ means.T  # one BLAS call per block
+            if score_norm == "as_norm":
+                qm, qs = q_mu[start : start + block, None], q_sd[start : start + block, None]
+                scores = 0.5 * ((scores - spk_mu[None]) / spk_sd[None] + (scores - qm) / qs)
+            if k < count:
+                top = _best_columns(scores, k)
+            else:
+                top = np.broadcast_to(np.arange(k), (len(q), k))
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            for idx, vals in zip(
+                np.take_along_axis(top, order, axis=1).tolist(),
+                np.take_along_axis(top_scores, order, axis=1).tolist(),
+            ):
+                results.append([(names[r], float(v)) for r, v in zip(idx, vals)])
+        return results
 
     def _means_of(self, ids: np.ndarray) -> np.ndarray:
         """The cached means of speaker ``ids`` (the approximate index's exact rows)."""

@@ -28,10 +28,11 @@ starting with a letter or digit
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
@@ -258,6 +259,31 @@ class GalleryStore(abc.ABC):
     def snapshot(self, since: int | None) -> Changes | None:
         """In one consistent read: None when the gallery is still at version ``since``; everything (``full``) when
         ``since`` is None; else the speakers removed and written after ``since``."""
+
+    @abc.abstractmethod
+    def version(self) -> int:
+        """The gallery's version now (every committed write raised it by one)."""
+
+    @contextlib.contextmanager
+    def reading_version(self) -> Iterator[Callable[[], int]]:
+        """Start reading the gallery's version; the block gets a function that returns it (waiting for it). A store
+        whose read is a network round trip sends it on entering, so the caller works while the database answers: a
+        replica searches its cached means meanwhile and keeps the result only if the version did not move. The read
+        happens after the block is entered, so it sees every write committed before. Here: read when asked.
+
+        >>> import tempfile
+        >>> from mvector.store import open_store
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     gallery = open_store(folder).gallery()
+        ...     gallery.open("model", 2)
+        ...     with gallery.reading_version() as version_now:
+        ...         before = version_now()
+        ...     with gallery.write() as w:
+        ...         pass
+        ...     before, gallery.version()
+        (0, 1)
+        """
+        yield self.version
 
     @abc.abstractmethod
     def write(self, before_commit: Callable[[], None] | None = None, bump: bool = True) -> ContextManager[GalleryWrite]:

@@ -4,9 +4,9 @@ A naive read makes one Python object per row and column (a million ``bytes`` mea
 PostgreSQL at a million speakers), and the freed row objects leave the heap fragmented, so the process keeps far
 more memory than the matrix it built. These readers avoid both:
 
-* PostgreSQL (:func:`read_postgres`): the server joins each chunk of 65 536 ids into three values (``string_agg``
-  of the ids, the means' bytes and the names), sent in binary form: the client turns them into numpy arrays without
-  one object per row. It runs in the caller's snapshot transaction (``REPEATABLE READ``), so the chunks agree;
+* PostgreSQL (:func:`read_postgres`): one binary ``COPY`` of ``id, mean, name`` read with libpq's own calls; the
+  fixed-size head of every row (id and mean) is read by numpy as an array of records, a batch at a time, and the
+  names are decoded a batch at a time. It runs in the caller's snapshot transaction (``REPEATABLE READ``);
 * SQLite (:func:`read_sqlite`): ids and names first, then the means in chunks (the chunk's blobs are freed before the
   next one is read, so no long-lived object sits between them);
 * then :func:`mvector.utils.heap.release_free_memory` hands the freed heap back to the system (glibc
@@ -24,8 +24,9 @@ more memory than the matrix it built. These readers avoid both:
 
 from __future__ import annotations
 
-import re
-from typing import Any
+import contextlib
+import select
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -69,105 +70,149 @@ def read_sqlite(
 
 
 def read_postgres(
-    conn: Any, table: str, gallery: str, total: int, dim: int, where: str
+    conn: Any, table: str, gallery: str, capacity: int, dim: int, where: str
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """``(ids, names, means)`` of the ``total`` speakers of ``gallery`` in ``table`` (columns ``gallery, id, name,
-    mean``), inside the caller's ``REPEATABLE READ`` transaction (both reads see one snapshot).
+    """``(ids, names, means)`` of the speakers of ``gallery`` in ``table`` (columns ``gallery, id, name, mean``),
+    inside the caller's ``REPEATABLE READ`` transaction; ``capacity`` is at least their number (the gallery's next
+    id less one: ids are never given out twice).
 
-    The ids and means come as one binary ``COPY``: every row is ``2 + (4 + 8) + (4 + 4·dim)`` bytes, so numpy
-    reads the stream as an array of fixed-size records (no object per row, no sort on the server); the names come
-    as a second, text ``COPY`` of ``id, name`` and are put in the same order; rows come back ordered by id."""
+    One binary ``COPY`` of ``id, mean, name``, read with libpq's own calls (psycopg's row iterator costs a Python
+    generator round trip per row). Each row arrives whole: its first ``2 + (4 + 8) + (4 + 4·dim)`` bytes have one
+    layout, so numpy reads a batch of them as an array of records; the names that end the rows are joined and
+    decoded once a batch. The arrays are sized by ``capacity`` and the pages past the last row are never touched
+    (no memory is used for them); when far fewer rows came, they are copied to their size. Rows come back ordered
+    by id."""
     from psycopg import sql
 
     record = np.dtype([("fields", ">i2"), ("id_size", ">i4"), ("id", ">i8"), ("mean_size", ">i4"),
-                       ("mean", "<f4", (dim,))])  # fmt: skip
-    ids = np.empty(total, np.int64)
-    means = np.empty((total, dim), np.float32)
-    source = sql.SQL("(SELECT {} FROM {} WHERE gallery = {})")
-    with conn.cursor() as cur:
-        query = source.format(sql.SQL("id, mean"), sql.Identifier(table), sql.Literal(gallery))
-        with cur.copy(sql.SQL("COPY {} TO STDOUT (FORMAT BINARY)").format(query)) as copy:
-            at = _read_records(copy, record, ids, means, where)
-        query = source.format(sql.SQL("id, name"), sql.Identifier(table), sql.Literal(gallery))
-        with cur.copy(sql.SQL("COPY {} TO STDOUT").format(query)) as copy:
-            text = b"".join(bytes(block) for block in copy).decode("utf-8")
+                       ("mean", "<f4", (dim,)), ("name_size", ">i4")])  # fmt: skip
+    ids = np.empty(capacity, np.int64)
+    means = np.empty((capacity, dim), np.float32)
+    names: list[str] = []
+    query = sql.SQL("COPY (SELECT id, mean, name FROM {} WHERE gallery = {}) TO STDOUT (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.Literal(gallery)
+    )
+    at = 0
+    with contextlib.closing(_copy_out(conn, query.as_bytes(conn), where)) as batches:
+        for batch in batches:
+            fixed = b"".join([row[: record.itemsize] for row in batch])
+            if len(fixed) != record.itemsize * len(batch):
+                raise SpeakerDBError(f"{where}: damaged gallery (a mean embedding has the wrong size)")
+            rows = np.frombuffer(fixed, record)
+            bad = (rows["fields"] != 3) | (rows["id_size"] != 8) | (rows["mean_size"] != 4 * dim)
+            if bad.any():
+                raise SpeakerDBError(f"{where}: damaged gallery (a mean embedding has the wrong size)")
+            if at + len(batch) > capacity:
+                raise SpeakerDBError(f"{where}: the speaker table changed while it was read")
+            ids[at : at + len(batch)] = rows["id"]
+            means[at : at + len(batch)] = rows["mean"]
+            at += len(batch)
+            names.extend(_batch_names([row[record.itemsize :] for row in batch]))
+            del rows, fixed, batch
+    if at < capacity * 3 // 4:  # many ids were given out and removed: do not keep their room
+        ids, means = ids[:at].copy(), means[:at].copy()
     ids, means = ids[:at], means[:at]
     if at > 1 and not bool(np.all(ids[1:] > ids[:-1])):  # rows rewritten since they were enrolled: by id, as stored
         order = np.argsort(ids, kind="stable")
-        ids, means = ids[order], means[order]
-    names = _names_in_order(text, ids, where)
-    del text
+        ids, means, names = ids[order], means[order], [names[i] for i in order.tolist()]
     release_free_memory()
     return ids, names, means
 
 
-#: bytes of a binary COPY stream gathered before they are parsed (records cut across blocks wait for the rest)
-_COPY_BATCH = 4 << 20
+def _batch_names(encoded: list[Any]) -> list[str]:
+    """The names ending a batch of rows (UTF-8 bytes each): decoded at once, joined by newlines; a name holding a
+    newline itself (a legacy name) makes the batch decode name by name."""
+    joined = b"\n".join(encoded).decode("utf-8")
+    names = joined.split("\n")
+    if len(names) != len(encoded):
+        names = [bytes(name).decode("utf-8") for name in encoded]
+    return names
+
+
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+#: rows of a COPY gathered before they are parsed (about 6 MB of 192-d means)
+_COPY_ROWS = 8192
+#: seconds a COPY may go without a byte from the server before the read gives up
+_COPY_STALL_S = 60.0
 
 
-def _read_records(copy: Any, record: np.dtype, ids: np.ndarray, means: np.ndarray, where: str) -> int:
-    """Fill ``ids`` and ``means`` from a binary ``COPY`` of ``id, mean`` rows, a few MB at a time; returns the
-    number of rows. A row of another shape (a mean of the wrong size) is refused as a damaged gallery."""
-    pending = bytearray()
-    at, header = 0, None
-    for block in copy:
-        pending += block
-        if header is None:
-            if len(pending) < 19:
-                continue
-            if bytes(pending[:11]) != _COPY_SIGNATURE:
-                raise SpeakerDBError(f"{where}: PostgreSQL sent no binary COPY stream")
-            header = 19 + int.from_bytes(pending[15:19], "big")
-            if len(pending) < header:
-                continue
-            del pending[:header]
-        if len(pending) >= _COPY_BATCH:
-            at = _take_records(pending, record, ids, means, at, where)
-    at = _take_records(pending, record, ids, means, at, where)
-    if bytes(pending) != b"\xff\xff":  # the trailer: what is left is not a whole row
-        raise SpeakerDBError(f"{where}: damaged gallery (a mean embedding has the wrong size)")
-    return at
+def _copy_out(conn: Any, query: bytes, where: str) -> Iterator[list[Any]]:
+    """The rows of ``COPY ... TO STDOUT (FORMAT BINARY)`` in batches of :data:`_COPY_ROWS` (one buffer a row,
+    the 19-byte header and the trailer left out), read with libpq's calls on psycopg's connection. A server error
+    or a stall raises ``psycopg.OperationalError``; when the caller stops early (an error), the rest is read and
+    dropped so the connection stays usable."""
+    import psycopg
+    from psycopg import pq
 
-
-def _take_records(
-    pending: bytearray, record: np.dtype, ids: np.ndarray, means: np.ndarray, at: int, where: str
-) -> int:
-    """Move the whole records at the head of ``pending`` into the arrays (in place); returns the new row count."""
-    n = len(pending) // record.itemsize  # the 2-byte trailer, shorter than any record, stays in pending
-    if n == 0:
-        return at
-    rows = np.frombuffer(pending, record, count=n)
-    bad = (rows["fields"] != 2) | (rows["id_size"] != 8) | (rows["mean_size"] != record["mean"].itemsize)
-    if bad.any():
-        raise SpeakerDBError(f"{where}: damaged gallery (a mean embedding has the wrong size)")
-    if at + n > len(ids):
-        raise SpeakerDBError(f"{where}: the speaker table changed while it was read")
-    ids[at : at + n] = rows["id"]
-    means[at : at + n] = rows["mean"]
-    del rows
-    del pending[: n * record.itemsize]
-    return at + n
-
-
-_TEXT_ESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", "v": "\v"}
-
-
-def _names_in_order(text: str, ids: np.ndarray, where: str) -> list[str]:
-    """The names of a text ``COPY`` of ``id, name`` rows, in the order of ``ids`` (a name holding a backslash or a
-    control character comes escaped, as COPY writes it, and is read back)."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) != len(ids):
-        raise SpeakerDBError(f"{where}: the speaker table changed while it was read")
-    by_id: dict[int, str] = {}
-    for line in lines:
-        key, _, name = line.partition("\t")
-        if "\\" in name:
-            name = re.sub(r"\\(.)", lambda m: _TEXT_ESCAPES.get(m.group(1), m.group(1)), name)
-        by_id[int(key)] = name
+    pgconn = conn.pgconn
+    pgconn.send_query(query)
+    result = _next_result(pgconn)
+    if result is None or result.status != pq.ExecStatus.COPY_OUT:
+        _drain(pgconn)
+        raise psycopg.OperationalError(_message(result, "COPY did not start"))
+    finished = False
     try:
-        return [by_id[i] for i in ids.tolist()]
-    except KeyError:
-        raise SpeakerDBError(f"{where}: the speaker table changed while it was read") from None
+        batch: list[Any] = []
+        header = True
+        while True:
+            size, row = pgconn.get_copy_data(1)
+            if size > 0:
+                if header:  # the first row carries the stream's signature and header
+                    if bytes(row[:11]) != _COPY_SIGNATURE:
+                        raise SpeakerDBError(f"{where}: PostgreSQL sent no binary COPY stream")
+                    row = row[19 + int.from_bytes(row[15:19], "big") :]
+                    header = False
+                if len(row) <= 2:  # the trailer (-1 as two bytes), or a header sent alone
+                    continue
+                batch.append(row)
+                if len(batch) >= _COPY_ROWS:
+                    yield batch
+                    batch = []
+            elif size == 0:
+                _wait_readable(pgconn)
+            else:
+                break
+        finished = True
+        if batch:
+            yield batch
+    finally:
+        if not finished:
+            with contextlib.suppress(Exception):
+                while pgconn.get_copy_data(0)[0] >= 0:
+                    pass
+        _drain(pgconn, raise_errors=finished)
+
+
+def _wait_readable(pgconn: Any) -> None:
+    """Wait until the server sent more (at most :data:`_COPY_STALL_S`), then read it into libpq's buffer."""
+    import psycopg
+
+    if not select.select([pgconn.socket], [], [], _COPY_STALL_S)[0]:
+        raise psycopg.OperationalError(f"no data from the server for {_COPY_STALL_S:.0f} s")
+    pgconn.consume_input()
+
+
+def _next_result(pgconn: Any) -> Any:
+    """The next result of the running command (waiting for it), or None when there are no more."""
+    while pgconn.is_busy():
+        _wait_readable(pgconn)
+    return pgconn.get_result()
+
+
+def _message(result: Any, default: str) -> str:
+    text = b"" if result is None else (result.error_message or b"")
+    return text.decode("utf-8", "replace").strip() or default
+
+
+def _drain(pgconn: Any, raise_errors: bool = False) -> None:
+    """Read the command's remaining results, so the connection is idle again; with ``raise_errors`` a failed one
+    raises ``psycopg.OperationalError`` (the server ended the COPY with an error)."""
+    import psycopg
+    from psycopg import pq
+
+    failure = None
+    while (result := _next_result(pgconn)) is not None:
+        if result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
+            failure = _message(result, "the COPY failed")
+    if failure is not None and raise_errors:
+        raise psycopg.OperationalError(failure)

@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import select
 import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -143,6 +146,49 @@ _SCHEMA_OBJECTS = re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCH
 
 
 
+#: the gallery's version, sent with libpq's own call so the caller can work before it reads the answer
+_VERSION_SQL = b"SELECT version FROM mvector_galleries WHERE name = $1"
+#: seconds the client waits for that answer at most (the server's statement timeout is 15 s)
+_ANSWER_WAIT_S = 20.0
+
+
+def _version_answer(pgconn: Any, where: str) -> int:
+    """Wait for the answer to :data:`_VERSION_SQL` sent on ``pgconn`` and read it (the connection is idle again
+    afterwards); a lost connection or a late answer raises ``psycopg.OperationalError``."""
+    from psycopg import pq
+
+    deadline = time.monotonic() + _ANSWER_WAIT_S
+    values = []
+    while True:
+        pgconn.consume_input()
+        while not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                if len(values) != 1:
+                    raise SpeakerDBError(f"{where}: the gallery is missing from the database")
+                return int(values[0])
+            if result.status != pq.ExecStatus.TUPLES_OK:
+                message = (result.error_message or b"").decode("utf-8", "replace").strip()
+                raise psycopg.OperationalError(message or "reading the version failed")
+            values.extend(result.get_value(i, 0) for i in range(result.ntuples))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise psycopg.OperationalError(f"no answer within {_ANSWER_WAIT_S:.0f} s")
+        select.select([pgconn.socket], [], [], left)
+
+
+#: the statement timeout of a replica's full read of a gallery (every other statement: 15 s)
+_FULL_READ_TIMEOUT_MS = 300_000
+
+
+def _memory_bytes() -> int:
+    """The machine's memory (what a full read's arrays may reserve without being used is checked against it)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not knowable here: assume 4 GB
+        return 4 << 30
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -155,6 +201,8 @@ class _Connection:
         self.url, self.where = url, where
         self.lock = threading.RLock()
         self._conn: Any = None
+        #: reads the answer to a query sent ahead (:meth:`PostgresGallery.reading_version`): done before any other use
+        self.pending: Callable[[], object] | None = None
 
     def _params(self) -> dict[str, Any]:
         given = _conninfo.conninfo_to_dict(self.url)
@@ -168,6 +216,8 @@ class _Connection:
     def get(self) -> Any:
         """The open connection (connecting now when there is none or it broke)."""
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            if self.pending is not None:
+                self.pending()
             return self._conn
         self.drop()
         try:
@@ -178,7 +228,7 @@ class _Connection:
 
     def drop(self) -> None:
         """Close and forget the connection (after an error that may have broken it)."""
-        conn, self._conn = self._conn, None
+        conn, self._conn, self.pending = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -370,16 +420,22 @@ class PostgresGallery(GalleryStore):
             self._conn.drop()
 
     def _changes(self, conn: Any, since: int | None) -> Changes | None:
-        version = int(conn.execute("SELECT version FROM mvector_galleries WHERE name = %s", (self.name,)).fetchone()[0])
+        version, next_id = conn.execute(
+            "SELECT version, next_id FROM mvector_galleries WHERE name = %s", (self.name,)
+        ).fetchone()
+        version = int(version)
         if since is not None and version == since:
             return None
         dim = self.embd_dim
         if since is not None and since < version - base.REMOVALS_KEPT:  # its removals may be forgotten: reload all
             since = None
-        if since is None:  # everything: the server joins each chunk's rows (mvector.store.bulk_read)
-            total = int(conn.execute("SELECT COUNT(*) FROM mvector_speakers WHERE gallery = %s",
-                                     (self.name,)).fetchone()[0])
-            ids, names, means = read_postgres(conn, "mvector_speakers", self.name, total, dim, self.where)
+        if since is None:  # everything: one binary COPY (mvector.store.bulk_read)
+            conn.execute(f"SET LOCAL statement_timeout = {_FULL_READ_TIMEOUT_MS}")  # a large gallery takes a while
+            capacity = max(0, int(next_id) - 1)  # ids are given out once: no more rows than that
+            if capacity * dim * 4 > _memory_bytes() // 2:  # most of them removed long ago: count instead
+                capacity = int(conn.execute("SELECT COUNT(*) FROM mvector_speakers WHERE gallery = %s",
+                                            (self.name,)).fetchone()[0])
+            ids, names, means = read_postgres(conn, "mvector_speakers", self.name, capacity, dim, self.where)
             return Changes(version, [], ids, names, means, full=True)
         gone = [int(r[0]) for r in conn.execute(
             "SELECT speaker_id FROM mvector_removed WHERE gallery = %s AND version > %s", (self.name, since))]
@@ -390,6 +446,34 @@ class PostgresGallery(GalleryStore):
         return Changes(
             version, gone, np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], blobs(rows, dim, 2).copy()
         )
+
+    def version(self) -> int:
+        return int(self._one("SELECT version FROM mvector_galleries WHERE name = %s")[0])
+
+    @contextlib.contextmanager
+    def reading_version(self) -> Iterator[Callable[[], int]]:
+        """The version query goes out on entering; the block's function waits for its answer. The connection is
+        held until the block ends; the answer is read before any other use of it, and at the end if nobody asked."""
+        with self._conn.guard("reading the gallery", SpeakerDBError) as conn:
+            pgconn = conn.pgconn
+            pgconn.send_query_params(_VERSION_SQL, [self.name.encode()])
+            answer: list[int] = []
+
+            def version_now() -> int:
+                if not answer:
+                    self._conn.pending = None
+                    answer.append(_version_answer(pgconn, self.where))
+                return answer[0]
+
+            self._conn.pending = version_now
+            try:
+                yield version_now
+            finally:
+                if not answer:  # the block ended early: the answer is still read, so the connection stays usable
+                    try:
+                        version_now()
+                    except Exception:
+                        self._conn.drop()
 
     def snapshot(self, since: int | None) -> Changes | None:
         with self._conn.guard("reading the gallery", SpeakerDBError) as conn:

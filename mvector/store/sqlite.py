@@ -446,6 +446,10 @@ class SQLiteGallery(GalleryStore):
             finally:
                 conn.execute("COMMIT")
 
+    def version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM speakers").fetchone()[0])
