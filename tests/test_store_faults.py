@@ -89,6 +89,37 @@ def test_writes_during_a_kill_lose_nothing_acknowledged_and_recover(server):
         handle.close()
 
 
+def test_a_server_lost_while_a_version_read_is_out_is_a_clear_error_and_recovers(server):
+    """The version read of a search goes out before the search: the server killed before its answer is read gives
+    StoreUnavailableError from whichever call comes next (never a psycopg error), and the objects work again."""
+    url = server.new_database()
+    with SpeakerDatabase(url, "fp", DIM) as db:
+        db.add("alice", np.ones(DIM, np.float32))
+        gallery = db._gallery
+        import psycopg
+
+        def lost() -> None:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        gallery._conn.get()
+        gallery._conn.pending = lost  # an answer still to read when the connection broke
+        with pytest.raises(StoreUnavailableError, match="version failed.*closed the connection"):
+            gallery.count()
+        assert gallery.count() == 1  # connected again
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="mv_test"):
+            with gallery.reading_version() as version_now:
+                server.kill()
+                gallery.count()  # another read first: the answer, or the lost connection, is taken before it
+                version_now()
+        with pytest.raises(StoreUnavailableError, match="mv_test"):
+            db.search(np.ones(DIM, np.float32))
+        assert time.monotonic() - started < 2 * BOUND_S
+        server.start()
+        assert db.search(np.ones(DIM, np.float32))[0][0][0] == "alice"
+        assert gallery.version() == 1
+
+
 def test_wrong_credentials_and_wrong_host_fail_at_once_with_one_line(server):
     url = server.new_database()
     started = time.monotonic()

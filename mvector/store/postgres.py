@@ -217,7 +217,14 @@ class _Connection:
         """The open connection (connecting now when there is none or it broke)."""
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             if self.pending is not None:
-                self.pending()
+                try:
+                    self.pending()
+                except psycopg.Error as err:
+                    self.drop()
+                    raise StoreUnavailableError(
+                        f"{self.where}: reading the gallery's version failed, the database is unreachable or timed "
+                        f"out ({_first_line(err)}); retry shortly"
+                    ) from None
             return self._conn
         self.drop()
         try:
