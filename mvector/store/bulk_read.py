@@ -25,17 +25,19 @@ more memory than the matrix it built. These readers avoid both:
 from __future__ import annotations
 
 import contextlib
-import select
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from mvector.errors import SpeakerDBError
+from mvector.store.pg_wire import copy_rows
 from mvector.utils.heap import release_free_memory
 
 __all__ = ["read_postgres", "read_sqlite"]
 
 _CHUNK = 65536
+#: rows of a PostgreSQL COPY parsed at once (about 6 MB of 192-d means)
+_COPY_ROWS = 8192
 
 
 def read_sqlite(
@@ -93,7 +95,7 @@ def read_postgres(
         sql.Identifier(table), sql.Literal(gallery)
     )
     at = 0
-    with contextlib.closing(_copy_out(conn, query.as_bytes(conn), where)) as batches:
+    with contextlib.closing(copy_rows(conn, query.as_bytes(conn), _COPY_ROWS)) as batches:
         for batch in batches:
             fixed = b"".join([row[: record.itemsize] for row in batch])
             if len(fixed) != record.itemsize * len(batch):
@@ -127,92 +129,3 @@ def _batch_names(encoded: list[Any]) -> list[str]:
     if len(names) != len(encoded):
         names = [bytes(name).decode("utf-8") for name in encoded]
     return names
-
-
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-#: rows of a COPY gathered before they are parsed (about 6 MB of 192-d means)
-_COPY_ROWS = 8192
-#: seconds a COPY may go without a byte from the server before the read gives up
-_COPY_STALL_S = 60.0
-
-
-def _copy_out(conn: Any, query: bytes, where: str) -> Iterator[list[Any]]:
-    """The rows of ``COPY ... TO STDOUT (FORMAT BINARY)`` in batches of :data:`_COPY_ROWS` (one buffer a row,
-    the 19-byte header and the trailer left out), read with libpq's calls on psycopg's connection. A server error
-    or a stall raises ``psycopg.OperationalError``; when the caller stops early (an error), the rest is read and
-    dropped so the connection stays usable."""
-    import psycopg
-    from psycopg import pq
-
-    pgconn = conn.pgconn
-    pgconn.send_query(query)
-    result = _next_result(pgconn)
-    if result is None or result.status != pq.ExecStatus.COPY_OUT:
-        _drain(pgconn)
-        raise psycopg.OperationalError(_message(result, "COPY did not start"))
-    finished = False
-    try:
-        batch: list[Any] = []
-        header = True
-        while True:
-            size, row = pgconn.get_copy_data(1)
-            if size > 0:
-                if header:  # the first row carries the stream's signature and header
-                    if bytes(row[:11]) != _COPY_SIGNATURE:
-                        raise SpeakerDBError(f"{where}: PostgreSQL sent no binary COPY stream")
-                    row = row[19 + int.from_bytes(row[15:19], "big") :]
-                    header = False
-                if len(row) <= 2:  # the trailer (-1 as two bytes), or a header sent alone
-                    continue
-                batch.append(row)
-                if len(batch) >= _COPY_ROWS:
-                    yield batch
-                    batch = []
-            elif size == 0:
-                _wait_readable(pgconn)
-            else:
-                break
-        finished = True
-        if batch:
-            yield batch
-    finally:
-        if not finished:
-            with contextlib.suppress(Exception):
-                while pgconn.get_copy_data(0)[0] >= 0:
-                    pass
-        _drain(pgconn, raise_errors=finished)
-
-
-def _wait_readable(pgconn: Any) -> None:
-    """Wait until the server sent more (at most :data:`_COPY_STALL_S`), then read it into libpq's buffer."""
-    import psycopg
-
-    if not select.select([pgconn.socket], [], [], _COPY_STALL_S)[0]:
-        raise psycopg.OperationalError(f"no data from the server for {_COPY_STALL_S:.0f} s")
-    pgconn.consume_input()
-
-
-def _next_result(pgconn: Any) -> Any:
-    """The next result of the running command (waiting for it), or None when there are no more."""
-    while pgconn.is_busy():
-        _wait_readable(pgconn)
-    return pgconn.get_result()
-
-
-def _message(result: Any, default: str) -> str:
-    text = b"" if result is None else (result.error_message or b"")
-    return text.decode("utf-8", "replace").strip() or default
-
-
-def _drain(pgconn: Any, raise_errors: bool = False) -> None:
-    """Read the command's remaining results, so the connection is idle again; with ``raise_errors`` a failed one
-    raises ``psycopg.OperationalError`` (the server ended the COPY with an error)."""
-    import psycopg
-    from psycopg import pq
-
-    failure = None
-    while (result := _next_result(pgconn)) is not None:
-        if result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
-            failure = _message(result, "the COPY failed")
-    if failure is not None and raise_errors:
-        raise psycopg.OperationalError(failure)

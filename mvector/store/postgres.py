@@ -27,9 +27,7 @@ import contextlib
 import json
 import os
 import re
-import select
 import threading
-import time
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -38,6 +36,7 @@ from mvector.errors import SpeakerDBError, StoreError, StoreUnavailableError
 from mvector.store import base
 from mvector.store.base import AuditRow, Changes, GalleryStore, GalleryWrite, KeyBackend, KeyRow, Store, StoredAnswer
 from mvector.store.bulk_read import read_postgres
+from mvector.store.pg_wire import one_value
 from mvector.store.sql import audit_filter, audit_row, blobs, check_owner, record_audit, utterance_rows
 
 try:  # an optional dependency: the folder store works without it
@@ -150,31 +149,6 @@ _SCHEMA_OBJECTS = re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCH
 _VERSION_SQL = b"SELECT version FROM mvector_galleries WHERE name = $1"
 #: seconds the client waits for that answer at most (the server's statement timeout is 15 s)
 _ANSWER_WAIT_S = 20.0
-
-
-def _version_answer(pgconn: Any, where: str) -> int:
-    """Wait for the answer to :data:`_VERSION_SQL` sent on ``pgconn`` and read it (the connection is idle again
-    afterwards); a lost connection or a late answer raises ``psycopg.OperationalError``."""
-    from psycopg import pq
-
-    deadline = time.monotonic() + _ANSWER_WAIT_S
-    values = []
-    while True:
-        pgconn.consume_input()
-        while not pgconn.is_busy():
-            result = pgconn.get_result()
-            if result is None:
-                if len(values) != 1:
-                    raise SpeakerDBError(f"{where}: the gallery is missing from the database")
-                return int(values[0])
-            if result.status != pq.ExecStatus.TUPLES_OK:
-                message = (result.error_message or b"").decode("utf-8", "replace").strip()
-                raise psycopg.OperationalError(message or "reading the version failed")
-            values.extend(result.get_value(i, 0) for i in range(result.ntuples))
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise psycopg.OperationalError(f"no answer within {_ANSWER_WAIT_S:.0f} s")
-        select.select([pgconn.socket], [], [], left)
 
 
 #: the statement timeout of a replica's full read of a gallery (every other statement: 15 s)
@@ -469,7 +443,10 @@ class PostgresGallery(GalleryStore):
             def version_now() -> int:
                 if not answer:
                     self._conn.pending = None
-                    answer.append(_version_answer(pgconn, self.where))
+                    value = one_value(pgconn, _ANSWER_WAIT_S)
+                    if value is None:
+                        raise SpeakerDBError(f"{self.where}: the gallery is missing from the database")
+                    answer.append(int(value))
                 return answer[0]
 
             self._conn.pending = version_now
