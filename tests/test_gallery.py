@@ -141,7 +141,7 @@ def _wave(seed: int) -> tuple[np.ndarray, int]:
     return (np.random.default_rng(seed).standard_normal(12000).astype("float32") * 0.1, 16000)
 
 
-def test_fpir_threshold_follows_the_gallery_as_it_changes(tiny_model, tmp_path, known):
+def test_fpir_threshold_follows_the_gallery_as_it_changes(tiny_model, tmp_path, known, monkeypatch):
     from mvector.inference.predictor import MVectorPredictor
 
     _, tail = known
@@ -178,6 +178,14 @@ def test_fpir_threshold_follows_the_gallery_as_it_changes(tiny_model, tmp_path, 
     assert [n for n, _ in normed.candidates] == [f"s{i}" for i in np.argsort(-want)]
     with pytest.raises(ConfigError, match="another scale"):
         p.recognize(_wave(1), score_norm="gallery")
+    import mvector.inference.predictor as predictor_module
+
+    with monkeypatch.context() as patch:  # a gallery too large to score every pair: a clear error, nothing allocated
+        patch.setattr(predictor_module, "GALLERY_NORM_MAX_SPEAKERS", 2)
+        with pytest.raises(ConfigError, match=r"3 x 3 scores.*at most 2 speakers.*score_norm='as_norm'"):
+            p.recognize(_wave(1), score_norm="gallery", threshold=-100.0)
+        patch.setattr(predictor_module, "GALLERY_NORM_MAX_SPEAKERS", 3)
+        assert p.recognize(_wave(1), score_norm="gallery", threshold=-100.0).score_norm == "gallery"
     with pytest.raises(ConfigError, match="rule must be one of"):
         p.recognize(_wave(1), rule="bogus")
     p.close()

@@ -66,6 +66,10 @@ __all__ = [
     "iter_audio_files",
 ]
 
+#: The largest gallery ``score_norm="gallery"`` normalises (it scores every enrolled speaker against every other:
+#: 3,000 speakers are 72 MB of scores, a million would be 8 TB).
+GALLERY_NORM_MAX_SPEAKERS = 3_000
+
 #: Threshold used when the model folder holds no evaluation result (a warning says so).
 DEFAULT_THRESHOLD = 0.5
 
@@ -728,6 +732,13 @@ class MVectorPredictor:
         cohort, best first."""
         from mvector.evaluation.gallery import gallery_as_norm
 
+        n = len(db) if among is None else len(set(among))
+        if n > GALLERY_NORM_MAX_SPEAKERS:
+            raise ConfigError(
+                f"score_norm='gallery' scores every enrolled speaker against every other ({n:,} x {n:,} scores); "
+                f"it is meant for galleries of at most {GALLERY_NORM_MAX_SPEAKERS:,} speakers (or pass among=...): "
+                f"for a larger one store a cohort (SpeakerDatabase.set_cohort) and use score_norm='as_norm'"
+            )
         hits = db.search(emb, top_k=max(1, len(db)), among=among)[0]
         names = [nm for nm, _ in hits]
         means = np.stack([db.mean_embedding(nm) for nm in names]).astype(np.float64)
