@@ -128,6 +128,9 @@ def replica(args: argparse.Namespace) -> dict:
         "memory_ratio": round((after - before) / matrix.nbytes, 3),
     }
     assert first[0][0][0] == expected[0], (first, expected[0])
+    if args.cold_only:
+        db.close()
+        return out
     single, hits = timed_searches(db, queries, expected)
     out["search"] = percentiles(single)
     out["search_found_own_speaker"] = round(hits / len(queries), 4)
@@ -176,15 +179,18 @@ def ann(db: SpeakerDatabase, queries: np.ndarray, args: argparse.Namespace) -> d
     return out
 
 
-def run_replica(location: str, gallery: str, n: int, args: argparse.Namespace) -> dict:
-    """:func:`replica` in a fresh Python process (its own memory and caches, as a new replica has)."""
+def run_replica(location: str, gallery: str, n: int, args: argparse.Namespace, cold_only: bool = False) -> dict:
+    """:func:`replica` in a fresh Python process (its own memory and caches, as a new replica has); ``cold_only``:
+    its cold start and memory only."""
     cmd = [
         sys.executable, __file__, "--replica", "--location", location, "--gallery", gallery, "--n", str(n),
         "--dim", str(args.dim),
         "--seed", str(args.seed), "--queries", str(args.queries), "--probe_cos", str(args.probe_cos),
         "--batch_repeats", str(args.batch_repeats),
     ]
-    if args.ann:
+    if cold_only:
+        cmd.append("--cold_only")
+    elif args.ann:
         cmd += ["--ann", "--ann_kind", args.ann_kind, "--ann_effort", *map(str, args.ann_effort)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=Path(__file__).parent)
     if done.returncode != 0:
@@ -228,7 +234,8 @@ def table(results: list[dict], load: list[float]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r['store']} | {r['speakers']:,} | {r['enrol_speakers_per_s']:,.0f} | {r['cold_start_s']} | "
+            f"| {r['store']} | {r['speakers']:,} | {r['enrol_speakers_per_s']:,.0f} | "
+            f"{' / '.join(map(str, r.get('cold_starts_s', [r['cold_start_s']])))} | "
             f"{r['memory_ratio']} ({r['rss_delta_mb']:.0f} / {r['matrix_mb']:.0f} MB) | "
             f"{r['search']['p50_ms']} / {r['search']['p99_ms']} | {r['bare_numpy_scan']['p50_ms']} | "
             f"{r['search_100']['p50_ms']} / {r['search_100']['p99_ms']} | {r['load_1min']} |"
@@ -253,12 +260,16 @@ def main() -> None:
                         help="search effort settings to measure (PQ rows re-scored / HNSW efSearch / IVF nprobe)")
     parser.add_argument("--settle", action="store_true", help="VACUUM ANALYZE and CHECKPOINT a PostgreSQL database "
                         "after the bulk load, before the replica is measured (else that work may run during it)")
+    parser.add_argument("--cold_starts", type=int, default=1, help="replicas started one after the other in fresh "
+                        "processes; the first is measured in full, the others' cold start and memory are listed too "
+                        "(the spread of a cold start)")
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary folder)")
     parser.add_argument("--table", action="store_true", help="also print the README's Markdown rows")
     parser.add_argument("--replica", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--location", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gallery", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--cold_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.replica:
         print(json.dumps(replica(args)), flush=True)
@@ -289,6 +300,11 @@ def main() -> None:
                 if store == "postgres" and args.settle:
                     row["settle_s"] = settle(loader)
                 row.update(run_replica(location, gallery, n, args))
+                if args.cold_starts > 1:
+                    again = [run_replica(location, gallery, n, args, cold_only=True)
+                             for _ in range(args.cold_starts - 1)]
+                    row["cold_starts_s"] = [row["cold_start_s"]] + [r["cold_start_s"] for r in again]
+                    row["memory_ratios"] = [row["memory_ratio"]] + [r["memory_ratio"] for r in again]
                 row["load_1min"] = round(os.getloadavg()[0], 2)
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
