@@ -107,6 +107,19 @@ def timed_searches(db: SpeakerDatabase, queries: np.ndarray, wanted: list[str]) 
     return seconds, hits
 
 
+def fresh_memory_touch(nbytes: int) -> float:
+    """Seconds to write ``nbytes`` of newly allocated memory once (then freed): what the machine charges for memory
+    a process has not used yet. On a plain machine a few hundred MB take well under a second; in a virtual machine
+    whose host gives memory back lazily (free-page reporting) pages unused for a while cost far more, and a cold
+    start's matrix pays the same."""
+    t = time.perf_counter()
+    block = np.empty(nbytes, np.uint8)
+    block.fill(1)
+    seconds = time.perf_counter() - t
+    del block
+    return round(seconds, 3)
+
+
 def replica(args: argparse.Namespace) -> dict:
     """One replica's cold start, memory and searches (run in a fresh process)."""
     queries, expected = probes(args.n, args.dim, args.seed, args.queries, args.probe_cos)
@@ -128,6 +141,7 @@ def replica(args: argparse.Namespace) -> dict:
         "memory_ratio": round((after - before) / matrix.nbytes, 3),
     }
     assert first[0][0][0] == expected[0], (first, expected[0])
+    out["fresh_memory_touch_s"] = fresh_memory_touch(matrix.nbytes)
     if args.cold_only:
         db.close()
         return out
@@ -305,6 +319,8 @@ def main() -> None:
                              for _ in range(args.cold_starts - 1)]
                     row["cold_starts_s"] = [row["cold_start_s"]] + [r["cold_start_s"] for r in again]
                     row["memory_ratios"] = [row["memory_ratio"]] + [r["memory_ratio"] for r in again]
+                    row["fresh_memory_touches_s"] = [row["fresh_memory_touch_s"]] + [
+                        r["fresh_memory_touch_s"] for r in again]
                 row["load_1min"] = round(os.getloadavg()[0], 2)
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
