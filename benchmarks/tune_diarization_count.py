@@ -50,12 +50,19 @@ from mvector.evaluation.der import diarization_error  # noqa: E402
 from mvector.inference.clustering import (  # noqa: E402
     agglomerative_clustering,
     cluster_centroids,
+    count_by_eigengap,
     count_by_silhouette,
+    merge_linked_clusters,
     normalize_rows,
     relabel,
     spectral_clustering,
+    split_distinct_clusters,
 )
-from mvector.inference.segmentation_diarization import LocalSpeakers, SegmentationDiarizer  # noqa: E402
+from mvector.inference.segmentation_diarization import (  # noqa: E402
+    ONE_SPEAKER_SIMILARITY,
+    LocalSpeakers,
+    SegmentationDiarizer,
+)
 
 
 def centroid_linkage(
@@ -242,14 +249,14 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
     out: dict[str, tuple[dict, Callable | None]] = {"threshold 0.55 (older)": ({"threshold": 0.55}, None)}
 
     def calibrated(t: float) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
             count = int((np.bincount(agglomerative_clustering(x, t)) >= self.config.min_cluster_pieces).sum())
             count = max(1, min(count, self.config.max_speakers))
             return relabel(spectral_clustering(x, count)) if count > 1 else np.zeros(len(x), np.int64)
         return cluster
 
     def centroid(t: float, then: str) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
             labels = centroid_linkage(x, t, None, self.config.min_speakers, None)
             labels = absorb_by_share(x, labels, seconds, 0.03)
             if then == "vmf" and labels.max() >= 1:
@@ -262,23 +269,35 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
         return cluster
 
     def silhouette(m: int) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
             return count_by_silhouette(x, 1, self.config.max_speakers, m, 0.75)
         return cluster
 
-    def eigengap_alone(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    def eigengap_alone(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
         return relabel(spectral_clustering(x, None, 2, self.config.max_speakers))
 
     def tracks(runs: bool) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
             owners = getattr(self, "clean_owners", None)
             if owners is None or len(owners) != len(x):  # single-voice trials: no timeline
-                return SegmentationDiarizer.cluster_pieces(self, x, seconds)
+                return SegmentationDiarizer.cluster_pieces(self, x, seconds, links)
             track = piece_tracks(owners, self.local_offsets, runs)
             if track.max() < 2:
                 return np.zeros(len(x), np.int64)
             base = SegmentationDiarizer.cluster_pieces
             return relabel(base(self, cluster_centroids(x, track), np.bincount(track, weights=seconds))[track])
+        return cluster
+
+    def eigengap_then(merge: float | None, split: float | None) -> Callable:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+            c = self.config
+            labels = count_by_eigengap(x, c.min_speakers, c.max_speakers, c.min_cluster_pieces,
+                                       ONE_SPEAKER_SIMILARITY, c.seed, c.max_cluster_windows)
+            if labels.max() >= 1 and merge is not None and links is not None and len(links):
+                labels = merge_linked_clusters(labels, links, merge, 2)
+            if labels.max() >= 1 and split is not None:
+                labels = split_distinct_clusters(x, labels, split, c.min_cluster_pieces, c.max_speakers)
+            return labels
         return cluster
 
     out["calibrated AHC 0.45, clusters >= 8 counted, spectral"] = ({}, calibrated(0.45))
@@ -290,7 +309,12 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
     out["eigengap (NME-SC) alone"] = ({}, eigengap_alone)
     for m in (5, 10):
         out[f"eigengap, clusters >= {m}"] = ({"min_cluster_pieces": m}, None)
-    out["eigengap, clusters >= 8 (chosen)"] = ({}, None)
+    out["eigengap, clusters >= 8, one speaker above 0.65 (previous)"] = ({}, eigengap_then(None, None))
+    for ratio in (0.2, 0.3, 0.4):
+        out[f"previous + same-audio links merge > {ratio}"] = ({}, eigengap_then(ratio, None))
+    for below in (0.5, 0.6, 0.65):
+        out[f"previous + split halves < {below}"] = ({}, eigengap_then(None, below))
+    out["previous + links merge > 0.3 + split halves < 0.6 (chosen)"] = ({}, None)
     out["tracks (same audio) then eigengap, clusters >= 8 tracks"] = ({}, tracks(False))
     out["tracks (same audio + runs) then eigengap, clusters >= 8 tracks"] = ({}, tracks(True))
     return out

@@ -11,6 +11,10 @@
   cluster holds enough points (what the segmentation pipeline uses with the count open).
 * :func:`count_by_silhouette`: the number of speakers as the spectral partition with the highest
   :func:`silhouette` (the segmentation pipeline's previous rule, kept for comparison).
+* :func:`merge_linked_clusters`: joins clusters that share many *must-link* pairs (e.g. pieces of overlapping
+  segmentation windows over the same stretch of audio): one voice split in two.
+* :func:`split_distinct_clusters`: splits a cluster whose two halves (spectral bisection) are clearly different
+  voices (centroids less alike than a similarity), both halves big enough: two voices merged in one.
 * :func:`merge_similar_clusters`: joins clusters whose centroids are more similar than a threshold (this is what
   lets a one-speaker recording come out as one speaker after spectral clustering).
 * :func:`absorb_small_clusters`: hands the points of tiny clusters (a few stray windows) to the nearest big one.
@@ -50,6 +54,8 @@ __all__ = [
     "estimate_num_speakers",
     "choose_neighbours",
     "merge_similar_clusters",
+    "merge_linked_clusters",
+    "split_distinct_clusters",
     "absorb_small_clusters",
     "cluster_centroids",
     "cluster_embeddings",
@@ -471,6 +477,96 @@ def merge_similar_clusters(
             break
         labels = relabel(np.where(labels == max(a, b), min(a, b), labels))
     return labels
+
+
+def merge_linked_clusters(
+    labels: np.ndarray, links: np.ndarray, ratio: float, min_speakers: int = 2
+) -> np.ndarray:
+    """Join, most linked first, two clusters joined by more than ``ratio`` times the must-link pairs that the
+    less linked of the two holds inside itself.
+
+    ``links`` ``[L, 2]`` are pairs of point indices known to be the same speaker (in the segmentation pipeline:
+    pieces of different windows over the same stretch of audio, 97-100 % pure). A correct partition keeps them
+    inside clusters; a voice that the clustering split in two leaves many across the split. Merging stops at
+    ``min_speakers`` clusters.
+
+    >>> labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    >>> links = np.array([[0, 1], [1, 2], [3, 4], [4, 5], [0, 3], [6, 7], [7, 8]])
+    >>> merge_linked_clusters(labels, links, ratio=0.3).tolist()
+    [0, 0, 0, 0, 0, 0, 1, 1, 1]
+    >>> merge_linked_clusters(labels, links, ratio=0.6).tolist()
+    [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    """
+    labels = relabel(labels)
+    links = np.asarray(links, dtype=np.int64).reshape(-1, 2)
+    if len(links) and (links.min() < 0 or links.max() >= len(labels)):
+        raise ConfigError(f"links refer to points outside 0..{len(labels) - 1}")
+    while labels.max() + 1 > max(1, int(min_speakers)):
+        k = int(labels.max()) + 1
+        counts = np.zeros((k, k))
+        np.add.at(counts, (labels[links[:, 0]], labels[links[:, 1]]), 1.0)
+        counts = counts + counts.T  # each pair counted once in each direction; the diagonal twice
+        inside = np.diag(counts) / 2.0
+        across = np.triu(counts, 1)
+        score = across / np.maximum(1.0, np.minimum(inside[:, None], inside[None, :]))
+        a, b = np.unravel_index(int(np.argmax(score)), score.shape)
+        if score[a, b] <= float(ratio):
+            break
+        labels = relabel(np.where(labels == max(a, b), min(a, b), labels))
+    return labels
+
+
+def split_distinct_clusters(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    below: float,
+    min_size: int,
+    max_speakers: int = 8,
+    seed: int = 0,
+    max_points: int = 2000,
+) -> np.ndarray:
+    """Split clusters in two while the halves of a spectral bisection are less alike than ``below`` (cosine of
+    their centroids) and both hold at least ``min_size`` points, up to ``max_speakers`` clusters.
+
+    Two halves of one voice stay alike (their centroids 0.69-0.91 alike for the pieces of the single voices of
+    the tuning sets), so only clusters that plainly hold two voices split. Above ``max_points`` members the
+    bisection runs on an even subsample and every member goes to the nearer half.
+
+    >>> rng = np.random.default_rng(2)
+    >>> voices = np.repeat(rng.standard_normal((3, 16)), 20, axis=0)
+    >>> emb = voices + 0.3 * rng.standard_normal(voices.shape)
+    >>> labels = split_distinct_clusters(emb, np.repeat([0, 1, 1], 20), below=0.5, min_size=8)
+    >>> labels.tolist() == np.repeat([0, 1, 2], 20).tolist()
+    True
+    >>> split_distinct_clusters(emb[:20], np.zeros(20, int), below=0.5, min_size=8).max()  # one voice
+    np.int64(0)
+    """
+    emb = normalize_rows(_check(embeddings))
+    labels = relabel(labels)
+    if len(labels) != len(emb):
+        raise ConfigError(f"{len(labels)} labels for {len(emb)} embeddings")
+    tried: set[tuple[int, int]] = set()  # (size, first member) of clusters already found one voice
+    while int(labels.max()) + 1 < int(max_speakers):
+        for c in range(int(labels.max()) + 1):
+            members = np.flatnonzero(labels == c)
+            key = (len(members), int(members[0]))
+            if len(members) < 2 * int(min_size) or key in tried:
+                continue
+            points, pick = _bounded(emb[members], max_points)
+            fit = points if pick is None else points[pick]
+            halves = spectral_clustering(fit, num_speakers=2, seed=seed)
+            centroids = cluster_centroids(fit, halves)
+            if pick is not None:
+                halves = np.argmax(points @ centroids.T, axis=1)
+            sizes = np.bincount(halves, minlength=2)
+            if sizes.min() >= int(min_size) and float(centroids[0] @ centroids[1]) < float(below):
+                labels = labels.copy()
+                labels[members[halves == 1]] = int(labels.max()) + 1
+                break
+            tried.add(key)
+        else:
+            break
+    return relabel(labels)
 
 
 def absorb_small_clusters(
