@@ -300,6 +300,22 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
             return labels
         return cluster
 
+    def centred(dims: int | None) -> Callable:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+            c = self.config
+            y = normalize_rows(x)
+            y = y - y.mean(axis=0)
+            if dims:
+                u, s, _ = np.linalg.svd(y, full_matrices=False)
+                y = u[:, :dims] * s[:dims]
+            labels = count_by_eigengap(y, c.min_speakers, c.max_speakers, c.min_cluster_pieces, 1.0, c.seed,
+                                       c.max_cluster_windows)
+            centroids = cluster_centroids(x, labels)  # the one-speaker test on the embeddings as they are
+            if labels.max() >= 1 and float((centroids @ centroids.T).min()) > ONE_SPEAKER_SIMILARITY:
+                return np.zeros(len(x), np.int64)
+            return labels
+        return cluster
+
     out["calibrated AHC 0.45, clusters >= 8 counted, spectral"] = ({}, calibrated(0.45))
     for t in (0.6, 0.7, 0.8):
         for then in ("", "vmf", "spectral"):
@@ -314,6 +330,8 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
         out[f"previous + same-audio links merge > {ratio}"] = ({}, eigengap_then(ratio, None))
     for below in (0.5, 0.6, 0.65):
         out[f"previous + split halves < {below}"] = ({}, eigengap_then(None, below))
+    out["previous, embeddings centred per recording"] = ({}, centred(None))
+    out["previous, embeddings centred per recording, PCA to 32 dimensions"] = ({}, centred(32))
     out["previous + links merge > 0.3 + split halves < 0.6 (chosen)"] = ({}, None)
     out["tracks (same audio) then eigengap, clusters >= 8 tracks"] = ({}, tracks(False))
     out["tracks (same audio + runs) then eigengap, clusters >= 8 tracks"] = ({}, tracks(True))
