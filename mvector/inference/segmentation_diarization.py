@@ -16,7 +16,9 @@ The pipeline (:class:`SegmentationDiarizer`, what ``mvector diarize`` runs when 
    of the clean pieces with the count open (:func:`~mvector.inference.clustering.count_by_eigengap`): the count
    at the largest eigengap of the neighbour graph whose pruning minimises ``p / eigengap`` (NME-SC), lowered
    while a cluster holds fewer than ``min_cluster_pieces`` pieces (8), one speaker when every two centroids of
-   that partition are more alike than :data:`ONE_SPEAKER_SIMILARITY`. No similarity threshold decides the count,
+   that partition are more alike than :data:`ONE_SPEAKER_SIMILARITY`; then clusters sharing many pieces of the
+   same audio (:func:`same_audio_links`) merge (:data:`LINKED_MERGE_RATIO`) and a cluster whose halves are plainly
+   two voices splits (:data:`DISTINCT_SPLIT_SIMILARITY`). No similarity threshold decides the count,
    because the similarity levels of short pieces vary with the voices and the recording (see that constant and
    docs/diarization.md for the tuning). With ``threshold`` given (or ``clustering`` not ``auto``) the
    threshold rule runs instead: average-linkage clustering stopped at ``threshold`` sets the count (clusters of
