@@ -207,6 +207,26 @@ def _seed_variant(
     return Recipe(description, _changed(SEED_CONFIG, config or {}), _changed(SEED_AUGMENT, augment or {}))
 
 
+#: The default of issue 23 before its retraining remedies (v3_c + AS-norm against 16 training clips per speaker,
+#: top 100), frozen here so that the t23_* rows stay reproducible when the bundled default changes.
+T23_CONFIG: dict = _changed(
+    SEED_CONFIG,
+    {
+        "dataset_conf.batch_size": 32,
+        "optimizer_conf.min_lr": 1.0e-5,
+        "score_norm_conf": {"cohort": "utterances", "top_k": 100, "max_per_speaker": 16},
+    },
+)
+T23_AUGMENT: dict = _changed(SEED_AUGMENT, {"speed.speaker_per_speed": True})
+
+
+def _t23_variant(
+    description: str, config: Mapping[str, Any] | None = None, augment: Mapping[str, Any] | None = None
+) -> Recipe:
+    """A recipe that changes the issue-23 base (``t23_base``): dotted ``config`` and ``augment`` keys set."""
+    return Recipe(description, _changed(T23_CONFIG, config or {}), _changed(T23_AUGMENT, augment or {}))
+
+
 def _fbank(bins: int, window_ms: int) -> dict:
     """Config changes that put Kaldi Fbank (``bins`` bins, ``window_ms`` window, 20 ms shift) in (b)'s place."""
     conf = {"sample_rate": 16000, "num_mel_bins": bins, "frame_length": window_ms, "frame_shift": 20}
@@ -320,6 +340,33 @@ RECIPES: dict[str, Recipe] = {
         "campplus_finetune",
         None,
         pretrained=True,
+    ),
+    "t23_base": _t23_variant("v3_c with AS-norm against 16 training clips per speaker, top 100 (issue 23's start)"),
+    "t23_margin04_last": _t23_variant(
+        "t23_base with the AAM margin raised from 0.2 to 0.4 for the 5th epoch (a margin step at epoch 4; 5-epoch "
+        "runs only)",
+        {"loss_conf.margin_scheduler": {"initial_margin": 0.2, "final_margin": 0.4, "start_epoch": 4, "end_epoch": 4}},
+    ),
+    "t23_subcenter3": _t23_variant("t23_base with 3 sub-centers per class (sub-center AAM)", {"loss_conf.sub_centers": 3}),
+    "t23_equalizer": _t23_variant(
+        "t23_base with the random equalizer / band limits at p 0.3 (a random channel per crop)",
+        augment={"equalizer": {"prob": 0.3}},
+    ),
+    "t23_speeds5": _t23_variant(
+        "t23_base with speeds 0.9 / 0.95 / 1.0 / 1.05 / 1.1, each a speaker of its own (5 x 100 classes)",
+        augment={"speed.speeds": [0.9, 0.95, 1.0, 1.05, 1.1]},
+    ),
+    "t23_lm": _t23_variant(
+        "t23_base with large-margin fine-tuning: the last epoch at margin 0.4 on 5 s crops",
+        {"train_conf.large_margin_epochs": 1, "train_conf.large_margin": 0.4, "train_conf.large_margin_crop": 5.0},
+    ),
+    "t23_lm_crop3": _t23_variant(
+        "t23_base with the last epoch at margin 0.4 on the usual 3 s crops",
+        {"train_conf.large_margin_epochs": 1, "train_conf.large_margin": 0.4, "train_conf.large_margin_crop": None},
+    ),
+    "t23_intertopk": _t23_variant(
+        "t23_base with the inter-top-k penalty: the 5 nearest non-target classes 0.1 harder",
+        {"loss_conf.inter_top_k": 5, "loss_conf.inter_margin": 0.1},
     ),
     "v0_hop20": Recipe(
         "(a) with a 20 ms frame shift (50 frames/s)", _changed(V0_CONFIG, {"feature_conf.frame_shift": 20}), V0_AUGMENT

@@ -137,6 +137,13 @@ SCHEMA: dict[str, Any] = {
             "random, or class_means: each speaker's head row starts as the mean embedding of its training clips "
             "from the loaded backbone (fine-tuning)",
         ),
+        "large_margin_epochs": Key(
+            int,
+            "large-margin fine-tuning: the last N epochs train at large_margin on crops of large_margin_crop s "
+            "(only when max_epoch > N); 0: off",
+        ),
+        "large_margin": Key(float, "the AAM / AM / ARM margin of the large-margin epochs"),
+        "large_margin_crop": Key(OptFloat, "training crop (s) of the large-margin epochs; None: max_duration"),
         "dist_timeout_minutes": Key(float, "how long ranks wait for each other before failing (torchrun)"),
         "gpu_augment": Key((bool, str), "waveform augmentation as batched ops on the device: auto (on CUDA)"),
     },
@@ -152,6 +159,9 @@ SCHEMA: dict[str, Any] = {
         "max_per_speaker": Key(int, "training utterances per speaker embedded for the cohort at each evaluation"),
     },
 }
+
+#: Longest training crop ``train_conf.large_margin_crop`` may ask for (s): a bound on one batch's memory.
+MAX_TRAIN_CROP_SECONDS = 60.0
 
 #: Values of ``train_conf.head_init``: how the classifier head starts.
 HEAD_INITS = ("random", "class_means")
@@ -664,6 +674,16 @@ def _check_consistency(conf: dict[str, Any]) -> None:
         raise ConfigError(f"train_conf.freeze_backbone_epochs must be >= 0, got {tc['freeze_backbone_epochs']}")
     if tc["head_init"] not in HEAD_INITS:
         raise ConfigError(f"train_conf.head_init must be one of {', '.join(HEAD_INITS)}, got {tc['head_init']!r}")
+    if tc["large_margin_epochs"] < 0:
+        raise ConfigError(f"train_conf.large_margin_epochs must be >= 0, got {tc['large_margin_epochs']}")
+    if not 0 <= tc["large_margin"] < math.pi / 2:
+        raise ConfigError(f"train_conf.large_margin must be in [0, pi/2), got {tc['large_margin']}")
+    crop = tc["large_margin_crop"]
+    if crop is not None and not (crop > 0 and ds["min_duration"] <= crop <= MAX_TRAIN_CROP_SECONDS):
+        raise ConfigError(
+            f"train_conf.large_margin_crop must be null or between dataset_conf.min_duration ({ds['min_duration']}) "
+            f"and {MAX_TRAIN_CROP_SECONDS:g} s (and > 0), got {crop}"
+        )
     for key in ("weight_decay", "momentum", "warmup_epochs", "min_lr", "backbone_lr_scale"):
         if oc[key] < 0:
             raise ConfigError(f"optimizer_conf.{key} must be >= 0, got {oc[key]}")

@@ -28,6 +28,12 @@ CE      plain linear layer ``W·x + b`` with softmax cross-entropy        (x-vec
 - ``sub_centers`` (1): ``K > 1`` gives sub-center heads (Deng et al., ECCV 2020): each class has ``K`` weight
   rows and its cosine is the largest of the ``K``. Allowed for AAM, AM and ARM (the margin is applied to the
   pooled cosine); not for CE.
+- ``inter_top_k`` (0) and ``inter_margin`` (0.06): the inter-top-k penalty (Zhao et al., "Multi-query multi-head
+  attention pooling and inter-topk penalty for speaker verification", ICASSP 2022): the ``inter_top_k``
+  non-target classes with the highest cosines of each sample are made harder by ``inter_margin`` (AAM:
+  ``s·cos(θ_j − m')``, where ``θ_j > m'``; AM and ARM: ``s·(cos θ_j + m')``), so the loss keeps pushing the
+  nearest impostor classes away, where a plain margin is already satisfied. 0 turns it off; not for CE; with
+  fewer classes than ``inter_top_k + 1`` every non-target class is penalised.
 
 The CE head is an ordinary (un-normalised) linear classifier; it accepts ``margin`` and ``scale`` so a config
 written for a margin loss still loads, but they have no effect there (its ``update`` only records the value).
@@ -68,7 +74,7 @@ __all__ = [
 ]
 
 #: Keys ``build_head`` accepts in ``loss_conf`` (the trainer removes ``margin_scheduler`` before the call).
-LOSS_CONF_KEYS = ("margin", "scale", "easy_margin", "label_smoothing", "sub_centers")
+LOSS_CONF_KEYS = ("margin", "scale", "easy_margin", "label_smoothing", "sub_centers", "inter_top_k", "inter_margin")
 
 # Lower bound of 1 - cos² inside the square root of the AAM margin: keeps d(sin θ)/d(cos θ) finite
 # (at most ~1/sqrt(eps)) when a cosine reaches ±1, where sqrt would otherwise give an infinite slope.
@@ -102,12 +108,20 @@ class MarginHead(nn.Module):
         easy_margin: bool = False,
         label_smoothing: float = 0.0,
         sub_centers: int = 1,
+        inter_top_k: int = 0,
+        inter_margin: float = 0.06,
     ):
         super().__init__()
         name = type(self).__name__
         for key, value in (("embd_dim", embd_dim), ("num_speakers", num_speakers), ("sub_centers", sub_centers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: {key} must be a positive integer, got {value!r}")
+        if isinstance(inter_top_k, bool) or not isinstance(inter_top_k, int) or inter_top_k < 0:
+            raise ConfigError(f"{name}: inter_top_k must be an integer >= 0, got {inter_top_k!r}")
+        if inter_top_k and not self.supports_sub_centers:
+            raise ConfigError(f"{name}: inter_top_k applies to the margin losses (AAM, AM, ARM), not to CE")
+        if not _is_number(inter_margin) or not 0.0 <= inter_margin < 1.0:
+            raise ConfigError(f"{name}: inter_margin must be a number in [0, 1), got {inter_margin!r}")
         if sub_centers > 1 and not self.supports_sub_centers:
             raise ValueError(f"sub_centers: {name} does not support sub-centers (use AAM, AM or ARM)")
         if not isinstance(easy_margin, bool):
@@ -124,6 +138,8 @@ class MarginHead(nn.Module):
         self.scale = float(scale)
         self.easy_margin = easy_margin
         self.label_smoothing = float(label_smoothing)
+        self.inter_top_k = int(inter_top_k)
+        self.inter_margin = float(inter_margin)
         self.margin = 0.0
         self.weight = nn.Parameter(torch.empty(num_speakers * sub_centers, embd_dim))
         nn.init.xavier_normal_(self.weight)
@@ -194,7 +210,34 @@ class MarginHead(nn.Module):
 
     def _logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos = self.cosine(embeddings)
-        return self.scale * cos, self.margin_logits(cos, labels)
+        adjusted = self.margin_logits(cos, labels)
+        if self.inter_top_k:
+            adjusted = self._inter_top_k_penalty(cos, labels, adjusted)
+        return self.scale * cos, adjusted
+
+    def _inter_top_k_penalty(
+        self, cosine: torch.Tensor, labels: torch.Tensor, adjusted: torch.Tensor
+    ) -> torch.Tensor:
+        """``adjusted`` with the ``inter_top_k`` highest non-target cosines of each row made harder by
+        ``inter_margin`` (:meth:`harder_non_target`); the target column is left as the margin set it."""
+        k = min(self.inter_top_k, self.num_speakers - 1)  # a 2-class head has one non-target class
+        if k < 1:
+            return adjusted
+        others = cosine.scatter(1, labels[:, None], float("-inf"))
+        top = others.topk(k, dim=1).indices
+        harder = self.scale * self.harder_non_target(cosine.gather(1, top))
+        if isinstance(self, ARMHead):  # ARM's non-target logits are max(s·cos θ_j, target): keep that floor
+            harder = torch.maximum(harder, adjusted.gather(1, top))
+        return adjusted.scatter(1, top, harder)
+
+    def harder_non_target(self, cosine: torch.Tensor) -> torch.Tensor:
+        """The inter-top-k penalty on non-target cosines: ``cos θ + m'`` (AM, ARM; AAM overrides it).
+
+        >>> head = build_head("AM", 2, 3, inter_top_k=1, inter_margin=0.1)
+        >>> head.harder_non_target(torch.tensor([0.5])).tolist()  # doctest: +ELLIPSIS
+        [0.6...]
+        """
+        return cosine + self.inter_margin
 
     # ------------------------------------------------------------------ label checks
     def check_labels(self) -> None:
@@ -255,6 +298,8 @@ class MarginHead(nn.Module):
 
     def extra_repr(self) -> str:
         extra = f", sub_centers={self.sub_centers}" if self.sub_centers > 1 else ""
+        if self.inter_top_k:
+            extra += f", inter_top_k={self.inter_top_k}, inter_margin={self.inter_margin:g}"
         return (
             f"embd_dim={self.embd_dim}, num_speakers={self.num_speakers}, margin={self.margin:g}, "
             f"scale={self.scale:g}, label_smoothing={self.label_smoothing:g}{extra}"
@@ -288,6 +333,17 @@ class AAMHead(MarginHead):
             # Past θ = π - m, cos(θ + m) would turn back up; continue with a linear penalty instead.
             shifted = torch.where(target > math.cos(math.pi - m), shifted, target - m * math.sin(m))
         return self.scale * cosine.scatter(1, labels[:, None], shifted)
+
+    def harder_non_target(self, cosine: torch.Tensor) -> torch.Tensor:
+        """``cos(θ − m')`` for non-target angles ``θ > m'``, ``1`` where ``θ <= m'`` (the angle cannot go below 0).
+
+        >>> head = build_head("AAM", 2, 3, inter_top_k=1, inter_margin=0.1)
+        >>> head.harder_non_target(torch.tensor([0.6, 1.0])).tolist()  # cos(acos(0.6) - 0.1), 1  # doctest: +ELLIPSIS
+        [0.676..., 1.0]
+        """
+        m = self.inter_margin
+        sin = torch.sqrt((1.0 - cosine * cosine).clamp(min=_SIN2_EPS))
+        return torch.where(cosine < math.cos(m), cosine * math.cos(m) + sin * math.sin(m), torch.ones_like(cosine))
 
 
 @HEADS.register("AM", aliases=("CosFace", "AMLoss"))

@@ -477,7 +477,7 @@ class MVectorTrainer:
         with torch.no_grad():
             if self.gpu_aug is not None:
                 ds = self.configs["dataset_conf"]
-                out = int(round(ds["max_duration"] * ds["sample_rate"]))
+                out = int(round(self.crop_seconds(info.epoch) * ds["sample_rate"]))
                 waves, lengths, groups = self.gpu_aug(
                     waves, lengths, self.aug_generator, out_samples=out, with_groups=True
                 )
@@ -498,7 +498,7 @@ class MVectorTrainer:
         self.scaler.update()
         self.scheduler.step()
         self.global_step += 1
-        if self.margin_scheduler is not None:
+        if self.margin_scheduler is not None and not self.in_large_margin_stage(info.epoch):
             self.margin_scheduler.step(self.global_step)
         self._account(info, loss.detach(), logits.detach(), labels, int(labels.shape[0]) if weight else 0)
 
@@ -545,6 +545,10 @@ class MVectorTrainer:
         seed = int(self.configs["train_conf"]["seed"])
         seed_everything(seed * 1000 + epoch)
         self.dataset.set_epoch(epoch)
+        stretch = self.gpu_aug.max_speed if self.gpu_aug is not None else 1.0
+        self.dataset.max_duration = self.crop_seconds(epoch) * stretch
+        if self.in_large_margin_stage(epoch):
+            self.head.update(float(self.configs["train_conf"]["large_margin"]))
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         if self.generator is not None:
@@ -583,6 +587,32 @@ class MVectorTrainer:
         seconds = time.perf_counter() - info.epoch_start
         return {"epoch": epoch, "train_loss": loss, "skipped": total_skipped, "seconds": seconds}
 
+    def in_large_margin_stage(self, epoch: int) -> bool:
+        """Whether ``epoch`` is one of the large-margin fine-tuning epochs: the last ``train_conf.
+        large_margin_epochs`` of the run, when the run is longer than that (a shorter run has none).
+
+        >>> t = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides={"train_conf.large_margin_epochs": "1",
+        ...                                                             "train_conf.max_epoch": "5"})
+        >>> [t.in_large_margin_stage(e) for e in (1, 4, 5)]
+        [False, False, True]
+        """
+        n = int(self.configs["train_conf"]["large_margin_epochs"])
+        return 0 < n < self.max_epoch and epoch > self.max_epoch - n
+
+    def crop_seconds(self, epoch: int) -> float:
+        """The training crop of ``epoch`` (s): ``train_conf.large_margin_crop`` in the large-margin epochs (when
+        set), else ``dataset_conf.max_duration``.
+
+        >>> t = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides={"train_conf.large_margin_epochs": "1",
+        ...     "train_conf.large_margin_crop": "5.0", "train_conf.max_epoch": "5"})
+        >>> t.crop_seconds(4), t.crop_seconds(5)
+        (3.0, 5.0)
+        """
+        crop = self.configs["train_conf"]["large_margin_crop"]
+        if crop is not None and self.in_large_margin_stage(epoch):
+            return float(crop)
+        return float(self.configs["dataset_conf"]["max_duration"])
+
     def fit(self, callbacks: Sequence[Callback]) -> list[dict[str, Any]]:
         """Train from ``start_epoch`` to ``max_epoch``, calling ``callbacks``; returns the history."""
         for callback in callbacks:
@@ -593,6 +623,19 @@ class MVectorTrainer:
             f"{self.steps_per_epoch} steps/epoch × {self.max_epoch - self.start_epoch + 1} epochs on "
             f"{self.ctx.device} (world size {self.ctx.world_size})"
         )
+        tc = self.configs["train_conf"]
+        stage = [e for e in range(1, self.max_epoch + 1) if self.in_large_margin_stage(e)]
+        if stage:
+            margin = "" if isinstance(self.head, CEHead) else f" at margin {tc['large_margin']:g}"
+            self.log(
+                f"large-margin fine-tuning: epochs {stage[0]}-{stage[-1]}{margin} on {self.crop_seconds(stage[0]):g} s "
+                "crops"
+            )
+        elif int(tc["large_margin_epochs"]):
+            self.log(
+                f"note: train_conf.large_margin_epochs ({tc['large_margin_epochs']}) is not smaller than max_epoch "
+                f"({self.max_epoch}): no large-margin epochs in this run"
+            )
         for epoch in range(self.start_epoch, self.max_epoch + 1):
             record = self.train_epoch(epoch, callbacks)
             for callback in callbacks:
