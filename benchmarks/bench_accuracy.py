@@ -347,7 +347,9 @@ RECIPES: dict[str, Recipe] = {
         "runs only)",
         {"loss_conf.margin_scheduler": {"initial_margin": 0.2, "final_margin": 0.4, "start_epoch": 4, "end_epoch": 4}},
     ),
-    "t23_subcenter3": _t23_variant("t23_base with 3 sub-centers per class (sub-center AAM)", {"loss_conf.sub_centers": 3}),
+    "t23_subcenter3": _t23_variant(
+        "t23_base with 3 sub-centers per class (sub-center AAM)", {"loss_conf.sub_centers": 3}
+    ),
     "t23_equalizer": _t23_variant(
         "t23_base with the random equalizer / band limits at p 0.3 (a random channel per crop)",
         augment={"equalizer": {"prob": 0.3}},
@@ -367,6 +369,11 @@ RECIPES: dict[str, Recipe] = {
     "t23_intertopk": _t23_variant(
         "t23_base with the inter-top-k penalty: the 5 nearest non-target classes 0.1 harder",
         {"loss_conf.inter_top_k": 5, "loss_conf.inter_margin": 0.1},
+    ),
+    "t23_pitch": _t23_variant(
+        "t23_base with pitch shifts 0.8 / 1.25 (formants kept) at p 0.5 on clips whose speed was kept, each a "
+        "speaker of its own (5 x 100 classes)",
+        augment={"pitch": {"prob": 0.5, "factors": [0.8, 1.25], "speaker_per_pitch": True}},
     ),
     "v0_hop20": Recipe(
         "(a) with a 20 ms frame shift (50 frames/s)", _changed(V0_CONFIG, {"feature_conf.frame_shift": 20}), V0_AUGMENT

@@ -83,7 +83,9 @@ def test_the_stage_overrides_a_margin_schedule_and_keeps_the_crop_when_none(tmp_
     trainer = _trainer(
         tmp_path,
         **{
-            "loss_conf.margin_scheduler": {"initial_margin": 0.0, "final_margin": 0.2, "start_epoch": 0, "end_epoch": 2},
+            "loss_conf.margin_scheduler": {
+                "initial_margin": 0.0, "final_margin": 0.2, "start_epoch": 0, "end_epoch": 2
+            },
             "train_conf.large_margin_epochs": 1,
             "train_conf.large_margin": 0.4,
             "train_conf.large_margin_crop": None,

@@ -1,4 +1,4 @@
-"""Waveform augmentation for training: speed, reverb, noise, volume, shift (+ SpecAugment settings).
+"""Waveform augmentation for training: speed, pitch, reverb, noise, volume, shift (+ SpecAugment settings).
 
 The configuration (``mvector/configs/augmentation.yml`` documents every key) is loaded with
 :func:`load_augmentation_config`; :func:`build_augmenter` turns it into a :class:`WaveAugmenter`, called by the
@@ -38,6 +38,7 @@ __all__ = [
     "build_augmenter",
     "spec_augment_kwargs",
     "speed_label_factors",
+    "pitch_label_factors",
     "speed_label_groups",
 ]
 
@@ -49,6 +50,7 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "augm
 #: Every section and key with its default; a key left out of a section takes this value.
 AUGMENTATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "speed": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1], "speaker_per_speed": False},
+    "pitch": {"prob": 0.0, "factors": [0.8, 1.25], "speaker_per_pitch": False},
     "volume": {"prob": 0.3, "min_gain_db": -6.0, "max_gain_db": 6.0},
     "noise": {"prob": 0.3, "noise_dir": "dataset/noise", "min_snr_db": 5.0, "max_snr_db": 20.0},
     "reverb": {"prob": 0.2, "rir_dir": "dataset/rir"},
@@ -62,7 +64,7 @@ _INT_KEYS = {"freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "
 _STR_KEYS = {"noise_dir", "rir_dir"}
 
 #: The waveform augmentations, in the order they run (SpecAugment runs later, on the features).
-WAVE_AUGMENTATIONS = ("speed", "reverb", "equalizer", "noise", "colored_noise", "volume", "shift")
+WAVE_AUGMENTATIONS = ("speed", "pitch", "reverb", "equalizer", "noise", "colored_noise", "volume", "shift")
 
 #: Equalizer draws: peak centres log-uniform in this range (Hz), widths in octaves, band-limit cut-offs (Hz).
 EQ_CENTRE_HZ = (150.0, 5000.0)
@@ -119,15 +121,36 @@ def speed_label_factors(conf: Mapping[str, Any]) -> list[float]:
     return sorted({float(f) for f in speed.get("speeds", AUGMENTATION_DEFAULTS["speed"]["speeds"])} - {1.0})
 
 
+def pitch_label_factors(conf: Mapping[str, Any]) -> list[float]:
+    """The pitch factors that count as speakers of their own (``pitch.speaker_per_pitch``), in label order.
+
+    A clip shifted by the ``k``-th factor of this list (1-based) is trained as speaker
+    ``label + (len(speed_label_factors) + k) × num_speakers``: the label groups of the speeds come first.
+
+    >>> pitch_label_factors({"pitch": {"prob": 0.5, "factors": [1.25, 0.8], "speaker_per_pitch": True}})
+    [0.8, 1.25]
+    >>> pitch_label_factors({"pitch": {"prob": 0.0, "factors": [0.8], "speaker_per_pitch": True}})
+    []
+    """
+    pitch = (conf or {}).get("pitch") or {}
+    if not pitch.get("speaker_per_pitch") or not pitch.get("prob", AUGMENTATION_DEFAULTS["pitch"]["prob"]) > 0:
+        return []
+    return sorted({float(f) for f in pitch.get("factors", AUGMENTATION_DEFAULTS["pitch"]["factors"])} - {1.0})
+
+
 def speed_label_groups(conf: Mapping[str, Any] | None) -> int:
-    """How many label groups the classifier holds: 1, or 1 + the speeds with labels of their own.
+    """How many label groups the classifier holds: 1, plus one per speed and per pitch factor with labels of
+    their own.
 
     >>> speed_label_groups({"speed": {"prob": 0.6, "speeds": [0.9, 1.0, 1.1], "speaker_per_speed": True}})
     3
+    >>> speed_label_groups({"speed": {"prob": 0.6, "speeds": [0.9, 1.0, 1.1], "speaker_per_speed": True},
+    ...                     "pitch": {"prob": 0.5, "factors": [0.8, 1.25], "speaker_per_pitch": True}})
+    5
     >>> speed_label_groups(None)
     1
     """
-    return 1 + len(speed_label_factors(conf or {}))
+    return 1 + len(speed_label_factors(conf or {})) + len(pitch_label_factors(conf or {}))
 
 
 def equalizer_changes_anything(section: Mapping[str, Any]) -> bool:
@@ -182,12 +205,12 @@ def _check_section(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{at} must be an integer >= 0, got {value!r}")
-        elif key == "speaker_per_speed":
+        elif key in ("speaker_per_speed", "speaker_per_pitch"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{at} must be true or false, got {value!r}")
-        elif key == "speeds":
+        elif key in ("speeds", "factors"):
             if not isinstance(value, (list, tuple)) or not value:
-                raise ConfigError(f"{at} must be a non-empty list of speed factors, got {value!r}")
+                raise ConfigError(f"{at} must be a non-empty list of {name} factors, got {value!r}")
             speeds = [_number(v, at) for v in value]
             if any(not 0.5 <= s <= 2.0 for s in speeds):
                 raise ConfigError(f"{at} must lie in [0.5, 2.0], got {value!r}")
@@ -321,15 +344,16 @@ class _FileCache:
 class WaveAugmenter:
     """Applies the enabled waveform augmentations to a 1-D float32 clip.
 
-    Order: speed → reverb → equalizer → noise → colored_noise → volume → shift (:data:`WAVE_AUGMENTATIONS`),
+    Order: speed → pitch → reverb → equalizer → noise → colored_noise → volume → shift (:data:`WAVE_AUGMENTATIONS`),
     each with its own probability; every random draw comes from the ``rng`` given to :meth:`__call__`. A configured
     noise or impulse-response folder that is missing or holds no audio issues one warning naming it, and that
     augmentation is turned off. Noise and response files are decoded at the clip's sample rate on first use and kept
     in a bounded per-process cache (``max_cached_files`` files, ``max_cached_seconds`` of audio at 16 kHz). An
     unreadable one is skipped with a warning (that clip just gets no noise / reverb).
 
-    ``max_speed`` is the largest speed factor: a clip shrinks by up to that factor, so the dataset crops that
-    much extra before augmenting.
+    ``max_speed`` is the largest speed or pitch factor: a clip shrinks by up to that factor, so the dataset crops
+    that much extra before augmenting. A clip gets at most one voice change: ``pitch`` is skipped for a clip
+    whose speed was changed (so each label group is one change of one voice).
 
     >>> import numpy as np
     >>> aug = WaveAugmenter({"shift": {"prob": 1.0, "max_shift_ms": 1.0}})
@@ -352,6 +376,7 @@ class WaveAugmenter:
         if c["reverb"]["prob"] > 0:
             self.rir_files = self._folder_files(c["reverb"]["rir_dir"], "reverb")
         self.speeds = list(c["speed"]["speeds"])
+        self.pitch_factors = list(c["pitch"]["factors"])
         self.enabled: list[str] = []
         for name in WAVE_AUGMENTATIONS:
             if c[name]["prob"] <= 0:
@@ -360,6 +385,8 @@ class WaveAugmenter:
                 continue
             if name == "speed" and all(s == 1.0 for s in self.speeds):
                 continue
+            if name == "pitch" and all(f == 1.0 for f in self.pitch_factors):
+                continue
             if name == "volume" and c[name]["min_gain_db"] == c[name]["max_gain_db"] == 0.0:
                 continue
             if name == "shift" and c[name]["max_shift_ms"] == 0.0:
@@ -367,9 +394,13 @@ class WaveAugmenter:
             if name == "equalizer" and not equalizer_changes_anything(c[name]):
                 continue
             self.enabled.append(name)
-        self.max_speed = max(self.speeds) if "speed" in self.enabled else 1.0
+        speeds = self.speeds if "speed" in self.enabled else []
+        self.max_speed = max([1.0, *speeds, *(self.pitch_factors if "pitch" in self.enabled else [])])
         #: Speeds trained as speakers of their own (``speed.speaker_per_speed``), in label-group order.
         self.label_speeds = speed_label_factors(c) if "speed" in self.enabled else []
+        #: Pitch factors trained as speakers of their own (``pitch.speaker_per_pitch``); their groups follow the
+        #: speeds'.
+        self.label_pitches = pitch_label_factors(c) if "pitch" in self.enabled else []
         self._cache = _FileCache(max_cached_files, int(max_cached_seconds * 16000))
 
     @staticmethod
@@ -397,7 +428,8 @@ class WaveAugmenter:
 
         The group is 0 unless ``speed.speaker_per_speed`` is on and the clip was played at a factor other than
         1.0; then it is that factor's 1-based place in :attr:`label_speeds` (the dataset adds
-        ``group × num_speakers`` to the label).
+        ``group × num_speakers`` to the label). A pitch shift with ``pitch.speaker_per_pitch`` gives
+        ``len(label_speeds) + `` its factor's 1-based place in :attr:`label_pitches`.
 
         >>> aug = WaveAugmenter({"speed": {"prob": 1.0, "speeds": [1.1], "speaker_per_speed": True}})
         >>> wave, group = aug.augment(np.ones(1100, dtype=np.float32), 16000, np.random.default_rng(0))
@@ -406,13 +438,26 @@ class WaveAugmenter:
         """
         out = np.asarray(samples, dtype=np.float32)
         group = 0
+        voice_changed = False
         for name in self.enabled:
             if rng.random() >= self.conf[name]["prob"]:
                 continue
             if name == "speed":
                 out, factor = self._speed(out, int(sample_rate), rng)
+                voice_changed = factor != 1.0
                 if factor in self.label_speeds:
                     group = 1 + self.label_speeds.index(factor)
+                continue
+            if name == "pitch":
+                if voice_changed:  # one voice change per clip
+                    continue
+                factor = float(self.pitch_factors[int(rng.integers(len(self.pitch_factors)))])
+                if factor != 1.0 and out.shape[0] >= 2:
+                    from mvector.audio.pitch import shift_pitch
+
+                    out = shift_pitch(out, int(sample_rate), factor)
+                if factor in self.label_pitches:
+                    group = 1 + len(self.label_speeds) + self.label_pitches.index(factor)
                 continue
             out = getattr(self, f"_{name}")(out, int(sample_rate), rng)
         return (out if out is not samples else out.copy()), group

@@ -218,7 +218,7 @@ class GpuAugmenter(nn.Module):
         self.register_buffer("speed_table", torch.tensor(self.speeds or [1.0]), persistent=False)
         self.enabled: list[str] = []
         for name in WAVE_AUGMENTATIONS:
-            if c[name]["prob"] <= 0:
+            if c[name]["prob"] <= 0 or name == "pitch":  # pitch runs on the CPU only (the trainer falls back)
                 continue
             if name == "noise" and noise_bank.shape[0] == 0 or name == "reverb" and rir_bank.shape[0] == 0:
                 continue

@@ -254,6 +254,14 @@ class MVectorTrainer:
         mode = self.configs["train_conf"]["gpu_augment"]
         if not augment or mode is False or (mode == "auto" and self.ctx.device.type != "cuda"):
             return None
+        if load_augmentation_config(augment)["pitch"]["prob"] > 0:
+            if mode is True:
+                warnings.warn(
+                    "train_conf.gpu_augment: the pitch augmentation runs on the CPU only; the whole waveform "
+                    "augmentation stays in the data-loading workers",
+                    stacklevel=3,
+                )
+            return None
         from mvector.audio.gpu_augment import GpuAugmenter
 
         aug = GpuAugmenter.from_config(augment, int(self.configs["dataset_conf"]["sample_rate"]))
