@@ -394,8 +394,10 @@ class WaveAugmenter:
             if name == "equalizer" and not equalizer_changes_anything(c[name]):
                 continue
             self.enabled.append(name)
-        speeds = self.speeds if "speed" in self.enabled else []
-        self.max_speed = max([1.0, *speeds, *(self.pitch_factors if "pitch" in self.enabled else [])])
+        factors = (self.speeds if "speed" in self.enabled else []) + (
+            self.pitch_factors if "pitch" in self.enabled else []
+        )
+        self.max_speed = max(factors) if factors else 1.0
         #: Speeds trained as speakers of their own (``speed.speaker_per_speed``), in label-group order.
         self.label_speeds = speed_label_factors(c) if "speed" in self.enabled else []
         #: Pitch factors trained as speakers of their own (``pitch.speaker_per_pitch``); their groups follow the
