@@ -157,6 +157,11 @@ SCHEMA: dict[str, Any] = {
         "centre": Key(bool, "subtract the training embeddings' mean before scoring"),
         "whiten": Key(bool, "also whiten the embeddings with the training covariance (PCA, slight shrinkage)"),
         "max_per_speaker": Key(int, "training utterances per speaker embedded for the cohort at each evaluation"),
+        "cohort_speeds": Key(
+            list,
+            "each cohort clip is also embedded at these speeds (resampled as the speed augmentation does; each "
+            "speed a cohort speaker of its own); [1.0]: as recorded",
+        ),
     },
 }
 
@@ -339,11 +344,14 @@ def _coerce(value: Any, key: Key, where: str) -> Any:
         return int(value)
     if str in types and isinstance(value, str):
         return value
+    if list in types and isinstance(value, (list, tuple)):
+        return list(value)
     raise ConfigError(f"{where} must be {_type_names(types)}, got {value!r} ({type(value).__name__})")
 
 
 def _type_names(types: Iterable[type]) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             type(None): "null"}  # fmt: skip
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -687,6 +695,11 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     for key in ("weight_decay", "momentum", "warmup_epochs", "min_lr", "backbone_lr_scale"):
         if oc[key] < 0:
             raise ConfigError(f"optimizer_conf.{key} must be >= 0, got {oc[key]}")
+    speeds = conf["score_norm_conf"]["cohort_speeds"]
+    if not speeds or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.5 <= v <= 2.0 for v in speeds):
+        raise ConfigError(
+            f"score_norm_conf.cohort_speeds must be a non-empty list of speed factors in [0.5, 2.0], got {speeds!r}"
+        )
 
 
 def save_config(conf: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:

@@ -228,7 +228,9 @@ class EvalDataset(torch.utils.data.Dataset):
 
     ``items`` are paths or :class:`~mvector.data.lists.Utterance` objects. ``__getitem__`` returns
     ``(float32 waveform, index)`` — the index lets batches formed by length be put back in order — or an
-    :class:`Unreadable` marker. ``max_duration=None`` keeps whole files.
+    :class:`Unreadable` marker. ``max_duration=None`` keeps whole files. ``speed`` other than 1.0 plays each
+    utterance that many times faster (resampled, pitch and formants moved, as the training speed augmentation
+    does; after the cut to ``max_duration``).
 
     >>> import tempfile, pathlib
     >>> from mvector.audio import save_wav
@@ -247,9 +249,13 @@ class EvalDataset(torch.utils.data.Dataset):
         normalize: bool = True,
         target_db: float = -20.0,
         vad: bool = False,
+        speed: float = 1.0,
     ):
         if max_duration is not None and not max_duration > 0:
             raise ConfigError(f"max_duration must be > 0 seconds or None, got {max_duration!r}")
+        if not 0.5 <= speed <= 2.0:
+            raise ConfigError(f"speed must lie in [0.5, 2.0], got {speed!r}")
+        self.speed = float(speed)
         self.paths: list[str] = [item.path if isinstance(item, Utterance) else os.fspath(item) for item in items]
         self.sample_rate = int(sample_rate)
         self.max_duration = None if max_duration is None else float(max_duration)
@@ -265,7 +271,9 @@ class EvalDataset(torch.utils.data.Dataset):
         """Header durations in seconds, capped at ``max_duration``; 0.0 for an unreadable header (cached)."""
         if self._durations is None:
             cap = self.max_duration if self.max_duration is not None else math.inf
-            self._durations = [min(d, cap) if d is not None else 0.0 for d in header_durations(self.paths)]
+            self._durations = [
+                min(d, cap) / self.speed if d is not None else 0.0 for d in header_durations(self.paths)
+            ]
         return list(self._durations)
 
     def __getitem__(self, index: int) -> Union[tuple[np.ndarray, int], Unreadable]:
@@ -282,6 +290,10 @@ class EvalDataset(torch.utils.data.Dataset):
             )
         except _LOAD_ERRORS as err:
             return Unreadable(path, _reason(err))
+        if self.speed != 1.0 and wave.shape[0] > 1:
+            from mvector.audio import resample
+
+            wave = resample(wave, int(round(self.sample_rate * self.speed)), self.sample_rate)
         return wave, int(index)
 
 

@@ -115,12 +115,14 @@ class Evaluator:
         self.log = log
 
     # ------------------------------------------------------------------ embedding
-    def embed_paths(self, paths: Sequence[str], desc: str = "embedding") -> Embeddings:
-        """Embed audio files (cut to ``max_duration``), batched by length; unreadable ones are marked, not fatal."""
+    def embed_paths(self, paths: Sequence[str], desc: str = "embedding", speed: float = 1.0) -> Embeddings:
+        """Embed audio files (cut to ``max_duration``), batched by length; unreadable ones are marked, not fatal.
+        ``speed`` other than 1.0 embeds them played that many times faster (:class:`EvalDataset`)."""
         st = self.settings
         dataset = EvalDataset(
-            list(paths), st.sample_rate, st.max_duration, normalize=st.normalize, target_db=st.target_db, vad=st.vad
-        )
+            list(paths), st.sample_rate, st.max_duration, normalize=st.normalize, target_db=st.target_db, vad=st.vad,
+            speed=speed,
+        )  # fmt: skip
         batches = length_batches(dataset.durations(), st.batch_size)
         loader = DataLoader(
             dataset,

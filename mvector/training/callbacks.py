@@ -160,17 +160,25 @@ class EvaluationCallback(Callback):
     @staticmethod
     def fit_score_norm(trainer: Any, evaluator: Evaluator) -> ScoreNorm | None:
         """The score normalisation of ``score_norm_conf`` fitted on the training list with the model as it is
-        now (``None`` for ``cohort: none``): up to ``max_per_speaker`` unaugmented clips of every speaker."""
+        now (``None`` for ``cohort: none``): up to ``max_per_speaker`` unaugmented clips of every speaker, each
+        played at every speed of ``cohort_speeds`` (a clip at another speed counts as another speaker, as the
+        speed augmentation's ``speaker_per_speed`` trains it)."""
         sc = check_score_norm_conf(trainer.configs.get("score_norm_conf"))
         if sc["cohort"] == "none":
             return None
         utts = load_utterances(trainer.configs["dataset_conf"]["train_list"])
         keep = cohort_subset([u.label for u in utts], sc["max_per_speaker"])
-        emb = evaluator.embed_paths([utts[i].path for i in keep], desc="cohort")
-        labels = np.array([utts[i].label for i in keep])[emb.ok]
+        base = np.array([utts[i].label for i in keep], dtype=np.int64)
+        stride = int(base.max()) + 1 if base.size else 1
+        vectors, labels = [], []
+        for k, speed in enumerate(sc["cohort_speeds"]):
+            desc = "cohort" if speed == 1.0 else f"cohort at speed {speed:g}"
+            emb = evaluator.embed_paths([utts[i].path for i in keep], desc=desc, speed=speed)
+            vectors.append(emb.vectors[emb.ok])
+            labels.append(base[emb.ok] + k * stride)
         return ScoreNorm.fit(
-            emb.vectors[emb.ok], labels, centre=sc["centre"] or sc["whiten"], whiten=sc["whiten"],
-            cohort=sc["cohort"], top_k=sc["top_k"],
+            np.concatenate(vectors), np.concatenate(labels), centre=sc["centre"] or sc["whiten"],
+            whiten=sc["whiten"], cohort=sc["cohort"], top_k=sc["top_k"],
         )  # fmt: skip
 
 
