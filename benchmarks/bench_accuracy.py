@@ -375,6 +375,11 @@ RECIPES: dict[str, Recipe] = {
         "speaker of its own (5 x 100 classes)",
         augment={"pitch": {"prob": 0.5, "factors": [0.8, 1.25], "speaker_per_pitch": True}},
     ),
+    "t23_cohort_speeds": _t23_variant(
+        "t23_base with the AS-norm cohort's clips also at speeds 0.9 and 1.1 (3 x 1,600 cohort rows; the default "
+        "since issue 23)",
+        {"score_norm_conf.cohort_speeds": [0.9, 1.0, 1.1]},
+    ),
     "v0_hop20": Recipe(
         "(a) with a 20 ms frame shift (50 frames/s)", _changed(V0_CONFIG, {"feature_conf.frame_shift": 20}), V0_AUGMENT
     ),
