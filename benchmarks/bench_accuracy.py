@@ -153,6 +153,8 @@ V0_CONFIG: dict = {
         "min_lr": 1.0e-5,
     },
     "train_conf": {"seed": 1234},
+    # plain cosine scoring, as before issue 23 (a recipe that left the section out took the bundled default's)
+    "score_norm_conf": {"cohort": "none"},
 }
 #: What the pre-issue-16 augmentation.yml did on a machine without noise / RIR folders (both are then off).
 V0_AUGMENT: dict = {
@@ -214,7 +216,7 @@ T23_CONFIG: dict = _changed(
     {
         "dataset_conf.batch_size": 32,
         "optimizer_conf.min_lr": 1.0e-5,
-        "score_norm_conf": {"cohort": "utterances", "top_k": 100, "max_per_speaker": 16},
+        "score_norm_conf": {"cohort": "utterances", "top_k": 100, "max_per_speaker": 16, "cohort_speeds": [1.0]},
     },
 )
 T23_AUGMENT: dict = _changed(SEED_AUGMENT, {"speed.speaker_per_speed": True})
