@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tail_helpers import tiny_trainer
 
 from mvector.audio import save_wav
-from mvector.config import load_config
 from mvector.data.dataset import EvalDataset
-from mvector.data.synthetic import generate_corpus
 from mvector.errors import ConfigError
 from mvector.evaluation.evaluator import EvalSettings, Evaluator
 from mvector.evaluation.score_norm import check_score_norm_conf
 from mvector.training.callbacks import EvaluationCallback
-from mvector.training.trainer import MVectorTrainer
 
 
 def test_eval_dataset_plays_clips_at_a_speed(tmp_path):
@@ -40,18 +38,9 @@ def test_check_score_norm_conf_cohort_speeds():
 
 @pytest.mark.parametrize("cohort", ["utterances", "speakers"])
 def test_the_cohort_holds_every_clip_at_every_speed(tmp_path, cohort):
-    train = generate_corpus(tmp_path / "train", num_speakers=3, utterances_per_speaker=4, max_duration=1.5)
-    conf = load_config("tdnn", validate=False)
-    conf["model_conf"] = {"channels": 16, "stats_channels": 32, "embd_dim": 8}
-
-    overrides = {
-        "dataset_conf.train_list": str(train),
-        "feature_conf.num_mel_bins": 24,
-        "dataset_conf.batch_size": 4,
-        "score_norm_conf.cohort": cohort,
-        "score_norm_conf.max_per_speaker": 3,
-    }
-    trainer = MVectorTrainer(load_config(conf, overrides), use_gpu=False)
+    trainer = tiny_trainer(
+        tmp_path, **{"score_norm_conf.cohort": cohort, "score_norm_conf.max_per_speaker": 3}
+    )
     trainer.setup_data()
     trainer.setup_model()
     model = trainer.embedding_model.eval()

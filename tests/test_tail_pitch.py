@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tail_helpers import tiny_trainer
 
 from mvector.audio.augment import (
     WaveAugmenter,
@@ -13,10 +14,7 @@ from mvector.audio.augment import (
     speed_label_groups,
 )
 from mvector.audio.pitch import _envelope, _frames, shift_pitch
-from mvector.config import load_config
-from mvector.data.synthetic import generate_corpus
 from mvector.errors import ConfigError
-from mvector.training.trainer import MVectorTrainer
 
 SR = 16000
 
@@ -126,21 +124,11 @@ def test_bad_pitch_sections(section, message):
 
 
 def test_trainer_counts_pitch_classes_and_keeps_pitch_on_the_cpu(tmp_path):
-    train = generate_corpus(tmp_path / "train", num_speakers=3, utterances_per_speaker=4, max_duration=1.5)
-    conf = load_config("tdnn", validate=False)
-    conf["model_conf"] = {"channels": 16, "stats_channels": 32, "embd_dim": 8}
-    conf["augment_conf"] = {
+    augment = {
         "speed": {"prob": 0.5, "speeds": [0.9, 1.0, 1.1], "speaker_per_speed": True},
         "pitch": {"prob": 0.5, "factors": [0.8, 1.25], "speaker_per_pitch": True},
     }
-    overrides = {
-        "dataset_conf.train_list": str(train),
-        "dataset_conf.batch_size": 4,
-        "dataset_conf.max_duration": 1.0,
-        "feature_conf.num_mel_bins": 24,
-        "train_conf.gpu_augment": "true",
-    }
-    trainer = MVectorTrainer(load_config(conf, overrides), use_gpu=False)
+    trainer = tiny_trainer(tmp_path, conf_changes={"augment_conf": augment}, **{"train_conf.gpu_augment": "true"})
     with pytest.warns(UserWarning, match="pitch augmentation runs on the CPU only"):
         trainer.setup_data()
     assert trainer.gpu_aug is None and trainer.num_classes == 15

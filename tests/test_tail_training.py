@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from tail_helpers import tiny_trainer
 
 from mvector.config import load_config
-from mvector.data.synthetic import generate_corpus
 from mvector.errors import ConfigError
 from mvector.models.heads import build_head
 from mvector.training.trainer import MVectorTrainer, StepInfo
@@ -26,19 +26,12 @@ class _Recorder:
 
 
 def _trainer(tmp_path, **overrides) -> MVectorTrainer:
-    train = generate_corpus(tmp_path / "train", num_speakers=3, utterances_per_speaker=4, max_duration=2.5)
-    conf = load_config("tdnn", validate=False)
-    conf["model_conf"] = {"channels": 16, "stats_channels": 32, "embd_dim": 8}
-    conf["loss_conf"] = {"margin": 0.2, "scale": 32.0}  # no margin schedule unless a test gives one
-    base = {
-        "dataset_conf.train_list": str(train),
-        "dataset_conf.batch_size": 4,
-        "dataset_conf.max_duration": 1.0,
-        "dataset_conf.min_duration": 0.5,
-        "feature_conf.num_mel_bins": 24,
-        "train_conf.max_epoch": 3,
-    }
-    return MVectorTrainer(load_config(conf, {**base, **overrides}), use_gpu=False)
+    # no margin schedule unless a test gives one
+    changes = {"loss_conf": {"margin": 0.2, "scale": 32.0}}
+    return tiny_trainer(
+        tmp_path, max_clip=2.5, conf_changes=changes, **{"dataset_conf.min_duration": 0.5, "train_conf.max_epoch": 3},
+        **overrides,
+    )
 
 
 def _run_epochs(trainer: MVectorTrainer, epochs) -> _Recorder:
