@@ -12,7 +12,8 @@ Takes model folders that ``bench_accuracy.py --corpus C --keep-models DIR`` kept
         --models default=/work/m23/default,seed_like=/work/m23/seed_like
 
 Every remedy is scored on the same embeddings of the same trials, so the rows of one model differ only by the
-remedy. Prints one JSON object.
+remedy. ``--cohort-speeds 0.9,1.1`` adds AS-norm rows against the training clips also played at those speeds
+(``score_norm_conf.cohort_speeds``). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ def impostor_study(
     }
 
 
-def study_model(name: str, folder: Path, corpus: Path, rounds: int, average: int, top_ks: list[int]) -> dict:
+def study_model(
+    name: str, folder: Path, corpus: Path, rounds: int, average: int, top_ks: list[int], speeds: list[float] = ()
+) -> dict:
     model_dir = _model_dir(folder)
     trials = read_trials(corpus / "dev_trials.txt")
     dev_paths = sorted({p for _, x, y in trials for p in (x, y)})
@@ -189,6 +192,15 @@ def study_model(name: str, folder: Path, corpus: Path, rounds: int, average: int
         rows[f"as_norm_utterances_top{k}"] = figures(
             as_norm(cosine, unit[pairs[:, 0]], unit[pairs[:, 1]], _unit(train_vecs), top_k=k)
         )
+    if speeds:  # the cohort's clips also at other speeds (score_norm_conf.cohort_speeds)
+        paths = [u.path for u in train_utts]
+        extra = [evaluator.embed_paths(paths, f"train at speed {v:g}", speed=v) for v in speeds if v != 1.0]
+        cohort = np.concatenate([train_vecs] + [e.vectors[e.ok] for e in extra])
+        label = "+".join(f"{v:g}" for v in sorted({1.0, *speeds}))
+        for k in top_ks:
+            rows[f"as_norm_utterances_speeds_{label}_top{k}"] = figures(
+                as_norm(cosine, unit[pairs[:, 0]], unit[pairs[:, 1]], _unit(cohort), top_k=k)
+            )
     for label, sn in (("centred", norm_centre), ("whitened", norm_whiten)):
         for k in top_ks:
             rows[f"{label}+as_norm_speakers_top{k}"] = figures(sn.score_pairs(dev.vectors, pairs, top_k=k))
@@ -234,18 +246,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200, help="speaker-bootstrap rounds per interval")
     parser.add_argument("--average", type=int, default=3, help="average the last N epoch checkpoints (0: off)")
     parser.add_argument("--top-k", default="20,50", help="AS-norm cohort sizes to try (comma list)")
+    parser.add_argument(
+        "--cohort-speeds",
+        default="",
+        help="also score AS-norm against the training clips at these speeds too, e.g. 0.9,1.1",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     corpus = Path(args.corpus)
     top_ks = [int(k) for k in args.top_k.split(",") if k.strip()]
+    speeds = [float(v) for v in args.cohort_speeds.split(",") if v.strip()]
     load_start = machine_info(["load_average"])["load_average"]
     t0 = time.perf_counter()
     report: dict[str, Any] = {"benchmark": f"bench_tail (dev_trials.txt of {corpus})", "models": {}}
     for item in args.models.split(","):
         name, _, folder = item.partition("=")
-        report["models"][name] = study_model(name, Path(folder), corpus, args.rounds, args.average, top_ks)
+        report["models"][name] = study_model(name, Path(folder), corpus, args.rounds, args.average, top_ks, speeds)
         print(f"{name}: done", file=sys.stderr, flush=True)
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     report["machine"] = {**machine_info(), "load_average_at_start": load_start}
