@@ -86,6 +86,7 @@ def trained(tmp_path_factory):
             "score_norm_conf.cohort": "speakers",
             "score_norm_conf.top_k": "3",
             "score_norm_conf.max_per_speaker": "4",
+            "score_norm_conf.cohort_speeds": "[1.0]",  # the clips as recorded (other speeds: test_tail_cohort.py)
         },
     )
     trainer = MVectorTrainer("ecapa_tdnn", use_gpu=False, overrides=overrides)
@@ -99,6 +100,7 @@ def test_training_stores_the_cohort_and_evaluation_and_predictor_score_with_it(t
     assert sn is not None and sn.cohort.shape == (6, 32) and sn.top_k == 3  # one row per training speaker
     stored = json.loads((last / "result.json").read_text())
     assert stored["score_type"] == "as_norm_model" and stored["score_norm"]["size"] == 6
+    assert stored["score_norm"]["speeds"] == [1.0]
     assert stored["score_norm"]["cohort"] == "training speakers"
     run = evaluate_model_folder(last, progress=False, output=tmp_path / "m.json")
     assert run.metrics["score_type"] == "as_norm_model"

@@ -145,9 +145,10 @@ class EvaluationCallback(Callback):
         )
         if score_norm is not None:
             metrics["score_type"] = "as_norm_model"
-            cohort = check_score_norm_conf(trainer.configs.get("score_norm_conf"))["cohort"]
-            metrics["score_norm"] = {"cohort": f"training {cohort}", "size": int(score_norm.cohort.shape[0]),
-                                     "top_k": score_norm.top_k, "centre": bool(np.any(score_norm.mean)),
+            sc = check_score_norm_conf(trainer.configs.get("score_norm_conf"))
+            metrics["score_norm"] = {"cohort": f"training {sc['cohort']}", "size": int(score_norm.cohort.shape[0]),
+                                     "speeds": sc["cohort_speeds"], "top_k": score_norm.top_k,
+                                     "centre": bool(np.any(score_norm.mean)),
                                      "whiten": score_norm.whitening is not None}  # fmt: skip
         trainer.score_norm = (epoch, score_norm)
         trainer.log(
