@@ -173,3 +173,28 @@ def test_inter_top_k_larger_than_the_classes_penalises_every_non_target():
     cos = head.cosine(x).detach().double()
     expected = sum(_hand_loss("AM", cos[i], int(y[i]), 2, 0.05, 0.1, 8.0) for i in range(2)) / 2
     assert head(x, y)[0].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_every_benchmark_recipe_is_a_valid_config():
+    """bench_accuracy's named recipes (the t23_* rows of docs/accuracy.md among them) load and validate."""
+    import sys
+    from pathlib import Path
+
+    from mvector.audio.augment import load_augmentation_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import bench_accuracy
+    finally:
+        sys.path.pop(0)
+    for name, recipe in bench_accuracy.RECIPES.items():
+        conf = load_config(bench_accuracy.recipe_config(recipe))
+        augment = bench_accuracy.recipe_augmentation(recipe)
+        if augment:
+            load_augmentation_config(augment)
+        if name.startswith(("seed_", "v0_", "v1_", "v2_", "v3_")) or name == "seed_like":
+            assert conf["score_norm_conf"]["cohort"] == "none", name  # the seed's scoring: plain cosine
+    base = load_config(bench_accuracy.recipe_config(bench_accuracy.RECIPES["t23_base"]))
+    assert base["score_norm_conf"]["cohort_speeds"] == [1.0]
+    lm = load_config(bench_accuracy.recipe_config(bench_accuracy.RECIPES["t23_lm"]))["train_conf"]
+    assert (lm["large_margin_epochs"], lm["large_margin"], lm["large_margin_crop"]) == (1, 0.4, 5.0)
