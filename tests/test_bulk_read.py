@@ -97,6 +97,9 @@ def test_postgres_reader_sizes_its_arrays_by_the_rows_read(postgres_url, monkeyp
         first = w.allocate_ids(100)  # 100 ids given out, 5 speakers left
         w.insert_speakers(np.arange(first, first + 5), [f"s{i}" for i in range(5)], means, np.ones(5, np.int64), 0.0)
     full = gallery.snapshot(None)
+    with gallery.write() as w:  # a write's first full read lifts the statement timeout for the read only
+        assert w.snapshot(None).ids.tolist() == full.ids.tolist()
+        assert w._conn.execute("SHOW statement_timeout").fetchone()[0] == "15s"
     assert full.ids.tolist() == list(range(first, first + 5)) and full.names == [f"s{i}" for i in range(5)]
     assert full.means.base is None or full.means.base.nbytes == means.nbytes  # its own 5 rows, not 100
     np.testing.assert_array_equal(full.means, means)

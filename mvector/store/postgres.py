@@ -411,12 +411,14 @@ class PostgresGallery(GalleryStore):
         if since is not None and since < version - base.REMOVALS_KEPT:  # its removals may be forgotten: reload all
             since = None
         if since is None:  # everything: one binary COPY (mvector.store.bulk_read)
+            timeout = conn.execute("SHOW statement_timeout").fetchone()[0]
             conn.execute(f"SET LOCAL statement_timeout = {_FULL_READ_TIMEOUT_MS}")  # a large gallery takes a while
             capacity = max(0, int(next_id) - 1)  # ids are given out once: no more rows than that
             if capacity * dim * 4 > _memory_bytes() // 2:  # most of them removed long ago: count instead
                 capacity = int(conn.execute("SELECT COUNT(*) FROM mvector_speakers WHERE gallery = %s",
                                             (self.name,)).fetchone()[0])
             ids, names, means = read_postgres(conn, "mvector_speakers", self.name, capacity, dim, self.where)
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (timeout,))  # a write goes on as before
             return Changes(version, [], ids, names, means, full=True)
         gone = [int(r[0]) for r in conn.execute(
             "SELECT speaker_id FROM mvector_removed WHERE gallery = %s AND version > %s", (self.name, since))]
