@@ -62,6 +62,7 @@ from mvector.inference.segmentation_diarization import (  # noqa: E402
     ONE_SPEAKER_SIMILARITY,
     LocalSpeakers,
     SegmentationDiarizer,
+    cannot_links,
 )
 
 
@@ -249,14 +250,16 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
     out: dict[str, tuple[dict, Callable | None]] = {"threshold 0.55 (older)": ({"threshold": 0.55}, None)}
 
     def calibrated(t: float) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None,
+                    cannot: Any = None) -> np.ndarray:
             count = int((np.bincount(agglomerative_clustering(x, t)) >= self.config.min_cluster_pieces).sum())
             count = max(1, min(count, self.config.max_speakers))
             return relabel(spectral_clustering(x, count)) if count > 1 else np.zeros(len(x), np.int64)
         return cluster
 
     def centroid(t: float, then: str) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None,
+                    cannot: Any = None) -> np.ndarray:
             labels = centroid_linkage(x, t, None, self.config.min_speakers, None)
             labels = absorb_by_share(x, labels, seconds, 0.03)
             if then == "vmf" and labels.max() >= 1:
@@ -269,18 +272,21 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
         return cluster
 
     def silhouette(m: int) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None,
+                    cannot: Any = None) -> np.ndarray:
             return count_by_silhouette(x, 1, self.config.max_speakers, m, 0.75)
         return cluster
 
-    def eigengap_alone(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+    def eigengap_alone(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None,
+                       cannot: Any = None) -> np.ndarray:
         return relabel(spectral_clustering(x, None, 2, self.config.max_speakers))
 
     def tracks(runs: bool) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None,
+                    cannot: Any = None) -> np.ndarray:
             owners = getattr(self, "clean_owners", None)
             if owners is None or len(owners) != len(x):  # single-voice trials: no timeline
-                return SegmentationDiarizer.cluster_pieces(self, x, seconds, links)
+                return SegmentationDiarizer.cluster_pieces(self, x, seconds, links, cannot)
             track = piece_tracks(owners, self.local_offsets, runs)
             if track.max() < 2:
                 return np.zeros(len(x), np.int64)
@@ -289,7 +295,8 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
         return cluster
 
     def eigengap_then(merge: float | None, split: float | None) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None,
+                    cannot: Any = None) -> np.ndarray:
             c = self.config
             labels = count_by_eigengap(x, c.min_speakers, c.max_speakers, c.min_cluster_pieces,
                                        ONE_SPEAKER_SIMILARITY, c.seed, c.max_cluster_windows)
@@ -301,7 +308,8 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
         return cluster
 
     def centred(dims: int | None) -> Callable:
-        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None) -> np.ndarray:
+        def cluster(self: Any, x: np.ndarray, seconds: np.ndarray, links: Any = None,
+                    cannot: Any = None) -> np.ndarray:
             c = self.config
             y = normalize_rows(x)
             y = y - y.mean(axis=0)
@@ -332,7 +340,8 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
         out[f"previous + split halves < {below}"] = ({}, eigengap_then(None, below))
     out["previous, embeddings centred per recording"] = ({}, centred(None))
     out["previous, embeddings centred per recording, PCA to 32 dimensions"] = ({}, centred(32))
-    out["previous + links merge > 0.3 + split halves < 0.6 (chosen)"] = ({}, None)
+    out["previous + links merge > 0.3 + split halves < 0.6 (second round)"] = ({}, eigengap_then(0.3, 0.6))
+    out["second round + one voice by the halves, not against the cannot-links (chosen)"] = ({}, None)
     out["tracks (same audio) then eigengap, clusters >= 8 tracks"] = ({}, tracks(False))
     out["tracks (same audio + runs) then eigengap, clusters >= 8 tracks"] = ({}, tracks(True))
     return out
@@ -391,12 +400,14 @@ def main() -> None:
     if not recordings:
         raise SystemExit(f"no cached recording in {args.cache_dir} has a reference RTTM in {args.work_dir}")
     frame_step = float(network.frame_step)
-    voices = []  # the clean pieces of each single voice of each recording (at least 8 of them)
+    voices = []  # the clean pieces of each single voice of each recording (at least 8) and their cannot-links
     for _stem, local, ref in recordings:
         whose = piece_speakers(local, ref, frame_step)
         clean = np.array([o[4] for o in local.owners], dtype=bool)
-        voices += [local.embeddings[clean & (whose == k)] for k in range(len({t.speaker for t in ref}))
-                   if (clean & (whose == k)).sum() >= 8]
+        for k in range(len({t.speaker for t in ref})):
+            if (clean & (whose == k)).sum() >= 8:
+                own = [o for o, w, g in zip(local.owners, whose, clean) if w == k and g]
+                voices.append((local.embeddings[clean & (whose == k)], cannot_links(own)))
     given = []
     for _stem, local, ref in recordings:
         n = len({t.speaker for t in ref})
@@ -418,7 +429,7 @@ def main() -> None:
             scored.append(diarization_error(ref, turns, collar=args.collar))
             errors.append(len({t.speaker for t in turns}) - len({t.speaker for t in ref}))
         single = kind(embedder, network, DiarizationConfig(**overrides))
-        ones = sum(int(single.cluster_pieces(x, np.ones(len(x))).max() == 0) for x in voices)
+        ones = sum(int(single.cluster_pieces(x, np.ones(len(x)), None, cannot).max() == 0) for x, cannot in voices)
         der = sum(r.missed + r.false_alarm + r.confusion for r in scored) / sum(r.total for r in scored)
         exact = sum(e == 0 for e in errors)
         report["rules"][name] = {"der": round(der, 4), "ratio_to_given": round(der / given_der, 2),

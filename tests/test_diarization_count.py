@@ -12,8 +12,22 @@ import pytest
 
 from mvector.errors import ConfigError
 from mvector.inference.classic_diarization import DiarizationConfig
-from mvector.inference.clustering import count_by_eigengap, merge_linked_clusters, split_distinct_clusters
-from mvector.inference.segmentation_diarization import SegmentationDiarizer, same_audio_links
+from mvector.inference.clustering import (
+    cluster_centroids,
+    count_by_eigengap,
+    merge_linked_clusters,
+    one_voice,
+    split_distinct_clusters,
+)
+from mvector.inference.segmentation_diarization import (
+    ONE_SPEAKER_DISTINCT,
+    ONE_SPEAKER_HALVES,
+    ONE_SPEAKER_SIMILARITY,
+    TWO_VOICE_MIN_CANNOT,
+    SegmentationDiarizer,
+    cannot_links,
+    same_audio_links,
+)
 
 
 def _voices(counts: list[int], centres: np.ndarray, seed: int, noise: float = 0.27) -> tuple[np.ndarray, np.ndarray]:
@@ -112,3 +126,76 @@ def test_segmentation_pipeline_uses_the_links_with_the_count_open():
     assert _same_partition(labels(links), voice)
     assert _same_partition(labels(None), mood)  # no links: the eigengap's three clusters stay
     assert int(labels(links, num_speakers=3).max()) + 1 == 3  # a given count is kept
+
+
+def _look_alike(similarity: float, seed: int) -> np.ndarray:
+    """Two voice centres ``similarity`` alike (norm 1.6)."""
+    base = _orthogonal(2, seed=seed) / 1.6
+    return 1.6 * np.stack([base[0], similarity * base[0] + np.sqrt(1 - similarity**2) * base[1]])
+
+
+def _diarizer(**settings: object) -> SegmentationDiarizer:
+    network = SimpleNamespace(sample_rate=16000, frame_step=0.016875, frame_duration=0.0619,
+                              num_frames=lambda samples: 589)
+    embedder = SimpleNamespace(sample_rate=16000, embed_waveforms=lambda waves: np.zeros((len(waves), 32)))
+    return SegmentationDiarizer(embedder, network, DiarizationConfig(**settings))
+
+
+def test_cannot_links_pair_the_local_speakers_of_each_window():
+    rng = np.random.default_rng(5)
+    owners = [(int(rng.integers(0, 6)), int(rng.integers(0, 3)), 0, 50, True) for _ in range(60)]
+    want = {(i, j) for j in range(60) for i in range(j)
+            if owners[i][0] == owners[j][0] and owners[i][1] != owners[j][1]}
+    assert {tuple(x) for x in cannot_links(owners).tolist()} == want and len(want) > 20
+    assert cannot_links([]).shape == (0, 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_look_alike_voices_stay_two_when_the_segmentation_tells_them_apart(seed: int):
+    """Two voices whose centroids are more alike than ONE_SPEAKER_SIMILARITY: alone, the similarity test makes one
+    speaker of them; cannot-links that fall across the two halves keep them apart. One voice with cannot-links
+    of its own (the network keeping it under two local labels now and then, at random) stays one."""
+    diarizer = _diarizer()
+    emb, truth = _voices([40, 40], _look_alike(0.8, seed), seed=seed, noise=0.12)
+    centroids = cluster_centroids(emb, truth)
+    assert float(centroids[0] @ centroids[1]) > ONE_SPEAKER_SIMILARITY  # the case the cannot-links are for
+    seconds = np.full(len(emb), 2.0)
+    rng = np.random.default_rng(seed)
+    a, b = np.flatnonzero(truth == 0), np.flatnonzero(truth == 1)
+    apart = np.sort(np.stack([rng.choice(a, 40), rng.choice(b, 40)], axis=1), axis=1)
+    slips = np.sort(np.stack([rng.choice(a, 6), rng.choice(a, 6)], axis=1), axis=1)  # 8 of 46 within one voice
+    assert diarizer.cluster_pieces(emb, seconds, None, None).max() == 0  # similarity alone: one speaker
+    assert _same_partition(diarizer.cluster_pieces(emb, seconds, None, np.concatenate([apart, slips])), truth)
+    few = apart[: TWO_VOICE_MIN_CANNOT - 1]  # too few pairs to overrule the similarity
+    assert diarizer.cluster_pieces(emb, seconds, None, few).max() == 0
+    one, _ = _voices([80], _look_alike(0.8, seed)[:1], seed=seed + 10, noise=0.12)
+    random_pairs = np.sort(rng.choice(80, (40, 2), replace=True), axis=1)
+    random_pairs = random_pairs[random_pairs[:, 0] != random_pairs[:, 1]]
+    assert diarizer.cluster_pieces(one, seconds, None, random_pairs).max() == 0  # one voice: one speaker
+    assert _diarizer(min_speakers=2).cluster_pieces(one, seconds, None, random_pairs).max() >= 1  # min honoured
+
+
+def _moods(k: int, alike: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One voice in ``k`` "moods" (sub-centres ``alike`` alike to each other), 15 pieces each."""
+    base = _orthogonal(k + 1, seed=seed) / 1.6
+    centres = 1.6 * (np.sqrt(alike) * base[0] + np.sqrt(1 - alike) * base[1:])
+    return _voices([15] * k, centres, seed=seed, noise=0.1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_voice_split_by_the_eigengap_comes_out_as_one(seed: int):
+    """A voice in six moods 0.55 alike: the eigengap finds six clusters, each two less alike than
+    ONE_SPEAKER_SIMILARITY, yet any two halves of it are alike (ONE_SPEAKER_HALVES): one speaker. Six distinct
+    voices have distinct halves and stay six."""
+    emb, mood = _moods(6, 0.55, seed)
+    seconds = np.full(len(emb), 2.0)
+    first = count_by_eigengap(emb, 1, 8, min_cluster_size=8)
+    assert int(first.max()) + 1 == 6 and _same_partition(first, mood)
+    assert float((cluster_centroids(emb, first) @ cluster_centroids(emb, first).T).min()) < ONE_SPEAKER_SIMILARITY
+    assert one_voice(emb, first, None, ONE_SPEAKER_SIMILARITY, ONE_SPEAKER_HALVES, ONE_SPEAKER_DISTINCT)
+    assert not one_voice(emb, first, None, ONE_SPEAKER_SIMILARITY)  # the similarity test alone: six speakers
+    assert _diarizer().cluster_pieces(emb, seconds).max() == 0
+    voices, truth = _voices([15] * 6, _orthogonal(6, seed=seed), seed=seed, noise=0.1)
+    assert _same_partition(_diarizer().cluster_pieces(voices, seconds), truth)
+    with pytest.raises(ConfigError, match="cannot_links"):
+        one_voice(emb, first, np.array([[0, len(emb)]]), 0.65)

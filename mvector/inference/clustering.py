@@ -421,6 +421,67 @@ def count_by_eigengap(
     return labels
 
 
+def one_voice(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    cannot_links: np.ndarray | None = None,
+    same_speaker: float = 1.0,
+    halves_alike: float = 1.0,
+    distinct: float = 1.0,
+    cannot_share: float = 1.0,
+    min_cannot: int = 1,
+    seed: int = 0,
+    max_points: int = 2000,
+) -> bool:
+    """Whether the points partitioned as ``labels`` (an estimate with two or more clusters) are one voice.
+
+    One voice when every two centroids of ``labels`` are more alike than ``same_speaker``, or when the two halves
+    of a spectral bisection of all points are more alike than ``halves_alike`` while no two centroids of
+    ``labels`` are less alike than ``distinct`` (one voice over-split by the estimate: its halves stay alike;
+    many voices split in two average out into alike halves too, but their partition then holds distinct
+    clusters). Never one voice when at least ``min_cannot`` ``cannot_links`` (pairs ``[L, 2]`` of point indices
+    believed to be different people, e.g. two local speakers of one segmentation window) exist and at least
+    ``cannot_share`` of them fall across the bisection: the two halves then are what the segmentation told
+    apart. Cosine similarities; above ``max_points`` points the bisection runs on an even subsample.
+
+    >>> rng = np.random.default_rng(3)
+    >>> a, b = rng.standard_normal((2, 16))
+    >>> b = 0.8 * a / np.linalg.norm(a) * np.linalg.norm(b) + 0.6 * b  # two look-alike voices
+    >>> emb = np.concatenate([a + 0.2 * rng.standard_normal((30, 16)), b + 0.2 * rng.standard_normal((30, 16))])
+    >>> labels = np.repeat([0, 1], 30)
+    >>> one_voice(emb, labels, same_speaker=0.6)
+    True
+    >>> apart = np.stack([np.arange(0, 30), np.arange(30, 60)], axis=1)  # the segmentation heard two people
+    >>> one_voice(emb, labels, apart, same_speaker=0.6, cannot_share=0.8, min_cannot=20)
+    False
+    """
+    emb = normalize_rows(_check(embeddings))
+    labels = relabel(labels)
+    if len(labels) != len(emb):
+        raise ConfigError(f"{len(labels)} labels for {len(emb)} embeddings")
+    if labels.max() < 1:
+        return True
+    links = np.zeros((0, 2), np.int64) if cannot_links is None else np.asarray(cannot_links, np.int64).reshape(-1, 2)
+    if len(links) and (links.min() < 0 or links.max() >= len(emb)):
+        raise ConfigError(f"cannot_links refer to points outside 0..{len(emb) - 1}")
+    centroids = cluster_centroids(emb, labels)
+    least = float((centroids @ centroids.T).min())
+    if least <= float(same_speaker) and (least <= float(distinct) or float(halves_alike) >= 1.0):
+        return False  # neither test can say one voice: no bisection needed
+    points, pick = _bounded(emb, max_points)
+    fit = points if pick is None else points[pick]
+    halves = spectral_clustering(fit, num_speakers=2, seed=seed)
+    halves_centroids = cluster_centroids(fit, halves)
+    if pick is not None:
+        halves = np.argmax(emb @ halves_centroids.T, axis=1)
+    if len(links) >= max(1, int(min_cannot)):
+        if float((halves[links[:, 0]] != halves[links[:, 1]]).mean()) >= float(cannot_share):
+            return False
+    if least > float(same_speaker):
+        return True
+    return float(halves_centroids[0] @ halves_centroids[1]) > float(halves_alike) and least > float(distinct)
+
+
 def kmeans(points: np.ndarray, k: int, n_init: int = 10, seed: int = 0) -> np.ndarray:
     """k-means labels ``[N]``: the best (lowest inertia) of ``n_init`` k-means++ starts (scipy's ``kmeans2``).
 

@@ -62,6 +62,7 @@ from mvector.inference.clustering import (
     merge_linked_clusters,
     merge_similar_clusters,
     normalize_rows,
+    one_voice,
     relabel,
     split_distinct_clusters,
 )
@@ -81,6 +82,28 @@ PIECE_THRESHOLD_MARGIN = 0.05
 #: for 147 of 163 voices and more than 0.65 for 137 of 163.
 ONE_SPEAKER_SIMILARITY = 0.65
 
+#: ... or, when that partition holds no two clusters less alike than :data:`ONE_SPEAKER_DISTINCT`, when the two
+#: halves of a spectral bisection of all pieces are more alike than this: one voice that the eigengap split into
+#: several clusters (:func:`~mvector.inference.clustering.one_voice`). Measured on generated one-voice recordings
+#: (the conversation generator with one speaker, 6 of dev voices and 8 of train voices): their halves were 0.78-0.92
+#: alike, while on the four tuning sets (88 recordings of 2-7 voices) the halves were at most 0.76 alike (0.62 or
+#: less but for a 2-voice recording at 0.70 and a 76 s one of 7 voices at 0.76, whose partition held clusters 0.30
+#: alike).
+ONE_SPEAKER_HALVES = 0.75
+
+#: See :data:`ONE_SPEAKER_HALVES`: the eigengap partitions of the one-voice recordings held no two clusters less
+#: alike than 0.54.
+ONE_SPEAKER_DISTINCT = 0.45
+
+#: Never one speaker when at least :data:`TWO_VOICE_MIN_CANNOT` pairs of pieces of two local speakers of one
+#: window (:func:`cannot_links`) exist and at least this share of them fall across the bisection: the
+#: segmentation told the two halves apart. Two-voice recordings of the tuning sets: 0.79-0.98 across; one-voice
+#: recordings, where the network now and then keeps one voice under two local labels: at most 0.69.
+TWO_VOICE_CANNOT_SHARE = 0.8
+
+#: See :data:`TWO_VOICE_CANNOT_SHARE`.
+TWO_VOICE_MIN_CANNOT = 20
+
 #: With the count open and no ``threshold`` given, two clusters of the eigengap partition are joined when the
 #: pieces of different windows over the same stretch of audio (:func:`same_audio_links`, 97-100 % one voice)
 #: that they share number more than this times those inside the less linked of the two: one voice split in
@@ -97,13 +120,34 @@ __all__ = [
     "DISTINCT_SPLIT_SIMILARITY",
     "LINKED_MERGE_RATIO",
     "ONE_SPEAKER_SIMILARITY",
+    "ONE_SPEAKER_DISTINCT",
+    "ONE_SPEAKER_HALVES",
+    "TWO_VOICE_CANNOT_SHARE",
+    "TWO_VOICE_MIN_CANNOT",
     "PIECE_THRESHOLD_MARGIN",
     "SegmentationDiarizer",
     "LocalSpeakers",
     "assign_local_speakers",
     "reconstruct",
     "same_audio_links",
+    "cannot_links",
 ]
+
+
+def cannot_links(owners: list[tuple[int, int, int, int, bool]]) -> np.ndarray:
+    """Pairs ``[L, 2]`` of pieces ``(chunk, local speaker, first frame, end frame, clean)`` of one chunk and
+    different local speakers: the segmentation says they are two people (92 % of such pairs were on the tuning
+    sets). The work grows with the square of the pieces per chunk, not of all pieces.
+
+    >>> cannot_links([(0, 0, 0, 9, True), (0, 1, 9, 20, True), (0, 0, 30, 40, True), (1, 2, 0, 9, True)]).tolist()
+    [[0, 1], [1, 2]]
+    """
+    by_chunk: dict[int, list[int]] = {}
+    for row, owner in enumerate(owners):
+        by_chunk.setdefault(int(owner[0]), []).append(row)
+    pairs = [(i, j) for rows in by_chunk.values() for n, i in enumerate(rows) for j in rows[n + 1 :]
+             if owners[i][1] != owners[j][1]]
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
 
 def same_audio_links(owners: list[tuple[int, int, int, int, bool]], offsets: list[int]) -> np.ndarray:
@@ -370,7 +414,8 @@ class SegmentationDiarizer(Diarizer):
             good[:] = True
         seconds = np.array([(o[3] - o[2]) * self.segmenter.frame_step for o in owners], dtype=np.float64)
         kept = [o for o, g in zip(owners, good) if g]
-        labels_fit = self.cluster_pieces(emb[good], seconds[good], same_audio_links(kept, chunk_offsets))
+        labels_fit = self.cluster_pieces(emb[good], seconds[good], same_audio_links(kept, chunk_offsets),
+                                         cannot_links(kept))
         centroids = cluster_centroids(emb[good], labels_fit)
         sims = normalize_rows(emb) @ centroids.T
         labels = np.argmax(sims, axis=1)
@@ -396,15 +441,21 @@ class SegmentationDiarizer(Diarizer):
             config=c, pipeline="segmentation",
         )
 
-    def cluster_pieces(self, embeddings: np.ndarray, seconds: np.ndarray, links: np.ndarray | None = None
-                       ) -> np.ndarray:
+    def cluster_pieces(self, embeddings: np.ndarray, seconds: np.ndarray, links: np.ndarray | None = None,
+                       cannot: np.ndarray | None = None) -> np.ndarray:
         """Step 3: speaker labels ``0..K-1`` of the clean pieces' embeddings ``[N, D]`` (``seconds``: each piece's
-        span; ``links``: pairs of pieces over the same audio, :func:`same_audio_links`), the count estimated
-        unless ``num_speakers`` is given."""
+        span; ``links``: pairs of pieces over the same audio, :func:`same_audio_links`; ``cannot``: pairs of
+        pieces of two local speakers of one window, :func:`cannot_links`), the count estimated unless
+        ``num_speakers`` is given."""
         c = self.config
         if c.clustering == "auto" and c.num_speakers is None and c.threshold is None:
-            labels = count_by_eigengap(embeddings, c.min_speakers, c.max_speakers, c.min_cluster_pieces,
-                                       ONE_SPEAKER_SIMILARITY, c.seed, c.max_cluster_windows)
+            labels = count_by_eigengap(embeddings, c.min_speakers, c.max_speakers, c.min_cluster_pieces, 1.0,
+                                       c.seed, c.max_cluster_windows)
+            if c.min_speakers <= 1 and labels.max() >= 1 and one_voice(
+                embeddings, labels, cannot, ONE_SPEAKER_SIMILARITY, ONE_SPEAKER_HALVES, ONE_SPEAKER_DISTINCT,
+                TWO_VOICE_CANNOT_SHARE, TWO_VOICE_MIN_CANNOT, c.seed, c.max_cluster_windows,
+            ):
+                return np.zeros(len(labels), dtype=np.int64)
             if labels.max() >= 1:  # one voice split in two (many must-links across), then two voices in one
                 if links is not None and len(links):
                     labels = merge_linked_clusters(labels, links, LINKED_MERGE_RATIO, max(2, c.min_speakers))
