@@ -17,11 +17,15 @@ optionally re-estimated by ``vmf_reestimate`` or redrawn by spectral clustering 
 ``eigengap`` (the NME-SC eigengap count alone); ``eigengap, clusters >= M`` (:func:`count_by_eigengap`; M = 8 is
 the pipeline's own rule); ``tracks`` (pieces of overlapping windows that cover the same stretch of audio, and the
 consecutive pieces of one local speaker's run, joined into one node with their mean embedding before the
-eigengap rule).
+eigengap rule); ``second round`` (the eigengap count, one speaker above 0.65, then same-audio links merge and
+distinct halves split) and ``chosen`` (the pipeline's own: the second round with the one-voice decision of
+:func:`~mvector.inference.clustering.one_voice`, halves alike and the segmentation's cannot-links).
 
 Besides DER and counts, every rule is asked to count the pieces of each single voice of every recording (the
-reference says whose a piece is): how often it then finds one speaker (``single voices as one``), the case that
-:data:`~mvector.inference.segmentation_diarization.ONE_SPEAKER_SIMILARITY` is set for.
+reference says whose a piece is, and the cannot-links among that voice's pieces go with them): how often it then
+finds one speaker (``single voices as one``), the case that
+:data:`~mvector.inference.segmentation_diarization.ONE_SPEAKER_SIMILARITY` is set for. Whole one-voice recordings
+(``bench_diarization.py --speakers 1``) are scored like any other set.
 
     python benchmarks/tune_diarization_count.py --cache_dir CACHE --work_dir WORK [--reference_dir DIR ...]
 

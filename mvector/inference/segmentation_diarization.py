@@ -89,7 +89,7 @@ ONE_SPEAKER_SIMILARITY = 0.65
 #: halves of a spectral bisection of all pieces are more alike than this: one voice that the eigengap split into
 #: several clusters (:func:`~mvector.inference.clustering.one_voice`). Measured on generated one-voice recordings
 #: (the conversation generator with one speaker: 6 of dev voices, seed 500000, and 8 of train voices, seed
-#: 600000; the first-round rule counted 6 of these 14 as 6-8 speakers): their halves were 0.78-0.93 alike, while
+#: 600000; the second-round rule counted 6 of these 14 as 6-8 speakers): their halves were 0.78-0.94 alike, while
 #: on the four tuning sets (88 recordings of 2-7 voices) the halves were at most 0.76 alike (0.66 or less but for
 #: a 2-voice recording at 0.70 and a 76 s one of 7 voices at 0.76, whose partition held clusters 0.30 alike).
 ONE_SPEAKER_HALVES = 0.75
@@ -100,7 +100,7 @@ ONE_SPEAKER_DISTINCT = 0.4
 
 #: Never one speaker when at least :data:`TWO_VOICE_MIN_CANNOT` pairs of pieces of two local speakers of one
 #: window (:func:`cannot_links`) exist and at least this share of them fall across the bisection: the
-#: segmentation told the two halves apart. Two-voice recordings of the tuning sets: 0.79-0.98 across (the
+#: segmentation told the two halves apart. Two-voice recordings of the tuning sets: 0.73-0.98 across (the
 #: 2-voice recording whose voices' centroids were 0.70 alike: 0.93); the one-voice recordings, where the network
 #: now and then keeps one voice under two local labels of a window: 0.20-0.75.
 TWO_VOICE_CANNOT_SHARE = 0.8
