@@ -194,6 +194,8 @@ def test_one_voice_split_by_the_eigengap_comes_out_as_one(seed: int):
     assert float((cluster_centroids(emb, first) @ cluster_centroids(emb, first).T).min()) < ONE_SPEAKER_SIMILARITY
     assert one_voice(emb, first, None, ONE_SPEAKER_SIMILARITY, ONE_SPEAKER_HALVES, ONE_SPEAKER_DISTINCT)
     assert not one_voice(emb, first, None, ONE_SPEAKER_SIMILARITY)  # the similarity test alone: six speakers
+    assert one_voice(emb, first, None, ONE_SPEAKER_SIMILARITY, ONE_SPEAKER_HALVES, ONE_SPEAKER_DISTINCT,
+                     max_points=40)  # the bisection of an even subsample
     assert _diarizer().cluster_pieces(emb, seconds).max() == 0
     voices, truth = _voices([15] * 6, _orthogonal(6, seed=seed), seed=seed, noise=0.1)
     assert _same_partition(_diarizer().cluster_pieces(voices, seconds), truth)

@@ -389,3 +389,24 @@ def test_acceptance_import_then_diarize_finds_overlap(tmp_path, segmentation_dir
     assert info["overlap_seconds"] > 0 and any(t["overlap"] > 0 for t in info["turns"])
     ref = read_rttm(rttm)["talk"]
     assert diarization_error(ref, hyp, collar=0.25).der < 0.35
+
+
+def test_one_voice_recording_comes_out_as_one_speaker(tmp_path, segmentation_dir):
+    """A recording of one voice, count open, through the real segmentation network and CAM++: one speaker."""
+    from mvector.data.conversations import write_conversation
+    from mvector.data.rttm import read_rttm
+
+    env = dict(os.environ, MVECTOR_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    run = dict(capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "mvector", "import", "campplus_zh_en", "--output_dir",
+                          str(tmp_path / "campplus"), "--download", "false"], **run)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, "-m", "mvector", "import", "segmentation_3_0", "--output_dir",
+                          str(tmp_path / "seg"), "--download", "false"], **run)
+    assert out.returncode == 0, out.stderr
+    wav, _ = write_conversation(tmp_path, "alone", 1, 60.0, seed=7, min_turn=2.0, max_turn=6.0)
+    out = subprocess.run([sys.executable, "-m", "mvector", "diarize", str(wav), "--model_path",
+                          str(tmp_path / "campplus"), "--output_dir", str(tmp_path / "out"), "--progress", "false"],
+                         **run)
+    assert out.returncode == 0, out.stderr
+    assert {t.speaker for t in read_rttm(tmp_path / "out" / "alone.rttm")["alone"]} == {"speaker_0"}
