@@ -23,6 +23,7 @@ from mvector.inference.segmentation_diarization import (
     ONE_SPEAKER_DISTINCT,
     ONE_SPEAKER_HALVES,
     ONE_SPEAKER_SIMILARITY,
+    TWO_VOICE_CANNOT_SHARE,
     TWO_VOICE_MIN_CANNOT,
     SegmentationDiarizer,
     cannot_links,
@@ -166,6 +167,10 @@ def test_look_alike_voices_stay_two_when_the_segmentation_tells_them_apart(seed:
     slips = np.sort(np.stack([rng.choice(a, 6), rng.choice(a, 6)], axis=1), axis=1)  # 8 of 46 within one voice
     assert diarizer.cluster_pieces(emb, seconds, None, None).max() == 0  # similarity alone: one speaker
     assert _same_partition(diarizer.cluster_pieces(emb, seconds, None, np.concatenate([apart, slips])), truth)
+    for points in (2000, 30):  # all pieces, and the bisection of an even subsample
+        assert one_voice(emb, truth, apart, ONE_SPEAKER_SIMILARITY, max_points=points)  # no veto asked for
+        assert not one_voice(emb, truth, apart, ONE_SPEAKER_SIMILARITY, cannot_share=TWO_VOICE_CANNOT_SHARE,
+                             min_cannot=TWO_VOICE_MIN_CANNOT, max_points=points)
     few = apart[: TWO_VOICE_MIN_CANNOT - 1]  # too few pairs to overrule the similarity
     assert diarizer.cluster_pieces(emb, seconds, None, few).max() == 0
     one, _ = _voices([80], _look_alike(0.8, seed)[:1], seed=seed + 10, noise=0.12)
@@ -194,8 +199,6 @@ def test_one_voice_split_by_the_eigengap_comes_out_as_one(seed: int):
     assert float((cluster_centroids(emb, first) @ cluster_centroids(emb, first).T).min()) < ONE_SPEAKER_SIMILARITY
     assert one_voice(emb, first, None, ONE_SPEAKER_SIMILARITY, ONE_SPEAKER_HALVES, ONE_SPEAKER_DISTINCT)
     assert not one_voice(emb, first, None, ONE_SPEAKER_SIMILARITY)  # the similarity test alone: six speakers
-    assert one_voice(emb, first, None, ONE_SPEAKER_SIMILARITY, ONE_SPEAKER_HALVES, ONE_SPEAKER_DISTINCT,
-                     max_points=40)  # the bisection of an even subsample
     assert _diarizer().cluster_pieces(emb, seconds).max() == 0
     voices, truth = _voices([15] * 6, _orthogonal(6, seed=seed), seed=seed, noise=0.1)
     assert _same_partition(_diarizer().cluster_pieces(voices, seconds), truth)

@@ -428,7 +428,7 @@ def one_voice(
     same_speaker: float = 1.0,
     halves_alike: float = 1.0,
     distinct: float = 1.0,
-    cannot_share: float = 1.0,
+    cannot_share: float | None = None,
     min_cannot: int = 1,
     seed: int = 0,
     max_points: int = 2000,
@@ -439,10 +439,11 @@ def one_voice(
     of a spectral bisection of all points are more alike than ``halves_alike`` while no two centroids of
     ``labels`` are less alike than ``distinct`` (one voice over-split by the estimate: its halves stay alike;
     many voices split in two average out into alike halves too, but their partition then holds distinct
-    clusters). Never one voice when at least ``min_cannot`` ``cannot_links`` (pairs ``[L, 2]`` of point indices
-    believed to be different people, e.g. two local speakers of one segmentation window) exist and at least
-    ``cannot_share`` of them fall across the bisection: the two halves then are what the segmentation told
-    apart. Cosine similarities; above ``max_points`` points the bisection runs on an even subsample.
+    clusters). With ``cannot_share`` given, never one voice when at least ``min_cannot`` ``cannot_links`` (pairs
+    ``[L, 2]`` of point indices believed to be different people, e.g. two local speakers of one segmentation
+    window) exist and at least ``cannot_share`` of them fall across the bisection: the two halves then are what
+    the segmentation told apart. Cosine similarities; above ``max_points`` points the bisection runs on an even
+    subsample.
 
     >>> rng = np.random.default_rng(3)
     >>> a, b = rng.standard_normal((2, 16))
@@ -474,7 +475,7 @@ def one_voice(
     halves_centroids = cluster_centroids(fit, halves)
     if pick is not None:
         halves = np.argmax(emb @ halves_centroids.T, axis=1)
-    if len(links) >= max(1, int(min_cannot)):
+    if cannot_share is not None and len(links) >= max(1, int(min_cannot)):
         if float((halves[links[:, 0]] != halves[links[:, 1]]).mean()) >= float(cannot_share):
             return False
     if least > float(same_speaker):
