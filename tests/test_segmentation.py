@@ -356,20 +356,25 @@ def test_auto_falls_back_to_classic_and_segmentation_demands_its_model(tmp_path,
 
 
 # ---------------------------------------------------------------- end to end, real models
+def _import_models(tmp_path: Path) -> dict:
+    """``mvector import`` CAM++ to tmp_path/campplus and segmentation_3_0 (into a fresh cache); the keyword
+    arguments of ``subprocess.run`` for further commands."""
+    env = dict(os.environ, MVECTOR_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    run = dict(capture_output=True, text=True, env=env, timeout=600)
+    for name, folder in (("campplus_zh_en", "campplus"), ("segmentation_3_0", "seg")):
+        out = subprocess.run([sys.executable, "-m", "mvector", "import", name, "--output_dir",
+                              str(tmp_path / folder), "--download", "false"], **run)
+        assert out.returncode == 0, out.stderr
+    return run
+
+
 def test_acceptance_import_then_diarize_finds_overlap(tmp_path, segmentation_dir):
     """What the acceptance check runs: import segmentation_3_0, then diarize with the count open."""
     from mvector.data.conversations import write_conversation
     from mvector.data.rttm import read_rttm
     from mvector.evaluation.der import diarization_error
 
-    env = dict(os.environ, MVECTOR_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    run = dict(capture_output=True, text=True, env=env, timeout=600)
-    out = subprocess.run([sys.executable, "-m", "mvector", "import", "campplus_zh_en", "--output_dir",
-                          str(tmp_path / "campplus"), "--download", "false"], **run)
-    assert out.returncode == 0, out.stderr
-    out = subprocess.run([sys.executable, "-m", "mvector", "import", "segmentation_3_0", "--output_dir",
-                          str(tmp_path / "seg"), "--download", "false"], **run)
-    assert out.returncode == 0, out.stderr
+    run = _import_models(tmp_path)
     wav, rttm = write_conversation(tmp_path, "talk", 3, 40.0, seed=3, overlap=0.4, min_turn=2.0, max_turn=5.0)
     out = subprocess.run([sys.executable, "-m", "mvector", "diarize", str(wav), "--model_path",
                           str(tmp_path / "campplus"), "--output_dir", str(tmp_path / "out"), "--progress", "false"],
@@ -396,14 +401,7 @@ def test_one_voice_recording_comes_out_as_one_speaker(tmp_path, segmentation_dir
     from mvector.data.conversations import write_conversation
     from mvector.data.rttm import read_rttm
 
-    env = dict(os.environ, MVECTOR_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    run = dict(capture_output=True, text=True, env=env, timeout=600)
-    out = subprocess.run([sys.executable, "-m", "mvector", "import", "campplus_zh_en", "--output_dir",
-                          str(tmp_path / "campplus"), "--download", "false"], **run)
-    assert out.returncode == 0, out.stderr
-    out = subprocess.run([sys.executable, "-m", "mvector", "import", "segmentation_3_0", "--output_dir",
-                          str(tmp_path / "seg"), "--download", "false"], **run)
-    assert out.returncode == 0, out.stderr
+    run = _import_models(tmp_path)
     wav, _ = write_conversation(tmp_path, "alone", 1, 60.0, seed=7, min_turn=2.0, max_turn=6.0)
     out = subprocess.run([sys.executable, "-m", "mvector", "diarize", str(wav), "--model_path",
                           str(tmp_path / "campplus"), "--output_dir", str(tmp_path / "out"), "--progress", "false"],
