@@ -44,6 +44,7 @@ __all__ = [
     "bundled_configs",
     "save_config",
     "describe_schema",
+    "check_cohort_speeds",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -695,11 +696,25 @@ def _check_consistency(conf: dict[str, Any]) -> None:
     for key in ("weight_decay", "momentum", "warmup_epochs", "min_lr", "backbone_lr_scale"):
         if oc[key] < 0:
             raise ConfigError(f"optimizer_conf.{key} must be >= 0, got {oc[key]}")
-    speeds = conf["score_norm_conf"]["cohort_speeds"]
-    if not speeds or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.5 <= v <= 2.0 for v in speeds):
+    check_cohort_speeds(conf["score_norm_conf"]["cohort_speeds"])
+
+
+def check_cohort_speeds(speeds: Any) -> list[float]:
+    """``score_norm_conf.cohort_speeds`` checked: a non-empty list of speed factors in [0.5, 2.0], returned sorted
+    without repeats (a :class:`ConfigError` naming the key otherwise).
+
+    >>> check_cohort_speeds([1.1, 0.9, 1.0, 1.0])
+    [0.9, 1.0, 1.1]
+    """
+    if (
+        not isinstance(speeds, (list, tuple))
+        or not speeds
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.5 <= v <= 2.0 for v in speeds)
+    ):
         raise ConfigError(
             f"score_norm_conf.cohort_speeds must be a non-empty list of speed factors in [0.5, 2.0], got {speeds!r}"
         )
+    return sorted({float(v) for v in speeds})
 
 
 def save_config(conf: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:

@@ -26,6 +26,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from mvector.config import check_cohort_speeds
 from mvector.errors import CheckpointError, ConfigError
 from mvector.evaluation.scoring import as_norm, cohort_stats
 from mvector.utils.files import atomic_write_bytes
@@ -63,16 +64,7 @@ def check_score_norm_conf(conf: Any) -> dict[str, Any]:
     for key in ("centre", "whiten"):
         if not isinstance(sc.setdefault(key, False), bool):
             raise ConfigError(f"score_norm_conf.{key} must be true or false, got {sc[key]!r}")
-    speeds = sc.setdefault("cohort_speeds", [1.0])
-    if (
-        not isinstance(speeds, (list, tuple))
-        or not speeds
-        or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.5 <= s <= 2.0 for s in speeds)
-    ):
-        raise ConfigError(
-            f"score_norm_conf.cohort_speeds must be a non-empty list of speed factors in [0.5, 2.0], got {speeds!r}"
-        )
-    sc["cohort_speeds"] = sorted({float(s) for s in speeds})
+    sc["cohort_speeds"] = check_cohort_speeds(sc.setdefault("cohort_speeds", [1.0]))
     return sc
 
 
