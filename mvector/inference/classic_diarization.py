@@ -189,7 +189,7 @@ class DiarizationConfig:
     switch_penalty: float = 0.3
     name_threshold: float | None = None
     block_seconds: float = 60.0
-    batch_size: int = 32
+    batch_size: int = 16
     max_cluster_windows: int = 2000
     seed: int = 0
     vad_conf: VADConfig = field(default_factory=VADConfig)

@@ -120,6 +120,20 @@ LINKED_MERGE_RATIO = 0.3
 #: the tuning sets).
 DISTINCT_SPLIT_SIMILARITY = 0.6
 
+#: A piece of a local speaker whose global span shares more than this part of its union with a piece already
+#: embedded from an earlier window (same clean / not clean kind) takes that piece's embedding instead of its own:
+#: windows every 2.5 s see each second of speech up to four times, and pieces of different windows over the same
+#: audio are the same voice 97-100 % of the time. Measured by finishing the pipeline on the cached pieces of the
+#: five tuning sets (113 recordings of 2-7 voices) and 20 one-voice recordings, the embeddings shared this way:
+#: a third fewer seconds embedded (0.66-0.71 of them), count exact on 81 of 113 against 82, count-open DER
+#: 4.9 / 9.0 / 7.2 / 8.4 / 8.2 % against 5.2 / 9.0 / 7.7 / 8.4 / 8.5 %, every one-voice recording still one
+#: speaker. Shared more loosely (0.85, 0.7: 0.61, 0.48 embedded) the count rules lost 9-31 exact counts.
+SAME_AUDIO_SHARE = 0.9
+
+#: Pieces gathered before the embedder runs, in multiples of ``batch_size``: the embedder sorts them by length
+#: into batches, so a batch pads its pieces (0.5-3 s) to a similar length rather than all to 3 s.
+PIECES_PER_FLUSH = 16
+
 __all__ = [
     "DISTINCT_SPLIT_SIMILARITY",
     "LINKED_MERGE_RATIO",
@@ -129,11 +143,14 @@ __all__ = [
     "TWO_VOICE_CANNOT_SHARE",
     "TWO_VOICE_MIN_CANNOT",
     "PIECE_THRESHOLD_MARGIN",
+    "PIECES_PER_FLUSH",
+    "SAME_AUDIO_SHARE",
     "SegmentationDiarizer",
     "LocalSpeakers",
     "assign_local_speakers",
     "reconstruct",
     "same_audio_links",
+    "shared_piece",
     "cannot_links",
 ]
 
@@ -181,6 +198,26 @@ def same_audio_links(owners: list[tuple[int, int, int, int, bool]], offsets: lis
             if shared / (max(end[i], end[j]) - min(start[i], start[j])) > 0.5:
                 pairs.append((int(min(i, j)), int(max(i, j))))
     return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
+def shared_piece(recent: list[tuple[int, int, bool, int]], start: int, end: int, clean: bool,
+                 share: float) -> int | None:
+    """The row of the embedded piece in ``recent`` (``(first frame, end frame, clean, row)``, global frames) of the
+    same kind whose span shares more than ``share`` of its union with ``start:end`` (the most shared one), or None.
+
+    >>> shared_piece([(0, 100, True, 0), (95, 200, True, 1)], 96, 199, True, 0.9)
+    1
+    >>> shared_piece([(0, 100, True, 0)], 0, 100, False, 0.9) is None
+    True
+    """
+    best, row = share, None
+    for first, last, kind, index in recent:
+        if kind != clean:
+            continue
+        inter = min(end, last) - max(start, first)
+        if inter > 0 and inter / (max(end, last) - min(start, first)) > best:
+            best, row = inter / (max(end, last) - min(start, first)), index
+    return row
 
 
 def assign_local_speakers(similarity: np.ndarray) -> np.ndarray:
@@ -346,7 +383,12 @@ class SegmentationDiarizer(Diarizer):
         owners: list[tuple[int, int, int, int, bool]] = []
         waves: list[np.ndarray] = []
         embeddings: list[np.ndarray] = []
-        group = max(1, int(c.batch_size))
+        # per piece: the row of the embedded piece whose embedding it takes (its own row when embedded itself)
+        source_rows: list[int] = []
+        # recently embedded pieces (global first frame, global end frame, clean, row) that a later window may share
+        recent: list[tuple[int, int, bool, int]] = []
+        embedded = 0
+        group = max(1, int(c.batch_size)) * PIECES_PER_FLUSH
 
         def flush() -> None:
             if waves:
@@ -371,7 +413,10 @@ class SegmentationDiarizer(Diarizer):
             index = len(chunk_offsets)
             real = min(chunk.activity.shape[0], int(math.ceil(chunk.valid / self.seg_rate / fs)))
             act = chunk.activity[:real]
-            chunk_offsets.append(int(round(chunk.start / self.seg_rate / fs)))
+            offset = int(round(chunk.start / self.seg_rate / fs))
+            chunk_offsets.append(offset)
+            recent = [r for r in recent if r[1] > offset]  # pieces ending before this window cannot be shared
+            fresh: list[tuple[int, int, bool, int]] = []  # this window's: shared with later windows only
             chunk_acts.append(act)
             chunk_valid.append(real)
             alone = act.sum(axis=1) == 1
@@ -388,21 +433,33 @@ class SegmentationDiarizer(Diarizer):
                     mask = np.zeros(len(active), dtype=bool)
                     mask[a:b] = True
                     frames = mask & (active & alone if good else active)
-                    piece = self._to_embedder_rate(self._pieces(chunk.wave, frames))
                     # lengths in whole quarter seconds: few distinct batch shapes keep the allocator's memory flat
-                    piece = piece[: len(piece) // quantum * quantum]
-                    if not len(piece):  # under a quarter second: too little even to place it
+                    samples = int(frames.sum()) * seg.samples_per_frame * self.sample_rate // self.seg_rate
+                    if samples < quantum:  # under a quarter second: too little even to place it
                         continue
+                    twin = shared_piece(recent, offset + a, offset + b, good, SAME_AUDIO_SHARE)
+                    if twin is None:
+                        piece = self._to_embedder_rate(self._pieces(chunk.wave, frames))
+                        piece = piece[: len(piece) // quantum * quantum]
+                        if not len(piece):
+                            continue
+                        fresh.append((offset + a, offset + b, good, embedded))
+                        source_rows.append(embedded)
+                        embedded += 1
+                        waves.append(piece)
+                    else:
+                        source_rows.append(twin)
                     owners.append((index, k, a, b, good))
-                    waves.append(piece)
                     if len(waves) >= group:
                         flush()
+            recent += fresh
         flush()
         if bar is not None:
             bar.close()
         if total == 0:
             raise AudioError(f"{source.path or '<audio>'}: empty audio (0 samples)")
         emb = np.concatenate(embeddings) if embeddings else np.zeros((0, 1), dtype=np.float32)
+        emb = emb[np.asarray(source_rows, dtype=np.int64)] if source_rows else emb
         return LocalSpeakers(total / self.seg_rate, chunk_offsets, chunk_acts, chunk_valid, owners, emb)
 
     def finish(self, local: LocalSpeakers) -> DiarizationResult:

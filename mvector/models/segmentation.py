@@ -170,8 +170,8 @@ class SincNet(nn.Module):
         x = self.wav_norm1d(waves)
         for index, (conv, pool, norm) in enumerate(zip(self.conv1d, self.pool1d, self.norm1d)):
             x = conv(x)
-            if index == 0:
-                x = x.abs()
+            if index == 0:  # in place when no gradient is kept: the largest tensor of the network, not copied
+                x = x.abs() if torch.is_grad_enabled() else x.abs_()
             x = F.leaky_relu(norm(pool(x)))
         return x
 
