@@ -67,6 +67,7 @@ from mvector.inference.segmentation_diarization import (  # noqa: E402
     LocalSpeakers,
     SegmentationDiarizer,
     cannot_links,
+    shared_piece,
 )
 
 
@@ -351,6 +352,35 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
     return out
 
 
+def share_same_audio(local: LocalSpeakers, share: float) -> LocalSpeakers:
+    """``local`` with the embeddings the pipeline would have shared (:data:`SAME_AUDIO_SHARE`), for caches made
+    with every piece embedded: in window order, a piece takes the embedding of the most shared piece of an earlier
+    window (:func:`~mvector.inference.segmentation_diarization.shared_piece`) instead of its own.
+
+    >>> acts = [np.ones((10, 3), np.uint8)] * 2
+    >>> local = LocalSpeakers(1.0, [0, 2], acts, [10, 10], [(0, 0, 2, 10, True), (1, 0, 0, 8, True)],
+    ...                       np.eye(2, dtype=np.float32))
+    >>> share_same_audio(local, 0.9).embeddings.tolist()
+    [[1.0, 0.0], [1.0, 0.0]]
+    """
+    rows = np.arange(len(local.owners))
+    recent: list[tuple[int, int, bool, int]] = []
+    fresh: list[tuple[int, int, bool, int]] = []
+    chunk = -1
+    for row, (index, _speaker, a, b, clean) in enumerate(local.owners):
+        if index != chunk:
+            chunk, offset = index, local.offsets[index]
+            recent = [r for r in recent + fresh if r[1] > offset]
+            fresh = []
+        twin = shared_piece(recent, offset + a, offset + b, clean, share)
+        if twin is None:
+            fresh.append((offset + a, offset + b, clean, row))
+        else:
+            rows[row] = twin
+    return LocalSpeakers(local.duration, local.offsets, local.activities, local.valid, local.owners,
+                         local.embeddings[rows])
+
+
 def piece_speakers(local: Any, reference: list, frame_step: float) -> np.ndarray:
     """The reference speaker (index into the sorted names) talking most in each piece's frames, -1 for none."""
     names = sorted({t.speaker for t in reference})
@@ -383,6 +413,9 @@ def main() -> None:
     parser.add_argument("--model_path", required=True, help="the embedding model the cache was made with")
     parser.add_argument("--collar", type=float, default=0.25)
     parser.add_argument("--rules", nargs="*", default=None, help="only the rules whose names contain these words")
+    parser.add_argument("--share_same_audio", type=float, default=None,
+                        help="for caches made with every piece embedded: share embeddings as the pipeline does "
+                             "(SAME_AUDIO_SHARE, 0.9) before the rules run")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     from mvector.inference.classic_diarization import DiarizationConfig, PredictorEmbedder
@@ -400,7 +433,10 @@ def main() -> None:
         stem = path.name.split(".")[0]
         refs = [Path(d) / f"{stem}.rttm" for d in args.work_dir if (Path(d) / f"{stem}.rttm").exists()]
         if refs:
-            recordings.append((stem, LocalSpeakers.load(path), read_rttm(refs[0])[stem]))
+            local = LocalSpeakers.load(path)
+            if args.share_same_audio is not None:
+                local = share_same_audio(local, args.share_same_audio)
+            recordings.append((stem, local, read_rttm(refs[0])[stem]))
     if not recordings:
         raise SystemExit(f"no cached recording in {args.cache_dir} has a reference RTTM in {args.work_dir}")
     frame_step = float(network.frame_step)
