@@ -405,3 +405,30 @@ def test_best_columns_equal_a_full_sort_on_long_rows():
             got = np.sort(np.take_along_axis(scores, _best_columns(scores, k), axis=1), axis=1)
             np.testing.assert_array_equal(got, np.sort(scores, axis=1)[:, -k:])
             assert all(len(set(row)) == k for row in _best_columns(scores, k).tolist())  # k distinct columns
+
+
+def test_a_reopened_gallery_searches_without_the_name_map(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A full load keeps no name -> id map until something needs it (a replica that only searches never does);
+    changes caught up from another writer before it is built, and writes after, give the same answers."""
+    voices = {f"s{i}": rng.standard_normal(8) for i in range(6)}
+    with SpeakerDatabase(tmp_path, "model-a", embd_dim=8) as db:
+        db.add_many(voices)
+    with SpeakerDatabase(tmp_path, "model-a", embd_dim=8) as reader, \
+            SpeakerDatabase(tmp_path, "model-a", embd_dim=8) as writer:
+        assert reader.search(voices["s3"], top_k=1)[0][0][0] == "s3"
+        assert reader._cache._id_of is None  # searched by row: the map is not built
+        writer.remove("s1")
+        writer.add("s9", voices["s1"])
+        assert reader.search(voices["s1"], top_k=1)[0][0][0] == "s9"  # caught up: a removal and a new speaker
+        assert reader._cache._id_of is None
+        assert [n for n, _ in reader.search(voices["s2"], top_k=6, among=["s2", "s9"])[0]] == ["s2", "s9"]
+        cache = reader._cache
+        assert cache._id_of == {n: int(cache.ids[cache.names.index(n)]) for n in cache.names}
+        reader.add("s2", voices["s4"], mode="append")  # through the built map
+        reader.remove("s0")
+        assert sorted(cache.id_of) == ["s2", "s3", "s4", "s5", "s9"]
+        with pytest.raises(SpeakerDBError):
+            reader.add("s3", voices["s3"], mode="create")
+    with SpeakerDatabase(tmp_path, "model-a", embd_dim=8) as db:
+        assert sorted(db.names()) == ["s2", "s3", "s4", "s5", "s9"]
+        assert db.search(voices["s1"], top_k=1)[0][0][0] == "s9"
