@@ -289,6 +289,8 @@ def main() -> None:
         print(json.dumps(replica(args)), flush=True)
         return
 
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench_gallery_scale_", dir=args.dir))
     server = None
     results = []
