@@ -27,7 +27,10 @@ finds one speaker (``single voices as one``), the case that
 :data:`~mvector.inference.segmentation_diarization.ONE_SPEAKER_SIMILARITY` is set for. Whole one-voice recordings
 (``bench_diarization.py --speakers 1``) are scored like any other set.
 
-    python benchmarks/tune_diarization_count.py --cache_dir CACHE --work_dir WORK [--reference_dir DIR ...]
+    python benchmarks/tune_diarization_count.py --cache_dir CACHE --work_dir WORK [WORK ...] --model_path CAMPP
+
+Caches made before the pipeline shared embeddings between windows (every piece embedded) can be finished as the
+pipeline now would with ``--share_same_audio 0.9`` (:func:`share_same_audio`).
 
 >>> lab = centroid_linkage(np.array([[1.0, 0.0], [0.9, 0.2], [0.0, 1.0], [0.2, 0.9]]), threshold=0.9)
 >>> lab.tolist()
