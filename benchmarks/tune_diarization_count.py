@@ -68,9 +68,9 @@ from mvector.inference.clustering import (  # noqa: E402
 from mvector.inference.segmentation_diarization import (  # noqa: E402
     ONE_SPEAKER_SIMILARITY,
     LocalSpeakers,
+    SameAudioPieces,
     SegmentationDiarizer,
     cannot_links,
-    shared_piece,
 )
 
 
@@ -358,7 +358,7 @@ def rules() -> dict[str, tuple[dict, Callable | None]]:
 def share_same_audio(local: LocalSpeakers, share: float) -> LocalSpeakers:
     """``local`` with the embeddings the pipeline would have shared (:data:`SAME_AUDIO_SHARE`), for caches made
     with every piece embedded: in window order, a piece takes the embedding of the most shared piece of an earlier
-    window (:func:`~mvector.inference.segmentation_diarization.shared_piece`) instead of its own.
+    window (:class:`~mvector.inference.segmentation_diarization.SameAudioPieces`) instead of its own.
 
     >>> acts = [np.ones((10, 3), np.uint8)] * 2
     >>> local = LocalSpeakers(1.0, [0, 2], acts, [10, 10], [(0, 0, 2, 10, True), (1, 0, 0, 8, True)],
@@ -367,17 +367,15 @@ def share_same_audio(local: LocalSpeakers, share: float) -> LocalSpeakers:
     [[1.0, 0.0], [1.0, 0.0]]
     """
     rows = np.arange(len(local.owners))
-    recent: list[tuple[int, int, bool, int]] = []
-    fresh: list[tuple[int, int, bool, int]] = []
+    sharing = SameAudioPieces(share)
     chunk = -1
     for row, (index, _speaker, a, b, clean) in enumerate(local.owners):
         if index != chunk:
             chunk, offset = index, local.offsets[index]
-            recent = [r for r in recent + fresh if r[1] > offset]
-            fresh = []
-        twin = shared_piece(recent, offset + a, offset + b, clean, share)
+            sharing.next_window(offset)
+        twin = sharing.find(offset + a, offset + b, clean)
         if twin is None:
-            fresh.append((offset + a, offset + b, clean, row))
+            sharing.add(offset + a, offset + b, clean, row)
         else:
             rows[row] = twin
     return LocalSpeakers(local.duration, local.offsets, local.activities, local.valid, local.owners,

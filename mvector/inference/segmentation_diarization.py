@@ -152,6 +152,7 @@ __all__ = [
     "reconstruct",
     "same_audio_links",
     "shared_piece",
+    "SameAudioPieces",
     "cannot_links",
 ]
 
@@ -220,6 +221,38 @@ def shared_piece(recent: list[tuple[int, int, bool, int]], start: int, end: int,
         if ratio > best:
             best, row = ratio, index
     return row
+
+
+class SameAudioPieces:
+    """The embedded pieces that a later window's pieces may share (:data:`SAME_AUDIO_SHARE`), window by window:
+    a piece is shared only with pieces of *earlier* windows, and pieces ending before a window starts are dropped.
+
+    >>> pieces = SameAudioPieces(0.9)
+    >>> pieces.next_window(0); pieces.add(0, 100, True, 0); pieces.find(0, 100, True) is None  # same window
+    True
+    >>> pieces.next_window(50); pieces.find(1, 100, True)
+    0
+    >>> pieces.next_window(120); pieces.find(1, 100, True) is None  # ended before this window
+    True
+    """
+
+    def __init__(self, share: float) -> None:
+        self.share = float(share)
+        self._recent: list[tuple[int, int, bool, int]] = []  # (global first frame, end frame, clean, row)
+        self._fresh: list[tuple[int, int, bool, int]] = []  # this window's, shared from the next one on
+
+    def next_window(self, offset: int) -> None:
+        """Start the window whose first global frame is ``offset``."""
+        self._recent = [r for r in self._recent + self._fresh if r[1] > offset]
+        self._fresh = []
+
+    def find(self, start: int, end: int, clean: bool) -> int | None:
+        """The row of an earlier window's piece over (nearly) the same frames, or None (:func:`shared_piece`)."""
+        return shared_piece(self._recent, start, end, clean, self.share)
+
+    def add(self, start: int, end: int, clean: bool, row: int) -> None:
+        """Remember a piece of this window embedded as ``row``."""
+        self._fresh.append((start, end, clean, row))
 
 
 def assign_local_speakers(similarity: np.ndarray) -> np.ndarray:
@@ -387,8 +420,7 @@ class SegmentationDiarizer(Diarizer):
         embeddings: list[np.ndarray] = []
         # per piece: the row of the embedded piece whose embedding it takes (its own row when embedded itself)
         source_rows: list[int] = []
-        # recently embedded pieces (global first frame, global end frame, clean, row) that a later window may share
-        recent: list[tuple[int, int, bool, int]] = []
+        sharing = SameAudioPieces(SAME_AUDIO_SHARE)
         embedded = 0
         group = max(1, int(c.batch_size)) * PIECES_PER_FLUSH
 
@@ -417,8 +449,7 @@ class SegmentationDiarizer(Diarizer):
             act = chunk.activity[:real]
             offset = int(round(chunk.start / self.seg_rate / fs))
             chunk_offsets.append(offset)
-            recent = [r for r in recent if r[1] > offset]  # pieces ending before this window cannot be shared
-            fresh: list[tuple[int, int, bool, int]] = []  # this window's: shared with later windows only
+            sharing.next_window(offset)
             chunk_acts.append(act)
             chunk_valid.append(real)
             alone = act.sum(axis=1) == 1
@@ -439,13 +470,13 @@ class SegmentationDiarizer(Diarizer):
                     samples = int(frames.sum()) * seg.samples_per_frame * self.sample_rate // self.seg_rate
                     if samples < quantum:  # under a quarter second: too little even to place it
                         continue
-                    twin = shared_piece(recent, offset + a, offset + b, good, SAME_AUDIO_SHARE)
+                    twin = sharing.find(offset + a, offset + b, good)
                     if twin is None:
                         piece = self._to_embedder_rate(self._pieces(chunk.wave, frames))
                         piece = piece[: len(piece) // quantum * quantum]
                         if not len(piece):
                             continue
-                        fresh.append((offset + a, offset + b, good, embedded))
+                        sharing.add(offset + a, offset + b, good, embedded)
                         source_rows.append(embedded)
                         embedded += 1
                         waves.append(piece)
@@ -454,7 +485,6 @@ class SegmentationDiarizer(Diarizer):
                     owners.append((index, k, a, b, good))
                     if len(waves) >= group:
                         flush()
-            recent += fresh
         flush()
         if bar is not None:
             bar.close()
